@@ -1,0 +1,110 @@
+"""Checkpoints: atomic writes (temp file, fsync, rename), ``weights_only=True`` loads, exact
+RNG capture, compatibility checks with one-line errors.
+
+Contents: ``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``, ``rng`` (torch,
+cuda, numpy, python), ``data`` (iterator position), ``step``, ``config`` (plain dict),
+``spm`` (sentencepiece model bytes), ``metrics`` (best BLEU etc.), ``format`` (version).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data.atomic import atomic_open
+from nmt.errors import UserError
+
+FORMAT = 1
+MODEL_KEYS = ("hidden", "enc_layers", "dec_layers", "tie_embeddings")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training loop touches, in a form ``weights_only`` loading accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically: a crash never leaves a half-written file."""
+    payload = {"format": FORMAT, **payload}
+    try:
+        with atomic_open(path, "wb") as fh:
+            torch.save(payload, fh)
+    except OSError as err:
+        raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}") from None
+
+
+def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; a missing, truncated, corrupted or
+    code-carrying file is refused with one line."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"checkpoint {p} does not exist")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unpickling failed"
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise UserError(
+                f"checkpoint {p} was refused: it carries Python objects that weights_only "
+                f"loading does not allow ({_short(first)})"
+            ) from None
+        raise UserError(f"checkpoint {p} is corrupted: {_short(first)}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise UserError(f"checkpoint {p} is truncated or corrupted: {_short(str(err))}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
+        raise UserError(f"checkpoint {p} is not a pipenmt checkpoint (format {FORMAT})")
+    return ckpt
+
+
+def _short(msg: str) -> str:
+    msg = " ".join(msg.split())
+    return msg if len(msg) < 200 else msg[:197] + "..."
+
+
+def check_compatible(ckpt: dict[str, Any], model_cfg: dict[str, Any], spm: bytes, where: str) -> None:
+    """Refuse a checkpoint whose model shape or vocabulary differs from the run's."""
+    saved = ckpt["config"]["model"]
+    diffs = [f"model.{k}: {saved.get(k)} vs {model_cfg.get(k)}" for k in MODEL_KEYS
+             if saved.get(k) != model_cfg.get(k)]
+    if diffs:
+        raise UserError(f"checkpoint {where} does not fit this config ({'; '.join(diffs)})")
+    if ckpt.get("spm") != spm:
+        raise UserError(
+            f"checkpoint {where} was trained with another sentencepiece vocabulary than this run's"
+        )
+
+
+def step_file(folder: Path, step: int) -> Path:
+    return folder / f"step_{step:08d}.pt"
+
+
+def prune(folder: Path, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` step checkpoints (``last.pt``/``best.pt`` stay)."""
+    steps = sorted(p for p in folder.glob("step_*.pt") if re.fullmatch(r"step_\d+\.pt", p.name))
+    for old in steps[: max(0, len(steps) - keep_last)]:
+        old.unlink(missing_ok=True)

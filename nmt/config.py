@@ -1,0 +1,177 @@
+"""Structured-config schemas (Hydra ConfigStore schema pattern).
+
+Every YAML option under ``conf/<group>/`` starts with ``defaults: [<group>_schema]``,
+so a misspelt key or a value of the wrong type fails at composition time.
+Only this module and :mod:`nmt.cli` import Hydra/OmegaConf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    # "debian": corpus built from Debian packages (shipped or rebuilt); "files": local
+    # TSV/JSONL/parquet files; "hub": a Hugging Face hub dataset (needs internet).
+    source: str = "debian"
+    # debian: which corpus ("debian_de_en" ships with the package; "debian_de_en_full" is built).
+    corpus: str = "debian_de_en"
+    # files: paths of the splits (TSV with two columns, or JSONL/parquet with `src_lang`/`tgt_lang`).
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    # hub: dataset name and config, e.g. wmt16 / de-en.
+    hub_name: str | None = None
+    hub_config: str | None = None
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    cache_dir: str = "~/.cache/pipenmt"
+    # filtering
+    min_len: int = 1
+    max_len: int = 100  # subword tokens, either side
+    max_ratio: float = 2.5
+    dedupe: bool = True
+    drop_identical: bool = True
+    on_bad_utf8: str = "error"  # error | replace
+    # sentencepiece
+    vocab_size: int = 8000
+    spm_model_type: str = "unigram"
+    spm_max_sentences: int = 300000
+    # batching
+    batch_tokens: int = 4096
+    pad_multiple: int = 8
+    max_dev_sentences: int = 1000  # dev sentences translated for validation BLEU; 0 = all
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    hidden: int = 256  # embedding size == hidden size (needed for tied output projection)
+    enc_layers: int = 4
+    dec_layers: int = 4
+    dropout: float = 0.2
+    tie_embeddings: bool = True
+    init_range: float = 0.1
+
+
+@dataclass
+class ParallelConfig:
+    name: str = "none"
+    pp: int = 1  # pipeline ranks
+    dp: int = 1  # data-parallel replicas of the pipeline
+    microbatches: int = 1
+    schedule: str = "gpipe"  # gpipe | 1f1b | interleaved_1f1b
+    placement: str = "contiguous"  # contiguous | gnmt | auto
+    balance: list[int] | None = None
+    plan: str | None = None
+    recompute: bool = False
+    timeout_s: float = 120.0
+    backend: str = "auto"  # auto | gloo | nccl
+    nproc: int = 1  # translation: shard input lines over this many processes
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads; 0 = torch default
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast on GPU only)
+    max_steps: int = 0  # 0 = unbounded
+    max_epochs: int = 0
+    max_minutes: float = 0.0
+    log_every: int = 10
+    eval_every: int = 200
+    save_every: int = 0  # checkpoint interval in steps; 0 = at every validation
+    out_dir: str | None = None  # run folder; the CLI sets it to Hydra's run dir
+    eval_bleu: bool = True
+    resume: str = "none"  # none | auto | PATH
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    decay_start: float = 0.666  # fraction of max_steps where step decay starts
+    decay_steps: int = 4  # number of halvings
+    decay_factor: float = 0.5
+    clip_norm: float = 5.0
+    label_smoothing: float = 0.1
+    patience: int = 0  # validations without BLEU improvement before stopping; 0 = off
+    keep_last: int = 2
+    max_bad_steps: int = 5
+
+
+@dataclass
+class DecodeConfig:
+    name: str = "beam5"
+    beam_size: int = 5
+    alpha: float = 0.6
+    beta: float = 0.1
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    nbest: int = 1
+    batch_tokens: int = 4000
+    quantize: str = "none"  # none | int8
+
+
+@dataclass
+class AppConfig:
+    """The root config shared by every command (groups + per-command top-level keys)."""
+
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    parallel: ParallelConfig = MISSING
+    train: TrainConfig = MISSING
+    decode: DecodeConfig = MISSING
+    # nmt-translate / nmt-eval
+    checkpoint: str | None = None
+    input: str = "-"
+    output: str = "-"
+    split: str = "test"
+    hyp: str | None = None
+    ref: str | None = None
+    # nmt-profile
+    profile_out: str = "costs.json"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="app_schema", node=AppConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="parallel", name="parallel_schema", node=ParallelConfig)
+    cs.store(group="train", name="train_schema", node=TrainConfig)
+    cs.store(group="decode", name="decode_schema", node=DecodeConfig)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, resolved dict of a config (DictConfig or dataclass) for checkpoints/logs."""
+    from dataclasses import asdict, is_dataclass
+
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(cfg, DictConfig):
+        out = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(out, dict)
+        return {str(k): v for k, v in out.items()}
+    if is_dataclass(cfg) and not isinstance(cfg, type):
+        return asdict(cfg)
+    raise TypeError(f"cannot convert {type(cfg).__name__} to a dict")
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> Any:
+    """Compose the config tree without the CLI (tests, scripts, notebooks)."""
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def dict_to_config(d: dict[str, Any]) -> Any:
+    """A saved config dict (e.g. from a checkpoint) back as an attribute-access config."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(d)

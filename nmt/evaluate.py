@@ -1,0 +1,93 @@
+"""``nmt-eval``: sacrebleu BLEU and chrF of detokenized text, with their signatures.
+
+``nmt-eval hyp=FILE ref=FILE`` scores two files; ``nmt-eval checkpoint=PATH split=test``
+translates the split with the configured beam, then scores it. A JSON report is written beside
+the hypothesis file (``<hyp>.eval.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import sacrebleu
+
+from data.atomic import atomic_write_text
+from nmt.config import dict_to_config
+from nmt.errors import UserError
+
+
+def read_lines(path: str, what: str) -> list[str]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{what} file {path} does not exist")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: invalid UTF-8 ({err.reason})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def score(hyps: list[str], refs: list[str]) -> dict[str, Any]:
+    """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenization, chrF2)."""
+    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
+    return {
+        "bleu": round(b.score, 4), "chrf": round(c.score, 4), "lines": len(hyps),
+        "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
+        "bleu_text": str(b), "chrf_text": str(c),
+    }
+
+
+def score_files(hyp: str, ref: str) -> dict[str, Any]:
+    hyps, refs = read_lines(hyp, "hyp"), read_lines(ref, "ref")
+    if len(hyps) != len(refs):
+        raise UserError(f"hyp={hyp} has {len(hyps)} lines but ref={ref} has {len(refs)}")
+    return {"hyp": hyp, "ref": ref, **score(hyps, refs)}
+
+
+def _translate_split(cfg: Any) -> tuple[str, str]:
+    """Translate the checkpoint's data split; returns (hyp path, ref path)."""
+    from nmt.checkpoint import load
+    from nmt.corpus import load_text
+    from nmt.translate import load_for_inference, translate_texts
+
+    ckpt_path = Path(str(cfg.checkpoint)).expanduser()
+    dcfg = dict_to_config(load(ckpt_path)["config"]["data"])
+    split = str(cfg.split)
+    if split not in ("train", "dev", "test"):
+        raise UserError(f"split={split}: expected train, dev or test")
+    pairs = load_text(dcfg, (split,))[split]
+    model, tok = load_for_inference(str(ckpt_path), str(cfg.decode.quantize))
+    hyps = translate_texts(model, tok, [s for s, _ in pairs], cfg.decode)
+    stem = ckpt_path.with_suffix("")
+    tag = f"{split}.beam{cfg.decode.beam_size}" + ("" if cfg.decode.quantize == "none" else ".int8")
+    hyp_path, ref_path = Path(f"{stem}.{tag}.hyp"), Path(f"{stem}.{split}.ref")
+    atomic_write_text(hyp_path, "".join(h + "\n" for h in hyps))
+    atomic_write_text(ref_path, "".join(t + "\n" for _, t in pairs))
+    return str(hyp_path), str(ref_path)
+
+
+def eval_cli(cfg: Any) -> dict[str, Any]:
+    if cfg.checkpoint:
+        hyp, ref = _translate_split(cfg)
+    elif cfg.hyp and cfg.ref:
+        hyp, ref = str(cfg.hyp), str(cfg.ref)
+    else:
+        raise UserError("give hyp=FILE ref=FILE, or checkpoint=PATH [split=test]")
+    result = score_files(hyp, ref)
+    out = Path(f"{hyp}.eval.json")
+    if out.parent.is_dir():
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(result["bleu_text"])
+    print(result["chrf_text"])
+    print(f"BLEU {result['bleu']:.2f} chrF {result['chrf']:.2f} ({result['lines']} lines) -> {out}",
+          file=sys.stderr)
+    return result

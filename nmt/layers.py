@@ -1,0 +1,148 @@
+"""Pipeline stages of GNMT (see the Stage boundary contract in docs/DESIGN.md).
+
+Every stage maps a tuple of contiguous time-major tensors to a tuple of tensors. H = hidden.
+Besides ``forward`` (whole sequences, training), the decoder stages have ``step`` methods that
+advance one time step with explicit LSTM state (incremental decoding; no dropout).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from nmt.attention import AttentionMemory, BahdanauAttention
+
+LSTMState = tuple[Tensor, Tensor]  # (h, c), each [1, B, H]
+
+
+class EmbedEncoder1(nn.Module):
+    """Stage ``Embed+Enc1``: shared embedding + bidirectional LSTM over packed sequences.
+
+    (src[Ts,B] long, src_len[B] long, tgt_in[Tt,B] long)
+      -> (h[Ts,B,2H], src_len, emb_tgt[Tt,B,H])
+    """
+
+    def __init__(self, vocab_size: int, hidden: int, dropout: float, pad_id: int) -> None:
+        super().__init__()
+        self.name = "Embed+Enc1"
+        self.embedding = nn.Embedding(vocab_size, hidden, padding_idx=pad_id)
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(hidden, hidden, bidirectional=True)
+
+    def encode(self, src: Tensor, src_len: Tensor) -> Tensor:
+        """``src[Ts,B]``, ``src_len[B]`` -> ``h[Ts,B,2H]`` (zeros at padded positions)."""
+        x = self.dropout(self.embedding(src))
+        packed = pack_padded_sequence(x, src_len.cpu(), enforce_sorted=False)
+        out, _ = self.lstm(packed)
+        h, _ = pad_packed_sequence(out, total_length=src.size(0))
+        return h.contiguous()
+
+    def forward(self, src: Tensor, src_len: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.encode(src, src_len), src_len, self.embedding(tgt_in).contiguous()
+
+
+class EncoderLayer(nn.Module):
+    """Stage ``Enc_i`` (i >= 2): dropout + LSTM (2H->H for i=2, H->H with residual for i>=3).
+
+    (h[Ts,B,in], src_len[B], emb_tgt[Tt,B,H]) -> (h'[Ts,B,H], src_len, emb_tgt)
+    """
+
+    def __init__(self, index: int, input_size: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.name = f"Enc{index}"
+        self.residual = index >= 3
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(input_size, hidden)
+
+    def encode(self, h: Tensor) -> Tensor:
+        """``h[Ts,B,in]`` -> ``h'[Ts,B,H]``."""
+        out, _ = self.lstm(self.dropout(h))
+        return out + h if self.residual else out
+
+    def forward(
+        self, h: Tensor, src_len: Tensor, emb_tgt: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return self.encode(h).contiguous(), src_len, emb_tgt
+
+
+class AttentionDecoder1(nn.Module):
+    """Stage ``Dec1+Attention``: decoder LSTM 1 over the target embeddings; its outputs query
+    the normalized Bahdanau attention over the top encoder outputs.
+
+    (enc_out[Ts,B,H], src_len[B], emb_tgt[Tt,B,H]) -> (h_dec[Tt,B,H], ctx[Tt,B,H])
+    """
+
+    def __init__(self, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.name = "Dec1+Attention"
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(hidden, hidden)
+        self.attention = BahdanauAttention(hidden)
+
+    def forward(self, enc_out: Tensor, src_len: Tensor, emb_tgt: Tensor) -> tuple[Tensor, Tensor]:
+        x, _ = self.lstm(self.dropout(emb_tgt))  # [Tt, B, H]
+        memory = self.attention.memory(enc_out, src_len)
+        ctx, _ = self.attention(x.transpose(0, 1), memory)  # [B, Tt, H]
+        return x.contiguous(), ctx.transpose(0, 1).contiguous()
+
+    def step(
+        self, emb: Tensor, state: LSTMState, memory: AttentionMemory
+    ) -> tuple[Tensor, Tensor, Tensor, LSTMState]:
+        """One step: ``emb[N,H]`` -> (``x[N,H]``, ``ctx[N,H]``, ``probs[N,Ts]``, new state).
+
+        N = memory batch * beams per sentence (rows grouped by sentence).
+        """
+        out, new_state = self.lstm(emb.unsqueeze(0), state)
+        x = out.squeeze(0)
+        ctx, probs = self.attention(x.unsqueeze(1), memory)
+        return x, ctx.squeeze(1), probs.squeeze(1), new_state
+
+
+class DecoderLayer(nn.Module):
+    """Stage ``Dec_i`` (i >= 2): dropout + LSTM over cat(h, ctx) (2H->H), residual from i=3.
+
+    (h_dec[Tt,B,H], ctx[Tt,B,H]) -> (h_dec'[Tt,B,H], ctx)
+    """
+
+    def __init__(self, index: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.name = f"Dec{index}"
+        self.residual = index >= 3
+        self.dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(2 * hidden, hidden)
+
+    def forward(self, h_dec: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
+        out, _ = self.lstm(self.dropout(torch.cat((h_dec, ctx), dim=-1)))
+        if self.residual:
+            out = out + h_dec
+        return out.contiguous(), ctx
+
+    def step(self, x: Tensor, ctx: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        """One step: ``x[N,H]``, ``ctx[N,H]`` -> (``x'[N,H]``, new state)."""
+        out, new_state = self.lstm(torch.cat((x, ctx), dim=-1).unsqueeze(0), state)
+        y = out.squeeze(0)
+        return (y + x if self.residual else y), new_state
+
+
+class Generator(nn.Module):
+    """Stage ``Generator``: Linear H->V (weight tied to the embedding when requested).
+
+    (h_dec[Tt,B,H], ctx[Tt,B,H]) -> logits[Tt,B,V]
+
+    ctx does not change the logits. When ctx requires grad (training, also as a received
+    pipeline activation) it is kept in the autograd graph by adding the sum of an empty slice
+    of it (exactly 0.0) to the bias: the logits are bit-identical and ctx gets a zero gradient
+    instead of none, so every float input of every stage reaches the output.
+    """
+
+    def __init__(self, hidden: int, vocab_size: int) -> None:
+        super().__init__()
+        self.name = "Generator"
+        self.proj = nn.Linear(hidden, vocab_size)
+
+    def forward(self, h_dec: Tensor, ctx: Tensor) -> Tensor:
+        if ctx.requires_grad and torch.is_grad_enabled():
+            bias = self.proj.bias + ctx[:0].sum()
+            return nn.functional.linear(h_dec, self.proj.weight, bias)
+        return self.proj(h_dec)

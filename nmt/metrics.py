@@ -1,0 +1,78 @@
+"""Run metrics: ``metrics.jsonl`` (one JSON object per logged step / validation), an optional
+TensorBoard folder, and ``loss.png`` (train/dev curves)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Appends records to ``metrics.jsonl``; on resume drops records past the resumed step so
+    the file reads as one uninterrupted run."""
+
+    def __init__(self, folder: Path, resume_step: int | None = None) -> None:
+        self.path = folder / "metrics.jsonl"
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(k + "\n" for k in kept))
+        self._tb = _tensorboard(folder / "tensorboard")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def _tensorboard(folder: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is an optional extra
+        return None
+    return SummaryWriter(str(folder))
+
+
+def plot_curves(records: list[dict[str, Any]], out: Path) -> None:
+    """``loss.png``: train loss and dev loss per step, dev BLEU on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    bleu = [(r["step"], r["val_bleu"]) for r in records if r.get("val_bleu") is not None]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", lw=1)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="dev loss", color="tab:orange")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss per target token (label-smoothed)")
+    ax.grid(alpha=0.3)
+    if bleu:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*bleu, strict=True), "s--", label="dev BLEU", color="tab:green")
+        ax2.set_ylabel("dev BLEU")
+        ax2.legend(loc="upper center")
+    ax.legend(loc="upper right")
+    ax.set_title("training curves")
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)

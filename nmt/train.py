@@ -1,0 +1,260 @@
+"""Single-device training loop: ``train(cfg) -> metrics``.
+
+Reads top-down: set up (seed, data, model, optimizer), maybe resume, then loop over
+shape-bucketed batches until a stop condition, validating and checkpointing on the way.
+Pipelined training (``parallel.pp * parallel.dp > 1``) is in :mod:`nmt.train_pipeline`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.batching import Batch, Batcher
+from data.tokenizer import PAD_ID
+from nmt import checkpoint as ckpt_io
+from nmt.config import config_to_dict
+from nmt.corpus import Corpus, prepare_corpus
+from nmt.errors import UserError
+from nmt.loss import label_smoothed_nll
+from nmt.lr import lr_factor
+from nmt.metrics import MetricsLog, plot_curves
+from nmt.model import GNMT, build_model
+from nmt.validate import validate
+
+log = logging.getLogger("nmt.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={name} but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16/fp16 autocast on GPU only (``auto`` = bf16 on GPU, fp32 on CPU)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def build_from_config(mcfg: Any, vocab_size: int) -> GNMT:
+    return build_model(vocab_size, int(mcfg.hidden), int(mcfg.enc_layers), int(mcfg.dec_layers),
+                       float(mcfg.dropout), bool(mcfg.tie_embeddings), float(mcfg.init_range), PAD_ID)
+
+
+class Trainer:
+    """State of one single-device run: model, optimizer, schedule, data position, counters."""
+
+    def __init__(self, cfg: Any, corpus: Corpus, out_dir: Path) -> None:
+        self.cfg, self.corpus, self.out_dir = cfg, corpus, out_dir
+        tc = cfg.train
+        self.device = pick_device(str(tc.device))
+        self.amp = autocast_dtype(str(tc.precision), self.device)
+        self.model = build_from_config(cfg.model, corpus.tokenizer.vocab_size).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(tc.lr))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
+        src, tgt = corpus.ids["train"]
+        self.batcher = Batcher(src, tgt, int(cfg.data.batch_tokens), int(cfg.data.pad_multiple),
+                               int(cfg.parallel.microbatches), int(tc.seed))
+        self.step = 0
+        self.train_seconds = 0.0  # wall time spent training, summed over resumes
+        self.best: dict[str, Any] = {"bleu": None, "val_loss": None, "step": 0, "stale": 0}
+        self.bad_steps = 0
+        self.ckpt_dir = out_dir / "checkpoints"
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    def _lr_lambda(self, step: int) -> float:
+        tc = self.cfg.train
+        return lr_factor(step, int(tc.warmup_steps), int(tc.max_steps), float(tc.decay_start),
+                         int(tc.decay_steps), float(tc.decay_factor))
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, batch: Batch) -> tuple[float, float]:
+        """Forward/backward/update on one batch; returns (loss per token, nll per token).
+        A non-finite loss skips the update and is counted."""
+        self.model.train()
+        b = batch.to(self.device)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            logits = self.model(b.src, b.src_len, b.tgt_in)
+            loss_sum, nll_sum = label_smoothed_nll(logits, b.tgt_out, PAD_ID, float(self.cfg.train.label_smoothing))
+        # Divide by the whole batch's token count: micro-batching can never change the gradient.
+        loss = loss_sum / max(batch.ntokens, 1)
+        self.scaler.scale(loss).backward()
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.bad_steps += 1
+            if self.bad_steps >= int(self.cfg.train.max_bad_steps):
+                raise UserError(f"{self.bad_steps} non-finite losses in a row at step {self.step}; "
+                                f"stopping (last good checkpoint: {self.ckpt_dir / 'last.pt'})")
+            log.warning("step %d: non-finite loss skipped (%d in a row)", self.step, self.bad_steps)
+            return loss_value, float("nan")
+        self.bad_steps = 0
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.cfg.train.clip_norm))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss_value, float(nll_sum) / max(batch.ntokens, 1)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt_io.rng_state(),
+            "data": self.batcher.state_dict(),
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "best": dict(self.best),
+            "config": config_to_dict(self.cfg),
+            "spm": self.corpus.tokenizer.model_bytes(),
+        }
+
+    def save(self, best: bool) -> None:
+        state = self.state()
+        ckpt_io.save(ckpt_io.step_file(self.ckpt_dir, self.step), state)
+        ckpt_io.save(self.ckpt_dir / "last.pt", state)
+        if best:
+            ckpt_io.save(self.ckpt_dir / "best.pt", state)
+        ckpt_io.prune(self.ckpt_dir, int(self.cfg.train.keep_last))
+
+    def resume(self, path: Path) -> None:
+        ck = ckpt_io.load(path, map_location=self.device)
+        ckpt_io.check_compatible(ck, config_to_dict(self.cfg)["model"],
+                                 self.corpus.tokenizer.model_bytes(), str(path))
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.batcher.load_state_dict(ck["data"])
+        self.step, self.train_seconds, self.best = ck["step"], ck["train_seconds"], ck["best"]
+        ckpt_io.set_rng_state(ck["rng"])
+
+
+def resume_path(cfg: Any, ckpt_dir: Path) -> Path | None:
+    """``train.resume``: none | auto (``last.pt`` of this run folder, if any) | a path."""
+    mode = str(cfg.train.resume)
+    if mode == "none":
+        return None
+    if mode == "auto":
+        last = ckpt_dir / "last.pt"
+        return last if last.is_file() else None
+    return Path(mode).expanduser()
+
+
+def should_stop(t: Trainer, started: float) -> str | None:
+    tc = t.cfg.train
+    if int(tc.max_steps) and t.step >= int(tc.max_steps):
+        return f"max_steps={tc.max_steps}"
+    if int(tc.max_epochs) and t.batcher.epoch >= int(tc.max_epochs):
+        return f"max_epochs={tc.max_epochs}"
+    if float(tc.max_minutes) and t.train_seconds + time.monotonic() - started >= 60 * float(tc.max_minutes):
+        return f"max_minutes={tc.max_minutes}"
+    if int(tc.patience) and t.best["stale"] >= int(tc.patience):
+        return f"no dev improvement in {tc.patience} validations"
+    return None
+
+
+def run_validation(t: Trainer, metrics: MetricsLog) -> bool:
+    """Dev loss (+ BLEU); returns True when this is the best model so far."""
+    result = validate(t.model, t.corpus, t.cfg, t.device)
+    metrics.write({"step": t.step, **result})
+    key, value = ("bleu", result.get("val_bleu")) if result.get("val_bleu") is not None else (
+        "val_loss", -result["val_loss"])
+    prev = t.best.get(key)
+    improved = prev is None or value > prev
+    t.best.update({key: value, "step": t.step, "stale": 0} if improved else {"stale": t.best["stale"] + 1})
+    bleu = result.get("val_bleu")
+    print(f"step {t.step} | dev loss {result['val_loss']:.3f} | dev BLEU "
+          f"{'-' if bleu is None else f'{bleu:.2f}'}{' (best)' if improved else ''}", file=sys.stderr)
+    return improved
+
+
+def train(cfg: Any) -> dict[str, Any]:
+    """Train per ``cfg`` (a Hydra DictConfig or an equivalent object); returns final metrics."""
+    if int(cfg.parallel.pp) * int(cfg.parallel.dp) > 1:
+        from nmt.train_pipeline import train_pipelined
+
+        return train_pipelined(cfg)
+    tc = cfg.train
+    out_dir = Path(str(tc.out_dir or "runs/latest")).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(int(tc.seed))
+    if int(tc.threads):
+        torch.set_num_threads(int(tc.threads))
+    corpus = prepare_corpus(cfg.data, int(tc.seed))
+    seed_everything(int(tc.seed))  # model init independent of what data prep consumed
+    t = Trainer(cfg, corpus, out_dir)
+    start_from = resume_path(cfg, t.ckpt_dir)
+    if start_from is not None:
+        t.resume(start_from)
+        print(f"resumed from {start_from} at step {t.step}", file=sys.stderr)
+    metrics = MetricsLog(out_dir, t.step if start_from is not None else None)
+    return _loop(t, metrics)
+
+
+def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
+    tc = t.cfg.train
+    log_every, eval_every = max(1, int(tc.log_every)), int(tc.eval_every)
+    save_every = int(tc.save_every) or eval_every
+    started = time.monotonic()
+    window_tokens, window_start, last_loss = 0, time.monotonic(), float("nan")
+    total = int(tc.max_steps) or None
+    bar = tqdm(total=total, initial=t.step, unit="step", file=sys.stderr, disable=None, desc="train")
+    stop = should_stop(t, started)
+    while stop is None:
+        batch = next(iter(t.batcher))
+        loss, nll = t.train_step(batch)
+        window_tokens += batch.ntokens
+        last_loss = loss
+        bar.update(1)
+        if t.step % log_every == 0:
+            now = time.monotonic()
+            rec = {"step": t.step, "loss": loss, "ppl": math.exp(min(nll, 50)), "tokens": window_tokens,
+                   "tok_per_s": window_tokens / max(now - window_start, 1e-9),
+                   "lr": t.scheduler.get_last_lr()[0], "wall_s": t.train_seconds + now - started,
+                   "ms_per_step": 1000 * (now - window_start) / log_every}
+            metrics.write(rec)
+            bar.write(f"step {t.step} | loss {loss:.3f} | ppl {rec['ppl']:.1f} | "
+                      f"{rec['tok_per_s']:.0f} tok/s | lr {rec['lr']:.2e} | {rec['ms_per_step']:.0f} ms/step",
+                      file=sys.stderr)
+            window_tokens, window_start = 0, time.monotonic()
+        stop = should_stop(t, started)
+        best = False
+        if eval_every and (t.step % eval_every == 0 or stop is not None):
+            best = run_validation(t, metrics)
+            stop = stop or should_stop(t, started)
+        if (save_every and t.step % save_every == 0) or stop is not None:
+            t.train_seconds += time.monotonic() - started
+            started = time.monotonic()
+            t.save(best)
+    bar.close()
+    metrics.close()
+    plot_curves(metrics.records(), t.out_dir / "loss.png")
+    print(f"stopped: {stop}; step {t.step}; checkpoints in {t.ckpt_dir}", file=sys.stderr)
+    return {"step": t.step, "loss": last_loss, "stop": stop, "best": t.best,
+            "out_dir": str(t.out_dir), "checkpoint": str(t.ckpt_dir / "last.pt")}

@@ -1,0 +1,200 @@
+"""Translation: token-budget batches sorted by length, beam search, input order restored.
+
+``nmt-translate checkpoint=PATH input=FILE|- output=FILE|-``: exactly one output line per input
+line, in order (an empty line gives an empty line; a line longer than the model's maximum is
+translated in chunks). Output files are written atomically; ``-`` streams stdin/stdout.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from tqdm import tqdm
+
+from data.atomic import atomic_open
+from data.batching import inference_batches
+from data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nmt.errors import UserError
+from nmt.model import GNMT, quantize_int8
+from nmt.search import Hypothesis, beam_search
+
+MAX_SRC_TOKENS = 200  # longer sources are split into chunks of this many subwords
+CHUNK_LINES = 2000  # lines read, translated and written at a time (flat memory)
+
+
+def translate_ids(
+    model: GNMT,
+    src_ids: Sequence[Sequence[int]],
+    dcfg: Any,
+    progress: tqdm | None = None,
+) -> list[list[Hypothesis]]:
+    """N-best hypotheses for each source (ids without eos), in input order.
+
+    ``dcfg`` carries beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens.
+    """
+    out: list[list[Hypothesis]] = [[] for _ in src_ids]
+    for batch in inference_batches(src_ids, int(dcfg.batch_tokens), 8):
+        hyps = beam_search(
+            model, batch.src, batch.src_len, int(dcfg.beam_size), float(dcfg.alpha),
+            float(dcfg.beta), float(dcfg.max_len_a), int(dcfg.max_len_b), int(dcfg.nbest),
+            BOS_ID, EOS_ID, PAD_ID,
+        )  # fmt: skip
+        for i, h in zip(batch.indices, hyps, strict=True):
+            out[i] = h
+        if progress is not None:
+            progress.update(len(batch.indices))
+    return out
+
+
+def translate_lines(
+    model: GNMT, tok: Tokenizer, lines: Sequence[str], dcfg: Any, progress: tqdm | None = None
+) -> list[list[tuple[str, float]]]:
+    """Detokenized n-best (text, score) per line; empty lines give [("", 0.0)]; sources longer
+    than ``MAX_SRC_TOKENS`` subwords are translated chunk by chunk and joined."""
+    ids = tok.encode([line.strip() for line in lines])
+    pieces: list[list[int]] = []
+    owner: list[int] = []
+    for i, seq in enumerate(ids):
+        for start in range(0, len(seq), MAX_SRC_TOKENS):
+            pieces.append(seq[start : start + MAX_SRC_TOKENS])
+            owner.append(i)
+    hyps = translate_ids(model, pieces, dcfg, progress) if pieces else []
+    result: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
+    chunks: dict[int, list[list[Hypothesis]]] = {}
+    for i, h in zip(owner, hyps, strict=True):
+        chunks.setdefault(i, []).append(h)
+    for i, parts in chunks.items():
+        if len(parts) == 1:
+            texts = tok.decode([h.tokens for h in parts[0]])
+            result[i] = [(t, h.score) for t, h in zip(texts, parts[0], strict=True)]
+        else:  # chunked: best hypothesis of each chunk, joined
+            text = " ".join(tok.decode([p[0].tokens for p in parts]))
+            result[i] = [(text, sum(p[0].score for p in parts))]
+    return result
+
+
+def _read_lines(stream: IO[bytes], name: str, on_bad_utf8: str) -> Iterator[list[str]]:
+    """Yield chunks of decoded lines (without newline), naming file:line on bad UTF-8."""
+    chunk: list[str] = []
+    for number, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if on_bad_utf8 != "replace":
+                raise UserError(f"{name}:{number}: invalid UTF-8 ({err.reason} at byte {err.start})") from None
+            line = raw.decode("utf-8", errors="replace")
+        chunk.append(line.rstrip("\r\n"))
+        if len(chunk) == CHUNK_LINES:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@contextmanager
+def _open_output(path: str, input_path: str) -> Iterator[IO[str]]:
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    out = Path(path).expanduser()
+    if input_path != "-" and out.resolve() == Path(input_path).expanduser().resolve():
+        raise UserError(f"output={path} is the input file; choose another output path")
+    if not out.parent.is_dir():
+        raise UserError(f"output folder {out.parent} does not exist")
+    with atomic_open(out, "w") as fh:
+        yield fh
+
+
+@contextmanager
+def _open_input(path: str) -> Iterator[IO[bytes]]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"input file {path} does not exist")
+    with p.open("rb") as fh:
+        yield fh
+
+
+def load_for_inference(checkpoint: str, quantize: str, device: str = "cpu") -> tuple[GNMT, Tokenizer]:
+    """Model (eval mode, optionally int8) and tokenizer from a (single-device) checkpoint."""
+    from nmt.checkpoint import load
+    from nmt.model import build_model
+
+    if quantize not in ("none", "int8"):
+        raise UserError(f"decode.quantize={quantize!r}: expected none or int8")
+    ckpt = load(checkpoint)
+    tok = Tokenizer.from_bytes(ckpt["spm"])
+    m = ckpt["config"]["model"]
+    model = build_model(tok.vocab_size, m["hidden"], m["enc_layers"], m["dec_layers"], 0.0,
+                        m["tie_embeddings"], m["init_range"], PAD_ID)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    if quantize == "int8":
+        model = quantize_int8(model)
+    return model.to(device), tok
+
+
+def translate_stream(model: GNMT, tok: Tokenizer, src: IO[bytes], name: str, out: IO[str],
+                     dcfg: Any, on_bad_utf8: str = "error", total: int | None = None) -> int:
+    """Translate ``src`` chunk by chunk into ``out``; returns the number of lines written."""
+    written = 0
+    nbest = int(dcfg.nbest)
+    if nbest > 1:
+        out.write("line\trank\tscore\thypothesis\n")
+    with tqdm(total=total, unit="sent", file=sys.stderr, disable=None, desc="translate") as bar:
+        for lines in _read_lines(src, name, on_bad_utf8):
+            for i, hyps in enumerate(translate_lines(model, tok, lines, dcfg, bar)):
+                if nbest > 1:
+                    for rank, (text, score) in enumerate(hyps, start=1):
+                        out.write(f"{written + i + 1}\t{rank}\t{score:.4f}\t{text}\n")
+                else:
+                    out.write(hyps[0][0] + "\n")
+            written += len(lines)
+            out.flush()
+    return written
+
+
+def _count_lines(path: str) -> int | None:
+    if path == "-":
+        return None
+    with open(os.path.expanduser(path), "rb") as f:
+        return sum(1 for _ in f)
+
+
+def translate_cli(cfg: Any) -> dict[str, Any]:
+    """``nmt-translate``: checkpoint + input -> output (one line per input line)."""
+    if not cfg.checkpoint:
+        raise UserError("checkpoint=PATH is required")
+    torch.set_num_threads(int(cfg.train.threads) or torch.get_num_threads())
+    model, tok = load_for_inference(str(cfg.checkpoint), str(cfg.decode.quantize))
+    with _open_input(str(cfg.input)) as src, _open_output(str(cfg.output), str(cfg.input)) as out:
+        n = translate_stream(model, tok, src, str(cfg.input), out, cfg.decode,
+                             str(cfg.data.on_bad_utf8), _count_lines(str(cfg.input)))
+    if cfg.output != "-":
+        print(f"nmt-translate: {n} lines -> {cfg.output}", file=sys.stderr)
+    return {"lines": n}
+
+
+def translate_texts(model: GNMT, tok: Tokenizer, texts: Sequence[str], dcfg: Any) -> list[str]:
+    """Best translation of each text (in memory; used by validation and nmt-eval)."""
+    buf = io.StringIO()
+    data = io.BytesIO("".join(t.replace("\n", " ") + "\n" for t in texts).encode("utf-8"))
+    one = dict(beam_size=dcfg.beam_size, alpha=dcfg.alpha, beta=dcfg.beta, max_len_a=dcfg.max_len_a,
+               max_len_b=dcfg.max_len_b, nbest=1, batch_tokens=dcfg.batch_tokens)
+    translate_stream(model, tok, data, "<memory>", buf, _Obj(one), total=len(texts))
+    return buf.getvalue().split("\n")[: len(texts)]
+
+
+class _Obj:
+    def __init__(self, d: dict[str, Any]) -> None:
+        self.__dict__.update(d)

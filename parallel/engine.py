@@ -1,0 +1,62 @@
+"""Public API of the pipeline engine (one import for the training loop).
+
+    ctx = init_distributed(dp=cfg.dp, pp=cfg.pp, backend=cfg.backend, timeout_s=cfg.timeout_s)
+    placement, schedule, m = resolve(cfg.placement, n_stages=len(stages), pp=cfg.pp, ...)
+    runner = PipelineRunner(stages, loss_sum_fn, ctx=ctx, placement=placement,
+                            schedule=schedule, microbatches=m, recompute=cfg.recompute)
+    opt = torch.optim.Adam(runner.parameters())
+    loss = runner.step((src, src_len, tgt_in), tgt_out, ntokens)
+    runner.clip_grad_norm_(5.0); opt.step(); opt.zero_grad()
+    ctx.close()
+
+Modules: :mod:`parallel.placement` (where stages go), :mod:`parallel.pipeline` (the step),
+:mod:`parallel.stagewrap` (torch stage wrappers), :mod:`parallel.ties` (tied weights),
+:mod:`parallel.distenv` (process groups / mesh), :mod:`parallel.faults` (dead ranks),
+:mod:`parallel.launch` (worker processes), :mod:`parallel.timeline` (timelines).
+"""
+
+from __future__ import annotations
+
+from parallel.distenv import DistContext, init_distributed
+from parallel.errors import PlacementError
+from parallel.faults import PeerFailure
+from parallel.launch import WorkerFailure, in_worker, launch, run_worker
+from parallel.pipeline import LossFn, PipelineRunner
+from parallel.placement import (
+    Placement,
+    check_batch,
+    check_pipeline,
+    contiguous,
+    from_plan,
+    gnmt,
+    resolve,
+)
+from parallel.stagewrap import ShapeGuardError
+from parallel.ties import Tie, find_ties
+from parallel.timeline import TimelineRecorder, TimelineSummary, theory_bubble
+
+__all__ = [
+    "DistContext",
+    "LossFn",
+    "PeerFailure",
+    "PipelineRunner",
+    "Placement",
+    "PlacementError",
+    "ShapeGuardError",
+    "Tie",
+    "TimelineRecorder",
+    "TimelineSummary",
+    "WorkerFailure",
+    "check_batch",
+    "check_pipeline",
+    "contiguous",
+    "find_ties",
+    "from_plan",
+    "gnmt",
+    "in_worker",
+    "init_distributed",
+    "launch",
+    "resolve",
+    "run_worker",
+    "theory_bubble",
+]

@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny synthetic en-de corpus and composed tiny configs."""
+
+from __future__ import annotations
+
+import gzip
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+WORDS = {
+    "the": "das", "a": "ein", "house": "Haus", "cat": "Katze", "dog": "Hund", "runs": "läuft",
+    "sleeps": "schläft", "big": "groß", "small": "klein", "red": "rot", "blue": "blau",
+    "green": "grün", "file": "Datei", "opens": "öffnet", "closes": "schließt",
+    "window": "Fenster", "menu": "Menü", "and": "und",
+}
+
+
+def write_corpus(folder: Path, sizes: dict[str, int], seed: int = 0) -> dict[str, Path]:
+    """Word-by-word 'translations' of random sentences as gzipped TSV splits."""
+    rng = random.Random(seed)
+    words = sorted(WORDS)
+    paths = {}
+    for split, n in sizes.items():
+        path = folder / f"{split}.tsv.gz"
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.write("en\tde\n")
+            for _ in range(n):
+                s = [rng.choice(words) for _ in range(rng.randint(2, 9))]
+                f.write(" ".join(s) + "\t" + " ".join(WORDS[w] for w in s) + "\n")
+        paths[split] = path
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("corpus")
+    return write_corpus(folder, {"train": 600, "dev": 40, "test": 40})
+
+
+def tiny_overrides(corpus: dict[str, Path], cache: Path, out_dir: Path) -> list[str]:
+    return [
+        "data=files",
+        f"data.train={corpus['train']}",
+        f"data.dev={corpus['dev']}",
+        f"data.test={corpus['test']}",
+        "data.vocab_size=60",
+        f"data.cache_dir={cache}",
+        "data.batch_tokens=256",
+        "model=gnmt_tiny",
+        "model.hidden=16",
+        "model.enc_layers=2",
+        "model.dec_layers=2",
+        "train.threads=1",
+        "train.log_every=1",
+        "train.eval_every=0",
+        "train.lr=0.01",
+        f"train.out_dir={out_dir}",
+    ]
+
+
+@pytest.fixture
+def tiny_cfg(tiny_corpus: dict[str, Path], tmp_path: Path) -> Any:
+    """A composer: ``tiny_cfg(*overrides)`` -> DictConfig for a tiny run in ``tmp_path``."""
+    from nmt.config import compose_config
+
+    def make(*extra: str, out: str = "run") -> Any:
+        base = tiny_overrides(tiny_corpus, tmp_path / "cache", tmp_path / out)
+        return compose_config(base + list(extra))
+
+    return make

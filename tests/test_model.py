@@ -1,0 +1,223 @@
+"""GNMT stages: boundary contract, tying, padding, incremental decoding, int8."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from nmt.layers import Generator
+from nmt.model import GNMT, build_model, build_stages, quantize_int8
+
+V, H = 40, 16
+PAD, BOS, EOS = 0, 2, 3
+
+
+def tiny(enc: int = 3, dec: int = 3, dropout: float = 0.0, seed: int = 0) -> GNMT:
+    torch.manual_seed(seed)
+    return build_model(V, H, enc, dec, dropout, True, 0.3, PAD)
+
+
+def make_src(lengths: list[int], seed: int = 1, ts: int | None = None) -> tuple[Tensor, Tensor]:
+    """Random ``src[Ts,B]`` (eos last, pad after) and ``src_len[B]``."""
+    g = torch.Generator().manual_seed(seed)
+    ts = ts or max(lengths)
+    src = torch.randint(4, V, (ts, len(lengths)), generator=g)
+    for b, n in enumerate(lengths):
+        src[n - 1, b] = EOS
+        src[n:, b] = PAD
+    return src, torch.tensor(lengths)
+
+
+def make_tgt(lengths: list[int], seed: int = 2, tt: int | None = None) -> Tensor:
+    """Random ``tgt_in[Tt,B]`` = bos + tokens, pad after."""
+    g = torch.Generator().manual_seed(seed)
+    tt = tt or max(lengths)
+    tgt = torch.randint(4, V, (tt, len(lengths)), generator=g)
+    tgt[0] = BOS
+    for b, n in enumerate(lengths):
+        tgt[n:, b] = PAD
+    return tgt
+
+
+def test_stage_contract() -> None:
+    torch.manual_seed(0)
+    stages = build_stages(V, H, 4, 3, 0.0, True, 0.1, PAD)
+    names = [s.name for s in stages]
+    assert names == ["Embed+Enc1", "Enc2", "Enc3", "Enc4", "Dec1+Attention", "Dec2", "Dec3"] + [
+        "Generator"
+    ]
+    src, src_len = make_src([6, 4, 1], ts=8)
+    tgt = make_tgt([5, 3, 2], tt=8)
+    x: tuple[Tensor, ...] = (src, src_len, tgt)
+    ts, tt, b = 8, 8, 3
+    expected = [
+        [(ts, b, 2 * H), (b,), (tt, b, H)],
+        *[[(ts, b, H), (b,), (tt, b, H)]] * 3,
+        *[[(tt, b, H), (tt, b, H)]] * 3,
+    ]
+    for stage, shapes in zip(stages[:-1], expected):
+        x = stage(*x)
+        assert isinstance(x, tuple)
+        assert [tuple(t.shape) for t in x] == shapes
+        assert all(t.is_contiguous() for t in x)
+    logits = stages[-1](*x)
+    assert logits.shape == (tt, b, V) and logits.is_contiguous()
+
+
+def test_single_device_model_is_stage_chain() -> None:
+    model = tiny().eval()
+    src, src_len = make_src([5, 3])
+    tgt = make_tgt([4, 2])
+    x: tuple[Tensor, ...] = (src, src_len, tgt)
+    for stage in model.stages:
+        out = stage(*x)
+        x = out if isinstance(out, tuple) else (out,)
+    torch.testing.assert_close(model(src, src_len, tgt), x[0], rtol=0, atol=0)
+
+
+def test_bad_layer_counts() -> None:
+    with pytest.raises(ValueError):
+        build_stages(V, H, 1, 2, 0.0, True, 0.1, PAD)
+    with pytest.raises(ValueError):
+        build_stages(V, H, 2, 0, 0.0, True, 0.1, PAD)
+
+
+def test_tied_weights_and_init() -> None:
+    model = tiny()
+    gen = model.generator
+    assert gen.proj.weight is model.embed_stage.embedding.weight
+    untied = build_model(V, H, 2, 2, 0.0, False, 0.3, PAD)
+    tied_n = sum(p.numel() for p in model.parameters())
+    assert tied_n < sum(p.numel() for p in build_model(V, H, 3, 3, 0.0, False, 0.3, PAD).parameters())
+    assert untied.generator.proj.weight is not untied.embed_stage.embedding.weight
+    att = model.attn_stage.attention
+    for name, p in model.named_parameters():
+        if p is att.g:
+            assert torch.allclose(p, torch.tensor([H**-0.5]))
+        elif p is att.b:
+            assert p.abs().max() == 0
+        else:
+            assert p.abs().max() <= 0.3, name
+
+
+def test_seeded_init_is_deterministic() -> None:
+    a, b = tiny(seed=5), tiny(seed=5)
+    for (na, pa), (nb, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert na == nb and torch.equal(pa, pb)
+
+
+def test_padding_does_not_leak() -> None:
+    """A sentence alone == the same sentence in a padded batch (encoder, attention, logits)."""
+    model = tiny().eval()
+    src, src_len = make_src([7, 3, 1], ts=9)
+    tgt = make_tgt([6, 4, 2], tt=8)
+    full = model(src, src_len, tgt)
+    enc = model.encode(src, src_len)
+    assert enc[3:, 1].abs().max() > 0  # pads of upper layers are not zero, but must not matter
+    for b, (n, m) in enumerate([(7, 6), (3, 4), (1, 2)]):
+        alone = model(src[:n, b : b + 1], src_len[b : b + 1], tgt[:m, b : b + 1])
+        torch.testing.assert_close(full[:m, b : b + 1], alone, atol=1e-5, rtol=1e-5)
+        bi = model.embed_stage.encode(src[:n, b : b + 1], src_len[b : b + 1])
+        bi_full = model.embed_stage.encode(src, src_len)
+        torch.testing.assert_close(bi_full[:n, b : b + 1], bi, atol=1e-6, rtol=1e-5)
+        assert bi_full[n:, b].abs().max() == 0 if n < 9 else True
+
+
+def test_attention_masks_padding() -> None:
+    model = tiny().eval()
+    src, src_len = make_src([5, 2, 1], ts=6)
+    enc = model.encode(src, src_len)
+    state = model.init_state(3)
+    _, _, attn = model.decode_step(torch.full((3,), BOS), state, enc, src_len)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(3))
+    for b, n in enumerate([5, 2, 1]):
+        assert attn[b, n:].abs().max() == 0 if n < 6 else True
+        assert (attn[b, :n] > 0).all()
+
+
+@pytest.mark.parametrize("enc,dec", [(2, 1), (3, 3), (4, 4)])
+def test_incremental_decoding_matches_teacher_forcing(enc: int, dec: int) -> None:
+    model = tiny(enc, dec).eval()
+    src, src_len = make_src([7, 4, 1])
+    tgt = make_tgt([6, 6, 3])
+    with torch.no_grad():
+        ref = torch.log_softmax(model(src, src_len, tgt), dim=-1)
+        enc_out = model.encode(src, src_len)
+        state = model.init_state(3)
+        for t in range(tgt.size(0)):
+            log_probs, state, attn = model.decode_step(tgt[t], state, enc_out, src_len)
+            assert attn.shape == (3, src.size(0))
+            torch.testing.assert_close(log_probs, ref[t], atol=1e-5, rtol=0)
+
+
+def test_decode_step_rows_grouped_by_sentence_and_reorder() -> None:
+    """State rows b*r..b*r+r-1 attend to sentence b; reorder_state permutes rows."""
+    model = tiny().eval()
+    src, src_len = make_src([5, 3])
+    r = 3
+    with torch.no_grad():
+        enc = model.encode(src, src_len)
+        y = torch.randint(4, V, (2 * r,))
+        a = model.decode_step(y, model.init_state(2 * r), enc, src_len)
+        enc_rep = enc.repeat_interleave(r, dim=1)
+        b = model.decode_step(y, model.init_state(2 * r), enc_rep, src_len.repeat_interleave(r))
+        torch.testing.assert_close(a[0], b[0])
+        torch.testing.assert_close(a[2], b[2])
+        index = torch.tensor([2, 2, 0, 5, 3, 3])
+        st = model.reorder_state(a[1], index)
+        assert st.h.shape == (model.n_dec, 2 * r, H)
+        torch.testing.assert_close(st.h[:, 1], a[1].h[:, 2])
+        torch.testing.assert_close(st.c[:, 3], a[1].c[:, 5])
+
+
+def test_generator_keeps_ctx_in_graph() -> None:
+    gen = Generator(H, V)
+    h = torch.randn(4, 2, H, requires_grad=True)
+    ctx = torch.randn(4, 2, H, requires_grad=True)
+    logits = gen(h, ctx)
+    with torch.no_grad():
+        plain = gen(h, ctx)
+    assert torch.equal(logits, plain)
+    logits.sum().backward()
+    assert ctx.grad is not None and ctx.grad.abs().max() == 0
+    assert h.grad is not None and h.grad.abs().max() > 0
+
+
+def test_train_mode_dropout_and_all_params_get_grads() -> None:
+    model = tiny(dropout=0.3).train()
+    src, src_len = make_src([5, 3])
+    tgt = make_tgt([4, 4])
+    a, b = model(src, src_len, tgt), model(src, src_len, tgt)
+    assert not torch.allclose(a, b)
+    a.sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, name
+
+
+def test_quantize_int8() -> None:
+    model = tiny().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    qmodel = quantize_int8(model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(before[k], v)
+    assert isinstance(model.embed_stage.lstm, torch.nn.LSTM)
+    assert not isinstance(qmodel.embed_stage.lstm, torch.nn.LSTM)
+    src, src_len = make_src([7, 4, 1])
+    tgt = make_tgt([6, 5, 2])
+    with torch.no_grad():
+        ref = model(src, src_len, tgt)
+        # packed bi-LSTM after quantization, padding still excluded
+        enc_q = qmodel.embed_stage.encode(src, src_len)
+        assert enc_q[4:, 1].abs().max() == 0
+        alone = qmodel.embed_stage.encode(src[:4, 1:2], src_len[1:2])
+        # activations are quantized per call (range of the whole batch): close, not equal
+        torch.testing.assert_close(enc_q[:4, 1:2], alone, atol=5e-3, rtol=0)
+        out = qmodel(src, src_len, tgt)
+        assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+        enc_out = qmodel.encode(src, src_len)
+        state = qmodel.init_state(3)
+        lp_ref = torch.log_softmax(out, dim=-1)
+        for t in range(tgt.size(0)):
+            log_probs, state, _ = qmodel.decode_step(tgt[t], state, enc_out, src_len)
+            torch.testing.assert_close(log_probs, lp_ref[t], atol=2e-2, rtol=0)
