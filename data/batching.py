@@ -131,6 +131,9 @@ class Batcher:
         batch_multiple: ``B`` is a multiple of this (the number of microbatches).
         seed: shuffling seed.
         shuffle: shuffle sentence and batch order per epoch.
+        merge_tails: move the pairs of a bucket's last, partial batch into the filler slots of
+            larger buckets when they all fit there (fixed assignment, same for every epoch):
+            removes that partial batch (and the shape, if the bucket empties) at no padding cost.
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class Batcher:
         batch_multiple: int = 1,
         seed: int = 1,
         shuffle: bool = True,
+        merge_tails: bool = True,
     ) -> None:
         if len(src_ids) != len(tgt_ids):
             raise DataError(
@@ -161,6 +165,7 @@ class Batcher:
         self.batch_multiple = batch_multiple
         self.seed = seed
         self.shuffle = shuffle
+        self.merge_tails = merge_tails
         self._src = _Flat(src_ids)
         self._tgt = _Flat(tgt_ids)
         ts = -(-(self._src.lens + 1) // pad_multiple) * pad_multiple
@@ -172,9 +177,40 @@ class Batcher:
         for members in np.split(order, starts[1:]):
             self._buckets[(int(ts[members[0]]), int(tt[members[0]]))] = members
         self._sizes = {key: self.bucket_batch_size(*key) for key in self._buckets}
+        if merge_tails:
+            self._merge_tails()
         self._epoch = 0
         self._index = 0
         self._plan_cache: tuple[int, list[tuple[tuple[int, int], IntArray]]] | None = None
+
+    def _merge_tails(self) -> None:
+        """Greedy tail merging. Buckets are visited largest key first, so every bucket that could
+        take a pair of bucket ``(ts, tt)`` (``Ts' >= ts`` and ``Tt' >= tt``) has already decided
+        whether it keeps its partial batch; kept partial batches offer their filler slots.
+        A tail moves only if it fits completely (a partial move would save nothing)."""
+        free: dict[tuple[int, int], int] = {}
+        for key in sorted(self._buckets, reverse=True):
+            members = self._buckets[key]
+            size = self._sizes[key]
+            rem = len(members) % size
+            if rem == 0:
+                continue
+            hosts = sorted(
+                (k for k, n in free.items() if n and k[0] >= key[0] and k[1] >= key[1]),
+                key=lambda k: (k[0] + k[1], k),
+            )
+            if sum(free[k] for k in hosts) < rem:
+                free[key] = size - rem
+                continue
+            tail, self._buckets[key] = members[len(members) - rem :], members[: len(members) - rem]
+            for host in hosts:
+                take, tail = tail[: free[host]], tail[free[host] :]
+                self._buckets[host] = np.sort(np.concatenate([self._buckets[host], take]))
+                free[host] -= len(take)
+                if not len(tail):
+                    break
+        for key in [k for k, m in self._buckets.items() if not len(m)]:
+            del self._buckets[key], self._sizes[key]
 
     # ------------------------------------------------------------------ shapes / stats
     def bucket_batch_size(self, ts: int, tt: int) -> int:
@@ -213,7 +249,7 @@ class Batcher:
         for arr in (self._src.lens, self._tgt.lens):
             h.update(arr.tobytes())
         settings = (self.batch_tokens, self.pad_multiple, self.batch_multiple, self.seed)
-        h.update(repr((settings, self.shuffle)).encode())
+        h.update(repr((settings, self.shuffle, self.merge_tails)).encode())
         return h.hexdigest()
 
     # ------------------------------------------------------------------ epoch plan

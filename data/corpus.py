@@ -105,7 +105,12 @@ def _validate_tsv(
                 )
             if len(set(columns)) != len(columns):
                 raise DataError(f"{str(path)!r} line 1: duplicate header columns {columns}")
-        elif text and text.count("\t") != len(columns) - 1:
+        if "\r" in text:
+            raise DataError(
+                f"{str(path)!r} line {lineno}: carriage return (\\r) inside the line at column "
+                f"{text.index(chr(13)) + 1} (TSV readers would split the line there)"
+            )
+        if lineno > 1 and text and text.count("\t") != len(columns) - 1:
             raise DataError(
                 f"{str(path)!r} line {lineno}: expected {len(columns)} tab-separated fields "
                 f"({columns}), found {text.count(chr(9)) + 1}"
@@ -157,9 +162,13 @@ def _clean(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _dataset_to_columns(ds: Any) -> dict[str, list[Any]]:
-    table = ds.data
-    return {name: table.column(name).to_pylist() for name in ds.column_names}
+    return {name: ds.data.column(name).to_pylist() for name in ds.column_names}
 
 
 def load_split_counted(
@@ -204,11 +213,10 @@ def load_split_counted(
             ds = datasets.load_dataset(
                 fmt, data_files=str(file), split="train", cache_dir=cache_dir, **kwargs
             )
-    except DataError:
-        raise
     except Exception as err:  # datasets/pyarrow/pandas raise many types; keep one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"cannot load {str(file)!r} as {fmt}: {first}") from None
+        raise DataError(
+            f"cannot load {str(file)!r} as {fmt}: {type(err).__name__}: {_first_line(err)}"
+        ) from None
     pairs = _columns_to_pairs(_dataset_to_columns(ds), repr(str(file)), src_lang, tgt_lang)
     if n_bad:
         logger.warning("%s: replaced invalid UTF-8 bytes on %d lines", file, n_bad)
@@ -257,11 +265,7 @@ def load_hub(
     try:
         ds = datasets.load_dataset(name, config, split=split, cache_dir=cache_dir)
     except ConnectionError as err:
-        offline = (
-            " (offline mode: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)"
-            if (datasets.config.HF_HUB_OFFLINE)
-            else ""
-        )
+        offline = " (offline mode is set)" if datasets.config.HF_HUB_OFFLINE else ""
         raise DataError(
             f"{where} cannot be loaded: the Hugging Face hub cannot be reached{offline} and the "
             f"dataset is not cached; use local files (data.source=files) instead "
@@ -273,11 +277,6 @@ def load_hub(
             f"{type(err).__name__}: {_first_line(err)}"
         ) from None
     return _columns_to_pairs(_dataset_to_columns(ds), where, src_lang, tgt_lang)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _read_text_lines(path: Path, on_bad_utf8: str) -> tuple[list[str], int]:
@@ -337,9 +336,6 @@ class FilterStats:
     ratio: int = 0
     identical: int = 0
     duplicate: int = 0
-
-    def removed(self) -> int:
-        return self.total - self.kept
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -80,7 +80,8 @@ def update_indexes(root: Path, release: str) -> tuple[FetchedFile, FetchedFile, 
             if line.startswith("Date:"):
                 date = line.split(":", 1)[1].strip()
                 break
-    en, de = (FetchedFile(f"Translation-{k}", p, sha256_file(p)) for k, p in sorted(found.items()))
+    en = FetchedFile("Translation-en", found["en"], sha256_file(found["en"]))
+    de = FetchedFile("Translation-de", found["de"], sha256_file(found["de"]))
     return en, de, date
 
 

@@ -83,7 +83,8 @@ class Tokenizer:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Encode a batch of sentences to ids (no bos/eos added)."""
-        return [list(ids) for ids in self._sp.encode(list(texts), out_type=int)]
+        out: list[list[int]] = self._sp.encode(list(texts), out_type=int)
+        return out
 
     def encode_pieces(self, texts: Sequence[str]) -> list[list[str]]:
         """Encode a batch of sentences to subword pieces (for inspection)."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nmt.config import register_configs
 from nmt.errors import user_error_types
@@ -37,15 +37,50 @@ def _guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig, name: str) -> Any
         sys.exit(130)
 
 
+def _precheck(config_name: str, name: str) -> None:
+    """Compose the config from the command line before Hydra runs, so that an unknown key,
+    a wrong type or an unknown option fails with one line and exit status 2."""
+    args = sys.argv[1:]
+    if any(a.startswith("-") for a in args) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return  # Hydra's own flags (--help, --cfg, -m ...): let Hydra handle everything
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [a for a in args if not a.lstrip("+~").startswith("hydra.")]
+    try:
+        with initialize_config_module(config_module="conf", version_base=_VERSION):
+            compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        lines = [x.strip() for x in str(err).strip().splitlines() if x.strip()]
+        options = [x for x in lines[1:] if not x.startswith(("Config search", "provider=", "full_key", "object_type", "reference_type"))]
+        detail = lines[0] if lines else type(err).__name__
+        if options and "Available options" in options[0]:
+            detail += " (options: " + ", ".join(o for o in options[1:] if not o.endswith("_schema")) + ")"
+        elif len(lines) > 1 and not lines[1].startswith(("full_key", "Config search")):
+            detail += f": {lines[1]}"
+        print(f"{name}: error: {detail}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _entry(hydra_main: Callable[[], None], config_name: str, name: str) -> Callable[[], None]:
+    def main() -> None:
+        _precheck(config_name, name)
+        hydra_main()
+
+    main.__name__ = hydra_main.__name__
+    return main
+
+
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
-def prepare_main(cfg: DictConfig) -> None:
+def _prepare_main(cfg: DictConfig) -> None:
     from nmt.prepare import prepare
 
     _guarded(prepare, cfg, "nmt-prepare")
 
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="config", version_base=_VERSION)
-def train_main(cfg: DictConfig) -> None:
+def _train_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
@@ -58,25 +93,28 @@ def train_main(cfg: DictConfig) -> None:
 
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
-def translate_main(cfg: DictConfig) -> None:
+def _translate_main(cfg: DictConfig) -> None:
     from nmt.translate import translate_cli
 
     _guarded(translate_cli, cfg, "nmt-translate")
 
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
-def eval_main(cfg: DictConfig) -> None:
+def _eval_main(cfg: DictConfig) -> None:
     from nmt.evaluate import eval_cli
 
     _guarded(eval_cli, cfg, "nmt-eval")
 
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
-def profile_main(cfg: DictConfig) -> None:
+def _profile_main(cfg: DictConfig) -> None:
     from nmt.profile import profile_cli
 
     _guarded(profile_cli, cfg, "nmt-profile")
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
+prepare_main = _entry(_prepare_main, "tool", "nmt-prepare")
+train_main = _entry(_train_main, "config", "nmt-train")
+translate_main = _entry(_translate_main, "tool", "nmt-translate")
+eval_main = _entry(_eval_main, "tool", "nmt-eval")
+profile_main = _entry(_profile_main, "tool", "nmt-profile")

@@ -13,7 +13,20 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import AttentionMemory, BahdanauAttention
 
-LSTMState = tuple[Tensor, Tensor]  # (h, c), each [1, B, H]
+LSTMState = tuple[Tensor, Tensor]  # (h, c), each [B, H]
+
+
+def lstm_step(lstm: nn.Module, x: Tensor, state: LSTMState) -> LSTMState:
+    """One time step of a single-layer unidirectional LSTM: ``x[B,in]``, (h, c)[B,H] -> (h, c).
+
+    Float ``nn.LSTM``: the fused ``torch.lstm_cell`` (no per-call weight repacking);
+    anything else (e.g. a dynamic int8 LSTM) is called as a module on a length-1 sequence.
+    """
+    if isinstance(lstm, nn.LSTM):
+        w_ih, w_hh, b_ih, b_hh = lstm.all_weights[0]
+        return torch.lstm_cell(x, state, w_ih, w_hh, b_ih, b_hh)
+    _, (h, c) = lstm(x.unsqueeze(0), (state[0].unsqueeze(0), state[1].unsqueeze(0)))
+    return h.squeeze(0), c.squeeze(0)
 
 
 class EmbedEncoder1(nn.Module):
@@ -38,7 +51,9 @@ class EmbedEncoder1(nn.Module):
         h, _ = pad_packed_sequence(out, total_length=src.size(0))
         return h.contiguous()
 
-    def forward(self, src: Tensor, src_len: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, src: Tensor, src_len: Tensor, tgt_in: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         return self.encode(src, src_len), src_len, self.embedding(tgt_in).contiguous()
 
 
@@ -57,12 +72,10 @@ class EncoderLayer(nn.Module):
 
     def encode(self, h: Tensor) -> Tensor:
         """``h[Ts,B,in]`` -> ``h'[Ts,B,H]``."""
-        out, _ = self.lstm(self.dropout(h))
+        out: Tensor = self.lstm(self.dropout(h))[0]
         return out + h if self.residual else out
 
-    def forward(
-        self, h: Tensor, src_len: Tensor, emb_tgt: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, h: Tensor, src_len: Tensor, emb_tgt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.encode(h).contiguous(), src_len, emb_tgt
 
 
@@ -93,10 +106,9 @@ class AttentionDecoder1(nn.Module):
 
         N = memory batch * beams per sentence (rows grouped by sentence).
         """
-        out, new_state = self.lstm(emb.unsqueeze(0), state)
-        x = out.squeeze(0)
+        x, c = lstm_step(self.lstm, emb, state)
         ctx, probs = self.attention(x.unsqueeze(1), memory)
-        return x, ctx.squeeze(1), probs.squeeze(1), new_state
+        return x, ctx.squeeze(1), probs.squeeze(1), (x, c)
 
 
 class DecoderLayer(nn.Module):
@@ -120,9 +132,8 @@ class DecoderLayer(nn.Module):
 
     def step(self, x: Tensor, ctx: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         """One step: ``x[N,H]``, ``ctx[N,H]`` -> (``x'[N,H]``, new state)."""
-        out, new_state = self.lstm(torch.cat((x, ctx), dim=-1).unsqueeze(0), state)
-        y = out.squeeze(0)
-        return (y + x if self.residual else y), new_state
+        y, c = lstm_step(self.lstm, torch.cat((x, ctx), dim=-1), state)
+        return (y + x if self.residual else y), (y, c)
 
 
 class Generator(nn.Module):
@@ -145,4 +156,5 @@ class Generator(nn.Module):
         if ctx.requires_grad and torch.is_grad_enabled():
             bias = self.proj.bias + ctx[:0].sum()
             return nn.functional.linear(h_dec, self.proj.weight, bias)
-        return self.proj(h_dec)
+        logits: Tensor = self.proj(h_dec)
+        return logits

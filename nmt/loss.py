@@ -25,8 +25,9 @@ def label_smoothed_nll(
 ) -> tuple[Tensor, Tensor]:
     """``logits[T,B,V]`` (any float dtype), ``target[T,B]`` long -> (loss_sum, nll_sum).
 
-    Both are fp32 (fp64 for fp64 logits) scalars summed over the positions where ``target != pad_id``;
-    ``nll_sum`` is the unsmoothed negative log-likelihood (for perplexity), detached.
+    Both are fp32 (fp64 for fp64 logits) scalars summed over the positions where
+    ``target != pad_id``; ``nll_sum`` is the unsmoothed negative log-likelihood (for
+    perplexity), detached.
     No host-device synchronisation (pad positions are masked, not removed).
     """
     dtype = torch.promote_types(logits.dtype, torch.float32)

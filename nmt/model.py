@@ -182,20 +182,26 @@ class GNMT(nn.Module):
         self, y_prev: Tensor, state: DecoderState, memory: AttentionMemory
     ) -> tuple[Tensor, DecoderState, Tensor]:
         """:meth:`decode_step` with precomputed attention memory. No dropout (inference)."""
+        logits, new_state, attn = self.step_logits(y_prev, state, memory)
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        return torch.log_softmax(logits, dim=-1, dtype=dtype), new_state, attn
+
+    def step_logits(
+        self, y_prev: Tensor, state: DecoderState, memory: AttentionMemory
+    ) -> tuple[Tensor, DecoderState, Tensor]:
+        """:meth:`step` returning unnormalized ``logits[N,V]`` instead of log-probabilities."""
         emb = self.embed_stage.embedding(y_prev)  # [N, H]
         hs: list[Tensor] = []
         cs: list[Tensor] = []
-        x, ctx, attn, (h, c) = self.attn_stage.step(emb, (state.h[0:1], state.c[0:1]), memory)
+        x, ctx, attn, (h, c) = self.attn_stage.step(emb, (state.h[0], state.c[0]), memory)
         hs.append(h)
         cs.append(c)
         for i, stage in enumerate(self.dec_stages, start=1):
-            x, (h, c) = stage.step(x, ctx, (state.h[i : i + 1], state.c[i : i + 1]))
+            x, (h, c) = stage.step(x, ctx, (state.h[i], state.c[i]))
             hs.append(h)
             cs.append(c)
         logits = self.generator(x, ctx)
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        log_probs = torch.log_softmax(logits, dim=-1, dtype=dtype)
-        return log_probs, DecoderState(torch.cat(hs), torch.cat(cs)), attn
+        return logits, DecoderState(torch.stack(hs), torch.stack(cs)), attn
 
     @staticmethod
     def reorder_state(state: DecoderState, index: Tensor) -> DecoderState:
@@ -217,4 +223,5 @@ def quantize_int8(model: GNMT) -> GNMT:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-        return quantize_dynamic(fp32, {nn.LSTM, nn.Linear}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(fp32, {nn.LSTM, nn.Linear}, dtype=torch.qint8, inplace=True)  # type: ignore[no-untyped-call]
+    return fp32

@@ -91,6 +91,8 @@ def beam_search(
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam={beam_size}")
+    if src.size(1) == 0:
+        return []
     was_training = model.training
     model.eval()
     try:
@@ -159,7 +161,8 @@ def _search(
         ba = sent_ids.numel()
         log_probs, state, attn = model.step(y_prev, state, memory)  # [N,V], [N,Ts]
         vocab = log_probs.size(1)
-        cov += attn
+        if beta != 0.0:
+            cov += attn
         log_probs[:, pad_id] = float("-inf")
         log_probs[:, bos_id] = float("-inf")
         force = max_len <= step  # [ba]: last allowed step, only eos
@@ -168,7 +171,7 @@ def _search(
             only_eos[eos_id] = False
             rows = force.repeat_interleave(k).unsqueeze(1)
             log_probs.masked_fill_(rows & only_eos, float("-inf"))
-        cand = (cum.view(-1, 1) + log_probs).view(ba, k * vocab)
+        cand = log_probs.add_(cum.view(-1, 1)).view(ba, k * vocab)  # cumulative log P
         top_s, top_i = cand.topk(2 * k, dim=1)  # [ba, 2k]
         beam = torch.div(top_i, vocab, rounding_mode="floor")
         tok = top_i - beam * vocab
@@ -199,7 +202,8 @@ def _search(
         index = reorder.view(-1)
         state = model.reorder_state(state, index)
         hist = torch.cat((hist.index_select(0, index), new_tok.view(-1, 1)), dim=1)
-        cov = cov.index_select(0, index)
+        if beta != 0.0:
+            cov = cov.index_select(0, index)
         y_prev = new_tok.view(-1)
     return finished.result()
 
@@ -232,7 +236,12 @@ def _finalize(
     tokens = hist[rows].tolist()
     stats: dict[int, tuple[int, float]] = {}
     for s, sent, toks, sc, lp in zip(
-        s_idx.tolist(), sent_ids[s_idx].tolist(), tokens, score.tolist(), logprob.tolist()
+        s_idx.tolist(),
+        sent_ids[s_idx].tolist(),
+        tokens,
+        score.tolist(),
+        logprob.tolist(),
+        strict=True,
     ):
         stats[s] = finished.add(sent, Hypothesis(toks, sc, lp))
     idx = torch.tensor(list(stats), dtype=torch.long, device=fin_count.device)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -71,22 +72,10 @@ class CostTable:
         return len(self.stages)
 
     def at_micro_batch(self, micro_batch: int) -> CostTable:
-        """The table for another micro-batch size (variable time and activations scale)."""
+        """The table for another micro-batch size (roofline time, linear activations)."""
         if micro_batch < 1:
             raise PlacementError(f"micro_batch must be >= 1, got {micro_batch}")
-        f = micro_batch / self.micro_batch
-
-        def scale(s: StageCost) -> StageCost:
-            return replace(
-                s,
-                fwd_ms=max(s.fwd_floor_ms, s.fwd_ms * f),
-                bwd_ms=max(s.bwd_floor_ms, s.bwd_ms * f),
-                act_bytes_per_mb=round(s.act_bytes_per_mb * f),
-                act_bytes_per_mb_recompute=round(s.act_bytes_per_mb_recompute * f),
-                out_bytes_per_mb=round(s.out_bytes_per_mb * f),
-            )
-
-        return replace(self, micro_batch=micro_batch, stages=tuple(scale(s) for s in self.stages))
+        return _scaled(self, micro_batch)
 
     def for_microbatches(self, microbatches: int) -> CostTable:
         """The table for splitting ``batch`` into ``microbatches`` equal micro-batches."""
@@ -102,6 +91,23 @@ class CostTable:
     @staticmethod
     def from_dict(d: dict[str, Any], where: str = "cost table") -> CostTable:
         return _table_from_dict(d, where)
+
+
+@lru_cache(maxsize=1024)
+def _scaled(table: CostTable, micro_batch: int) -> CostTable:
+    f = micro_batch / table.micro_batch
+
+    def scale(s: StageCost) -> StageCost:
+        return replace(
+            s,
+            fwd_ms=max(s.fwd_floor_ms, s.fwd_ms * f),
+            bwd_ms=max(s.bwd_floor_ms, s.bwd_ms * f),
+            act_bytes_per_mb=round(s.act_bytes_per_mb * f),
+            act_bytes_per_mb_recompute=round(s.act_bytes_per_mb_recompute * f),
+            out_bytes_per_mb=round(s.out_bytes_per_mb * f),
+        )
+
+    return replace(table, micro_batch=micro_batch, stages=tuple(scale(s) for s in table.stages))
 
 
 def digest(tables: list[CostTable]) -> str:

@@ -12,6 +12,7 @@ every collective runs under the process group's timeout.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,15 @@ PREFIX = "pipenmt/"
 
 class PeerFailure(RuntimeError):
     """Another rank died or failed; the message names it."""
+
+
+_ACTIVE: list[Heartbeat] = []
+
+
+def report_failure(reason: str) -> None:
+    """Leave a failure marker for the other ranks (no-op without a running heartbeat)."""
+    for hb in _ACTIVE:
+        hb.mark_failed(reason)
 
 
 class Heartbeat:
@@ -46,9 +56,11 @@ class Heartbeat:
         self._addr = (host, port)
         self._store_timeout = timedelta(seconds=store_timeout_s)
         self._stop = threading.Event()
+        self._failed = False
         self._store = self._client()
         self._thread = threading.Thread(target=self._beat, name="pipenmt-heartbeat", daemon=True)
         self._thread.start()
+        _ACTIVE[:] = [self]
 
     def _client(self) -> Store:
         store = TCPStore(
@@ -73,6 +85,9 @@ class Heartbeat:
         self._stop.set()
 
     def mark_failed(self, reason: str) -> None:
+        if self._failed:
+            return
+        self._failed = True
         with suppress(Exception):
             self._store.set(f"failed/{self.rank}", reason[:500])
 
@@ -110,12 +125,27 @@ class Heartbeat:
                 f"(no heartbeat for {max(2.0, 4 * self.interval_s):.1f}s, no error reported)"
             )
         # a failure marker that blames another rank is a consequence, not the cause
-        causes = {r: m for r, m in failed.items() if "PeerFailure" not in m}
-        for r, m in sorted((causes or failed).items()):
-            parts.append(f"rank {r} failed: {m}")
+        causes = {r: m for r, m in failed.items() if not m.startswith("PeerFailure")}
+        if not dead and not causes:
+            causes = failed
+        for r, m in sorted(causes.items()):
+            parts.append(f"rank {r} failed ({m})")
         if done and not parts:
-            parts.append(f"ranks {sorted(done)} already finished")
-        return "; ".join(parts) if parts else "no other rank reported a failure (timeout?)"
+            parts.append(f"rank(s) {sorted(done)} already finished")
+        if parts:
+            return "; ".join(parts)
+        return (
+            f"no rank died or reported an error; ranks {others} are alive (hung, or slower "
+            "than the timeout)"
+        )
+
+
+def short_error(e: BaseException, limit: int = 200) -> str:
+    """One line: gloo's source-location prefix and boilerplate advice dropped."""
+    text = " ".join(str(e).split())
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\] ", "", text)
+    text = text.split(" This is typically caused")[0]
+    return text[:limit]
 
 
 @contextmanager
@@ -128,15 +158,16 @@ def failure_guard(monitor: Heartbeat | None, what: str) -> Iterator[None]:
     except Exception as e:
         if monitor is None:
             raise
-        first = " ".join(str(e).split())[:300]
+        first = short_error(e)
         local = not isinstance(e, RuntimeError) or type(e).__name__ == "ShapeGuardError"
         if local:
             monitor.mark_failed(f"{type(e).__name__}: {first}")
             raise
+        timed_out = "timed out" in first.lower() or "timeout" in first.lower()
         verdict = monitor.diagnose()
-        if verdict.startswith("no other rank"):
+        if verdict.startswith("no rank died") and not timed_out:
             monitor.mark_failed(f"{type(e).__name__} in {what}: {first}")
             raise
-        msg = f"rank {monitor.rank}: {what} failed because {verdict} [{type(e).__name__}: {first}]"
-        monitor.mark_failed(f"PeerFailure: {msg}")
+        msg = f"{what} failed because {verdict} [{type(e).__name__}: {first}]"
+        monitor.mark_failed(f"PeerFailure: {verdict}")
         raise PeerFailure(msg) from e

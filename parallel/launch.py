@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from parallel.errors import PlacementError
+from parallel.faults import report_failure, short_error
 
 T = TypeVar("T")
 
@@ -55,7 +56,8 @@ def run_worker(entry: Callable[..., T], *args: Any) -> T:
     except BaseException as e:  # noqa: BLE001 - a worker must never hang on teardown
         rank = os.environ.get("RANK", "?")
         traceback.print_exc()
-        first = " ".join(str(e).split())
+        first = short_error(e, 400)
+        report_failure(f"{type(e).__name__}: {first[:300]}")
         print(
             f"pipenmt: rank {rank} failed: {type(e).__name__}: {first}", file=sys.stderr, flush=True
         )

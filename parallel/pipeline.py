@@ -23,7 +23,6 @@ Semantics of :meth:`PipelineRunner.step` (``inputs``, ``target``, ``normaliser``
 
 from __future__ import annotations
 
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from parallel.errors import PlacementError
 from parallel.faults import failure_guard
 from parallel.placement import Placement, check_batch, check_pipeline
 from parallel.stagewrap import PipeStage, ShapeGuardError, StageChunk
+from parallel.stepsync import GradStash, agree, gather_state_dict, total_loss
 from parallel.ties import TieSync, all_reduce_grads, find_ties
 from parallel.timeline import TimelineRecorder, TimelineSummary, gather_and_write
 
@@ -128,6 +128,9 @@ class PipelineRunner:
                     seen.add(id(p))
                     self._named[f"{s}.{name}"] = p
         self._params = list(self._named.values())
+        self._whole: StageChunk | None = None
+        if ctx.pp == 1 and len(self.virtual) > 1:
+            self._whole = StageChunk(self.local_modules(), self.local_stages)
         self.ties = TieSync(
             find_ties(stages),
             placement.stage_ranks,
@@ -171,16 +174,17 @@ class PipelineRunner:
         inputs = tuple(inputs)
         key = self._key(inputs, target, self.microbatches)
         with failure_guard(self.ctx.monitor, "pipeline step"):
-            norm = self._agree(key, float(normaliser))
+            norm = agree(self.ctx, key, float(normaliser))
             bucket = self._bucket(key, True, self.microbatches)
-            stash = self._stash_grads()
+            stash = GradStash(self._params)
             self._norm = norm
             losses = self._run(bucket, inputs, target, training=True)
             if self.ties.needs_sync:
                 self.ties.all_reduce()
-            self._dp_all_reduce()
-            self._unstash(stash)
-            return self._total_loss(losses)
+            if self.ctx.dp > 1:
+                all_reduce_grads(self._params, self.ctx.dp_group)
+            stash.restore()
+            return total_loss(self.ctx, losses)
 
     def forward_only(self, inputs: Sequence[Tensor], target: Tensor) -> float:
         """Validation: the SUM of ``loss_fn`` over the batch (and dp replicas), no grads.
@@ -196,12 +200,12 @@ class PipelineRunner:
         self.train(False)
         try:
             with failure_guard(self.ctx.monitor, "pipeline forward_only"):
-                self._agree(key, 0.0)
+                agree(self.ctx, key, 0.0)
                 bucket = self._bucket(key, False, m)
                 self._norm = 1.0
                 with torch.no_grad():
                     losses = self._run(bucket, inputs, target, training=False)
-                return self._total_loss(losses)
+                return total_loss(self.ctx, losses)
         finally:
             for mod, mode in zip(self.local_modules(), modes, strict=True):
                 mod.train(mode)
@@ -242,22 +246,8 @@ class PipelineRunner:
     def full_state_dict(self, prefix: str = "") -> dict[str, Tensor] | None:
         """Collective: the single-device state dict (``nn.ModuleList(stages)`` keys, with
         ``prefix``) on global rank 0, ``None`` elsewhere."""
-        shard = (
-            {prefix + k: v.detach().cpu() for k, v in self.state_dict().items()}
-            if self.ctx.dp_rank == 0
-            else {}
-        )
-        if self.ctx.world_size == 1:
-            return shard
-        gathered: list[Any] | None = [None] * self.ctx.world_size if self.ctx.rank == 0 else None
         with failure_guard(self.ctx.monitor, "state dict gather"):
-            dist.gather_object(shard, gathered, dst=0)
-        if gathered is None:
-            return None
-        full: dict[str, Tensor] = {}
-        for part in gathered:
-            full.update(part)
-        return dict(sorted(full.items(), key=lambda kv: _stage_sort_key(kv[0], prefix)))
+            return gather_state_dict(self.ctx, self.state_dict(), prefix)
 
     def load_full_state_dict(
         self, state: dict[str, Tensor], prefix: str = "", strict: bool = True
@@ -300,32 +290,6 @@ class PipelineRunner:
         check_batch(self._batch_size(inputs), microbatches)
         return tuple(tuple(x.shape) for x in inputs), tuple(target.shape)
 
-    def _agree(self, key: ShapeKey, normaliser: float) -> float:
-        """One all-reduce: pipeline ranks agree on the shape key; normaliser summed over dp."""
-        ctx = self.ctx
-        if ctx.world_size == 1:
-            return normaliser
-        x = float(zlib.crc32(repr(key).encode()) & 0xFFFFF)
-        buf = torch.zeros(3 * ctx.dp, dtype=torch.float64, device=ctx.device)
-        buf[3 * ctx.dp_rank : 3 * ctx.dp_rank + 3] = torch.tensor([x, x * x, normaliser])
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-        vals = buf.tolist()
-        for d in range(ctx.dp):
-            s, s2 = vals[3 * d], vals[3 * d + 1]
-            if ctx.pp * s2 != s * s:
-                if d == ctx.dp_rank:
-                    keys: list[Any] = [None] * ctx.pp
-                    dist.all_gather_object(keys, key, group=ctx.pp_group)
-                    raise ShapeGuardError(
-                        "pipeline ranks were given different batch shapes this step: "
-                        + "; ".join(f"rank {r}: {k}" for r, k in enumerate(keys))
-                    )
-                raise ShapeGuardError(
-                    f"data-parallel replica {d}: its pipeline ranks disagree "
-                    "on this step's batch shapes"
-                )
-        return float(sum(vals[2::3])) / ctx.pp
-
     def _bucket(self, key: ShapeKey, training: bool, microbatches: int) -> _Bucket:
         k = (training, key)
         bucket = self._buckets.get(k)
@@ -333,17 +297,18 @@ class PipelineRunner:
             self._buckets.move_to_end(k)
             return bucket
         desc = f"{'train' if training else 'eval'} {key}"
+        chunks, n_virtual = self._stage_chunks(training)
         stages = [
             PipeStage(
-                self._chunks[v],
+                chunk,
                 v,
-                self.placement.n_virtual,
+                n_virtual,
                 self.ctx.device,
                 self.ctx.pp_group,
                 recorder=self.timeline,
                 bucket=desc,
             )
-            for v in self.virtual
+            for v, chunk in chunks
         ]
         bucket = _Bucket(stages, self._make_schedule(stages, microbatches, training), microbatches)
         self._buckets[k] = bucket
@@ -351,9 +316,21 @@ class PipelineRunner:
             self._buckets.popitem(last=False)
         return bucket
 
+    def _stage_chunks(self, training: bool) -> tuple[list[tuple[int, StageChunk]], int]:
+        """(virtual index, chunk) pairs of this rank and the virtual stage count.
+
+        Forward-only on one rank runs all stages as one chunk: torch's looped schedules
+        still walk their backward actions in ``eval()``, which breaks for adjacent stages
+        on the same rank.
+        """
+        if training or self._whole is None:
+            return [(v, self._chunks[v]) for v in self.virtual], self.placement.n_virtual
+        return [(0, self._whole)], 1
+
     def _make_schedule(self, stages: list[PipeStage], m: int, training: bool) -> Any:
-        single = self.placement.stages_per_rank == 1
-        name = self.schedule if training else ("gpipe" if single else "looped_bfs")
+        # forward only: fill-drain over this rank's chunk(s)
+        fill_drain = "gpipe" if len(stages) == 1 else "looped_bfs"
+        name = self.schedule if training else fill_drain
         kw: dict[str, Any] = {"loss_fn": self._loss, "scale_grads": False}
         if name == "gpipe":
             return ScheduleGPipe(stages[0], m, **kw)
@@ -378,6 +355,8 @@ class PipelineRunner:
         if self.holds_first:
             dims = self.batch_dims or default_batch_dims(inputs)
             self._chunks[0].root_batch_dims = dims
+            if self._whole is not None:
+                self._whole.root_batch_dims = dims
             args = tuple(
                 x.to(dev, non_blocking=True).movedim(d, 0)
                 for x, d in zip(inputs, dims, strict=True)
@@ -393,41 +372,3 @@ class PipelineRunner:
         else:
             bucket.schedule.eval(*args, target=tgt, losses=losses, return_outputs=False)
         return losses
-
-    def _total_loss(self, losses: list[Tensor]) -> float:
-        local = (
-            torch.stack([t.detach().double() for t in losses]).sum()
-            if losses
-            else torch.zeros((), dtype=torch.float64, device=self.ctx.device)
-        )
-        if self.ctx.world_size > 1:  # only last pipeline ranks contribute: sum over dp
-            dist.all_reduce(local, op=dist.ReduceOp.SUM)
-        return float(local)
-
-    def _stash_grads(self) -> dict[int, Tensor]:
-        stash: dict[int, Tensor] = {}
-        for p in self._params:
-            if p.grad is not None:
-                stash[id(p)] = p.grad
-                p.grad = None
-        return stash
-
-    def _unstash(self, stash: dict[int, Tensor]) -> None:
-        if not stash:
-            return
-        for p in self._params:
-            old = stash.get(id(p))
-            if old is not None:
-                if p.grad is not None:
-                    old.add_(p.grad)
-                p.grad = old
-
-    def _dp_all_reduce(self) -> None:
-        if self.ctx.dp == 1 or not self._params:
-            return
-        all_reduce_grads(self._params, self.ctx.dp_group)
-
-
-def _stage_sort_key(key: str, prefix: str) -> tuple[int, str]:
-    head, _, rest = key[len(prefix) :].partition(".")
-    return (int(head), rest) if head.isdigit() else (1 << 30, key)

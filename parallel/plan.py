@@ -11,8 +11,10 @@ simulated until the bound passes the best simulated time.  Cut sets above
 ``enumeration_limit`` per ``V`` fall back to the min-max dynamic program plus neighbours.
 
 ``reinforce`` is the learned alternative (Mirhoseini et al., 2017): a softmax policy per
-stage over devices, the ``greedy`` dataflow simulator as environment, reward = minus the
-step time relative to one device, a moving-average baseline.
+stage over devices; the simulator runs each sampled placement with the ``greedy`` dataflow
+executor and, where torch's schedules can run it, with those; reward = minus the best step
+time relative to one device, with a moving-average baseline.  Plan files only hold
+torch-runnable results (``ReinforceResult.best_runnable``).
 """
 
 from __future__ import annotations
@@ -31,28 +33,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from parallel.costs import CostTable, StageCost, digest, load_cost_tables
+from parallel.costs import CostTable, digest, load_cost_tables
 from parallel.errors import PlacementError
 from parallel.schedules import (
     MULTI_STAGE_SCHEDULES,
     SCHEDULES,
-    Action,
     gnmt_placement,
     group_virtual_stages,
     looped_placement,
-    parse_action,
     validate_schedule,
 )
-from parallel.simulate import (
-    ZERO_LINK,
-    Link,
-    build_pipeline,
-    parse_link,
-    placement_runs,
-    run_orders,
-    simulate,
-    static_bytes,
-)
+from parallel.simulate import Link, parse_link, placement_runs, simulate, static_bytes
 
 PLAN_KIND = "pipenmt-plan"
 PLAN_VERSION = 1
@@ -67,7 +58,6 @@ class Candidate:
     recompute: bool
     step_ms: float  # weight-averaged over the cost tables
     peak_bytes: int  # max over ranks and tables
-    orders: tuple[tuple[str, ...], ...] | None = None  # explicit orders ("greedy")
 
 
 @dataclass(frozen=True)
@@ -101,17 +91,13 @@ def evaluate(
     """Simulate on every table; weighted-mean step time and worst peak memory."""
     total = weight = 0.0
     peak = 0
-    orders = None
     for t in tables:
         r = simulate(t, placement, schedule, microbatches, link, num_ranks=num_ranks,
-                     recompute=recompute, dp=dp)  # fmt: skip
+                     recompute=recompute, dp=dp, keep_events=False)  # fmt: skip
         total += t.weight * r.step_ms
         weight += t.weight
         peak = max(peak, *r.peak_bytes)
-        if schedule == "greedy" and orders is None:
-            orders = tuple(tuple(str(a) for a in o) for o in r.orders)
-    return Candidate(tuple(placement), schedule, microbatches, recompute,
-                     total / weight, peak, orders)  # fmt: skip
+    return Candidate(tuple(placement), schedule, microbatches, recompute, total / weight, peak)
 
 
 def single_device_ms(tables: Sequence[CostTable], link: Link) -> float:
@@ -207,9 +193,15 @@ def _stage_arrays(t: CostTable, m: int, recompute: bool) -> tuple[Floats, Floats
 
 
 def _lower_bounds(
-    tables: Sequence[CostTable], cuts: npt.NDArray[np.int64], k: int, m: int, recompute: bool
+    tables: Sequence[CostTable],
+    cuts: npt.NDArray[np.int64],
+    k: int,
+    m: int,
+    recompute: bool,
+    link: Link,
 ) -> Floats:
-    """Valid lower bounds on the weighted step time for each cut set (see module doc)."""
+    """Valid lower bounds on the weighted step time for each cut set: the larger of the
+    per-rank bound (see module doc) and micro-batch 0's whole chain with its transfers."""
     n = tables[0].num_stages
     starts = np.concatenate([np.zeros((len(cuts), 1), np.int64), cuts], axis=1)
     ends = np.concatenate([cuts, np.full((len(cuts), 1), n, np.int64)], axis=1)
@@ -217,13 +209,17 @@ def _lower_bounds(
     wsum = 0.0
     for t in tables:
         f, b = _stage_arrays(t, m, recompute)
+        xfer = np.array(
+            [link.transfer_ms(s.out_bytes_per_mb) for s in t.for_microbatches(m).stages]
+        )
+        chain = f.sum() + b.sum() + (2 * xfer[cuts - 1].sum(axis=1) if k > 1 else 0.0)
         pf = np.concatenate([[0.0], np.cumsum(f)])
         pb = np.concatenate([[0.0], np.cumsum(b)])
         run = (pf[ends] - pf[starts]) + (pb[ends] - pb[starts])
         load = run.reshape(len(cuts), -1, k).sum(axis=1)
         first = starts[:, :k]
         bound = pf[first] + m * load + pb[first]
-        lb += t.weight * bound.max(axis=1)
+        lb += t.weight * np.maximum(bound.max(axis=1), chain)
         wsum += t.weight
     return lb / wsum
 
@@ -246,7 +242,7 @@ def search(
         bounds: dict[tuple[int, bool], Floats] = {}
         for sched, m, rc in _combos(tables, k, v, space):
             if (m, rc) not in bounds:
-                bounds[(m, rc)] = _lower_bounds(tables, cuts, k, m, rc)
+                bounds[(m, rc)] = _lower_bounds(tables, cuts, k, m, rc, link)
             lbs.append(bounds[(m, rc)])
             keys.append((cuts, sched, m, rc))
     if not lbs:
@@ -276,7 +272,8 @@ def search(
 
 @dataclass(frozen=True)
 class ReinforceResult:
-    best: Candidate | None
+    best: Candidate | None  # any executor (``greedy`` included)
+    best_runnable: Candidate | None  # a torch schedule: what a plan file can hold
     history: tuple[float, ...]  # best step time found after each iteration
     samples: int
 
@@ -288,19 +285,22 @@ def reinforce(
     microbatches: int,
     *,
     iterations: int = 100,
-    batch: int = 16,
-    lr: float = 0.5,
+    batch: int = 32,
+    lr: float = 2.0,
     seed: int = 0,
     memory_limit_bytes: int | None = None,
     dp: int = 1,
 ) -> ReinforceResult:
-    """REINFORCE over stage -> device assignments, ``greedy`` simulator as environment."""
+    """REINFORCE over stage -> device assignments; the environment runs a sample with the
+    best of the ``greedy`` executor and the torch schedules that can run it."""
     n, k = tables[0].num_stages, num_ranks
     rng = np.random.default_rng(seed)
     logits = np.zeros((n, k))
     ref = single_device_ms(tables, link)
-    cache: dict[tuple[int, ...], Candidate] = {}
+    cache: dict[tuple[int, ...], list[Candidate]] = {}
+    limit = memory_limit_bytes
     best: Candidate | None = None
+    runnable: Candidate | None = None
     baseline: float | None = None
     history = []
     for _ in range(iterations):
@@ -312,12 +312,14 @@ def reinforce(
         for i, a in enumerate(acts):
             key = tuple(int(x) for x in a)
             if key not in cache:
-                cache[key] = evaluate(tables, key, "greedy", microbatches, link, k, dp=dp)
-            c = cache[key]
-            ok = memory_limit_bytes is None or c.peak_bytes <= memory_limit_bytes
-            rewards[i] = -c.step_ms / ref if ok else -2.0
-            if ok and (best is None or c.step_ms < best.step_ms):
-                best = c
+                cache[key] = _environment(tables, key, microbatches, link, k, limit, dp)
+            found = cache[key]
+            rewards[i] = -found[0].step_ms / ref if found else -2.0
+            for c in found:
+                if best is None or c.step_ms < best.step_ms:
+                    best = c
+                if c.schedule != "greedy" and (runnable is None or c.step_ms < runnable.step_ms):
+                    runnable = c
         mean = float(rewards.mean())
         baseline = mean if baseline is None else 0.9 * baseline + 0.1 * mean
         adv = rewards - baseline
@@ -327,7 +329,29 @@ def reinforce(
             grad[np.arange(n), a] += adv[i]
         logits += lr * grad / batch
         history.append(best.step_ms if best else math.inf)
-    return ReinforceResult(best, tuple(history), len(cache))
+    return ReinforceResult(best, runnable, tuple(history), len(cache))
+
+
+def _environment(
+    tables: Sequence[CostTable],
+    placement: tuple[int, ...],
+    m: int,
+    link: Link,
+    k: int,
+    limit: int | None,
+    dp: int,
+) -> list[Candidate]:
+    """Feasible executions of one sampled placement, fastest first."""
+    space = SearchSpace(microbatches=(m,), memory_limit_bytes=limit, dp=dp)
+    found = [evaluate(tables, placement, "greedy", m, link, k, dp=dp)]
+    try:
+        v = len(group_virtual_stages(placement, k)) // k
+    except PlacementError:
+        v = 0
+    if v:
+        found += [evaluate(tables, placement, sched, m, link, k, recompute=rc, dp=dp)
+                  for sched, _, rc in _combos(tables, k, v, space)]  # fmt: skip
+    return sorted((c for c in found if _fits(c, space)), key=lambda c: c.step_ms)
 
 
 # ----------------------------------------------------------------------------- plan files
@@ -341,7 +365,6 @@ class Plan:
     microbatches: int
     recompute: bool = False
     dp: int = 1
-    orders: tuple[tuple[str, ...], ...] | None = None
     virtual_stages: tuple[tuple[int, ...], ...] = ()
     predicted_step_ms: float = 0.0
     single_device_ms: float = 0.0
@@ -367,7 +390,7 @@ def make_plan(
     t0 = tables[0]
     return Plan(
         placement=c.placement, num_ranks=num_ranks, schedule=c.schedule,
-        microbatches=c.microbatches, recompute=c.recompute, dp=dp, orders=c.orders,
+        microbatches=c.microbatches, recompute=c.recompute, dp=dp,
         virtual_stages=tuple(tuple(g) for g in groups), predicted_step_ms=c.step_ms,
         single_device_ms=single_ms, expert_step_ms=expert_ms, link=link.spec,
         cost_table={"hash": digest(list(tables)), "device": t0.device, "model": t0.model,
@@ -401,8 +424,6 @@ def load_plan(path: str | Path, num_stages: int, num_ranks: int | None = None) -
 
 
 def _plan_from_doc(doc: dict[str, Any]) -> Plan:
-    orders = doc.get("orders")
-    doc["orders"] = None if orders is None else tuple(tuple(str(a) for a in o) for o in orders)
     doc["placement"] = tuple(int(r) for r in doc["placement"])
     doc["virtual_stages"] = tuple(tuple(int(s) for s in g) for g in doc.get("virtual_stages", []))
     for name, kind in (("num_ranks", int), ("microbatches", int), ("dp", int)):
@@ -417,28 +438,14 @@ def _validate_plan(plan: Plan, num_stages: int, num_ranks: int | None, where: st
         raise PlacementError(f"{where}: plan places {len(p)} stages, the model has {num_stages}")
     if num_ranks is not None and k != num_ranks:
         raise PlacementError(f"{where}: plan is for {k} ranks, running with {num_ranks}")
+    if plan.schedule not in SCHEDULES:
+        raise PlacementError(f"{where}: schedule {plan.schedule!r} is not one of {SCHEDULES}")
     if k < 1 or sorted(set(p)) != list(range(k)):
         raise PlacementError(f"{where}: placement {list(p)} must use every rank 0..{k - 1}")
     if plan.dp < 1:
         raise PlacementError(f"{where}: dp={plan.dp} must be >= 1")
-    if plan.schedule == "greedy":
-        if plan.orders is None or len(plan.orders) != k:
-            raise PlacementError(f"{where}: schedule greedy needs orders for {k} ranks")
-        zero = StageCost("", 0.0, 0.0, 0, 0, 0, 0, 0, 0)
-        one = CostTable("check", "", "float32", 1, 1, 1, 1, (zero,) * num_stages)
-        pipe = build_pipeline(one, placement_runs(p), p, k)
-        run_orders(pipe, [[parse_action(a) for a in o] for o in plan.orders],
-                   plan.microbatches, ZERO_LINK)  # fmt: skip
-        return
     groups = group_virtual_stages(p, k)
     validate_schedule(plan.schedule, k, plan.microbatches, len(groups) // k)
-
-
-def plan_orders(plan: Plan) -> list[list[Action]]:
-    """Explicit per-rank orders of a ``greedy`` plan (virtual stage indices)."""
-    if plan.orders is None:
-        raise PlacementError(f"plan schedule {plan.schedule} has no explicit orders")
-    return [[parse_action(a) for a in o] for o in plan.orders]
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -497,18 +504,14 @@ def _run(args: argparse.Namespace) -> int:
             found.append(("exact", res.best))
         print(f"exact: {res.considered} candidates, {res.simulated} simulated")
     if args.method in ("reinforce", "both"):
-        m = (
-            found[0][1].microbatches
-            if found
-            else max(
-                (x for x in space.microbatches if all(t.batch % x == 0 for t in tables)), default=1
-            )
-        )
+        ms = [x for x in space.microbatches if all(t.batch % x == 0 for t in tables)]
+        m = found[0][1].microbatches if found else max(ms, default=1)
         rl = reinforce(tables, k, link, m, iterations=args.iterations, seed=args.seed,
                        memory_limit_bytes=limit, dp=args.dp)  # fmt: skip
-        if rl.best is not None:
-            found.append(("reinforce", rl.best))
-        print(f"reinforce: {rl.samples} placements sampled")
+        if rl.best_runnable is not None:
+            found.append(("reinforce", rl.best_runnable))
+        print(f"reinforce: {rl.samples} placements sampled; best with any executor: "
+              f"{rl.best.step_ms if rl.best else math.inf:.3f} ms")  # fmt: skip
     if not found:
         raise PlacementError(f"no placement of {n} stages on {k} devices fits the limits")
     method, best = min(found, key=lambda x: x[1].step_ms)

@@ -19,6 +19,7 @@ Stages here are *virtual* stages (torch's ``stage_index``): with ``V`` stages pe
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import NamedTuple
 
 from parallel.errors import PlacementError
@@ -154,6 +155,18 @@ def schedule_orders(
     schedule: str, num_ranks: int, microbatches: int, stages_per_rank: int = 1
 ) -> Orders:
     """Per-rank compute orders of ``schedule`` over ``num_ranks * stages_per_rank`` stages."""
+    return [list(o) for o in cached_orders(schedule, num_ranks, microbatches, stages_per_rank)]
+
+
+@lru_cache(maxsize=512)
+def cached_orders(
+    schedule: str, num_ranks: int, microbatches: int, stages_per_rank: int = 1
+) -> tuple[tuple[Action, ...], ...]:
+    """``schedule_orders`` as an immutable, memoised value."""
+    return tuple(tuple(o) for o in _orders(schedule, num_ranks, microbatches, stages_per_rank))
+
+
+def _orders(schedule: str, num_ranks: int, microbatches: int, stages_per_rank: int) -> Orders:
     validate_schedule(schedule, num_ranks, microbatches, stages_per_rank)
     ranks = range(num_ranks)
     if schedule == "gpipe":

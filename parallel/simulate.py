@@ -19,8 +19,11 @@ per-rank orders are returned, so a runtime that takes explicit orders can replay
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 from parallel.costs import CostTable
 from parallel.errors import PlacementError
@@ -29,9 +32,8 @@ from parallel.schedules import (
     FORWARD,
     SCHEDULES,
     Action,
-    Orders,
+    cached_orders,
     group_virtual_stages,
-    schedule_orders,
 )
 
 ALL_SCHEDULES: tuple[str, ...] = (*SCHEDULES, "greedy")
@@ -82,8 +84,7 @@ def parse_link(spec: str) -> Link:
     )
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     rank: int
     action: Action
     start_ms: float
@@ -116,27 +117,15 @@ class Pipeline:
     act_extra: tuple[int, ...]  # re-materialised during B (recompute)
     num_ranks: int
 
-    def ready_ms(self, a: Action, end: dict[tuple[str, int, int], float], link: Link) -> float:
-        """Arrival time of ``a``'s input, or ``-1`` if its producer has not run."""
-        v, m, last = a.stage, a.mb, len(self.rank_of) - 1
-        if a.kind == FORWARD:
-            if v == 0:
-                return 0.0
-            src, nbytes = v - 1, self.out_bytes[v - 1]
-            key = (FORWARD, src, m)
-        else:
-            if (FORWARD, v, m) not in end:
-                return -1.0
-            src, nbytes = (v, 0) if v == last else (v + 1, self.out_bytes[v])
-            key = (FORWARD, v, m) if v == last else (BACKWARD, src, m)
-        t = end.get(key)
-        if t is None:
-            return -1.0
-        same = self.rank_of[src] == self.rank_of[v]
-        return t if same else t + link.transfer_ms(nbytes)
-
-    def duration_ms(self, a: Action) -> float:
-        return self.fwd_ms[a.stage] if a.kind == FORWARD else self.bwd_ms[a.stage]
+    def transfers_ms(self, link: Link) -> tuple[list[float], list[float]]:
+        """Input transfer time of F(v) (from v-1) and of B(v) (from v+1), per stage."""
+        r, nv = self.rank_of, len(self.rank_of)
+        xf = [0.0] * nv
+        xb = [0.0] * nv
+        for v in range(nv - 1):
+            if r[v] != r[v + 1]:
+                xf[v + 1] = xb[v] = link.transfer_ms(self.out_bytes[v])
+        return xf, xb
 
 
 def build_pipeline(
@@ -165,7 +154,7 @@ def build_pipeline(
     )
 
 
-def _check_orders(pipe: Pipeline, orders: Orders, microbatches: int) -> None:
+def _check_orders(pipe: Pipeline, orders: Sequence[Sequence[Action]], microbatches: int) -> None:
     nv = len(pipe.rank_of)
     want = {(k, v, m) for k in (FORWARD, BACKWARD) for v in range(nv) for m in range(microbatches)}
     seen: set[tuple[str, int, int]] = set()
@@ -180,89 +169,132 @@ def _check_orders(pipe: Pipeline, orders: Orders, microbatches: int) -> None:
         raise PlacementError(f"bad schedule: missing actions {missing}")
 
 
-def run_orders(pipe: Pipeline, orders: Orders, microbatches: int, link: Link) -> list[Event]:
-    """Execute fixed per-rank orders; ``PlacementError`` on deadlock."""
-    if len(orders) != pipe.num_ranks:
-        raise PlacementError(f"orders for {len(orders)} ranks, expected {pipe.num_ranks}")
-    _check_orders(pipe, orders, microbatches)
-    end: dict[tuple[str, int, int], float] = {}
+_Prep = tuple[tuple[tuple[int, int, int], ...], ...]  # per rank: (producer id, own id, slot)
+
+
+def _ids(a: Action, nv: int, m: int) -> tuple[int, int, int]:
+    """Producer id (-1: none), own id and slot (F: v, B: nv+v) of ``a``; ids are slot*M+mb.
+    B(v) needs only B(v+1): that implies F(v) on the same rank ran before."""
+    v = a.stage
+    if a.kind == FORWARD:
+        return (v - 1) * m + a.mb if v else -1, v * m + a.mb, v
+    dep = v * m + a.mb if v == nv - 1 else (nv + v + 1) * m + a.mb
+    return dep, (nv + v) * m + a.mb, nv + v
+
+
+def _prepare(orders: Sequence[Sequence[Action]], nv: int, m: int) -> _Prep:
+    return tuple(tuple(_ids(a, nv, m) for a in ops) for ops in orders)
+
+
+@lru_cache(maxsize=512)
+def _prepared(schedule: str, k: int, m: int, v: int) -> _Prep:
+    return _prepare(cached_orders(schedule, k, m, v), k * v, m)
+
+
+def _execute(
+    prep: _Prep, pipe: Pipeline, link: Link, orders: Sequence[Sequence[Action]], m: int
+) -> tuple[list[list[float]], list[float]]:
+    """Start times per rank and action, and each rank's finish time."""
+    xf, xb = pipe.transfers_ms(link)
+    dur, extra = [*pipe.fwd_ms, *pipe.bwd_ms], [*xf, *xb]
+    end = [-1.0] * (2 * len(pipe.rank_of) * m)
+    starts = [[0.0] * len(ops) for ops in prep]
     free = [0.0] * pipe.num_ranks
     ptr = [0] * pipe.num_ranks
-    events: list[Event] = []
-    remaining = sum(len(o) for o in orders)
+    remaining = sum(len(o) for o in prep)
     while remaining:
         progressed = False
-        for r, ops in enumerate(orders):
-            while ptr[r] < len(ops):
-                a = ops[ptr[r]]
-                ready = pipe.ready_ms(a, end, link)
-                if ready < 0:
-                    break
-                start = max(free[r], ready)
-                free[r] = end[(a.kind, a.stage, a.mb)] = start + pipe.duration_ms(a)
-                events.append(Event(r, a, start, free[r]))
-                ptr[r] += 1
-                remaining -= 1
-                progressed = True
+        for r, ops in enumerate(prep):
+            i, t, st = ptr[r], free[r], starts[r]
+            while i < len(ops):
+                dep, own, slot = ops[i]
+                if dep >= 0:
+                    e = end[dep]
+                    if e < 0:
+                        break
+                    e += extra[slot]
+                    if e > t:
+                        t = e
+                st[i] = t
+                t += dur[slot]
+                end[own] = t
+                i += 1
+            if i != ptr[r]:
+                remaining -= i - ptr[r]
+                ptr[r], free[r], progressed = i, t, True
         if not progressed:
             heads = [f"rank{r}:{ops[ptr[r]]}" for r, ops in enumerate(orders) if ptr[r] < len(ops)]
             raise PlacementError(f"schedule deadlocks; blocked actions {' '.join(heads)}")
-    return events
+    return starts, free
+
+
+def run_orders(
+    pipe: Pipeline,
+    orders: Sequence[Sequence[Action]],
+    microbatches: int,
+    link: Link,
+) -> list[Event]:
+    """Execute explicit per-rank orders (checked); ``PlacementError`` on deadlock."""
+    if len(orders) != pipe.num_ranks:
+        raise PlacementError(f"orders for {len(orders)} ranks, expected {pipe.num_ranks}")
+    _check_orders(pipe, orders, microbatches)
+    prep = _prepare(orders, len(pipe.rank_of), microbatches)
+    starts, _ = _execute(prep, pipe, link, orders, microbatches)
+    return _events(pipe, orders, prep, starts)
+
+
+def _events(
+    pipe: Pipeline, orders: Sequence[Sequence[Action]], prep: _Prep, starts: list[list[float]]
+) -> list[Event]:
+    dur = [*pipe.fwd_ms, *pipe.bwd_ms]
+    return [
+        Event(r, a, t, t + dur[p[2]])
+        for r, (ops, st, pr) in enumerate(zip(orders, starts, prep, strict=True))
+        for a, t, p in zip(ops, st, pr, strict=True)
+    ]
 
 
 def run_greedy(pipe: Pipeline, microbatches: int, link: Link) -> list[Event]:
-    """Dynamic dataflow execution (see module doc); deadlock-free by construction."""
+    """Dynamic dataflow execution (see module doc); deadlock-free by construction.
+
+    Per virtual stage, forwards (and backwards) become ready in micro-batch order, so each
+    rank only looks at the head of its stages' FIFO queues."""
     nv = len(pipe.rank_of)
-    pool: list[dict[Action, float]] = [{} for _ in range(pipe.num_ranks)]
-    for m in range(microbatches):
-        pool[pipe.rank_of[0]][Action(0, FORWARD, m)] = 0.0
+    queues: list[deque[tuple[float, int]]] = [deque() for _ in range(2 * nv)]  # slot: F v | B v
+    queues[0].extend((0.0, m) for m in range(microbatches))
+    slots_of: list[list[int]] = [[] for _ in range(pipe.num_ranks)]
+    for v, r in enumerate(pipe.rank_of):
+        slots_of[r] += [nv + v, v]
     inflight = [0] * nv
-    end: dict[tuple[str, int, int], float] = {}
+    xf, xb = pipe.transfers_ms(link)
+    dur, extra = [*pipe.fwd_ms, *pipe.bwd_ms], [*xf, *xb]
     free = [0.0] * pipe.num_ranks
     events: list[Event] = []
-
-    def prio(a: Action) -> tuple[int, int, int]:
-        return (0, a.mb, -a.stage) if a.kind == BACKWARD else (1, a.mb, a.stage)
-
     for _ in range(2 * nv * microbatches):
-        best: tuple[float, int, Action] | None = None
-        for r, cand in enumerate(pool):
-            ok = [
-                (t, a)
-                for a, t in cand.items()
-                if a.kind == BACKWARD or inflight[a.stage] < nv - a.stage
-            ]
-            if not ok:
-                continue
-            now = [a for t, a in ok if t <= free[r]]
-            if now:
-                start, a = free[r], min(now, key=prio)
-            else:
-                start = min(t for t, _ in ok)
-                a = min((a for t, a in ok if t == start), key=prio)
-            if best is None or start < best[0]:
-                best = (start, r, a)
-        if best is None:  # pragma: no cover - excluded by the in-flight argument above
+        best: tuple[float, tuple[int, int, int], int, int] | None = None
+        for r, slots in enumerate(slots_of):
+            for slot in slots:
+                q = queues[slot]
+                if not q or (slot < nv and inflight[slot] >= nv - slot):
+                    continue
+                t, m = q[0]
+                start = max(t, free[r])  # B before F, lower mb, deeper B / shallower F
+                prio = (0, m, nv - slot) if slot >= nv else (1, m, slot)
+                if best is None or (start, prio) < (best[0], best[1]):
+                    best = (start, prio, r, slot)
+        if best is None:  # pragma: no cover - excluded by the in-flight argument
             raise PlacementError("greedy schedule deadlocked")
-        start, r, a = best
-        del pool[r][a]
-        free[r] = end[(a.kind, a.stage, a.mb)] = start + pipe.duration_ms(a)
-        events.append(Event(r, a, start, free[r]))
-        inflight[a.stage] += 1 if a.kind == FORWARD else -1
-        nxt = _released(a, nv)
-        if nxt is not None:
-            pool[pipe.rank_of[nxt.stage]][nxt] = pipe.ready_ms(nxt, end, link)
+        start, _, r, slot = best
+        _, m = queues[slot].popleft()
+        free[r] = start + dur[slot]
+        fwd = slot < nv
+        v = slot if fwd else slot - nv
+        events.append(Event(r, Action(v, FORWARD if fwd else BACKWARD, m), start, free[r]))
+        inflight[v] += 1 if fwd else -1
+        nxt = (slot + 1 if v + 1 < nv else nv + v) if fwd else (slot - 1 if v > 0 else -1)
+        if nxt >= 0:
+            queues[nxt].append((free[r] + extra[nxt], m))
     return events
-
-
-def _released(a: Action, nv: int) -> Action | None:
-    if a.kind == FORWARD:
-        return (
-            Action(a.stage + 1, FORWARD, a.mb)
-            if a.stage + 1 < nv
-            else Action(a.stage, BACKWARD, a.mb)
-        )
-    return Action(a.stage - 1, BACKWARD, a.mb) if a.stage > 0 else None
 
 
 def static_bytes(costs: CostTable, placement: Sequence[int], num_ranks: int) -> list[int]:
@@ -275,17 +307,22 @@ def static_bytes(costs: CostTable, placement: Sequence[int], num_ranks: int) -> 
     return out
 
 
-def peak_bytes(pipe: Pipeline, events: Sequence[Event], static: Sequence[int]) -> list[int]:
-    live, peak = [0] * pipe.num_ranks, [0] * pipe.num_ranks
-    for e in sorted(events, key=lambda e: (e.rank, e.start_ms)):
-        r, v = e.rank, e.action.stage
-        if e.action.kind == FORWARD:
-            live[r] += pipe.act_keep[v]
-            peak[r] = max(peak[r], live[r])
-        else:
-            peak[r] = max(peak[r], live[r] + pipe.act_extra[v])
-            live[r] -= pipe.act_keep[v]
-    return [s + p for s, p in zip(static, peak, strict=True)]
+def _peaks(pipe: Pipeline, prep: _Prep, static: Sequence[int]) -> list[int]:
+    nv, keep, more = len(pipe.rank_of), pipe.act_keep, pipe.act_extra
+    out = []
+    for ops, base in zip(prep, static, strict=True):
+        live = peak = 0
+        for _, _, slot in ops:
+            if slot < nv:
+                live += keep[slot]
+                if live > peak:
+                    peak = live
+            else:
+                if live + more[slot - nv] > peak:
+                    peak = live + more[slot - nv]
+                live -= keep[slot - nv]
+        out.append(base + peak)
+    return out
 
 
 def _allreduce_ms(link: Link, nbytes: int, parties: int) -> float:
@@ -305,12 +342,13 @@ def simulate(
     num_ranks: int | None = None,
     recompute: bool = False,
     dp: int = 1,
-    orders: Orders | None = None,
+    orders: Sequence[Sequence[Action]] | None = None,
+    keep_events: bool = True,
 ) -> SimResult:
     """Simulate one training step of ``costs`` (full batch split into ``microbatches``).
 
     ``orders`` (optional, ``schedule="custom"``) replays explicit per-rank orders over the
-    placement's virtual stages.
+    placement's virtual stages.  ``keep_events=False`` skips the event list (faster).
     """
     k = num_ranks if num_ranks is not None else max(placement) + 1
     if len(placement) != costs.num_stages:
@@ -331,16 +369,31 @@ def simulate(
     else:
         groups = group_virtual_stages(placement, k)
     pipe = build_pipeline(table, groups, placement, k, recompute)
+    nv = len(groups)
     if schedule == "greedy":
-        events = run_greedy(pipe, microbatches, link)
+        ev = run_greedy(pipe, microbatches, link)
+        ranked: list[list[Action]] = [[] for _ in range(k)]
+        starts: list[list[float]] = [[] for _ in range(k)]
+        for e in ev:
+            ranked[e.rank].append(e.action)
+            starts[e.rank].append(e.start_ms)
+        orders = ranked
+        prep = _prepare(orders, nv, microbatches)
+        finish = [max((e.end_ms for e in ev if e.rank == r), default=0.0) for r in range(k)]
     else:
         if schedule == "custom":
             if orders is None:
                 raise PlacementError("schedule 'custom' needs explicit orders")
+            if len(orders) != k:
+                raise PlacementError(f"orders for {len(orders)} ranks, expected {k}")
+            _check_orders(pipe, orders, microbatches)
+            prep = _prepare(orders, nv, microbatches)
         else:
-            orders = schedule_orders(schedule, k, microbatches, len(groups) // k)
-        events = run_orders(pipe, orders, microbatches, link)
-    return _result(table, placement, pipe, events, groups, link, dp)
+            orders = cached_orders(schedule, k, microbatches, nv // k)
+            prep = _prepared(schedule, k, microbatches, nv // k)
+        starts, finish = _execute(prep, pipe, link, orders, microbatches)
+    events = _events(pipe, orders, prep, starts) if keep_events else []
+    return _result(table, placement, pipe, prep, finish, groups, link, dp, events, orders)
 
 
 def placement_runs(placement: Sequence[int]) -> list[list[int]]:
@@ -357,18 +410,19 @@ def _result(
     table: CostTable,
     placement: Sequence[int],
     pipe: Pipeline,
-    events: list[Event],
+    prep: _Prep,
+    finish: list[float],
     groups: Sequence[Sequence[int]],
     link: Link,
     dp: int,
+    events: list[Event],
+    orders: Sequence[Sequence[Action]],
 ) -> SimResult:
     k = pipe.num_ranks
-    finish, busy = [0.0] * k, [0.0] * k
-    ordered: list[list[Action]] = [[] for _ in range(k)]
-    for e in sorted(events, key=lambda e: (e.rank, e.start_ms)):
-        finish[e.rank] = max(finish[e.rank], e.end_ms)
-        busy[e.rank] += e.end_ms - e.start_ms
-        ordered[e.rank].append(e.action)
+    m = sum(len(o) for o in prep) // (2 * len(pipe.rank_of))  # micro-batches
+    busy = [0.0] * k
+    for f, b_ms, r in zip(pipe.fwd_ms, pipe.bwd_ms, pipe.rank_of, strict=True):
+        busy[r] += m * (f + b_ms)
     done, comm = list(finish), [0.0] * k
     a, b = placement[0], placement[-1]
     if table.tied_param_bytes and a != b:
@@ -385,10 +439,10 @@ def _result(
         busy_ms=tuple(busy),
         busy_frac=tuple(x / step if step > 0 else 0.0 for x in busy),
         bubble_frac=1.0 - sum(busy) / (k * step) if step > 0 else 0.0,
-        peak_bytes=tuple(peak_bytes(pipe, events, static)),
+        peak_bytes=tuple(_peaks(pipe, prep, static)),
         static_bytes=tuple(static),
         comm_ms=tuple(c + x for c, x in zip(comm, dp_ms, strict=True)),
         events=tuple(events),
-        orders=tuple(tuple(o) for o in ordered),
+        orders=tuple(tuple(o) for o in orders),
         virtual_stages=tuple(tuple(g) for g in groups),
     )

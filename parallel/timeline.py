@@ -266,24 +266,40 @@ def gantt(
     t0 = min((e.start_ns for e in events), default=0)
     mbs = max((e.mb for e in events), default=0) + 1
     cmap = plt.get_cmap("tab10" if mbs <= 10 else "tab20")
-    fig, ax = plt.subplots(figsize=(12, 1.0 + 0.7 * max(len(ranks), 1)))
+    # one sub-row per virtual stage held by a rank (looped / gnmt placements)
+    lanes: dict[int, list[int]] = {}
+    for e in events:
+        lanes.setdefault(e.rank, [])
+        if e.stage not in lanes[e.rank]:
+            lanes[e.rank].append(e.stage)
+    for stages in lanes.values():
+        stages.sort()
+    fig, ax = plt.subplots(figsize=(12, 1.0 + 0.8 * max(len(ranks), 1)))
     for e in events:
         if e.kind.startswith("send"):
             continue
         x, w = (e.start_ns - t0) / 1e6, (e.end_ns - e.start_ns) / 1e6
-        y = e.rank
+        n = len(lanes[e.rank])
+        lane_h = 0.8 / n
+        y = e.rank - 0.4 + (lanes[e.rank].index(e.stage) + 0.5) * lane_h
         if e.kind.startswith("recv"):
-            ax.barh(y, w, left=x, height=0.25, color="0.85", edgecolor="none")
+            ax.barh(y, w, left=x, height=lane_h * 0.35, color="0.85", edgecolor="none")
             continue
         color = "0.35" if e.kind == "loss" else cmap(e.mb % cmap.N)
         hatch = "//" if e.kind in ("B", "W") else None
         ax.barh(
-            y, w, left=x, height=0.7, color=color, edgecolor="black", linewidth=0.3, hatch=hatch
+            y,
+            w,
+            left=x,
+            height=lane_h * 0.9,
+            color=color,
+            edgecolor="black",
+            linewidth=0.3,
+            hatch=hatch,
         )
-        if w > 0:
-            ax.text(
-                x + w / 2, y, f"{e.kind}{e.mb}", ha="center", va="center", fontsize=6, clip_on=True
-            )
+        label = f"{e.stage}{e.kind}{e.mb}" if n > 1 else f"{e.kind}{e.mb}"
+        if e.kind != "loss" and w > 0:
+            ax.text(x + w / 2, y, label, ha="center", va="center", fontsize=6, clip_on=True)
     ax.set_yticks(ranks, [f"rank {r}" for r in ranks])
     ax.invert_yaxis()
     ax.set_xlabel("ms")
@@ -300,7 +316,8 @@ def gantt(
             Patch(facecolor="white", edgecolor="black", hatch="//", label="backward"),
             Patch(facecolor="0.85", label="waiting for recv"),
         ],
-        loc="upper right",
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
         fontsize=7,
     )
     fig.tight_layout()

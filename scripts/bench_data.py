@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.batching import Batcher  # noqa: E402
+from data.batching import Batcher, round_up  # noqa: E402
 from data.corpus import filter_pairs, load_split  # noqa: E402
 from data.tokenizer import train_or_load  # noqa: E402
 
@@ -40,7 +40,9 @@ def find_files(corpus: str) -> dict[str, Path]:
             sys.exit(f"bench_data: no '*.train.*' file in folder {str(root)!r}")
         return {s: ps[0] for s, ps in files.items() if ps}
     paths = [Path(p) for p in corpus.split(",") if p]
-    names = [next((s for s in SPLITS if f".{s}." in p.name), f"file{i}") for i, p in enumerate(paths)]
+    names = [
+        next((s for s in SPLITS if f".{s}." in p.name), f"file{i}") for i, p in enumerate(paths)
+    ]
     names[0] = "train"
     return dict(zip(names, paths, strict=True))
 
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         kept, stats = filter_pairs(
             train, 1, args.max_len, args.max_ratio, length_fn=lengths.__getitem__
         )
-        keep = {pair for pair in kept}
+        keep = set(kept)
         mask = [pair in keep for pair in train]
         src_ids = [ids for ids, m in zip(src_ids, mask, strict=True) if m]
         tgt_ids = [ids for ids, m in zip(tgt_ids, mask, strict=True) if m]
@@ -114,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         t = timed("batch_epoch", t, timings)
 
     overhead = batcher.padding_overhead()
+    floor = {  # overhead of rounding each sentence up to pad_multiple alone (no batching loss)
+        side: sum(round_up(len(x) + 1, args.pad_multiple) for x in ids)
+        / sum(len(x) + 1 for x in ids)
+        - 1
+        for side, ids in (("src", src_ids), ("tgt", tgt_ids))
+    }
     src_tok = sum(map(len, src_ids))
     tgt_tok = sum(map(len, tgt_ids))
     print(f"prefilter: {pre_stats}")
@@ -126,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     goal = "OK" if overhead["tgt"] < 0.15 else "above goal"
     print(
         f"padding overhead (padded/real - 1): src {overhead['src']:.1%}, "
-        f"tgt {overhead['tgt']:.1%} (goal < 15%: {goal})"
+        f"tgt {overhead['tgt']:.1%} (goal < 15%: {goal}); floor from rounding to "
+        f"pad_multiple={args.pad_multiple} alone: src {floor['src']:.1%}, tgt {floor['tgt']:.1%}"
     )
     result: dict[str, Any] = {
         "bench": "data",
@@ -141,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         "target_tokens": n_tokens,
         "padding_overhead_src": round(overhead["src"], 4),
         "padding_overhead_tgt": round(overhead["tgt"], 4),
+        "padding_floor_src": round(floor["src"], 4),
+        "padding_floor_tgt": round(floor["tgt"], 4),
+        "pad_multiple": args.pad_multiple,
         "batch_tokens": args.batch_tokens,
         "microbatches": args.microbatches,
         "machine": machine_info(),

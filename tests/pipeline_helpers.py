@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +91,8 @@ class ToyGenerator(nn.Module):
         self.proj.weight = embed.weight  # tied
 
     def forward(self, h: Tensor, ctx: Tensor) -> Tensor:  # ctx is deliberately unused
-        return self.proj(h)
+        out: Tensor = self.proj(h)
+        return out
 
 
 def toy_stages(
@@ -212,7 +213,7 @@ def reference_step(
         x = out if isinstance(out, tuple) else (out,)
     assert isinstance(out, Tensor)
     loss = smoothed_loss_sum(out, batch.tgt_out) / normaliser
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     return loss.item(), grads_by_name(stages, range(len(stages)))
 
 
@@ -225,10 +226,10 @@ def grads_by_name(stages: Sequence[nn.Module], indices: Sequence[int] | range) -
     return out
 
 
-def assert_close(a: Tensor, b: Tensor, what: str, rel: float = 1e-5) -> None:
+def assert_close(a: Tensor, b: Tensor, what: str, rel: float = 1e-5, atol: float = 1e-7) -> None:
     scale = max(float(b.abs().max()), 1e-6)
     err = float((a - b).abs().max())
-    assert err <= rel * scale + 1e-7, f"{what}: max abs err {err:.3g} (scale {scale:.3g})"
+    assert err <= rel * scale + atol, f"{what}: max abs err {err:.3g} (scale {scale:.3g})"
 
 
 # --------------------------------------------------------------------------- processes
@@ -247,6 +248,7 @@ class WorkerResult:
     stdout: str
     stderr: str
     seconds: float
+    ended: float  # time.time() when the harness saw it exit
 
 
 def run_ranks(
@@ -262,12 +264,12 @@ def run_ranks(
     The test process hosts the TCPStore (so a killed rank 0 does not take the store with it).
     Every process is killed when ``timeout`` expires; the results say who did what.
     """
-    from torch.distributed import TCPStore
+    from torch._C._distributed_c10d import TCPStore
 
     port = free_port()
     store = TCPStore("127.0.0.1", port, world_size, is_master=True, wait_for_workers=False)
     procs: list[subprocess.Popen[str]] = []
-    starts: list[float] = []
+    t0 = time.time()
     base = dict(os.environ)
     base.update(env or {})
     base.update(
@@ -291,17 +293,35 @@ def run_ranks(
                 cwd=str(REPO),
             )
         )
-        starts.append(time.monotonic())
-    results: list[WorkerResult] = []
+    import threading
+
+    outs: dict[int, tuple[str, str, float]] = {}
+
+    def collect(rank: int, p: subprocess.Popen[str]) -> None:
+        out, err = p.communicate()
+        outs[rank] = (out, err, time.time())
+
+    threads = [
+        threading.Thread(target=collect, args=(r, p), daemon=True) for r, p in enumerate(procs)
+    ]
+    for t in threads:
+        t.start()
     deadline = time.monotonic() + timeout
-    for rank, p in enumerate(procs):
-        try:
-            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+    for rank, (t, p) in enumerate(zip(threads, procs, strict=True)):
+        t.join(max(0.1, deadline - time.monotonic()))
+        if t.is_alive():
             p.kill()
-            out, err = p.communicate()
-            err += f"\n[harness] rank {rank} killed after {timeout}s timeout"
-        results.append(WorkerResult(rank, p.returncode, out, err, time.monotonic() - starts[rank]))
+            t.join(30)
+            out, err, ended = outs.get(rank, ("", "", time.time()))
+            outs[rank] = (
+                out,
+                err + f"\n[harness] rank {rank} killed after {timeout}s timeout",
+                ended,
+            )
+    results = [
+        WorkerResult(r, p.returncode, *outs[r][:2], outs[r][2] - t0, outs[r][2])
+        for r, p in enumerate(procs)
+    ]
     del store
     return results
 
@@ -368,13 +388,15 @@ def check_equivalence(
     ctx: object,
     configs: Sequence[tuple[str, object, str, int, bool]],
     shapes: Sequence[tuple[int, int, int]] = ((6, 5, 8),),
+    build: Callable[..., list[nn.Module]] | None = None,
 ) -> None:
     """Loss and every gradient == single process, for each (name, placement, schedule, M)."""
     from parallel.pipeline import PipelineRunner
 
     for name, placement, schedule, m, recompute in configs:
-        stages = make_stages(seed=1)
-        ref_stages = make_stages(seed=1)
+        build = build or make_stages
+        stages = build(seed=1)
+        ref_stages = build(seed=1)
         runner = _runner(ctx, stages, placement, schedule, m, recompute)
         assert isinstance(runner, PipelineRunner)
         for i, (ts, tt, b) in enumerate(shapes):
@@ -417,6 +439,17 @@ def scenario_equiv2(ctx: object) -> None:
         ("gnmt looped_bfs M=2", gn, "looped_bfs", 2, False),
     ]
     check_equivalence(ctx, configs)
+    # the toy model: int64 src_len crosses ranks, the generator ignores ctx (no grad at all)
+    toy = toy_stages()
+    toy_cont = contiguous(len(toy), 2, [2, len(toy) - 2])
+    check_equivalence(
+        ctx,
+        [
+            ("toy gpipe M=2", toy_cont, "gpipe", 2, False),
+            ("toy 1f1b M=4 recompute", toy_cont, "1f1b", 4, True),
+        ],
+        build=toy_stages,
+    )
     # several bucket shapes alternating between steps (cached pipelines per shape)
     shapes = [(6, 5, 8), (9, 7, 8), (6, 5, 8), (9, 7, 4), (9, 7, 8), (6, 5, 8)]
     check_equivalence(ctx, [("buckets 1f1b M=4", cont, "1f1b", 4, False)], shapes)
@@ -442,7 +475,8 @@ def scenario_equiv2(ctx: object) -> None:
         assert abs(norm - ref_norm) <= 1e-5 * ref_norm, (norm, ref_norm)
     ref_sd = nn.ModuleList(ref_stages).state_dict()
     for k, v in runner.state_dict().items():
-        assert_close(v, ref_sd[k], f"adam weight {k}")
+        # Adam divides by sqrt(v): near-zero gradients amplify rounding -> absolute slack
+        assert_close(v, ref_sd[k], f"adam weight {k}", atol=1e-5)
     _log(f"CHECK adam x4 + clip: weights match (last norm {norm:.4f})")
 
     # validation loss (forward-only schedule, eval mode)
@@ -463,7 +497,7 @@ def scenario_equiv2(ctx: object) -> None:
         assert full is not None
         assert set(full) == {f"stages.{k}" for k in ref_sd}, "state dict keys"
         for k, v in ref_sd.items():
-            assert_close(full[f"stages.{k}"], v, f"full state {k}")
+            assert_close(full[f"stages.{k}"], v, f"full state {k}", atol=1e-5)
     obj: list[object] = [full]
     torch.distributed.broadcast_object_list(obj, src=0)
     full_all = obj[0]
@@ -472,7 +506,7 @@ def scenario_equiv2(ctx: object) -> None:
     assert isinstance(other, PipelineRunner)
     other.load_full_state_dict(full_all, prefix="stages.")
     for k, v in other.state_dict().items():
-        assert_close(v, ref_sd[k], f"re-placed {k}")
+        assert_close(v, ref_sd[k], f"re-placed {k}", atol=1e-5)
     b2 = make_batch(6, 5, 8, seed=5)
     l_a = other.step(b2.inputs, b2.tgt_out, b2.ntokens)
     l_b = runner.step(b2.inputs, b2.tgt_out, b2.ntokens)
@@ -541,29 +575,24 @@ def scenario_dp2pp2(ctx: object) -> None:
         assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), (loss, ref_loss)
         k = _check_grads(runner, ref, name)
         _log(f"CHECK {name}: loss {loss:.6f} == {ref_loss:.6f}, {k} grads match")
+    if os.environ.get("PIPE_TEST_KILL") == "1":
+        _kill_rank1(runner)
 
 
-def scenario_kill(ctx: object) -> None:
-    """Rank 1 is SIGKILLed in its second step; the others must exit naming it."""
+def _kill_rank1(runner: object) -> None:
+    """Rank 1 is SIGKILLed as the next step starts; the others must exit naming it."""
     import signal
 
-    from parallel.distenv import DistContext
     from parallel.pipeline import PipelineRunner
-    from parallel.placement import contiguous
 
-    assert isinstance(ctx, DistContext)
-    n = len(make_stages())
-    runner = _runner(ctx, make_stages(), contiguous(n, ctx.pp), "gpipe", 2)
     assert isinstance(runner, PipelineRunner)
     batch = make_batch(6, 5, 8)
-    runner.step(batch.inputs, batch.tgt_out, batch.ntokens)
-    _log("first step done")
-    if ctx.rank == 1:
+    if runner.ctx.rank == 1:
+        _log(f"KILL at {time.time():.3f}")
         os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get("PIPE_TEST_HANG") == "1" and ctx.rank == 0:
-        time.sleep(3600)
+    time.sleep(0.5)  # let the others be blocked in the step's collectives
     runner.step(batch.inputs, batch.tgt_out, batch.ntokens)
-    raise AssertionError("second step should have failed")
+    raise AssertionError("the step after rank 1 died should have failed")
 
 
 def scenario_hang(ctx: object) -> None:
@@ -587,7 +616,6 @@ def scenario_hang(ctx: object) -> None:
 SCENARIOS = {
     "equiv2": (1, 2, scenario_equiv2),
     "dp2pp2": (2, 2, scenario_dp2pp2),
-    "kill3": (1, 3, scenario_kill),
     "hang2": (1, 2, scenario_hang),
 }
 
@@ -609,3 +637,34 @@ if __name__ == "__main__":
     from parallel.launch import run_worker
 
     run_worker(_worker_main, sys.argv[1])
+
+
+# --------------------------------------------------------------------------- launch() entries
+# Module-level so the elastic agent's spawned workers can unpickle them.
+
+
+def launch_entry(seed: int) -> float:
+    """A worker of ``parallel.launch.launch``: one pipelined step on 2 ranks, its loss."""
+    from parallel.distenv import init_distributed
+    from parallel.pipeline import PipelineRunner
+    from parallel.placement import contiguous
+
+    torch.set_num_threads(1)
+    ctx = init_distributed(1, 2, backend="gloo", device="cpu", timeout_s=60)
+    stages = make_stages(seed=seed)
+    runner = _runner(ctx, stages, contiguous(len(stages), 2, [2, len(stages) - 2]), "1f1b", 2)
+    assert isinstance(runner, PipelineRunner)
+    batch = make_batch(6, 5, 8, seed=seed)
+    loss = runner.step(batch.inputs, batch.tgt_out, batch.ntokens)
+    ctx.close()
+    return loss
+
+
+def launch_kill_entry(seed: int) -> float:
+    """Like :func:`launch_entry` but rank 1 is SIGKILLed before the step."""
+    import signal
+
+    if os.environ.get("RANK") == "1":
+        time.sleep(2.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return launch_entry(seed)

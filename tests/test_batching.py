@@ -63,7 +63,8 @@ def test_every_pair_once_per_epoch_with_correct_content() -> None:
                     continue
                 counts[idx] += 1
                 s, t = src[idx], tgt[idx]
-                assert batch.src[:, col].tolist() == s + [EOS] + [PAD] * (batch.shape[0] - len(s) - 1)
+                n_pad = batch.shape[0] - len(s) - 1
+                assert batch.src[:, col].tolist() == [*s, EOS] + [PAD] * n_pad
                 assert batch.tgt_in[: len(t) + 1, col].tolist() == [BOS, *t]
                 assert batch.tgt_out[: len(t) + 1, col].tolist() == [*t, EOS]
                 assert batch.tgt_out[len(t) + 1 :, col].eq(PAD).all()
@@ -169,3 +170,18 @@ def test_inference_batches_restore_order() -> None:
             rows.append(b.src[: n - 1, col].tolist())
     assert restore_order(rows, order) == src
     assert inference_batches([], 16) == []
+
+
+def test_merge_tails_reduces_padding_and_keeps_coverage() -> None:
+    src, tgt = make_pairs(800, seed=5)
+    plain = Batcher(src, tgt, batch_tokens=512, batch_multiple=4, merge_tails=False)
+    merged = Batcher(src, tgt, batch_tokens=512, batch_multiple=4, merge_tails=True)
+    assert set(merged.shapes()) <= set(plain.shapes())
+    assert len(merged) < len(plain)
+    for side in ("src", "tgt"):
+        assert merged.padding_overhead()[side] < plain.padding_overhead()[side]
+    seen = sorted(i for batch in merged for i in batch.indices.tolist() if i >= 0)
+    assert seen == list(range(len(src)))
+    # every bucket but the merged-into ones has at most one partial batch
+    partial = Counter(b.shape for b in merged if b.nsentences < b.shape[2])
+    assert all(n == 1 for n in partial.values())

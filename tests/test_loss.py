@@ -93,5 +93,5 @@ def test_microbatch_split_gives_same_loss_and_gradients() -> None:
     full_loss, full_grads = grads_of([slice(0, b)])
     split_loss, split_grads = grads_of([slice(0, 2), slice(2, 4), slice(4, 6)])
     assert split_loss == pytest.approx(full_loss, rel=1e-6)
-    for a, c in zip(full_grads, split_grads):
+    for a, c in zip(full_grads, split_grads, strict=True):
         torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-4)

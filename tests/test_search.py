@@ -80,7 +80,7 @@ def test_batch_equals_single_sentences() -> None:
         s, sl = column(src, src_len, b)
         alone = beam_search(model, s, sl, 5, 0.6, 0.2, 1.5, 3, 3, BOS, EOS, PAD)[0]
         assert [h.tokens for h in batched[b]] == [h.tokens for h in alone]
-        for x, y in zip(batched[b], alone):
+        for x, y in zip(batched[b], alone, strict=True):
             assert x.score == pytest.approx(y.score, abs=1e-9)
 
 
@@ -127,9 +127,13 @@ def test_max_length_respected(a: float, b: int) -> None:
     model = tiny(4, init_range=0.1)  # near-uniform: rarely stops by itself
     src, src_len = make_src(LENGTHS, seed=3)
     out = beam_search(model, src, src_len, 3, 0.6, 0.1, a, b, 2, BOS, EOS, PAD)
-    for n, hyps in zip(LENGTHS, out):
+    for n, hyps in zip(LENGTHS, out, strict=True):
         assert hyps and all(len(h.tokens) <= math.floor(a * n + b) for h in hyps)
-    assert any(len(h.tokens) == math.floor(a * n + b) for n, hs in zip(LENGTHS, out) for h in hs)
+    assert any(
+        len(h.tokens) == math.floor(a * n + b)
+        for n, hs in zip(LENGTHS, out, strict=True)
+        for h in hs
+    )
 
 
 def test_empty_source() -> None:
@@ -148,8 +152,13 @@ def test_larger_beam_finds_higher_logprob() -> None:
         src, src_len = make_src(LENGTHS, seed=seed + 20)
         b1 = beam_search(model, src, src_len, 1, 0.0, 0.0, 1.5, 3, 1, BOS, EOS, PAD)
         b5 = beam_search(model, src, src_len, 5, 0.0, 0.0, 1.5, 3, 1, BOS, EOS, PAD)
-        for x, y in zip(b1, b5):
+        for x, y in zip(b1, b5, strict=True):
             assert y[0].score >= x[0].score - 1e-9
+
+
+def test_empty_batch() -> None:
+    empty = torch.zeros(4, 0, dtype=torch.long)
+    assert beam_search(tiny(), empty, torch.zeros(0, dtype=torch.long)) == []
 
 
 def test_restores_training_mode_and_checks_nbest() -> None:
@@ -169,8 +178,8 @@ def test_int8_beam_search_mostly_agrees_with_fp32() -> None:
     ref = beam_search(model, src, src_len, 4, 0.6, 0.1, 1.5, 3, 1, BOS, EOS, PAD)
     out = beam_search(qmodel, src, src_len, 4, 0.6, 0.1, 1.5, 3, 1, BOS, EOS, PAD)
     same_tokens = total = 0
-    for r, q in zip(ref, out):
+    for r, q in zip(ref, out, strict=True):
         a, b = r[0].tokens, q[0].tokens
-        same_tokens += sum(x == y for x, y in zip(a, b))
+        same_tokens += sum(x == y for x, y in zip(a, b, strict=False))
         total += max(len(a), len(b), 1)
     assert same_tokens / total >= 0.7

@@ -11,8 +11,8 @@ import pytest
 from data.errors import DataError
 from data.tokenizer import Tokenizer, cache_key, train_model, train_or_load
 
-EN = "the a green red house street dog cat is was very small big old new and".split()
-DE = "der die das grüne rote Haus Straße Hund Katze ist war sehr kleine große alte für über".split()
+EN = ["the", "a", "green", "red", "house", "street", "dog", "cat", "is", "was", "small", "big"]
+DE = ["der", "die", "das", "grüne", "rote", "Haus", "Straße", "Hund", "Katze", "ist", "für", "über"]
 ORDINARY = [
     "Die Straße ist sehr schön, aber das Wetter war schlecht.",
     "Über den Wolken: grüne Äpfel für Müller & Söhne (2024).",

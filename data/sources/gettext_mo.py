@@ -15,7 +15,7 @@ from pathlib import Path
 from data.errors import DataError
 
 _MAGIC_LE = 0x950412DE
-_ACCEL = re.compile(r"(?<=\w)_(?=\w)|^_|&(?=\w)")
+_ACCEL = re.compile(r"(?<!\w)_(?=\w)|&(?=\w)")
 
 
 def parse_mo(blob: bytes, name: str = "<bytes>") -> list[tuple[str, str]]:

@@ -11,6 +11,11 @@ from collections.abc import Iterable, Iterator
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-ZÄÖÜ0-9\"'(])")
 _PLACEHOLDER = re.compile(r"%[-+ #0-9.]*[a-zA-Z]|\{[0-9a-zA-Z_]*\}|<[a-zA-Z/][^>]*>|\$\{|\\[nt]")
 _SPACES = re.compile(r"\s+")
+# Abbreviations after which a capitalised word does not start a new sentence.
+_ABBREVIATIONS = frozenset(
+    "z. B. d. h. u. a. bzw. ggf. usw. vgl. ca. Nr. Dr. Hr. Fr. e.g. i.e. etc. vs. Mr. Mrs. "
+    "No. Inc. Ltd. Co. St. Jr. Sr. cf. approx. incl. z.B. d.h. u.a. s.".split()
+)
 
 
 def normalize_space(text: str) -> str:
@@ -20,8 +25,14 @@ def normalize_space(text: str) -> str:
 
 def split_sentences(text: str) -> list[str]:
     """Split a paragraph into sentences (conservative rule-based splitter)."""
-    parts = _SENTENCE_END.split(normalize_space(text))
-    return [p for p in (q.strip() for q in parts) if p]
+    parts = [p for p in (q.strip() for q in _SENTENCE_END.split(normalize_space(text))) if p]
+    merged: list[str] = []
+    for part in parts:
+        if merged and merged[-1].split()[-1] in _ABBREVIATIONS:
+            merged[-1] += " " + part
+        else:
+            merged.append(part)
+    return merged
 
 
 def align_sentences(src: str, tgt: str) -> list[tuple[str, str]]:

@@ -1,0 +1,156 @@
+"""nmt-translate and nmt-eval: line counts, order, empty lines, n-best, sacrebleu parity."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nmt.errors import UserError
+from nmt.evaluate import score_files
+from nmt.train import train
+from nmt.translate import load_for_inference, translate_lines
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nmt.config import compose_config
+    from tests.conftest import tiny_overrides
+
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cfg = compose_config(tiny_overrides(tiny_corpus, tmp / "cache", tmp / "run") + ["train.max_steps=30"])
+    train(cfg)
+    return tmp / "run" / "checkpoints" / "last.pt"
+
+
+def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    code = "import sys; from nmt.cli import {0}; sys.argv[0] = '{0}'; {0}()"
+    entry, rest = args[0], list(args[1:])
+    return subprocess.run(
+        [sys.executable, "-c", code.format(entry), *rest], input=stdin, capture_output=True, timeout=120
+    )
+
+
+def test_translate_keeps_one_line_per_input_line(checkpoint: Path, tmp_path: Path) -> None:
+    lines = ["the cat runs", "", "a big red dog sleeps and the small cat runs", "   ", "window",
+             "the " * 300]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    r = run_cli("translate_main", f"checkpoint={checkpoint}", f"input={src}", f"output={out}",
+                "decode.beam_size=3")
+    assert r.returncode == 0, r.stderr.decode()
+    got = out.read_text(encoding="utf-8").split("\n")
+    assert got[-1] == "" and len(got[:-1]) == len(lines)
+    assert got[1] == "" and got[3] == ""
+
+
+def test_overlong_line_is_translated_in_chunks(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nmt.translate as tr
+
+    model, tok = load_for_inference(str(checkpoint), "none")
+    seen: list[int] = []
+    real = tr.translate_ids
+
+    def spy(model: Any, ids: Any, dcfg: Any, progress: Any = None) -> Any:
+        seen.extend(len(x) for x in ids)
+        return real(model, ids, dcfg, progress)
+
+    monkeypatch.setattr(tr, "translate_ids", spy)
+    monkeypatch.setattr(tr, "MAX_SRC_TOKENS", 10)
+
+    class D:
+        beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens = 2, 0.6, 0.1, 1.5, 5, 1, 64
+
+    out = tr.translate_lines(model, tok, ["the cat " * 12, "dog"], D)
+    assert len(out) == 2 and max(seen) <= 10 and len(seen) >= 4
+
+
+def test_translate_order_and_batch_independence(checkpoint: Path) -> None:
+    model, tok = load_for_inference(str(checkpoint), "none")
+
+    class D:
+        beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens = 4, 0.6, 0.1, 1.5, 5, 1, 64
+
+    lines = ["the cat", "a big red dog sleeps", "window opens", "the file closes and the menu opens"]
+    together = [h[0][0] for h in translate_lines(model, tok, lines, D)]
+    alone = [translate_lines(model, tok, [x], D)[0][0][0] for x in lines]
+    assert together == alone
+
+
+def test_translate_stdin_stdout_and_nbest(checkpoint: Path) -> None:
+    r = run_cli("translate_main", f"checkpoint={checkpoint}", "decode.beam_size=3", "decode.nbest=2",
+                stdin="the cat\n\nthe dog\n".encode())
+    assert r.returncode == 0, r.stderr.decode()
+    rows = r.stdout.decode().splitlines()
+    assert rows[0] == "line\trank\tscore\thypothesis"
+    assert [tuple(x.split("\t")[:2]) for x in rows[1:]][:2] == [("1", "1"), ("1", "2")]
+    assert {x.split("\t")[0] for x in rows[1:]} == {"1", "2", "3"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["input=MISSING.txt"], "input file MISSING.txt does not exist"),
+        (["checkpoint=/nonexistent.pt"], "does not exist"),
+        (["output=/no/such/dir/out.txt"], "output folder /no/such/dir does not exist"),
+    ],
+)
+def test_translate_user_errors(checkpoint: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("the cat\n")
+    base = {"checkpoint": str(checkpoint), "input": str(src), "output": str(tmp_path / "o.txt")}
+    base.update(a.split("=", 1) for a in args)
+    r = run_cli("translate_main", *(f"{k}={v}" for k, v in base.items()))
+    assert r.returncode == 2
+    err = r.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o.txt").exists()
+
+
+def test_translate_refuses_bad_utf8_and_output_equal_input(checkpoint: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"the cat\nbad \xff byte\n")
+    r = run_cli("translate_main", f"checkpoint={checkpoint}", f"input={src}", f"output={tmp_path / 'o'}")
+    assert r.returncode == 2 and f"{src}:2: invalid UTF-8" in r.stderr.decode()
+    assert not (tmp_path / "o").exists()
+    r = run_cli("translate_main", f"checkpoint={checkpoint}", f"input={src}", f"output={src}")
+    assert r.returncode == 2 and "is the input file" in r.stderr.decode()
+    assert src.read_bytes() == b"the cat\nbad \xff byte\n"
+
+
+def test_eval_matches_sacrebleu_cli(tmp_path: Path) -> None:
+    hyp, ref = tmp_path / "hyp.txt", tmp_path / "ref.txt"
+    hyp.write_text("Das Haus ist groß .\nDie Katze schläft auf dem Sofa\nEin Test\n")
+    ref.write_text("Das Haus ist sehr groß .\nDie Katze schläft auf dem Sofa\nEin kleiner Test\n")
+    ours = score_files(str(hyp), str(ref))
+    tool = shutil.which("sacrebleu") or pytest.skip("sacrebleu command-line tool not installed")
+    out = subprocess.run([tool, str(ref), "-i", str(hyp), "-m", "bleu", "chrf", "-b", "-w", "4"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    assert [float(x) for x in json.loads(out)] == [ours["bleu"], ours["chrf"]]
+    r = run_cli("eval_main", f"hyp={hyp}", f"ref={ref}")
+    assert r.returncode == 0
+    report = json.loads((tmp_path / "hyp.txt.eval.json").read_text())
+    assert report["bleu"] == ours["bleu"] and report["bleu_signature"].startswith("nrefs:1")
+
+
+def test_eval_line_mismatch_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "h").write_text("a\nb\n")
+    (tmp_path / "r").write_text("a\n")
+    with pytest.raises(UserError, match="has 2 lines but ref=.* has 1"):
+        score_files(str(tmp_path / "h"), str(tmp_path / "r"))
+    r = run_cli("eval_main", f"hyp={tmp_path / 'h'}", f"ref={tmp_path / 'r'}")
+    assert r.returncode == 2 and len(r.stderr.decode().strip().splitlines()) == 1
+
+
+def test_eval_checkpoint_split(checkpoint: Path) -> None:
+    r = run_cli("eval_main", f"checkpoint={checkpoint}", "split=test", "decode.beam_size=2")
+    assert r.returncode == 0, r.stderr.decode()
+    hyp = checkpoint.with_suffix("").as_posix() + ".test.beam2.hyp"
+    report: dict[str, Any] = json.loads(Path(hyp + ".eval.json").read_text())
+    assert report["lines"] == 40 and 0.0 <= report["bleu"] <= 100.0
