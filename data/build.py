@@ -89,9 +89,9 @@ def _tsv_gz(rows: Iterable[tuple[str, str]]) -> tuple[bytes, str, int]:
     return buf.getvalue(), hashlib.sha256(raw).hexdigest(), text.count("\n") - 1
 
 
-def _harvest_sources(root: Path, gettext_pkgs: tuple[str, ...], log: Log) -> tuple[
-    dict[str, list[Triple]], dict[str, Any]
-]:
+def _harvest_sources(
+    root: Path, gettext_pkgs: tuple[str, ...], log: Log
+) -> tuple[dict[str, list[Triple]], dict[str, Any]]:
     log(f"apt-get update ({RELEASE}, Translation-en/de) into {root}")
     t_en, t_de, date = update_indexes(root, RELEASE)
     sources: dict[str, list[Triple]] = {}
@@ -167,7 +167,9 @@ def compare(built: dict[str, Any], shipped: dict[str, Any]) -> list[str]:
     for split in SPLITS:
         b, s = built["files"][split], shipped["files"][split]
         if b["sha256_text"] != s["sha256_text"]:
-            diffs.append(f"{split}: {s['pairs']} pairs shipped, {b['pairs']} rebuilt (text differs)")
+            diffs.append(
+                f"{split}: {s['pairs']} pairs shipped, {b['pairs']} rebuilt (text differs)"
+            )
     if not diffs:
         return diffs
     for kind in ("indexes", "packages"):
@@ -178,7 +180,9 @@ def compare(built: dict[str, Any], shipped: dict[str, Any]) -> list[str]:
             elif old.get("sha256") != info.get("sha256"):
                 diffs.append(f"{key}: content changed (sha256 differs)")
     if built.get("release_date") != shipped.get("release_date"):
-        diffs.append(f"{RELEASE} Release date {shipped.get('release_date')} -> {built.get('release_date')}")
+        diffs.append(
+            f"{RELEASE} Release date {shipped.get('release_date')} -> {built.get('release_date')}"
+        )
     return diffs
 
 

@@ -43,7 +43,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
+    random.setstate(
+        tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:])
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -86,11 +88,16 @@ def _short(msg: str) -> str:
     return msg if len(msg) < 200 else msg[:197] + "..."
 
 
-def check_compatible(ckpt: dict[str, Any], model_cfg: dict[str, Any], spm: bytes, where: str) -> None:
+def check_compatible(
+    ckpt: dict[str, Any], model_cfg: dict[str, Any], spm: bytes, where: str
+) -> None:
     """Refuse a checkpoint whose model shape or vocabulary differs from the run's."""
     saved = ckpt["config"]["model"]
-    diffs = [f"model.{k}: {saved.get(k)} vs {model_cfg.get(k)}" for k in MODEL_KEYS
-             if saved.get(k) != model_cfg.get(k)]
+    diffs = [
+        f"model.{k}: {saved.get(k)} vs {model_cfg.get(k)}"
+        for k in MODEL_KEYS
+        if saved.get(k) != model_cfg.get(k)
+    ]
     if diffs:
         raise UserError(f"checkpoint {where} does not fit this config ({'; '.join(diffs)})")
     if ckpt.get("spm") != spm:

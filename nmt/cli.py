@@ -53,10 +53,18 @@ def _precheck(config_name: str, name: str) -> None:
             compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
         lines = [x.strip() for x in str(err).strip().splitlines() if x.strip()]
-        options = [x for x in lines[1:] if not x.startswith(("Config search", "provider=", "full_key", "object_type", "reference_type"))]
+        options = [
+            x
+            for x in lines[1:]
+            if not x.startswith(
+                ("Config search", "provider=", "full_key", "object_type", "reference_type")
+            )
+        ]
         detail = lines[0] if lines else type(err).__name__
         if options and "Available options" in options[0]:
-            detail += " (options: " + ", ".join(o for o in options[1:] if not o.endswith("_schema")) + ")"
+            detail += (
+                " (options: " + ", ".join(o for o in options[1:] if not o.endswith("_schema")) + ")"
+            )
         elif len(lines) > 1 and not lines[1].startswith(("full_key", "Config search")):
             detail += f": {lines[1]}"
         print(f"{name}: error: {detail}", file=sys.stderr)

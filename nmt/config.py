@@ -22,7 +22,7 @@ class DataConfig:
     source: str = "debian"
     # debian: which corpus ("debian_de_en" ships with the package; "debian_de_en_full" is built).
     corpus: str = "debian_de_en"
-    # files: paths of the splits (TSV with two columns, or JSONL/parquet with `src_lang`/`tgt_lang`).
+    # files: paths of the splits (TSV with a header naming the languages, JSONL or parquet).
     train: str | None = None
     dev: str | None = None
     test: str | None = None

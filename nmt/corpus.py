@@ -44,15 +44,23 @@ def split_paths(dcfg: Any) -> dict[str, str]:
     raise UserError(f"data.source={dcfg.source!r} has no files (known: debian, files, hub)")
 
 
-def load_text(dcfg: Any, splits: tuple[str, ...] = ("train", "dev", "test")) -> dict[str, list[Pair]]:
+def load_text(
+    dcfg: Any, splits: tuple[str, ...] = ("train", "dev", "test")
+) -> dict[str, list[Pair]]:
     """Load the requested splits as (source, target) text pairs (direction from the config)."""
     if dcfg.source == "hub":
         if not dcfg.hub_name:
             raise UserError("data.source=hub needs data.hub_name")
         hub_split = {"dev": "validation"}
         return {
-            s: load_hub(dcfg.hub_name, dcfg.hub_config, hub_split.get(s, s), dcfg.src_lang,
-                        dcfg.tgt_lang, str(cache_dir(dcfg) / "hf"))
+            s: load_hub(
+                dcfg.hub_name,
+                dcfg.hub_config,
+                hub_split.get(s, s),
+                dcfg.src_lang,
+                dcfg.tgt_lang,
+                str(cache_dir(dcfg) / "hf"),
+            )
             for s in splits
         }
     paths = split_paths(dcfg)

@@ -40,9 +40,13 @@ def score(hyps: list[str], refs: list[str]) -> dict[str, Any]:
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
     b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
     return {
-        "bleu": round(b.score, 4), "chrf": round(c.score, 4), "lines": len(hyps),
-        "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
-        "bleu_text": str(b), "chrf_text": str(c),
+        "bleu": round(b.score, 4),
+        "chrf": round(c.score, 4),
+        "lines": len(hyps),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+        "bleu_text": str(b),
+        "chrf_text": str(c),
     }
 
 
@@ -88,6 +92,8 @@ def eval_cli(cfg: Any) -> dict[str, Any]:
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(result["bleu_text"])
     print(result["chrf_text"])
-    print(f"BLEU {result['bleu']:.2f} chrF {result['chrf']:.2f} ({result['lines']} lines) -> {out}",
-          file=sys.stderr)
+    print(
+        f"BLEU {result['bleu']:.2f} chrF {result['chrf']:.2f} ({result['lines']} lines) -> {out}",
+        file=sys.stderr,
+    )
     return result

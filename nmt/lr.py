@@ -15,7 +15,8 @@ def lr_factor(
     """Multiplier of the base learning rate after ``step`` optimizer steps (0-based).
 
     Warm-up is linear from 1/warmup to 1 over ``warmup_steps``, capped at a tenth of
-    ``max_steps`` when that is known (short runs should not spend most of their steps warming up). Decay applies only when ``max_steps`` is known:
+    ``max_steps`` when that is known (short runs should not spend most of their steps
+    warming up). Decay applies only when ``max_steps`` is known:
     from ``decay_start * max_steps`` the rate is multiplied by ``decay_factor`` every
     ``(1 - decay_start) * max_steps / decay_steps`` steps, ``decay_steps`` times at most.
     """

@@ -8,4 +8,6 @@ from nmt.errors import UserError
 
 
 def profile_cli(cfg: Any) -> None:
-    raise UserError("nmt-profile is not built yet: the stage profiler lands with the placement planner")
+    raise UserError(
+        "nmt-profile is not built yet: the stage profiler lands with the placement planner"
+    )

@@ -56,8 +56,16 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_from_config(mcfg: Any, vocab_size: int) -> GNMT:
-    return build_model(vocab_size, int(mcfg.hidden), int(mcfg.enc_layers), int(mcfg.dec_layers),
-                       float(mcfg.dropout), bool(mcfg.tie_embeddings), float(mcfg.init_range), PAD_ID)
+    return build_model(
+        vocab_size,
+        int(mcfg.hidden),
+        int(mcfg.enc_layers),
+        int(mcfg.dec_layers),
+        float(mcfg.dropout),
+        bool(mcfg.tie_embeddings),
+        float(mcfg.init_range),
+        PAD_ID,
+    )
 
 
 class Trainer:
@@ -73,8 +81,14 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         src, tgt = corpus.ids["train"]
-        self.batcher = Batcher(src, tgt, int(cfg.data.batch_tokens), int(cfg.data.pad_multiple),
-                               int(cfg.parallel.microbatches), int(tc.seed))
+        self.batcher = Batcher(
+            src,
+            tgt,
+            int(cfg.data.batch_tokens),
+            int(cfg.data.pad_multiple),
+            int(cfg.parallel.microbatches),
+            int(tc.seed),
+        )
         self.step = 0
         self.train_seconds = 0.0  # wall time spent training, summed over resumes
         self.best: dict[str, Any] = {"bleu": None, "val_loss": None, "step": 0, "stale": 0}
@@ -84,8 +98,14 @@ class Trainer:
 
     def _lr_lambda(self, step: int) -> float:
         tc = self.cfg.train
-        return lr_factor(step, int(tc.warmup_steps), int(tc.max_steps), float(tc.decay_start),
-                         int(tc.decay_steps), float(tc.decay_factor))
+        return lr_factor(
+            step,
+            int(tc.warmup_steps),
+            int(tc.max_steps),
+            float(tc.decay_start),
+            int(tc.decay_steps),
+            float(tc.decay_factor),
+        )
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Batch) -> tuple[float, float]:
@@ -93,9 +113,13 @@ class Trainer:
         A non-finite loss skips the update and is counted."""
         self.model.train()
         b = batch.to(self.device)
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+        ):
             logits = self.model(b.src, b.src_len, b.tgt_in)
-            loss_sum, nll_sum = label_smoothed_nll(logits, b.tgt_out, PAD_ID, float(self.cfg.train.label_smoothing))
+            loss_sum, nll_sum = label_smoothed_nll(
+                logits, b.tgt_out, PAD_ID, float(self.cfg.train.label_smoothing)
+            )
         # Divide by the whole batch's token count: micro-batching can never change the gradient.
         loss = loss_sum / max(batch.ntokens, 1)
         self.scaler.scale(loss).backward()
@@ -104,8 +128,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.bad_steps += 1
             if self.bad_steps >= int(self.cfg.train.max_bad_steps):
-                raise UserError(f"{self.bad_steps} non-finite losses in a row at step {self.step}; "
-                                f"stopping (last good checkpoint: {self.ckpt_dir / 'last.pt'})")
+                raise UserError(
+                    f"{self.bad_steps} non-finite losses in a row at step {self.step}; "
+                    f"stopping (last good checkpoint: {self.ckpt_dir / 'last.pt'})"
+                )
             log.warning("step %d: non-finite loss skipped (%d in a row)", self.step, self.bad_steps)
             return loss_value, float("nan")
         self.bad_steps = 0
@@ -144,8 +170,9 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         ck = ckpt_io.load(path, map_location=self.device)
-        ckpt_io.check_compatible(ck, config_to_dict(self.cfg)["model"],
-                                 self.corpus.tokenizer.model_bytes(), str(path))
+        ckpt_io.check_compatible(
+            ck, config_to_dict(self.cfg)["model"], self.corpus.tokenizer.model_bytes(), str(path)
+        )
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
@@ -172,7 +199,9 @@ def should_stop(t: Trainer, started: float) -> str | None:
         return f"max_steps={tc.max_steps}"
     if int(tc.max_epochs) and t.batcher.epoch >= int(tc.max_epochs):
         return f"max_epochs={tc.max_epochs}"
-    if float(tc.max_minutes) and t.train_seconds + time.monotonic() - started >= 60 * float(tc.max_minutes):
+    if float(tc.max_minutes) and t.train_seconds + time.monotonic() - started >= 60 * float(
+        tc.max_minutes
+    ):
         return f"max_minutes={tc.max_minutes}"
     if int(tc.patience) and t.best["stale"] >= int(tc.patience):
         return f"no dev improvement in {tc.patience} validations"
@@ -183,14 +212,22 @@ def run_validation(t: Trainer, metrics: MetricsLog) -> bool:
     """Dev loss (+ BLEU); returns True when this is the best model so far."""
     result = validate(t.model, t.corpus, t.cfg, t.device)
     metrics.write({"step": t.step, **result})
-    key, value = ("bleu", result.get("val_bleu")) if result.get("val_bleu") is not None else (
-        "val_loss", -result["val_loss"])
+    key, value = (
+        ("bleu", result.get("val_bleu"))
+        if result.get("val_bleu") is not None
+        else ("val_loss", -result["val_loss"])
+    )
     prev = t.best.get(key)
     improved = prev is None or value > prev
-    t.best.update({key: value, "step": t.step, "stale": 0} if improved else {"stale": t.best["stale"] + 1})
+    t.best.update(
+        {key: value, "step": t.step, "stale": 0} if improved else {"stale": t.best["stale"] + 1}
+    )
     bleu = result.get("val_bleu")
-    print(f"step {t.step} | dev loss {result['val_loss']:.3f} | dev BLEU "
-          f"{'-' if bleu is None else f'{bleu:.2f}'}{' (best)' if improved else ''}", file=sys.stderr)
+    print(
+        f"step {t.step} | dev loss {result['val_loss']:.3f} | dev BLEU "
+        f"{'-' if bleu is None else f'{bleu:.2f}'}{' (best)' if improved else ''}",
+        file=sys.stderr,
+    )
     return improved
 
 
@@ -224,7 +261,9 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
     started = time.monotonic()
     window_tokens, window_start, last_loss = 0, time.monotonic(), float("nan")
     total = int(tc.max_steps) or None
-    bar = tqdm(total=total, initial=t.step, unit="step", file=sys.stderr, disable=None, desc="train")
+    bar = tqdm(
+        total=total, initial=t.step, unit="step", file=sys.stderr, disable=None, desc="train"
+    )
     stop = should_stop(t, started)
     while stop is None:
         batch = next(iter(t.batcher))
@@ -234,14 +273,23 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
         bar.update(1)
         if t.step % log_every == 0:
             now = time.monotonic()
-            rec = {"step": t.step, "loss": loss, "ppl": math.exp(min(nll, 50)), "tokens": window_tokens,
-                   "tok_per_s": window_tokens / max(now - window_start, 1e-9),
-                   "lr": t.scheduler.get_last_lr()[0], "wall_s": t.train_seconds + now - started,
-                   "ms_per_step": 1000 * (now - window_start) / log_every}
+            rec = {
+                "step": t.step,
+                "loss": loss,
+                "ppl": math.exp(min(nll, 50)),
+                "tokens": window_tokens,
+                "tok_per_s": window_tokens / max(now - window_start, 1e-9),
+                "lr": t.scheduler.get_last_lr()[0],
+                "wall_s": t.train_seconds + now - started,
+                "ms_per_step": 1000 * (now - window_start) / log_every,
+            }
             metrics.write(rec)
-            bar.write(f"step {t.step} | loss {loss:.3f} | ppl {rec['ppl']:.1f} | "
-                      f"{rec['tok_per_s']:.0f} tok/s | lr {rec['lr']:.2e} | {rec['ms_per_step']:.0f} ms/step",
-                      file=sys.stderr)
+            bar.write(
+                f"step {t.step} | loss {loss:.3f} | ppl {rec['ppl']:.1f} | "
+                f"{rec['tok_per_s']:.0f} tok/s | lr {rec['lr']:.2e} | "
+                f"{rec['ms_per_step']:.0f} ms/step",
+                file=sys.stderr,
+            )
             window_tokens, window_start = 0, time.monotonic()
         stop = should_stop(t, started)
         best = False
@@ -256,5 +304,11 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
     metrics.close()
     plot_curves(metrics.records(), t.out_dir / "loss.png")
     print(f"stopped: {stop}; step {t.step}; checkpoints in {t.ckpt_dir}", file=sys.stderr)
-    return {"step": t.step, "loss": last_loss, "stop": stop, "best": t.best,
-            "out_dir": str(t.out_dir), "checkpoint": str(t.ckpt_dir / "last.pt")}
+    return {
+        "step": t.step,
+        "loss": last_loss,
+        "stop": stop,
+        "best": t.best,
+        "out_dir": str(t.out_dir),
+        "checkpoint": str(t.ckpt_dir / "last.pt"),
+    }

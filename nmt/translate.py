@@ -88,7 +88,9 @@ def _read_lines(stream: IO[bytes], name: str, on_bad_utf8: str) -> Iterator[list
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             if on_bad_utf8 != "replace":
-                raise UserError(f"{name}:{number}: invalid UTF-8 ({err.reason} at byte {err.start})") from None
+                raise UserError(
+                    f"{name}:{number}: invalid UTF-8 ({err.reason} at byte {err.start})"
+                ) from None
             line = raw.decode("utf-8", errors="replace")
         chunk.append(line.rstrip("\r\n"))
         if len(chunk) == CHUNK_LINES:
@@ -125,7 +127,9 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
         yield fh
 
 
-def load_for_inference(checkpoint: str, quantize: str, device: str = "cpu") -> tuple[GNMT, Tokenizer]:
+def load_for_inference(
+    checkpoint: str, quantize: str, device: str = "cpu"
+) -> tuple[GNMT, Tokenizer]:
     """Model (eval mode, optionally int8) and tokenizer from a (single-device) checkpoint."""
     from nmt.checkpoint import load
     from nmt.model import build_model
@@ -135,8 +139,16 @@ def load_for_inference(checkpoint: str, quantize: str, device: str = "cpu") -> t
     ckpt = load(checkpoint)
     tok = Tokenizer.from_bytes(ckpt["spm"])
     m = ckpt["config"]["model"]
-    model = build_model(tok.vocab_size, m["hidden"], m["enc_layers"], m["dec_layers"], 0.0,
-                        m["tie_embeddings"], m["init_range"], PAD_ID)
+    model = build_model(
+        tok.vocab_size,
+        m["hidden"],
+        m["enc_layers"],
+        m["dec_layers"],
+        0.0,
+        m["tie_embeddings"],
+        m["init_range"],
+        PAD_ID,
+    )
     model.load_state_dict(ckpt["model"])
     model.eval()
     if quantize == "int8":
@@ -144,8 +156,16 @@ def load_for_inference(checkpoint: str, quantize: str, device: str = "cpu") -> t
     return model.to(device), tok
 
 
-def translate_stream(model: GNMT, tok: Tokenizer, src: IO[bytes], name: str, out: IO[str],
-                     dcfg: Any, on_bad_utf8: str = "error", total: int | None = None) -> int:
+def translate_stream(
+    model: GNMT,
+    tok: Tokenizer,
+    src: IO[bytes],
+    name: str,
+    out: IO[str],
+    dcfg: Any,
+    on_bad_utf8: str = "error",
+    total: int | None = None,
+) -> int:
     """Translate ``src`` chunk by chunk into ``out``; returns the number of lines written."""
     written = 0
     nbest = int(dcfg.nbest)
@@ -178,8 +198,16 @@ def translate_cli(cfg: Any) -> dict[str, Any]:
     torch.set_num_threads(int(cfg.train.threads) or torch.get_num_threads())
     model, tok = load_for_inference(str(cfg.checkpoint), str(cfg.decode.quantize))
     with _open_input(str(cfg.input)) as src, _open_output(str(cfg.output), str(cfg.input)) as out:
-        n = translate_stream(model, tok, src, str(cfg.input), out, cfg.decode,
-                             str(cfg.data.on_bad_utf8), _count_lines(str(cfg.input)))
+        n = translate_stream(
+            model,
+            tok,
+            src,
+            str(cfg.input),
+            out,
+            cfg.decode,
+            str(cfg.data.on_bad_utf8),
+            _count_lines(str(cfg.input)),
+        )
     if cfg.output != "-":
         print(f"nmt-translate: {n} lines -> {cfg.output}", file=sys.stderr)
     return {"lines": n}
@@ -189,8 +217,15 @@ def translate_texts(model: GNMT, tok: Tokenizer, texts: Sequence[str], dcfg: Any
     """Best translation of each text (in memory; used by validation and nmt-eval)."""
     buf = io.StringIO()
     data = io.BytesIO("".join(t.replace("\n", " ") + "\n" for t in texts).encode("utf-8"))
-    one = dict(beam_size=dcfg.beam_size, alpha=dcfg.alpha, beta=dcfg.beta, max_len_a=dcfg.max_len_a,
-               max_len_b=dcfg.max_len_b, nbest=1, batch_tokens=dcfg.batch_tokens)
+    one = dict(
+        beam_size=dcfg.beam_size,
+        alpha=dcfg.alpha,
+        beta=dcfg.beta,
+        max_len_a=dcfg.max_len_a,
+        max_len_b=dcfg.max_len_b,
+        nbest=1,
+        batch_tokens=dcfg.batch_tokens,
+    )
     translate_stream(model, tok, data, "<memory>", buf, _Obj(one), total=len(texts))
     return buf.getvalue().split("\n")[: len(texts)]
 

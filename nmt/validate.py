@@ -17,7 +17,9 @@ from nmt.translate import translate_texts
 
 
 @torch.no_grad()
-def dev_loss(model: GNMT, corpus: Corpus, batch_tokens: int, eps: float, device: torch.device) -> float:
+def dev_loss(
+    model: GNMT, corpus: Corpus, batch_tokens: int, eps: float, device: torch.device
+) -> float:
     """Label-smoothed loss per target token over the whole dev split."""
     src, tgt = corpus.ids["dev"]
     keep = [i for i in range(len(src)) if src[i] and tgt[i]]
@@ -51,7 +53,9 @@ def dev_bleu(model: GNMT, corpus: Corpus, dcfg: Any, limit: int) -> float:
 
 def validate(model: GNMT, corpus: Corpus, cfg: Any, device: torch.device) -> dict[str, Any]:
     result: dict[str, Any] = {
-        "val_loss": dev_loss(model, corpus, int(cfg.data.batch_tokens), float(cfg.train.label_smoothing), device)
+        "val_loss": dev_loss(
+            model, corpus, int(cfg.data.batch_tokens), float(cfg.train.label_smoothing), device
+        )
     }
     if bool(cfg.train.eval_bleu):
         result["val_bleu"] = dev_bleu(model, corpus, cfg.decode, int(cfg.data.max_dev_sentences))

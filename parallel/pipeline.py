@@ -23,6 +23,8 @@ Semantics of :meth:`PipelineRunner.step` (``inputs``, ``target``, ``normaliser``
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -49,6 +51,21 @@ from parallel.ties import TieSync, all_reduce_grads, find_ties
 from parallel.timeline import TimelineRecorder, TimelineSummary, gather_and_write
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+_HAS_RETURN_OUTPUTS = "return_outputs" in inspect.signature(ScheduleGPipe.step).parameters
+_TORCH = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+
+
+def _check_torch() -> None:
+    if _TORCH < (2, 13):
+        warnings.warn(
+            f"parallel.pipeline needs torch >= 2.13 (found {torch.__version__}): older "
+            "pipelining infers shapes by running stages on zero tensors (GNMT's "
+            "pack_padded_sequence rejects src_len=0) and breaks with several stages per rank",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 ShapeKey = tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]
 
 
@@ -94,6 +111,7 @@ class PipelineRunner:
                 pp=ctx.pp,
             )
         check_pipeline(placement, schedule, microbatches)
+        _check_torch()
         self.ctx = ctx
         self.placement = placement
         self.schedule = schedule
@@ -358,17 +376,20 @@ class PipelineRunner:
             if self._whole is not None:
                 self._whole.root_batch_dims = dims
             args = tuple(
-                x.to(dev, non_blocking=True).movedim(d, 0)
+                x.to(dev, non_blocking=True).movedim(d, 0).contiguous()
                 for x, d in zip(inputs, dims, strict=True)
             )
         tgt = None
         if self.holds_last:
-            tgt = target.to(dev, non_blocking=True).movedim(self.target_batch_dim, 0)
+            tgt = target.to(dev, non_blocking=True).movedim(self.target_batch_dim, 0).contiguous()
         losses: list[Tensor] = []
         self._loss_calls = 0
         self.timeline.begin_step()
+        kw: dict[str, Any] = {"target": tgt, "losses": losses}
+        if _HAS_RETURN_OUTPUTS:  # do not keep the last stage's outputs (torch >= 2.8)
+            kw["return_outputs"] = False
         if training:
-            bucket.schedule.step(*args, target=tgt, losses=losses, return_outputs=False)
+            bucket.schedule.step(*args, **kw)
         else:
-            bucket.schedule.eval(*args, target=tgt, losses=losses, return_outputs=False)
+            bucket.schedule.eval(*args, **kw)
         return losses

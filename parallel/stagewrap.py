@@ -115,7 +115,9 @@ class PipeStage(PipelineStage):
 
     # -- shape guard
     def _guard(self, outputs: tuple[Tensor, ...], mb: int) -> None:
-        metas = self._stage_meta.outputs
+        # torch 2.13 keeps the inferred metadata in _stage_meta; older ones in _outputs_meta
+        meta = getattr(self, "_stage_meta", None)
+        metas = getattr(meta, "outputs", None) or getattr(self, "_outputs_meta", None)
         if metas is None:
             return
         got = [tuple(t.shape) for t in outputs]

@@ -306,7 +306,9 @@ def gantt(
     title = "pipeline timeline"
     if summary is not None:
         title += (
-            f" - {summary.schedule} K={summary.ranks} M={summary.microbatches}: bubble "
+            f" - {summary.schedule} K={summary.ranks}"
+            + (f" V={summary.stages_per_rank}" if summary.stages_per_rank > 1 else "")
+            + f" M={summary.microbatches}: bubble "
             f"{summary.bubble_fraction:.2f} (theory {summary.theory_bubble_fraction:.2f})"
         )
     ax.set_title(title, fontsize=9)

@@ -10,10 +10,24 @@ from typing import Any
 import pytest
 
 WORDS = {
-    "the": "das", "a": "ein", "house": "Haus", "cat": "Katze", "dog": "Hund", "runs": "läuft",
-    "sleeps": "schläft", "big": "groß", "small": "klein", "red": "rot", "blue": "blau",
-    "green": "grün", "file": "Datei", "opens": "öffnet", "closes": "schließt",
-    "window": "Fenster", "menu": "Menü", "and": "und",
+    "the": "das",
+    "a": "ein",
+    "house": "Haus",
+    "cat": "Katze",
+    "dog": "Hund",
+    "runs": "läuft",
+    "sleeps": "schläft",
+    "big": "groß",
+    "small": "klein",
+    "red": "rot",
+    "blue": "blau",
+    "green": "grün",
+    "file": "Datei",
+    "opens": "öffnet",
+    "closes": "schließt",
+    "window": "Fenster",
+    "menu": "Menü",
+    "and": "und",
 }
 
 

@@ -41,7 +41,9 @@ class ToyEmbedEnc1(nn.Module):
     def forward(self, src: Tensor, src_len: Tensor, tgt_in: Tensor) -> tuple[Tensor, ...]:
         x = self.embed(src)
         h, _ = self.rnn(x)
-        mask = (torch.arange(src.size(0))[:, None] < src_len[None, :]).unsqueeze(-1)
+        mask = (torch.arange(src.size(0), device=src.device)[:, None] < src_len[None, :]).unsqueeze(
+            -1
+        )
         return h * mask, src_len, self.embed(tgt_in)
 
 
@@ -67,7 +69,10 @@ class ToyDec1(nn.Module):
     def forward(self, enc_out: Tensor, src_len: Tensor, emb_tgt: Tensor) -> tuple[Tensor, ...]:
         h, _ = self.rnn(emb_tgt)
         scores = torch.einsum("tbh,sbh->bts", self.query(h), enc_out)
-        mask = torch.arange(enc_out.size(0))[None, None, :] >= src_len[:, None, None]
+        mask = (
+            torch.arange(enc_out.size(0), device=enc_out.device)[None, None, :]
+            >= src_len[:, None, None]
+        )
         attn = scores.masked_fill(mask, -1e9).softmax(-1)
         ctx = torch.einsum("bts,sbh->tbh", attn, enc_out)
         return h, ctx

@@ -28,17 +28,32 @@ def test_every_option_composes(group: str) -> None:
 
 def test_defaults_and_stable_keys() -> None:
     cfg = compose_config()
-    assert (cfg.data.name, cfg.model.name, cfg.parallel.name) == ("debian_de_en", "gnmt_small", "none")
-    for key in ("seed", "max_steps", "max_epochs", "max_minutes", "log_every", "eval_every", "resume"):
+    assert (cfg.data.name, cfg.model.name, cfg.parallel.name) == (
+        "debian_de_en",
+        "gnmt_small",
+        "none",
+    )
+    for key in (
+        "seed",
+        "max_steps",
+        "max_epochs",
+        "max_minutes",
+        "log_every",
+        "eval_every",
+        "resume",
+    ):
         assert key in cfg.train
     assert "dropout" in cfg.model and "batch_tokens" in cfg.data
     assert compose_config(["model=gnmt8"]).model.enc_layers == 8
 
 
-def cli(entry: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    entry: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     code = f"import sys; from nmt.cli import {entry}; sys.argv[0] = '{entry}'; {entry}()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 @pytest.mark.parametrize(
@@ -64,8 +79,14 @@ def test_profile_entry_point_says_not_built() -> None:
 
 
 def test_prepare_files_offline(tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
-    args = ["data=files", f"data.train={tiny_corpus['train']}", f"data.dev={tiny_corpus['dev']}",
-            f"data.test={tiny_corpus['test']}", "data.vocab_size=60", f"data.cache_dir={tmp_path}"]
+    args = [
+        "data=files",
+        f"data.train={tiny_corpus['train']}",
+        f"data.dev={tiny_corpus['dev']}",
+        f"data.test={tiny_corpus['test']}",
+        "data.vocab_size=60",
+        f"data.cache_dir={tmp_path}",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     first = cli("prepare_main", *args, env=env)
     assert first.returncode == 0, first.stderr
@@ -86,8 +107,17 @@ def test_prepare_debian_without_apt_is_one_line(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.tsv.gz"))
 
 
-def test_prepare_mismatched_files_and_missing_file(tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
-    r = cli("prepare_main", "data=files", f"data.train={tmp_path / 'missing.tsv'}",
-            f"data.dev={tiny_corpus['dev']}", f"data.test={tiny_corpus['test']}",
-            f"data.cache_dir={tmp_path}")
-    assert r.returncode == 2 and "missing.tsv" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_prepare_mismatched_files_and_missing_file(
+    tiny_corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    r = cli(
+        "prepare_main",
+        "data=files",
+        f"data.train={tmp_path / 'missing.tsv'}",
+        f"data.dev={tiny_corpus['dev']}",
+        f"data.test={tiny_corpus['test']}",
+        f"data.cache_dir={tmp_path}",
+    )
+    assert (
+        r.returncode == 2 and "missing.tsv" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    )

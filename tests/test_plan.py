@@ -73,6 +73,17 @@ def test_search_is_exact(k: int) -> None:
     assert res.simulated < res.considered  # the bound prunes
 
 
+def test_dp_fallback_when_enumeration_is_too_large() -> None:
+    t = toy([3.0, 1.0, 1.0, 2.0, 0.5, 4.0, 1.0, 2.0])
+    exact = search([t], 3, PCIE, SearchSpace(microbatches=(4,), max_stages_per_rank=1))
+    approx = search(
+        [t], 3, PCIE, SearchSpace(microbatches=(4,), max_stages_per_rank=1, enumeration_limit=1)
+    )
+    assert exact.best is not None and approx.best is not None
+    assert approx.considered < exact.considered
+    assert exact.best.step_ms <= approx.best.step_ms <= 1.1 * exact.best.step_ms
+
+
 def test_memory_limit() -> None:
     t = toy([1.0] * 4, act=100_000_000)  # 12.5 MB per stage and micro-batch at M=8
     free = search([t], 2, ZERO_LINK, SearchSpace(microbatches=(8,), schedules=("gpipe",)))

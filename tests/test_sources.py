@@ -81,16 +81,26 @@ Ctrl</span></span></span><span class="keycode"> + F</span> to open it.</p>
 
 
 def test_libreoffice_help_pairs_on_path_and_id(tmp_path: Path) -> None:
-    for lang, text in (("en-US", PAGE), ("de", PAGE.replace("Find Toolbar", "Suchen-Symbolleiste")
-                                         .replace("Use the shortcut", "Verwenden Sie")
-                                         .replace("to open it.", "zum Öffnen."))):
+    for lang, text in (
+        ("en-US", PAGE),
+        (
+            "de",
+            PAGE.replace("Find Toolbar", "Suchen-Symbolleiste")
+            .replace("Use the shortcut", "Verwenden Sie")
+            .replace("to open it.", "zum Öffnen."),
+        ),
+    ):
         page = tmp_path / lang / "text" / "a.html"
         page.parent.mkdir(parents=True)
         page.write_text(text)
     pairs = list(lohelp.harvest(tmp_path / "en-US", tmp_path / "de"))
     assert pairs == [
         ("text/a.html", "Find Toolbar", "Suchen-Symbolleiste"),
-        ("text/a.html", "Use the shortcut Ctrl + F to open it.", "Verwenden Sie Ctrl + F zum Öffnen."),
+        (
+            "text/a.html",
+            "Use the shortcut Ctrl + F to open it.",
+            "Verwenden Sie Ctrl + F zum Öffnen.",
+        ),
     ]
 
 
@@ -110,15 +120,20 @@ def make_mo(entries: list[tuple[bytes, bytes]]) -> bytes:
 
 
 def test_mo_parser_and_accelerators(tmp_path: Path) -> None:
-    blob = make_mo([
-        (b"", b"Project-Id-Version: x"),
-        (b"_Open file", b"Datei _\xc3\xb6ffnen"),
-        (b"menu\x04&Quit", b"&Beenden"),
-        (b"one file\x00%d files", b"eine Datei\x00%d Dateien"),
-        (b"Same", b"Same"),
-    ])
+    blob = make_mo(
+        [
+            (b"", b"Project-Id-Version: x"),
+            (b"_Open file", b"Datei _\xc3\xb6ffnen"),
+            (b"menu\x04&Quit", b"&Beenden"),
+            (b"one file\x00%d files", b"eine Datei\x00%d Dateien"),
+            (b"Same", b"Same"),
+        ]
+    )
     assert gettext_mo.parse_mo(blob) == [
-        ("_Open file", "Datei _öffnen"), ("&Quit", "&Beenden"), ("one file", "eine Datei")]
+        ("_Open file", "Datei _öffnen"),
+        ("&Quit", "&Beenden"),
+        ("one file", "eine Datei"),
+    ]
     cat = tmp_path / "usr/share/locale/de/LC_MESSAGES/app.mo"
     cat.parent.mkdir(parents=True)
     cat.write_bytes(blob)
@@ -144,7 +159,8 @@ def test_splits_hold_out_groups_and_drop_overlap() -> None:
 
 def test_shipped_corpus_is_complete_and_recorded() -> None:
     prov = load_provenance(SHIPPED_DIR) or __import__("json").loads(
-        (SHIPPED_DIR / "debian_de_en.provenance.json").read_text())
+        (SHIPPED_DIR / "debian_de_en.provenance.json").read_text()
+    )
     files = corpus_files("debian_de_en", Path("/nonexistent"))
     assert prov["counts"]["test"]["total"] >= 2000 and prov["counts"]["dev"]["total"] >= 500
     assert sum(p.stat().st_size for p in files.values()) <= 10 * 2**20

@@ -23,7 +23,9 @@ def checkpoint(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFa
     from tests.conftest import tiny_overrides
 
     tmp = tmp_path_factory.mktemp("ckpt")
-    cfg = compose_config(tiny_overrides(tiny_corpus, tmp / "cache", tmp / "run") + ["train.max_steps=30"])
+    cfg = compose_config(
+        tiny_overrides(tiny_corpus, tmp / "cache", tmp / "run") + ["train.max_steps=30"]
+    )
     train(cfg)
     return tmp / "run" / "checkpoints" / "last.pt"
 
@@ -32,25 +34,41 @@ def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProce
     code = "import sys; from nmt.cli import {0}; sys.argv[0] = '{0}'; {0}()"
     entry, rest = args[0], list(args[1:])
     return subprocess.run(
-        [sys.executable, "-c", code.format(entry), *rest], input=stdin, capture_output=True, timeout=120
+        [sys.executable, "-c", code.format(entry), *rest],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
     )
 
 
 def test_translate_keeps_one_line_per_input_line(checkpoint: Path, tmp_path: Path) -> None:
-    lines = ["the cat runs", "", "a big red dog sleeps and the small cat runs", "   ", "window",
-             "the " * 300]
+    lines = [
+        "the cat runs",
+        "",
+        "a big red dog sleeps and the small cat runs",
+        "   ",
+        "window",
+        "the " * 300,
+    ]
     src = tmp_path / "in.txt"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "out.txt"
-    r = run_cli("translate_main", f"checkpoint={checkpoint}", f"input={src}", f"output={out}",
-                "decode.beam_size=3")
+    r = run_cli(
+        "translate_main",
+        f"checkpoint={checkpoint}",
+        f"input={src}",
+        f"output={out}",
+        "decode.beam_size=3",
+    )
     assert r.returncode == 0, r.stderr.decode()
     got = out.read_text(encoding="utf-8").split("\n")
     assert got[-1] == "" and len(got[:-1]) == len(lines)
     assert got[1] == "" and got[3] == ""
 
 
-def test_overlong_line_is_translated_in_chunks(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_overlong_line_is_translated_in_chunks(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import nmt.translate as tr
 
     model, tok = load_for_inference(str(checkpoint), "none")
@@ -65,7 +83,15 @@ def test_overlong_line_is_translated_in_chunks(checkpoint: Path, monkeypatch: py
     monkeypatch.setattr(tr, "MAX_SRC_TOKENS", 10)
 
     class D:
-        beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens = 2, 0.6, 0.1, 1.5, 5, 1, 64
+        beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens = (
+            2,
+            0.6,
+            0.1,
+            1.5,
+            5,
+            1,
+            64,
+        )
 
     out = tr.translate_lines(model, tok, ["the cat " * 12, "dog"], D)
     assert len(out) == 2 and max(seen) <= 10 and len(seen) >= 4
@@ -75,17 +101,35 @@ def test_translate_order_and_batch_independence(checkpoint: Path) -> None:
     model, tok = load_for_inference(str(checkpoint), "none")
 
     class D:
-        beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens = 4, 0.6, 0.1, 1.5, 5, 1, 64
+        beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens = (
+            4,
+            0.6,
+            0.1,
+            1.5,
+            5,
+            1,
+            64,
+        )
 
-    lines = ["the cat", "a big red dog sleeps", "window opens", "the file closes and the menu opens"]
+    lines = [
+        "the cat",
+        "a big red dog sleeps",
+        "window opens",
+        "the file closes and the menu opens",
+    ]
     together = [h[0][0] for h in translate_lines(model, tok, lines, D)]
     alone = [translate_lines(model, tok, [x], D)[0][0][0] for x in lines]
     assert together == alone
 
 
 def test_translate_stdin_stdout_and_nbest(checkpoint: Path) -> None:
-    r = run_cli("translate_main", f"checkpoint={checkpoint}", "decode.beam_size=3", "decode.nbest=2",
-                stdin="the cat\n\nthe dog\n".encode())
+    r = run_cli(
+        "translate_main",
+        f"checkpoint={checkpoint}",
+        "decode.beam_size=3",
+        "decode.nbest=2",
+        stdin=b"the cat\n\nthe dog\n",
+    )
     assert r.returncode == 0, r.stderr.decode()
     rows = r.stdout.decode().splitlines()
     assert rows[0] == "line\trank\tscore\thypothesis"
@@ -101,7 +145,9 @@ def test_translate_stdin_stdout_and_nbest(checkpoint: Path) -> None:
         (["output=/no/such/dir/out.txt"], "output folder /no/such/dir does not exist"),
     ],
 )
-def test_translate_user_errors(checkpoint: Path, tmp_path: Path, args: list[str], message: str) -> None:
+def test_translate_user_errors(
+    checkpoint: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
     src = tmp_path / "in.txt"
     src.write_text("the cat\n")
     base = {"checkpoint": str(checkpoint), "input": str(src), "output": str(tmp_path / "o.txt")}
@@ -113,10 +159,14 @@ def test_translate_user_errors(checkpoint: Path, tmp_path: Path, args: list[str]
     assert not (tmp_path / "o.txt").exists()
 
 
-def test_translate_refuses_bad_utf8_and_output_equal_input(checkpoint: Path, tmp_path: Path) -> None:
+def test_translate_refuses_bad_utf8_and_output_equal_input(
+    checkpoint: Path, tmp_path: Path
+) -> None:
     src = tmp_path / "in.txt"
     src.write_bytes(b"the cat\nbad \xff byte\n")
-    r = run_cli("translate_main", f"checkpoint={checkpoint}", f"input={src}", f"output={tmp_path / 'o'}")
+    r = run_cli(
+        "translate_main", f"checkpoint={checkpoint}", f"input={src}", f"output={tmp_path / 'o'}"
+    )
     assert r.returncode == 2 and f"{src}:2: invalid UTF-8" in r.stderr.decode()
     assert not (tmp_path / "o").exists()
     r = run_cli("translate_main", f"checkpoint={checkpoint}", f"input={src}", f"output={src}")
@@ -130,8 +180,13 @@ def test_eval_matches_sacrebleu_cli(tmp_path: Path) -> None:
     ref.write_text("Das Haus ist sehr groß .\nDie Katze schläft auf dem Sofa\nEin kleiner Test\n")
     ours = score_files(str(hyp), str(ref))
     tool = shutil.which("sacrebleu") or pytest.skip("sacrebleu command-line tool not installed")
-    out = subprocess.run([tool, str(ref), "-i", str(hyp), "-m", "bleu", "chrf", "-b", "-w", "4"],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        [tool, str(ref), "-i", str(hyp), "-m", "bleu", "chrf", "-b", "-w", "4"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     assert [float(x) for x in json.loads(out)] == [ours["bleu"], ours["chrf"]]
     r = run_cli("eval_main", f"hyp={hyp}", f"ref={ref}")
     assert r.returncode == 0

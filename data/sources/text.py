@@ -13,8 +13,43 @@ _PLACEHOLDER = re.compile(r"%[-+ #0-9.]*[a-zA-Z]|\{[0-9a-zA-Z_]*\}|<[a-zA-Z/][^>
 _SPACES = re.compile(r"\s+")
 # Abbreviations after which a capitalised word does not start a new sentence.
 _ABBREVIATIONS = frozenset(
-    "z. B. d. h. u. a. bzw. ggf. usw. vgl. ca. Nr. Dr. Hr. Fr. e.g. i.e. etc. vs. Mr. Mrs. "
-    "No. Inc. Ltd. Co. St. Jr. Sr. cf. approx. incl. z.B. d.h. u.a. s.".split()
+    [
+        "z.",
+        "B.",
+        "d.",
+        "h.",
+        "u.",
+        "a.",
+        "bzw.",
+        "ggf.",
+        "usw.",
+        "vgl.",
+        "ca.",
+        "Nr.",
+        "Dr.",
+        "Hr.",
+        "Fr.",
+        "e.g.",
+        "i.e.",
+        "etc.",
+        "vs.",
+        "Mr.",
+        "Mrs.",
+        "No.",
+        "Inc.",
+        "Ltd.",
+        "Co.",
+        "St.",
+        "Jr.",
+        "Sr.",
+        "cf.",
+        "approx.",
+        "incl.",
+        "z.B.",
+        "d.h.",
+        "u.a.",
+        "s.",
+    ]
 )
 
 
