@@ -95,6 +95,18 @@ class Trainer:
         self.bad_steps = 0
         self.ckpt_dir = out_dir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.is_main = True  # prints, metrics and plots come from the main process only
+
+    def validate(self) -> dict[str, Any]:
+        return validate(self.model, self.corpus, self.cfg, self.device)
+
+    def agree(self, stop: str | None) -> str | None:
+        """The stop decision every process takes (pipelined runs follow rank 0)."""
+        return stop
+
+    def finish(self) -> dict[str, Any]:
+        """End-of-run work beyond the common loop (pipelined runs write their timeline)."""
+        return {}
 
     def _lr_lambda(self, step: int) -> float:
         tc = self.cfg.train
@@ -174,6 +186,13 @@ class Trainer:
             ck, config_to_dict(self.cfg)["model"], self.corpus.tokenizer.model_bytes(), str(path)
         )
         self.model.load_state_dict(ck["model"])
+        if "optimizer" not in ck:  # an exported pipelined checkpoint: weights only
+            print(
+                f"{path} holds weights only: optimizer and data position start fresh",
+                file=sys.stderr,
+            )
+            self.step = int(ck.get("step", 0))
+            return
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
@@ -210,7 +229,7 @@ def should_stop(t: Trainer, started: float) -> str | None:
 
 def run_validation(t: Trainer, metrics: MetricsLog) -> bool:
     """Dev loss (+ BLEU); returns True when this is the best model so far."""
-    result = validate(t.model, t.corpus, t.cfg, t.device)
+    result = t.validate()
     metrics.write({"step": t.step, **result})
     key, value = (
         ("bleu", result.get("val_bleu"))
@@ -223,6 +242,8 @@ def run_validation(t: Trainer, metrics: MetricsLog) -> bool:
         {key: value, "step": t.step, "stale": 0} if improved else {"stale": t.best["stale"] + 1}
     )
     bleu = result.get("val_bleu")
+    if not t.is_main:
+        return improved
     print(
         f"step {t.step} | dev loss {result['val_loss']:.3f} | dev BLEU "
         f"{'-' if bleu is None else f'{bleu:.2f}'}{' (best)' if improved else ''}",
@@ -262,9 +283,14 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
     window_tokens, window_start, last_loss = 0, time.monotonic(), float("nan")
     total = int(tc.max_steps) or None
     bar = tqdm(
-        total=total, initial=t.step, unit="step", file=sys.stderr, disable=None, desc="train"
+        total=total,
+        initial=t.step,
+        unit="step",
+        file=sys.stderr,
+        disable=None if t.is_main else True,
+        desc="train",
     )
-    stop = should_stop(t, started)
+    stop = t.agree(should_stop(t, started))
     while stop is None:
         batch = next(iter(t.batcher))
         loss, nll = t.train_step(batch)
@@ -284,26 +310,29 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
                 "ms_per_step": 1000 * (now - window_start) / log_every,
             }
             metrics.write(rec)
-            bar.write(
-                f"step {t.step} | loss {loss:.3f} | ppl {rec['ppl']:.1f} | "
-                f"{rec['tok_per_s']:.0f} tok/s | lr {rec['lr']:.2e} | "
-                f"{rec['ms_per_step']:.0f} ms/step",
-                file=sys.stderr,
-            )
+            if t.is_main:
+                bar.write(
+                    f"step {t.step} | loss {loss:.3f} | ppl {rec['ppl']:.1f} | "
+                    f"{rec['tok_per_s']:.0f} tok/s | lr {rec['lr']:.2e} | "
+                    f"{rec['ms_per_step']:.0f} ms/step",
+                    file=sys.stderr,
+                )
             window_tokens, window_start = 0, time.monotonic()
-        stop = should_stop(t, started)
+        stop = t.agree(should_stop(t, started))
         best = False
         if eval_every and (t.step % eval_every == 0 or stop is not None):
             best = run_validation(t, metrics)
-            stop = stop or should_stop(t, started)
+            stop = stop or t.agree(should_stop(t, started))
         if (save_every and t.step % save_every == 0) or stop is not None:
             t.train_seconds += time.monotonic() - started
             started = time.monotonic()
             t.save(best)
     bar.close()
+    extra = t.finish()
     metrics.close()
-    plot_curves(metrics.records(), t.out_dir / "loss.png")
-    print(f"stopped: {stop}; step {t.step}; checkpoints in {t.ckpt_dir}", file=sys.stderr)
+    if t.is_main:
+        plot_curves(metrics.records(), t.out_dir / "loss.png")
+        print(f"stopped: {stop}; step {t.step}; checkpoints in {t.ckpt_dir}", file=sys.stderr)
     return {
         "step": t.step,
         "loss": last_loss,
@@ -311,4 +340,5 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
         "best": t.best,
         "out_dir": str(t.out_dir),
         "checkpoint": str(t.ckpt_dir / "last.pt"),
+        **extra,
     }

@@ -121,7 +121,7 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
         yield sys.stdin.buffer
         return
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists() or p.is_dir():
         raise UserError(f"input file {path} does not exist")
     with p.open("rb") as fh:
         yield fh
