@@ -24,5 +24,5 @@ lint: install
 # Train gnmt_small on the shipped Debian corpus for a bounded CPU budget (train=demo), then
 # translate the test split with beam 5 and print BLEU and chrF.
 demo: install
-	nmt-train model=gnmt_small train=demo hydra.run.dir=$(DEMO_DIR)
+	nmt-train model=gnmt_small train=demo data.batch_tokens=2048 hydra.run.dir=$(DEMO_DIR)
 	nmt-eval checkpoint=$(DEMO_DIR)/checkpoints/best.pt split=test decode=beam5

@@ -65,7 +65,7 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     code-carrying file is refused with one line."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"checkpoint {p} does not exist")
+        raise UserError(f"checkpoint {p} {'is a folder' if p.is_dir() else 'does not exist'}")
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -78,6 +78,11 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
         raise UserError(f"checkpoint {p} is corrupted: {_short(first)}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise UserError(f"checkpoint {p} is truncated or corrupted: {_short(str(err))}") from None
+    except Exception as err:  # noqa: BLE001 - any other failure of the restricted unpickler
+        raise UserError(
+            f"checkpoint {p} is corrupted or not a checkpoint: {type(err).__name__}: "
+            f"{_short(str(err))}"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
         raise UserError(f"checkpoint {p} is not a pipenmt checkpoint (format {FORMAT})")
     return ckpt
@@ -92,7 +97,7 @@ def check_compatible(
     ckpt: dict[str, Any], model_cfg: dict[str, Any], spm: bytes, where: str
 ) -> None:
     """Refuse a checkpoint whose model shape or vocabulary differs from the run's."""
-    saved = ckpt["config"]["model"]
+    saved = require_single_device(ckpt, where)["config"]["model"]
     diffs = [
         f"model.{k}: {saved.get(k)} vs {model_cfg.get(k)}"
         for k in MODEL_KEYS
@@ -104,6 +109,29 @@ def check_compatible(
         raise UserError(
             f"checkpoint {where} was trained with another sentencepiece vocabulary than this run's"
         )
+
+
+def require_single_device(ckpt: dict[str, Any], where: str) -> dict[str, Any]:
+    """``ckpt`` itself if it carries what a single-device model needs (weights, config,
+    sentencepiece model); a pipeline shard or a hand-made file is refused with one line."""
+    config = ckpt.get("config")
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or not isinstance(ckpt.get("spm"), bytes):
+        shard = "placement" in ckpt
+        hint = " (a pipeline shard? use the run's checkpoints/last.pt)" if shard else ""
+        raise UserError(
+            f"checkpoint {where} lacks the model config or the sentencepiece model{hint}"
+        )
+    return ckpt
+
+
+def remove_stale_temp(folder: Path) -> int:
+    """Delete temp files that a killed checkpoint write left behind (``.NAME.pt.*.tmp``);
+    returns how many. Only the process that owns ``folder`` (the run) may call this."""
+    stale = [p for p in folder.glob(".*.pt.*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def step_file(folder: Path, step: int) -> Path:

@@ -35,6 +35,16 @@ def _guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig, name: str) -> Any
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # e.g. `nmt-translate ... | head`: the reader went away
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        sys.exit(141)
+    except OSError as err:  # the environment, not the code: unwritable folder, disk full ...
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        where = f": {err.filename}" if err.filename else ""
+        print(f"{name}: error: {err.strerror or err}{where}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _precheck(config_name: str, name: str) -> None:
@@ -68,6 +78,26 @@ def _precheck(config_name: str, name: str) -> None:
         elif len(lines) > 1 and not lines[1].startswith(("full_key", "Config search")):
             detail += f": {lines[1]}"
         print(f"{name}: error: {detail}", file=sys.stderr)
+        sys.exit(2)
+    _check_run_dir(args, config_name, name)
+
+
+def _check_run_dir(args: list[str], config_name: str, name: str) -> None:
+    """Create the run folder Hydra is about to create, so that an unusable path (below a
+    regular file, read-only, ...) is one line and exit 2 instead of Hydra's traceback."""
+    given = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("hydra.run.dir=")]
+    if given:
+        folder = given[-1].strip("'\"")
+    elif config_name == "config":
+        folder = "runs"  # the parent of the default runs/<date>
+    else:
+        return
+    if not folder or "${" in folder:
+        return
+    try:
+        os.makedirs(os.path.expanduser(folder), exist_ok=True)
+    except OSError as err:
+        print(f"{name}: error: cannot create run folder {folder}: {err.strerror}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from data.build import corpus_files
-from data.corpus import FilterStats, filter_pairs, load_hub, load_split_counted
+from data.corpus import FilterStats, filter_pairs, load_hub, load_split_counted, load_text_pair
 from data.tokenizer import Tokenizer, train_or_load
 from nmt.errors import UserError
 
@@ -66,13 +66,22 @@ def load_text(
     paths = split_paths(dcfg)
     out: dict[str, list[Pair]] = {}
     for s in splits:
-        pairs, n_bad = load_split_counted(
-            paths[s], dcfg.src_lang, dcfg.tgt_lang, dcfg.on_bad_utf8, str(cache_dir(dcfg) / "hf")
-        )
+        pairs, n_bad = _load_one(paths[s], dcfg)
         if n_bad:
             log.warning("%s: %d lines had invalid UTF-8 (replaced)", paths[s], n_bad)
         out[s] = pairs
     return out
+
+
+def _load_one(path: str, dcfg: Any) -> tuple[list[Pair], int]:
+    """One split: a TSV/JSONL/parquet file, or a prefix with one plain-text file per language
+    (``PREFIX.en`` + ``PREFIX.de``, line-aligned)."""
+    src, tgt = Path(f"{path}.{dcfg.src_lang}"), Path(f"{path}.{dcfg.tgt_lang}")
+    if not Path(path).exists() and src.exists() and tgt.exists():
+        return load_text_pair(str(src), str(tgt), str(dcfg.on_bad_utf8))
+    return load_split_counted(
+        path, dcfg.src_lang, dcfg.tgt_lang, dcfg.on_bad_utf8, str(cache_dir(dcfg) / "hf")
+    )
 
 
 def tokenizer_for(dcfg: Any, train_pairs: list[Pair], seed: int) -> Tokenizer:

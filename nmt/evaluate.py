@@ -22,8 +22,11 @@ from nmt.errors import UserError
 def read_lines(path: str, what: str) -> list[str]:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"{what} file {path} does not exist")
-    raw = p.read_bytes()
+        raise UserError(f"{what} file {path} {'is a folder' if p.is_dir() else 'does not exist'}")
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read {what} file {path}: {err.strerror or err}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -54,6 +57,8 @@ def score_files(hyp: str, ref: str) -> dict[str, Any]:
     hyps, refs = read_lines(hyp, "hyp"), read_lines(ref, "ref")
     if len(hyps) != len(refs):
         raise UserError(f"hyp={hyp} has {len(hyps)} lines but ref={ref} has {len(refs)}")
+    if not hyps:
+        raise UserError(f"hyp={hyp} and ref={ref} are empty: nothing to score")
     return {"hyp": hyp, "ref": ref, **score(hyps, refs)}
 
 
@@ -61,22 +66,33 @@ def _translate_split(cfg: Any) -> tuple[str, str]:
     """Translate the checkpoint's data split; returns (hyp path, ref path)."""
     from nmt.checkpoint import load
     from nmt.corpus import load_text
-    from nmt.translate import load_for_inference, translate_texts
+    from nmt.translate import check_decode, load_for_inference, one_line, translate_texts
 
     ckpt_path = Path(str(cfg.checkpoint)).expanduser()
-    dcfg = dict_to_config(load(ckpt_path)["config"]["data"])
     split = str(cfg.split)
     if split not in ("train", "dev", "test"):
         raise UserError(f"split={split}: expected train, dev or test")
-    pairs = load_text(dcfg, (split,))[split]
+    check_decode(cfg.decode)
     model, tok = load_for_inference(str(ckpt_path), str(cfg.decode.quantize))
+    saved = load(ckpt_path)["config"]
+    if not isinstance(saved.get("data"), dict):
+        raise UserError(f"checkpoint {ckpt_path} does not name its data (no data config)")
+    pairs = load_text(dict_to_config(saved["data"]), (split,))[split]
     hyps = translate_texts(model, tok, [s for s, _ in pairs], cfg.decode)
     stem = ckpt_path.with_suffix("")
     tag = f"{split}.beam{cfg.decode.beam_size}" + ("" if cfg.decode.quantize == "none" else ".int8")
     hyp_path, ref_path = Path(f"{stem}.{tag}.hyp"), Path(f"{stem}.{split}.ref")
-    atomic_write_text(hyp_path, "".join(h + "\n" for h in hyps))
-    atomic_write_text(ref_path, "".join(t + "\n" for _, t in pairs))
+    _write(hyp_path, "".join(h + "\n" for h in hyps))
+    _write(ref_path, "".join(one_line(t) + "\n" for _, t in pairs))
     return str(hyp_path), str(ref_path)
+
+
+def _write(path: Path, text: str) -> None:
+    """Atomic write; disk full or an unwritable folder is a one-line error (old file kept)."""
+    try:
+        atomic_write_text(path, text)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
 
 
 def eval_cli(cfg: Any) -> dict[str, Any]:
@@ -87,11 +103,10 @@ def eval_cli(cfg: Any) -> dict[str, Any]:
     else:
         raise UserError("give hyp=FILE ref=FILE, or checkpoint=PATH [split=test]")
     result = score_files(hyp, ref)
-    out = Path(f"{hyp}.eval.json")
-    if out.parent.is_dir():
-        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(result["bleu_text"])
-    print(result["chrf_text"])
+    print(result["chrf_text"], flush=True)
+    out = Path(f"{hyp}.eval.json")
+    _write(out, json.dumps(result, indent=2) + "\n")
     print(
         f"BLEU {result['bleu']:.2f} chrF {result['chrf']:.2f} ({result['lines']} lines) -> {out}",
         file=sys.stderr,

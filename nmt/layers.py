@@ -46,7 +46,8 @@ class EmbedEncoder1(nn.Module):
     def encode(self, src: Tensor, src_len: Tensor) -> Tensor:
         """``src[Ts,B]``, ``src_len[B]`` -> ``h[Ts,B,2H]`` (zeros at padded positions)."""
         x = self.dropout(self.embedding(src))
-        packed = pack_padded_sequence(x, src_len.cpu(), enforce_sorted=False)
+        # clamp: shape inference of older torch pipelining runs stages on all-zero inputs
+        packed = pack_padded_sequence(x, src_len.cpu().clamp(min=1), enforce_sorted=False)
         out, _ = self.lstm(packed)
         h, _ = pad_packed_sequence(out, total_length=src.size(0))
         return h.contiguous()

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from data.atomic import atomic_write_text
+
 
 class MetricsLog:
     """Appends records to ``metrics.jsonl``; on resume drops records past the resumed step so
@@ -14,15 +16,16 @@ class MetricsLog:
 
     def __init__(self, folder: Path, resume_step: int | None = None) -> None:
         self.path = folder / "metrics.jsonl"
+        # Rewritten atomically: a run killed while resuming never loses the earlier records.
         if resume_step is None:
-            self.path.write_text("")
+            atomic_write_text(self.path, "")
         elif self.path.exists():
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+                if (rec := _record(line)) is not None and rec.get("step", 0) <= resume_step
             ]
-            self.path.write_text("".join(k + "\n" for k in kept))
+            atomic_write_text(self.path, "".join(k + "\n" for k in kept))
         self._tb = _tensorboard(folder / "tensorboard")
 
     def write(self, record: dict[str, Any]) -> None:
@@ -38,7 +41,17 @@ class MetricsLog:
             self._tb.close()
 
     def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        recs = (_record(line) for line in self.path.read_text().splitlines())
+        return [r for r in recs if r is not None]
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    """A metrics line as a dict; ``None`` for a blank or torn line (a crash mid-append)."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def _tensorboard(folder: Path) -> Any:

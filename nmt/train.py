@@ -92,7 +92,9 @@ class Trainer:
         self.step = 0
         self.train_seconds = 0.0  # wall time spent training, summed over resumes
         self.best: dict[str, Any] = {"bleu": None, "val_loss": None, "step": 0, "stale": 0}
-        self.bad_steps = 0
+        self.bad_steps = 0  # non-finite losses in a row
+        self.skipped_steps = 0  # non-finite losses skipped in this run, over resumes
+        self.skipped_last = False  # the last train_step was skipped (nothing to log or save)
         self.ckpt_dir = out_dir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.is_main = True  # prints, metrics and plots come from the main process only
@@ -136,13 +138,17 @@ class Trainer:
         loss = loss_sum / max(batch.ntokens, 1)
         self.scaler.scale(loss).backward()
         loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
+        self.skipped_last = not math.isfinite(loss_value)
+        if self.skipped_last:
             self.optimizer.zero_grad(set_to_none=True)
             self.bad_steps += 1
+            self.skipped_steps += 1
             if self.bad_steps >= int(self.cfg.train.max_bad_steps):
+                last = self.ckpt_dir / "last.pt"
+                kept = f"last good checkpoint: {last}" if last.is_file() else "no checkpoint yet"
                 raise UserError(
-                    f"{self.bad_steps} non-finite losses in a row at step {self.step}; "
-                    f"stopping (last good checkpoint: {self.ckpt_dir / 'last.pt'})"
+                    f"{self.bad_steps} non-finite losses in a row at step {self.step} "
+                    f"(train.max_bad_steps={self.cfg.train.max_bad_steps}); stopping ({kept})"
                 )
             log.warning("step %d: non-finite loss skipped (%d in a row)", self.step, self.bad_steps)
             return loss_value, float("nan")
@@ -168,6 +174,7 @@ class Trainer:
             "step": self.step,
             "train_seconds": self.train_seconds,
             "best": dict(self.best),
+            "skipped_steps": self.skipped_steps,
             "config": config_to_dict(self.cfg),
             "spm": self.corpus.tokenizer.model_bytes(),
         }
@@ -198,6 +205,7 @@ class Trainer:
         self.scaler.load_state_dict(ck["scaler"])
         self.batcher.load_state_dict(ck["data"])
         self.step, self.train_seconds, self.best = ck["step"], ck["train_seconds"], ck["best"]
+        self.skipped_steps = int(ck.get("skipped_steps", 0))
         ckpt_io.set_rng_state(ck["rng"])
 
 
@@ -252,6 +260,15 @@ def run_validation(t: Trainer, metrics: MetricsLog) -> bool:
     return improved
 
 
+def make_run_dir(out_dir: Path) -> Path:
+    """Create the run folder (and ``checkpoints/``); an unusable path is a one-line error."""
+    try:
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create run folder {out_dir}: {err.strerror or err}") from None
+    return out_dir
+
+
 def train(cfg: Any) -> dict[str, Any]:
     """Train per ``cfg`` (a Hydra DictConfig or an equivalent object); returns final metrics."""
     if int(cfg.parallel.pp) * int(cfg.parallel.dp) > 1:
@@ -259,14 +276,15 @@ def train(cfg: Any) -> dict[str, Any]:
 
         return train_pipelined(cfg)
     tc = cfg.train
-    out_dir = Path(str(tc.out_dir or "runs/latest")).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_run_dir(Path(str(tc.out_dir or "runs/latest")).expanduser())
     seed_everything(int(tc.seed))
     if int(tc.threads):
         torch.set_num_threads(int(tc.threads))
     corpus = prepare_corpus(cfg.data, int(tc.seed))
     seed_everything(int(tc.seed))  # model init independent of what data prep consumed
     t = Trainer(cfg, corpus, out_dir)
+    if ckpt_io.remove_stale_temp(t.ckpt_dir):  # left by a run killed while saving
+        log.info("removed unfinished checkpoint temp files in %s", t.ckpt_dir)
     start_from = resume_path(cfg, t.ckpt_dir)
     if start_from is not None:
         t.resume(start_from)
@@ -294,6 +312,9 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
     while stop is None:
         batch = next(iter(t.batcher))
         loss, nll = t.train_step(batch)
+        if t.skipped_last:  # non-finite loss: no update, nothing to log or save at this step
+            metrics.write({"step": t.step, "skipped_nonfinite": t.skipped_steps})
+            continue
         window_tokens += batch.ntokens
         last_loss = loss
         bar.update(1)
@@ -338,6 +359,7 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
         "loss": last_loss,
         "stop": stop,
         "best": t.best,
+        "skipped_steps": t.skipped_steps,
         "out_dir": str(t.out_dir),
         "checkpoint": str(t.ckpt_dir / "last.pt"),
         **extra,

@@ -38,8 +38,16 @@ TIMELINE_STEPS = (3, 6)  # record steps (start+3, start+6] of each run for the t
 
 def stage_args(cfg: Any, vocab_size: int) -> tuple[Any, ...]:
     m = cfg.model
-    return (vocab_size, int(m.hidden), int(m.enc_layers), int(m.dec_layers), float(m.dropout),
-            bool(m.tie_embeddings), float(m.init_range), PAD_ID)  # fmt: skip
+    return (
+        vocab_size,
+        int(m.hidden),
+        int(m.enc_layers),
+        int(m.dec_layers),
+        float(m.dropout),
+        bool(m.tie_embeddings),
+        float(m.init_range),
+        PAD_ID,
+    )
 
 
 def resolve_placement(cfg: Any) -> tuple[Any, str, int]:
@@ -145,9 +153,13 @@ class PipeTrainer(Trainer):
     def validate(self) -> dict[str, Any]:
         src, tgt = self.corpus.ids["dev"]
         keep = [i for i in range(len(src)) if src[i] and tgt[i]]
-        dev = Batcher([src[i] for i in keep], [tgt[i] for i in keep],
-                      int(self.cfg.data.batch_tokens), batch_multiple=self.microbatches,
-                      shuffle=False)  # fmt: skip
+        dev = Batcher(
+            [src[i] for i in keep],
+            [tgt[i] for i in keep],
+            int(self.cfg.data.batch_tokens),
+            batch_multiple=self.microbatches,
+            shuffle=False,
+        )
         total, tokens = 0.0, 0
         for batch in dev:
             b = batch.to(self.device)
@@ -157,8 +169,9 @@ class PipeTrainer(Trainer):
         model = self.gathered_model()
         box: list[Any] = [None]
         if model is not None and bool(self.cfg.train.eval_bleu):
-            box[0] = dev_bleu(model, self.corpus, self.cfg.decode,
-                              int(self.cfg.data.max_dev_sentences))  # fmt: skip
+            box[0] = dev_bleu(
+                model, self.corpus, self.cfg.decode, int(self.cfg.data.max_dev_sentences)
+            )
         dist.broadcast_object_list(box, src=0)
         if box[0] is not None:
             result["val_bleu"] = box[0]
@@ -183,9 +196,13 @@ class PipeTrainer(Trainer):
         ckpt_io.save(self.shard_file("last"), shard)
         model = self.gathered_model()  # collective
         if model is not None:
-            export = {"model": model.state_dict(), "step": self.step, "best": dict(self.best),
-                      "config": config_to_dict(self.cfg),
-                      "spm": self.corpus.tokenizer.model_bytes()}  # fmt: skip
+            export = {
+                "model": model.state_dict(),
+                "step": self.step,
+                "best": dict(self.best),
+                "config": config_to_dict(self.cfg),
+                "spm": self.corpus.tokenizer.model_bytes(),
+            }
             ckpt_io.save(self.ckpt_dir / "last.pt", export)
             if best:
                 ckpt_io.save(self.ckpt_dir / "best.pt", export)
@@ -195,8 +212,11 @@ class PipeTrainer(Trainer):
         shard_path = self.shard_file("last")
         shard = ckpt_io.load(shard_path) if shard_path.is_file() else None
         if shard is not None and shard["placement"] == list(self.runner.placement.stage_ranks):
-            self.runner.load_full_state_dict({f"stages.{k}": v for k, v in shard["model"].items()},
-                                             prefix="stages.", strict=False)  # fmt: skip
+            self.runner.load_full_state_dict(
+                {f"stages.{k}": v for k, v in shard["model"].items()},
+                prefix="stages.",
+                strict=False,
+            )
             self.optimizer.load_state_dict(shard["optimizer"])
             self.scheduler.load_state_dict(shard["scheduler"])
             self.batcher.load_state_dict(shard["data"])
@@ -205,33 +225,48 @@ class PipeTrainer(Trainer):
             ckpt_io.set_rng_state(shard["rng"])
             return
         ck = ckpt_io.load(path)  # re-place a single-device (or exported) checkpoint
-        ckpt_io.check_compatible(ck, config_to_dict(self.cfg)["model"],
-                                 self.corpus.tokenizer.model_bytes(), str(path))  # fmt: skip
+        ckpt_io.check_compatible(
+            ck, config_to_dict(self.cfg)["model"], self.corpus.tokenizer.model_bytes(), str(path)
+        )
         self.runner.load_full_state_dict(ck["model"], prefix="stages.")
         self.step = int(ck.get("step", 0))
         if self.is_main:
-            print(f"re-placed the weights of {path} onto this placement; optimizer state and "
-                  "data position start fresh", file=sys.stderr)  # fmt: skip
+            print(
+                f"re-placed the weights of {path} onto this placement; optimizer state and "
+                "data position start fresh",
+                file=sys.stderr,
+            )
 
     def finish(self) -> dict[str, Any]:
         summary = self.runner.write_timeline(self.out_dir)  # collective
         if summary is None or not self.is_main:
             return {}
-        info = {"busy_fraction": summary.busy_fraction, "bubble_fraction": summary.bubble_fraction,
-                "theory_bubble_fraction": summary.theory_bubble_fraction,
-                "timeline_step_ms": summary.step_ms}  # fmt: skip
-        print("pipeline: busy " + ", ".join(f"rank{r} {f:.0%}" for r, f in
-              enumerate(summary.busy_fraction)) + f" | bubble {summary.bubble_fraction:.1%} "
-              f"(theory {summary.theory_bubble_fraction:.1%}) | {self.out_dir / 'timeline.png'}",
-              file=sys.stderr)  # fmt: skip
+        info = {
+            "busy_fraction": summary.busy_fraction,
+            "bubble_fraction": summary.bubble_fraction,
+            "theory_bubble_fraction": summary.theory_bubble_fraction,
+            "timeline_step_ms": summary.step_ms,
+        }
+        print(
+            "pipeline: busy "
+            + ", ".join(f"rank{r} {f:.0%}" for r, f in enumerate(summary.busy_fraction))
+            + f" | bubble {summary.bubble_fraction:.1%} "
+            f"(theory {summary.theory_bubble_fraction:.1%}) | {self.out_dir / 'timeline.png'}",
+            file=sys.stderr,
+        )
         return {"timeline": info}
 
 
 def _worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     cfg = dict_to_config(cfg_dict)
     pc = cfg.parallel
-    ctx = init_distributed(int(pc.dp), int(pc.pp), backend=str(pc.backend),
-                           device=str(cfg.train.device), timeout_s=float(pc.timeout_s))  # fmt: skip
+    ctx = init_distributed(
+        int(pc.dp),
+        int(pc.pp),
+        backend=str(pc.backend),
+        device=str(cfg.train.device),
+        timeout_s=float(pc.timeout_s),
+    )
     try:
         if int(cfg.train.threads):
             torch.set_num_threads(int(cfg.train.threads))
@@ -242,7 +277,8 @@ def _worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
         start_from = resume_path(cfg, t.ckpt_dir)
         if start_from is not None:
             t.resume(start_from)
-        metrics = MetricsLog(out_dir, t.step if start_from else None) if t.is_main else _NullMetrics()
+        resumed = t.step if start_from else None
+        metrics = MetricsLog(out_dir, resumed) if t.is_main else _NullMetrics()
         return _loop(t, metrics)
     finally:
         ctx.close()

@@ -27,6 +27,31 @@ from nmt.search import Hypothesis, beam_search
 
 MAX_SRC_TOKENS = 200  # longer sources are split into chunks of this many subwords
 CHUNK_LINES = 2000  # lines read, translated and written at a time (flat memory)
+# Characters that some readers take as line breaks (str.splitlines, Unicode line/paragraph
+# separators, NEL): never written inside an output line, so one input line is one output line.
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_ONE_LINE = str.maketrans(dict.fromkeys(_LINE_BREAKS, " "))
+_ONE_FIELD = str.maketrans(dict.fromkeys(_LINE_BREAKS + "\t", " "))
+
+
+def one_line(text: str, tsv: bool = False) -> str:
+    """``text`` with every line-break character (and, for a TSV field, tab) made a space."""
+    return text.translate(_ONE_FIELD if tsv else _ONE_LINE)
+
+
+def check_decode(dcfg: Any) -> None:
+    """Decoding settings a search can run with; a bad one is a one-line user error."""
+    beam, nbest = int(dcfg.beam_size), int(dcfg.nbest)
+    if beam < 1:
+        raise UserError(f"decode.beam_size={beam}: must be >= 1")
+    if not 1 <= nbest <= beam:
+        raise UserError(f"decode.nbest={nbest}: must be between 1 and decode.beam_size={beam}")
+    if int(dcfg.batch_tokens) < 1:
+        raise UserError(f"decode.batch_tokens={dcfg.batch_tokens}: must be >= 1")
+    if float(dcfg.max_len_a) < 0 or int(dcfg.max_len_b) < 0:
+        raise UserError(
+            f"decode.max_len_a={dcfg.max_len_a}, decode.max_len_b={dcfg.max_len_b}: must be >= 0"
+        )
 
 
 def translate_ids(
@@ -42,10 +67,19 @@ def translate_ids(
     out: list[list[Hypothesis]] = [[] for _ in src_ids]
     for batch in inference_batches(src_ids, int(dcfg.batch_tokens), 8):
         hyps = beam_search(
-            model, batch.src, batch.src_len, int(dcfg.beam_size), float(dcfg.alpha),
-            float(dcfg.beta), float(dcfg.max_len_a), int(dcfg.max_len_b), int(dcfg.nbest),
-            BOS_ID, EOS_ID, PAD_ID,
-        )  # fmt: skip
+            model,
+            batch.src,
+            batch.src_len,
+            int(dcfg.beam_size),
+            float(dcfg.alpha),
+            float(dcfg.beta),
+            float(dcfg.max_len_a),
+            int(dcfg.max_len_b),
+            int(dcfg.nbest),
+            BOS_ID,
+            EOS_ID,
+            PAD_ID,
+        )
         for i, h in zip(batch.indices, hyps, strict=True):
             out[i] = h
         if progress is not None:
@@ -83,7 +117,7 @@ def translate_lines(
 def _read_lines(stream: IO[bytes], name: str, on_bad_utf8: str) -> Iterator[list[str]]:
     """Yield chunks of decoded lines (without newline), naming file:line on bad UTF-8."""
     chunk: list[str] = []
-    for number, raw in enumerate(stream, start=1):
+    for number, raw in enumerate(_raw_lines(stream, name), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as err:
@@ -100,19 +134,46 @@ def _read_lines(stream: IO[bytes], name: str, on_bad_utf8: str) -> Iterator[list
         yield chunk
 
 
+def _raw_lines(stream: IO[bytes], name: str) -> Iterator[bytes]:
+    """The lines of ``stream`` (split on ``\\n`` only); a read failure is a user error."""
+    lines = iter(stream)
+    while True:
+        try:
+            raw = next(lines)
+        except StopIteration:
+            return
+        except OSError as err:
+            raise UserError(f"cannot read input {name}: {err.strerror or err}") from None
+        yield raw
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
 @contextmanager
 def _open_output(path: str, input_path: str) -> Iterator[IO[str]]:
+    """The output stream; a file is written atomically (on any error the old file stays)."""
     if path == "-":
         yield sys.stdout
         sys.stdout.flush()
         return
     out = Path(path).expanduser()
-    if input_path != "-" and out.resolve() == Path(input_path).expanduser().resolve():
+    if input_path != "-" and _same_file(out, Path(input_path).expanduser()):
         raise UserError(f"output={path} is the input file; choose another output path")
+    if out.is_dir():
+        raise UserError(f"output={path} is a folder; give a file path")
     if not out.parent.is_dir():
-        raise UserError(f"output folder {out.parent} does not exist")
-    with atomic_open(out, "w") as fh:
-        yield fh
+        what = "is not a folder" if out.parent.exists() else "does not exist"
+        raise UserError(f"output folder {out.parent} {what}")
+    try:
+        with atomic_open(out, "w") as fh:
+            yield fh
+    except OSError as err:  # disk full, quota, I/O error: the old output file is untouched
+        raise UserError(f"cannot write output {path}: {err.strerror or err}") from None
 
 
 @contextmanager
@@ -121,8 +182,9 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
         yield sys.stdin.buffer
         return
     p = Path(path).expanduser()
-    if not p.exists() or p.is_dir():
-        raise UserError(f"input file {path} does not exist")
+    if not p.is_file():
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise UserError(f"input file {path} {what}")
     with p.open("rb") as fh:
         yield fh
 
@@ -131,25 +193,32 @@ def load_for_inference(
     checkpoint: str, quantize: str, device: str = "cpu"
 ) -> tuple[GNMT, Tokenizer]:
     """Model (eval mode, optionally int8) and tokenizer from a (single-device) checkpoint."""
-    from nmt.checkpoint import load
+    from nmt.checkpoint import load, require_single_device
     from nmt.model import build_model
 
     if quantize not in ("none", "int8"):
         raise UserError(f"decode.quantize={quantize!r}: expected none or int8")
-    ckpt = load(checkpoint)
+    ckpt = require_single_device(load(checkpoint), checkpoint)
     tok = Tokenizer.from_bytes(ckpt["spm"])
     m = ckpt["config"]["model"]
-    model = build_model(
-        tok.vocab_size,
-        m["hidden"],
-        m["enc_layers"],
-        m["dec_layers"],
-        0.0,
-        m["tie_embeddings"],
-        m["init_range"],
-        PAD_ID,
-    )
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = build_model(
+            tok.vocab_size,
+            int(m["hidden"]),
+            int(m["enc_layers"]),
+            int(m["dec_layers"]),
+            0.0,
+            bool(m["tie_embeddings"]),
+            float(m["init_range"]),
+            PAD_ID,
+        )
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise UserError(
+            f"checkpoint {checkpoint}: its weights do not fit its own config and sentencepiece "
+            f"vocabulary ({first})"
+        ) from None
     model.eval()
     if quantize == "int8":
         model = quantize_int8(model)
@@ -176,9 +245,10 @@ def translate_stream(
             for i, hyps in enumerate(translate_lines(model, tok, lines, dcfg, bar)):
                 if nbest > 1:
                     for rank, (text, score) in enumerate(hyps, start=1):
+                        text = one_line(text, tsv=True)
                         out.write(f"{written + i + 1}\t{rank}\t{score:.4f}\t{text}\n")
                 else:
-                    out.write(hyps[0][0] + "\n")
+                    out.write(one_line(hyps[0][0]) + "\n")
             written += len(lines)
             out.flush()
     return written
@@ -191,10 +261,70 @@ def _count_lines(path: str) -> int | None:
         return sum(1 for _ in f)
 
 
+def _translate_shard(
+    checkpoint: str, quantize: str, dcfg: dict[str, Any], lines: list[str], threads: int
+) -> list[str]:
+    """Worker of ``parallel.nproc > 1``: translate this rank's contiguous share of ``lines``."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if threads:
+        torch.set_num_threads(threads)
+    start, stop = rank * len(lines) // world, (rank + 1) * len(lines) // world
+    model, tok = load_for_inference(checkpoint, quantize)
+    hyps = translate_lines(model, tok, lines[start:stop], _Obj(dcfg))
+    if dcfg["nbest"] > 1:
+        return [
+            f"{start + i + 1}\t{r}\t{score:.4f}\t{one_line(text, tsv=True)}"
+            for i, h in enumerate(hyps)
+            for r, (text, score) in enumerate(h, start=1)
+        ]
+    return [one_line(h[0][0]) for h in hyps]
+
+
+def translate_sharded(cfg: Any, nproc: int) -> int:
+    """Shard the input lines over ``nproc`` processes; write the outputs in input order."""
+    from parallel.engine import launch
+
+    with _open_input(str(cfg.input)) as src:
+        lines = [
+            x
+            for chunk in _read_lines(src, str(cfg.input), str(cfg.data.on_bad_utf8))
+            for x in chunk
+        ]
+    d = cfg.decode
+    dcfg = {
+        k: d[k]
+        for k in ("beam_size", "alpha", "beta", "max_len_a", "max_len_b", "nbest", "batch_tokens")
+    }
+    threads = int(cfg.train.threads) or max(1, (os.cpu_count() or 1) // nproc)
+    results = launch(
+        _translate_shard,
+        str(cfg.checkpoint),
+        str(d.quantize),
+        dcfg,
+        lines,
+        threads,
+        nproc=nproc,
+        timeout_s=float(cfg.parallel.timeout_s),
+    )
+    with _open_output(str(cfg.output), str(cfg.input)) as out:
+        if int(d.nbest) > 1:
+            out.write("line\trank\tscore\thypothesis\n")
+        for rank in sorted(results):
+            out.writelines(x + "\n" for x in results[rank])
+    return len(lines)
+
+
 def translate_cli(cfg: Any) -> dict[str, Any]:
     """``nmt-translate``: checkpoint + input -> output (one line per input line)."""
     if not cfg.checkpoint:
         raise UserError("checkpoint=PATH is required")
+    check_decode(cfg.decode)
+    nproc = int(cfg.parallel.nproc)
+    if nproc > 1:
+        load_for_inference(str(cfg.checkpoint), str(cfg.decode.quantize))  # fail fast, exit 2
+        n = translate_sharded(cfg, nproc)
+        print(f"nmt-translate: {n} lines over {nproc} processes -> {cfg.output}", file=sys.stderr)
+        return {"lines": n}
     torch.set_num_threads(int(cfg.train.threads) or torch.get_num_threads())
     model, tok = load_for_inference(str(cfg.checkpoint), str(cfg.decode.quantize))
     with _open_input(str(cfg.input)) as src, _open_output(str(cfg.output), str(cfg.input)) as out:

@@ -11,6 +11,27 @@ profiler's).  Writes ``plan_report.md``, ``placement_speedup.png`` and the cost 
     python scripts/plan_report.py --out-dir outputs/plan_report
     python scripts/plan_report.py --measure-only --device cuda --out-dir DIR  # GPU tables
     python scripts/plan_report.py --costs DIR/costs_cuda_gnmt4.json --costs ...
+
+Measured tables: ``nmt-profile`` (``nmt/profile.py``) times every stage of the real model on
+three shape buckets and writes a cost-table file that ``--costs`` takes as it is (one source
+per file; the label's ``V=`` comes from the table's notes).  To regenerate the report from
+measured tables (on the machine whose times you want; ``train.device=cuda`` on a GPU):
+
+    nmt-profile model=gnmt4 data.vocab_size=8000 train.device=cuda profile_out=DIR/gnmt4_v8000.json
+    nmt-profile model=gnmt8 data.vocab_size=8000 train.device=cuda profile_out=DIR/gnmt8_v8000.json
+    nmt-profile model=gnmt4 data.vocab_size=32000 train.device=cuda \
+        profile_out=DIR/gnmt4_v32000.json
+    nmt-profile model=gnmt8 data.vocab_size=32000 train.device=cuda \
+        profile_out=DIR/gnmt8_v32000.json
+    python scripts/plan_report.py --no-analytic --out-dir DIR \
+        --costs DIR/gnmt4_v8000.json --costs DIR/gnmt8_v8000.json \
+        --costs DIR/gnmt4_v32000.json --costs DIR/gnmt8_v32000.json
+
+(drop ``--no-analytic`` to put the analytic rows next to the measured ones; on CPU use
+``train.device=cpu train.threads=N`` and expect minutes per table for the 1024-wide models).
+The batch, lengths and micro-batch of measured tables are the profiler's (``data.batch_tokens``,
+``parallel.microbatches``), not this script's ``--batch``/``--src-len`` (analytic tables only);
+``scripts/validate_simulator.py`` checks the simulator against measured step times.
 """
 
 from __future__ import annotations

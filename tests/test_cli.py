@@ -121,3 +121,17 @@ def test_prepare_mismatched_files_and_missing_file(
     assert (
         r.returncode == 2 and "missing.tsv" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     )
+
+
+def test_prepare_parallel_text_files_with_different_line_counts(
+    tiny_corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    (tmp_path / "train.en").write_text("one\ntwo\nthree\n")
+    (tmp_path / "train.de").write_text("eins\nzwei\n")
+    r = cli("prepare_main", "data=files", f"data.train={tmp_path / 'train'}",
+            f"data.dev={tiny_corpus['dev']}", f"data.test={tiny_corpus['test']}",
+            f"data.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert "train.en" in line and "train.de" in line and "3" in line and "2" in line
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.model"))

@@ -17,8 +17,17 @@ from nmt.translate import load_for_inference, translate_lines
 
 # Constant learning rate (no warm-up/decay), so a run stopped at step 4 and resumed with
 # max_steps=8 follows exactly the straight 8-step run.
-PIPE = ("parallel=pipe2", "parallel.microbatches=4", "parallel.timeout_s=60",
-        "train.warmup_steps=0", "train.decay_steps=0", "train.save_every=4")  # fmt: skip
+PIPE = (
+    "parallel=pipe2",
+    "parallel.microbatches=4",
+    "parallel.timeout_s=60",
+    "train.warmup_steps=0",
+    "train.decay_steps=0",
+    "train.save_every=4",
+)
+
+
+LAST = "checkpoints/last.pt"
 
 
 def losses(out: Path) -> list[float]:
@@ -66,11 +75,12 @@ def test_pipelined_resume_is_exact(runs: dict[str, Path]) -> None:
 
 def test_exported_checkpoint_translates_like_the_trained_model(runs: dict[str, Path]) -> None:
     class D:
-        beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens = 3, 0.6, 0.1, 1.5, 5, 1, 64
+        beam_size, alpha, beta, max_len_a, max_len_b, nbest = 3, 0.6, 0.1, 1.5, 5, 1
+        batch_tokens = 64
 
     lines = ["the cat runs", "a small red window opens", ""]
-    a = translate_lines(*load_for_inference(str(runs["single"] / "checkpoints/last.pt"), "none"), lines, D)
-    b = translate_lines(*load_for_inference(str(runs["pipe"] / "checkpoints/last.pt"), "none"), lines, D)
+    a = translate_lines(*load_for_inference(str(runs["single"] / LAST), "none"), lines, D)
+    b = translate_lines(*load_for_inference(str(runs["pipe"] / LAST), "none"), lines, D)
     assert [x[0][0] for x in a] == [x[0][0] for x in b]
 
 

@@ -209,3 +209,15 @@ def test_eval_checkpoint_split(checkpoint: Path) -> None:
     hyp = checkpoint.with_suffix("").as_posix() + ".test.beam2.hyp"
     report: dict[str, Any] = json.loads(Path(hyp + ".eval.json").read_text())
     assert report["lines"] == 40 and 0.0 <= report["bleu"] <= 100.0
+
+
+def test_sharded_translation_keeps_order(checkpoint: Path, tmp_path: Path) -> None:
+    lines = ["the cat runs", "", "a big dog", "window opens", "the file closes", "menu"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n")
+    one, two = tmp_path / "one.txt", tmp_path / "two.txt"
+    common = [f"checkpoint={checkpoint}", f"input={src}", "decode.beam_size=2", "train.threads=1"]
+    assert run_cli("translate_main", *common, f"output={one}").returncode == 0
+    r = run_cli("translate_main", *common, f"output={two}", "parallel.nproc=2")
+    assert r.returncode == 0, r.stderr.decode()
+    assert two.read_text() == one.read_text() and len(one.read_text().splitlines()) == len(lines)

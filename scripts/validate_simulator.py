@@ -1,0 +1,354 @@
+"""Simulator validation: predicted (``parallel.simulate``) vs measured pipelined step times.
+
+    python scripts/validate_simulator.py [--hidden 128 --layers 2 --vocab 2000 --batch 32]
+
+Every prediction uses a cost table profiled (``parallel.profile.profile_stages``) in the same
+setting as the run it predicts, at the run's micro-batch size (no scaling), one intra-op
+thread per process, GNMT stages of ``nmt.model.build_stages`` (dropout 0).  Profiling and
+measuring are interleaved: each round takes one profile pass per micro-batch count and one
+step of every case, and medians are taken over the rounds, so a drift in the machine's speed
+(shared 2-vCPU VMs drift by 10-30% over a minute) hits predictions and measurements alike.
+
+* ``ws1``: one process, the ``n`` model stages as ``n`` virtual stages on one rank
+  (``looped_bfs`` and ``interleaved_1f1b``, M in {2, 4}).  One rank has no transfers and no
+  bubble, so the simulator predicts ``M * sum(fwd + bwd)``: this case checks the profile
+  against the engine (its per-action overhead included).
+* ``pp2``: two processes (gloo on 127.0.0.1), contiguous placement balanced on a first
+  profile, ``gpipe`` and ``1f1b``, M in {2, 4}.  Two busy processes on a 2-core machine make
+  each stage slower than it is alone (shared caches, memory bandwidth, clocks, the gloo
+  threads), so the cost table is profiled with both processes busy: both ranks run the whole
+  profile pass at the same time, and the table is the per-stage median over both ranks and
+  all rounds.  The link (latency, bandwidth) is fitted to a gloo ping-pong between the two
+  ranks.  Two more predictions show where an error comes from: ``alone`` (rank 0 profiles
+  while rank 1 waits: what a naive profile predicts) and ``timeline`` (per-virtual-stage F/B
+  times read from the pipelined run's own timeline: the schedule model alone).
+
+Measured: median wall time of ``PipelineRunner.step`` (both ranks released by a barrier; no
+optimizer step; gradients cleared between steps; the slower rank's median).  The goal is
+|error| <= 15% for the profiled predictions.  Needs an otherwise idle machine.  The last
+line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from parallel.costs import CostTable, StageCost  # noqa: E402
+from parallel.distenv import DistContext, init_distributed  # noqa: E402
+from parallel.launch import launch  # noqa: E402
+from parallel.pipeline import PipelineRunner  # noqa: E402
+from parallel.placement import Placement, balanced_runs, contiguous  # noqa: E402
+from parallel.profile import profile_stages  # noqa: E402
+from parallel.simulate import ZERO_LINK, Link, parse_link, simulate  # noqa: E402
+
+GOAL_PCT = 15.0
+Inputs = tuple[tuple[Tensor, Tensor, Tensor], Tensor]
+
+
+# ----------------------------------------------------------------------------- model, data
+
+
+def build(args: argparse.Namespace) -> list[nn.Module]:
+    from nmt.model import build_stages
+
+    torch.manual_seed(0)
+    return list(build_stages(args.vocab, args.hidden, args.layers, args.layers, 0.0, True,
+                             0.1, 0))  # fmt: skip
+
+
+def loss_sum(logits: Tensor, target: Tensor) -> Tensor:
+    logp = F.log_softmax(logits.float(), dim=-1)
+    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    return ((0.9 * nll - 0.1 * logp.mean(-1)) * (target != 0)).sum()
+
+
+def batch(args: argparse.Namespace) -> Inputs:
+    g = torch.Generator().manual_seed(0)
+    t, b = args.length, args.batch
+    src = torch.randint(4, args.vocab, (t, b), generator=g)
+    src_len = torch.full((b,), t, dtype=torch.long)
+    tgt_in = torch.randint(4, args.vocab, (t, b), generator=g)
+    return (src, src_len, tgt_in), torch.randint(4, args.vocab, (t, b), generator=g)
+
+
+def profile_once(stages: list[nn.Module], args: argparse.Namespace, m: int) -> CostTable:
+    """One timed pass (after the untimed bytes pass) at micro-batch ``batch / m``."""
+    inputs, target = batch(args)
+    return profile_stages(stages, inputs, target, loss_sum, micro_batch=args.batch // m,
+                          repeats=1, warmup=0, floor=False, model="gnmt-val",
+                          src_len=args.length, tgt_len=args.length)  # fmt: skip
+
+
+def median_table(samples: Sequence[CostTable]) -> CostTable:
+    """Per-stage median of the times of several profiles of the same model and shape."""
+
+    def med(i: int, name: str) -> float:
+        return statistics.median(float(getattr(t.stages[i], name)) for t in samples)
+
+    stages = tuple(replace(s, fwd_ms=med(i, "fwd_ms"), bwd_ms=med(i, "bwd_ms"))
+                   for i, s in enumerate(samples[0].stages))  # fmt: skip
+    return replace(samples[0], stages=stages, notes=f"median of {len(samples)} profiles")
+
+
+def runner_for(
+    args: argparse.Namespace, ctx: DistContext, placement: Placement, schedule: str, m: int
+) -> PipelineRunner:
+    return PipelineRunner(build(args), loss_sum, ctx=ctx, placement=placement,
+                          schedule=schedule, microbatches=m)  # fmt: skip
+
+
+def timed_step(runner: PipelineRunner, data: Inputs, sync: bool) -> float:
+    for p in runner.parameters():
+        p.grad = None
+    if sync:
+        dist.barrier()
+    t0 = time.perf_counter()
+    runner.step(data[0], data[1], float(data[1].numel()))
+    return (time.perf_counter() - t0) * 1e3
+
+
+def err_pct(pred: float, meas: float) -> float:
+    return round(100.0 * (pred / meas - 1.0), 2)
+
+
+# ----------------------------------------------------------------------------- ws1
+
+
+def run_ws1(args: argparse.Namespace) -> list[dict[str, Any]]:
+    torch.set_num_threads(1)
+    ctx = init_distributed(1, 1, backend="gloo", device="cpu", timeout_s=120)
+    data = batch(args)
+    n = len(build(args))
+    looped = Placement.from_groups([[i] for i in range(n)], 1)
+    cases = [(s, m) for m in args.micro for s in ("looped_bfs", "interleaved_1f1b")]
+    runners = {c: runner_for(args, ctx, looped, *c) for c in cases}
+    for r in runners.values():  # build the buckets, warm up
+        for _ in range(2):
+            timed_step(r, data, False)
+    models = {m: build(args) for m in args.micro}
+    samples: dict[int, list[CostTable]] = {m: [] for m in args.micro}
+    times: dict[tuple[str, int], list[float]] = {c: [] for c in cases}
+    for _ in range(args.rounds):  # interleaved: drift in the machine's speed hits all alike
+        for m in args.micro:
+            samples[m].append(profile_once(models[m], args, m))
+        for c, r in runners.items():
+            times[c].append(timed_step(r, data, False))
+    ctx.close()
+    out = []
+    for (sched, m), ts in times.items():
+        table = median_table(samples[m])
+        pred = simulate(table, [0] * n, "gpipe", m, ZERO_LINK).step_ms  # one rank: M * sum
+        meas = statistics.median(ts)
+        out.append({"case": f"ws1 K={n} {sched} M={m}", "pred_ms": round(pred, 3),
+                    "meas_ms": round(meas, 3), "err_pct": err_pct(pred, meas)})  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------------------- pp2
+
+
+def measure_link(rank: int, sizes: tuple[int, int] = (1024, 1 << 20), reps: int = 30) -> Link:
+    """Latency and bandwidth of one gloo message, fitted to ping-pong medians at two sizes."""
+    one_way = []
+    for nbytes in sizes:
+        buf = torch.zeros(nbytes // 4)
+        samples = []
+        dist.barrier()
+        for it in range(reps + 3):
+            t0 = time.perf_counter()
+            if rank == 0:
+                dist.send(buf, 1)
+                dist.recv(buf, 1)
+            else:
+                dist.recv(buf, 0)
+                dist.send(buf, 0)
+            if it >= 3:
+                samples.append((time.perf_counter() - t0) / 2)
+        one_way.append(statistics.median(samples))
+    slope = max((one_way[1] - one_way[0]) / (sizes[1] - sizes[0]), 1e-12)
+    lat = max(one_way[0] - slope * sizes[0], 0.0)
+    return parse_link(f"custom:{1 / slope / 1e9:.6g}:{lat * 1e6:.6g}")
+
+
+def gather(obj: Any) -> list[Any]:
+    out: list[Any] = [None, None]
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def timeline_table(runner: PipelineRunner, base: CostTable) -> CostTable:
+    """A two-stage table (one per rank) from this run's timeline: mean F (+ loss) and B time
+    per micro-batch of each virtual stage, gathered from both ranks."""
+    mine: dict[int, list[float]] = {}
+    for e in runner.timeline.resolve():
+        ms = (e.end_ns - e.start_ns) / 1e6
+        slot = mine.setdefault(e.stage, [0.0, 0.0, 0.0])
+        if e.kind in ("F", "loss"):
+            slot[0] += ms
+        elif e.kind in ("B", "W"):
+            slot[1] += ms
+        if e.kind == "F":
+            slot[2] += 1
+    both = gather(mine)
+    merged = {**both[0], **both[1]}
+    groups = runner.placement.groups
+    stages = []
+    for v in sorted(merged):
+        f, b, count = merged[v]
+        last = base.stages[groups[v][-1]]
+        stages.append(StageCost(f"v{v}", f / count, b / count, 0, 0, 0, 0, 0,
+                                last.out_bytes_per_mb))  # fmt: skip
+    return replace(base, stages=tuple(stages), source="timeline")
+
+
+def pick_placement(args: argparse.Namespace, models: dict[int, list[nn.Module]]) -> Placement:
+    """Contiguous, balanced on a first profile taken with both ranks busy."""
+    m = args.micro[-1]
+    dist.barrier()
+    table = median_table(gather(profile_once(models[m], args, m)))
+    sizes = balanced_runs([s.fwd_ms + s.bwd_ms for s in table.stages], 2)
+    return contiguous(table.num_stages, 2, sizes)
+
+
+def pp2_worker(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    ctx = init_distributed(1, 2, backend="gloo", device="cpu", timeout_s=300)
+    rank, data = ctx.rank, batch(args)
+    link = measure_link(rank)
+    models = {m: build(args) for m in args.micro}
+    placement = pick_placement(args, models)
+    cases = [(s, m) for s in ("gpipe", "1f1b") for m in args.micro]
+    runners = {c: runner_for(args, ctx, placement, *c) for c in cases}
+    for r in runners.values():
+        for _ in range(2):
+            timed_step(r, data, True)
+    busy: dict[int, list[CostTable]] = {m: [] for m in args.micro}
+    alone: dict[int, list[CostTable]] = {m: [] for m in args.micro}
+    times: dict[tuple[str, int], list[float]] = {c: [] for c in cases}
+    for _ in range(args.rounds):  # interleaved: drift in the machine's speed hits all alike
+        for m in args.micro:
+            dist.barrier()
+            busy[m].append(profile_once(models[m], args, m))
+            dist.barrier()
+            if rank == 0:
+                alone[m].append(profile_once(models[m], args, m))
+            dist.barrier()
+        for c, r in runners.items():
+            times[c].append(timed_step(r, data, True))
+    alone = {m: gather(alone[m])[0] for m in args.micro}  # rank 0 profiled them
+    busy_t = {m: median_table([t for ts in gather(busy[m]) for t in ts]) for m in args.micro}
+    alone_t = {m: median_table(alone[m]) for m in args.micro}
+    out = []
+    pl = list(placement.stage_ranks)
+    for (sched, m), r in runners.items():
+        r.timeline.enable()
+        for _ in range(3):
+            timed_step(r, data, True)
+        r.timeline.disable()
+        tl = timeline_table(r, busy_t[m])
+        meas = max(gather(statistics.median(times[(sched, m)])))
+        pred = simulate(busy_t[m], pl, sched, m, link).step_ms
+        pred_alone = simulate(alone_t[m], pl, sched, m, link).step_ms
+        pred_tl = simulate(tl, [0, 1], sched, m, link).step_ms
+        out.append({
+            "case": f"pp2 {sched} M={m}", "placement": placement.describe(),
+            "pred_ms": round(pred, 3), "meas_ms": round(meas, 3), "err_pct": err_pct(pred, meas),
+            "pred_alone_ms": round(pred_alone, 3), "err_alone_pct": err_pct(pred_alone, meas),
+            "pred_timeline_ms": round(pred_tl, 3), "err_timeline_pct": err_pct(pred_tl, meas),
+        })  # fmt: skip
+    ctx.close()
+    slow = {m: _total(busy_t[m]) / _total(alone_t[m]) - 1 for m in args.micro}
+    return {"cases": out, "link": link.spec,
+            "contention_slowdown_pct": {str(m): round(100 * x, 1) for m, x in slow.items()},
+            "stage_ms_busy": {str(m): [round(s.fwd_ms + s.bwd_ms, 3) for s in busy_t[m].stages]
+                              for m in args.micro},
+            "stage_ms_alone": {str(m): [round(s.fwd_ms + s.bwd_ms, 3) for s in alone_t[m].stages]
+                               for m in args.micro}}  # fmt: skip
+
+
+def _total(t: CostTable) -> float:
+    return sum(s.fwd_ms + s.bwd_ms for s in t.stages)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def table_text(cases: Sequence[dict[str, Any]]) -> str:
+    head = f"{'case':<34}{'predicted ms':>14}{'measured ms':>13}{'error':>9}"
+    head += f"{'alone err':>11}{'timeline err':>14}"
+    rows = [head]
+    for c in cases:
+        extra = ""
+        if "err_alone_pct" in c:
+            extra = f"{c['err_alone_pct']:>+10.1f}%{c['err_timeline_pct']:>+13.1f}%"
+        rows.append(f"{c['case']:<34}{c['pred_ms']:>14.2f}{c['meas_ms']:>13.2f}"
+                    f"{c['err_pct']:>+8.1f}%{extra}")  # fmt: skip
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2, help="encoder = decoder layers")
+    ap.add_argument("--vocab", type=int, default=2000)
+    ap.add_argument("--length", type=int, default=24, help="Ts = Tt")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--micro", type=int, nargs="+", default=[2, 4])
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=11,
+        help="rounds of (one profile pass per M, one step per case)",
+    )
+    ap.add_argument("--skip-pp2", action="store_true")
+    ap.add_argument("--skip-ws1", action="store_true")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    cases: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    if not args.skip_ws1:
+        cases += run_ws1(args)
+        print(table_text(cases), flush=True)
+    if not args.skip_pp2:
+        res = launch(pp2_worker, args, nproc=2, timeout_s=600, threads_per_worker=1)[0]
+        cases += res.pop("cases")
+        extra = res
+    print(table_text(cases))
+    errs = [abs(c["err_pct"]) for c in cases]
+    verdict = {
+        "cases": cases,
+        "max_abs_err_pct": max(errs, default=0.0),
+        "goal_pct": GOAL_PCT,
+        "goal_met": bool(errs) and max(errs) <= GOAL_PCT,
+        **extra,
+        "config": vars(args),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
+                    "python": platform.python_version(),
+                    "loadavg": [round(x, 2) for x in os.getloadavg()]},
+    }  # fmt: skip
+    print(json.dumps(verdict))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
