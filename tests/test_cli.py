@@ -73,11 +73,6 @@ def test_config_mistakes_fail_with_one_line(args: list[str], needle: str) -> Non
     assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("nmt-train: error:")
 
 
-def test_profile_entry_point_says_not_built() -> None:
-    r = cli("profile_main")
-    assert r.returncode == 2 and "not built yet" in r.stderr
-
-
 def test_prepare_files_offline(tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
     args = [
         "data=files",
