@@ -133,6 +133,27 @@ def _hub_offline() -> Iterator[None]:
         datasets.config.HF_HUB_OFFLINE = old
 
 
+@contextlib.contextmanager
+def _datasets_quiet() -> Iterator[None]:
+    """Silence ``datasets``' own error logging (our DataError carries the cause, one line)."""
+    from datasets.utils import logging as ds_logging
+
+    old = ds_logging.get_verbosity()
+    ds_logging.set_verbosity(ds_logging.CRITICAL + 10)
+    try:
+        yield
+    finally:
+        ds_logging.set_verbosity(old)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    seen = {id(err)}
+    while (nxt := err.__cause__ or err.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        err = nxt
+    return err
+
+
 def _columns_to_pairs(
     columns: dict[str, list[Any]], where: str, src_lang: str, tgt_lang: str
 ) -> list[Pair]:
@@ -209,13 +230,14 @@ def load_split_counted(
                 f"for TSV and plain-text files"
             )
     try:
-        with _hub_offline():
+        with _hub_offline(), _datasets_quiet():
             ds = datasets.load_dataset(
                 fmt, data_files=str(file), split="train", cache_dir=cache_dir, **kwargs
             )
     except Exception as err:  # datasets/pyarrow/pandas raise many types; keep one line
+        cause = _root_cause(err)  # e.g. pyarrow's parse error behind DatasetGenerationError
         raise DataError(
-            f"cannot load {str(file)!r} as {fmt}: {type(err).__name__}: {_first_line(err)}"
+            f"cannot load {str(file)!r} as {fmt}: {type(cause).__name__}: {_first_line(cause)}"
         ) from None
     pairs = _columns_to_pairs(_dataset_to_columns(ds), repr(str(file)), src_lang, tgt_lang)
     if n_bad:

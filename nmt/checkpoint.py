@@ -66,6 +66,8 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"checkpoint {p} {'is a folder' if p.is_dir() else 'does not exist'}")
+    if p.stat().st_size == 0:
+        raise UserError(f"checkpoint {p} is empty (0 bytes)")
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -77,7 +79,8 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
             ) from None
         raise UserError(f"checkpoint {p} is corrupted: {_short(first)}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise UserError(f"checkpoint {p} is truncated or corrupted: {_short(str(err))}") from None
+        detail = _short(str(err)) or type(err).__name__
+        raise UserError(f"checkpoint {p} is truncated or corrupted: {detail}") from None
     except Exception as err:  # noqa: BLE001 - any other failure of the restricted unpickler
         raise UserError(
             f"checkpoint {p} is corrupted or not a checkpoint: {type(err).__name__}: "

@@ -71,15 +71,44 @@ def _precheck(config_name: str, name: str) -> None:
             )
         ]
         detail = lines[0] if lines else type(err).__name__
+        cause = str(err.__cause__ or "").strip()
         if options and "Available options" in options[0]:
             detail += (
                 " (options: " + ", ".join(o for o in options[1:] if not o.endswith("_schema")) + ")"
             )
+        elif cause:  # the reason: a wrong type, an unknown key ...
+            detail = f"{detail.rstrip('.')}: {cause.splitlines()[0]}{_did_you_mean(cause)}"
         elif len(lines) > 1 and not lines[1].startswith(("full_key", "Config search")):
             detail += f": {lines[1]}"
         print(f"{name}: error: {detail}", file=sys.stderr)
         sys.exit(2)
     _check_run_dir(args, config_name, name)
+
+
+def _did_you_mean(cause: str) -> str:
+    """`` (did you mean data.vocab_size?)`` for an unknown key close to a schema field."""
+    import dataclasses
+    import difflib
+    import re
+
+    from nmt import config
+
+    found = re.search(r"Key '(\w+)' not in '(\w+)'", cause)
+    full = re.search(r"full_key: ([\w.]+)", cause)
+    schema = getattr(config, found.group(2), None) if found else None
+    if not found or not full or not dataclasses.is_dataclass(schema):
+        return ""
+    key = found.group(1)
+
+    def likeness(name: str) -> float:  # the whole name or one of its words (beem: beam_size)
+        parts = [name, *name.split("_")]
+        return max(difflib.SequenceMatcher(None, key, p).ratio() for p in parts)
+
+    best = max((f.name for f in dataclasses.fields(schema)), key=likeness, default=None)
+    if best is None or likeness(best) < 0.6:
+        return ""
+    prefix = full.group(1).rpartition(".")[0]
+    return f" (did you mean {prefix + '.' if prefix else ''}{best}?)"
 
 
 def _check_run_dir(args: list[str], config_name: str, name: str) -> None:

@@ -209,12 +209,16 @@ def run(kills: int = 20, steps: int | None = None, seed: int = 0, workdir: Path 
             else:
                 if r.wait_first_step() is None:
                     finished_early = True
+                # let the run go on for a random number of steps, so kills spread over it
+                target = min(r.steps(), default=0) + rng.randint(0, 3)
+                while r.proc.poll() is None and max(r.steps(), default=0) < target:
+                    time.sleep(0.002)
                 if kind == "step":
-                    time.sleep(rng.uniform(0.0, 3 * step_time))
-                else:  # the moment a checkpoint temp file exists
+                    time.sleep(rng.uniform(0.0, step_time))
+                else:  # the moment a new checkpoint temp file exists
                     end = time.monotonic() + 30
                     while time.monotonic() < end and r.proc.poll() is None:
-                        if temp_files(ckpt_dir):
+                        if set(temp_files(ckpt_dir)) - stale:
                             hit_write = True
                             break
             if r.proc.poll() is not None:
@@ -229,17 +233,19 @@ def run(kills: int = 20, steps: int | None = None, seed: int = 0, workdir: Path 
                 went_back += 1
             resumed = "resumed from" in r.text()
             resumes += resumed
+            new_temp = set(left) - stale  # this kill interrupted a checkpoint write
             stale |= set(left)
             lost = max(0, progress - (step or 0)) if progress is not None else 0
             records.append({"kill": k, "kind": kind, "after_s": round(time.monotonic()
                             - r.started, 2), "resumed": resumed, "logged_step": progress,
                             "checkpoint_step": step, "steps_lost": lost,
-                            "temp_files_left": len(left), "hit_write": hit_write or bool(left),
+                            "temp_files_left": len(left), "hit_write": hit_write or bool(new_temp),
                             "unreadable": bad})  # fmt: skip
             say(f"kill {k:2d} ({kind:7s} at {records[-1]['after_s']:5.2f} s): "
                 f"logged step {progress if progress is not None else '-':>3}, last.pt step "
                 f"{step if step is not None else '-':>3}, lost {lost}, "
-                f"temp files left {len(left)}, unreadable {bad}")  # fmt: skip
+                f"{'killed inside a checkpoint write' if new_temp else 'no write cut'}, "
+                f"unreadable {bad}")  # fmt: skip
             last_seen = step if step is not None else last_seen
             if finished_early:
                 say("the run finished before the kill: use more --steps")

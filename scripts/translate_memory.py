@@ -5,7 +5,7 @@
 
 Trains a tiny checkpoint on a generated toy corpus, writes input files of short sentences,
 runs the real command (greedy decoding) on each in a fresh process, and reports the peak RSS
-(``VmHWM``, i.e. ``getrusage`` max RSS of that process) plus RSS samples over the run: a
+(``VmHWM`` of that process) plus RSS samples over the run: a
 streaming translator's memory does not grow with the input (it reads, translates and writes
 ``CHUNK_LINES`` lines at a time).
 """
@@ -29,14 +29,24 @@ for p in (ROOT, ROOT / "scripts"):
 
 from fault_train import WORDS, overrides, write_corpus  # noqa: E402
 
-CODE = (
-    "import atexit, resource, sys\n"
-    "atexit.register(lambda: print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF)"
-    ".ru_maxrss, file=sys.stderr))\n"
-    "from nmt.cli import translate_main\n"
-    "sys.argv[0] = 'nmt-translate'\n"
-    "translate_main()\n"
-)
+# Peak RSS of the translating process itself: VmHWM (getrusage's ru_maxrss would also count
+# the parent's memory at fork time: Linux keeps it across exec).
+CODE = """
+import atexit, resource, sys
+
+def peak():
+    try:
+        with open("/proc/self/status") as f:
+            kb = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("PEAK_RSS_KB", kb, file=sys.stderr)
+
+atexit.register(peak)
+from nmt.cli import translate_main
+sys.argv[0] = "nmt-translate"
+translate_main()
+"""
 
 
 def make_checkpoint(work: Path) -> Path:
@@ -72,7 +82,7 @@ def measure(ckpt: Path, src: Path, out: Path, n: int) -> dict[str, Any]:
     start = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-c", CODE, f"checkpoint={ckpt}", f"input={src}", f"output={out}",
-         "decode=greedy"],
+         "decode=greedy", "decode.batch_tokens=8000"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, text=True,
     )  # fmt: skip
     samples: list[tuple[float, int]] = []

@@ -270,3 +270,39 @@ def test_unwritable_checkpoint_folder_keeps_last(
     with pytest.raises(UserError, match="cannot write checkpoint .*Read-only file system"):
         train(tiny_cfg("train.max_steps=3", "train.save_every=1", "train.resume=auto"))
     assert (ckpt_dir / "last.pt").read_bytes() == before
+
+
+# ------------------------------------------------------------------- environment errors
+def test_other_os_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """An OSError that reaches a command (permission, I/O ...) is one line and exit 2."""
+    from nmt.cli import _guarded
+
+    def fails(cfg: Any) -> None:
+        open("/nonexistent-folder/x.txt", "w")  # noqa: SIM115
+
+    with pytest.raises(SystemExit) as stop:
+        _guarded(fails, None, "nmt-x")  # type: ignore[arg-type]
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "nmt-x: error: No such file or directory: /nonexistent-folder/x.txt"
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_reader_going_away_is_a_quiet_exit(tiny_cfg: Any) -> None:
+    """``nmt-translate ... | head``: the closed pipe ends the command quietly (status 141)."""
+    import subprocess
+
+    cfg = tiny_cfg("train.max_steps=1")
+    train(cfg)
+    code = "import sys; from nmt.cli import translate_main as m; sys.argv[0] = 'nmt-translate'; m()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, f"checkpoint={cfg.train.out_dir}/checkpoints/last.pt",
+         "decode=greedy", "decode.max_len_a=0", "decode.max_len_b=1", "train.threads=1"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdin is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    _, err = proc.communicate(b"the cat\n" * 4100, timeout=100)
+    assert proc.returncode == 141, err.decode()[-2000:]
+    assert b"Traceback" not in err and b"BrokenPipe" not in err

@@ -94,6 +94,28 @@ def test_translate_gives_one_line_per_input_line(
     assert not any(c in line for line in got.split("\n") for c in _LINE_BREAKS)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(texts=st.lists(line_text, min_size=1, max_size=5), nbest=st.sampled_from([1, 2]))
+@example(texts=list(_LINE_BREAKS + "\t"), nbest=2)
+def test_translations_with_line_breaks_stay_one_line(
+    model_tok: Any, monkeypatch: pytest.MonkeyPatch, texts: list[str], nbest: int
+) -> None:
+    """Whatever text the model produces (a vocabulary can hold \\r, U+2028 ...), the writer
+    keeps it on one line (and one TSV field)."""
+    import nmt.translate as tr
+
+    def fake(model: Any, tok: Any, lines: Any, dcfg: Any, progress: Any = None) -> Any:
+        return [[(texts[i % len(texts)], -1.0)] * nbest for i in range(len(lines))]
+
+    monkeypatch.setattr(tr, "translate_lines", fake)
+    data = ("x\n" * len(texts)).encode()
+    out = run_stream(model_tok, data, Decode(beam=2, nbest=nbest))
+    rows = out.split("\n")[int(nbest > 1) : -1]
+    assert len(rows) == len(texts) * nbest and len(out.splitlines()) == len(rows) + (nbest > 1)
+    if nbest > 1:
+        assert all(len(r.split("\t")) == 4 for r in rows)
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(lines=st.lists(line_text, min_size=1, max_size=4))
 @example(lines=list(NASTY[:12]))
