@@ -31,7 +31,14 @@ from nmt.metrics import MetricsLog
 from nmt.model import GNMT, build_stages
 from nmt.train import Trainer, _loop, resume_path, seed_everything
 from nmt.validate import dev_bleu
-from parallel.engine import DistContext, PipelineRunner, init_distributed, launch, resolve
+from parallel.engine import (
+    DistContext,
+    PipelineRunner,
+    from_plan,
+    init_distributed,
+    launch,
+    resolve,
+)
 
 TIMELINE_STEPS = (3, 6)  # record steps (start+3, start+6] of each run for the timeline
 
@@ -64,6 +71,15 @@ def resolve_placement(cfg: Any) -> tuple[Any, str, int]:
         n_enc=int(m.enc_layers),
         n_dec=int(m.dec_layers),
     )
+
+
+def recompute_setting(cfg: Any) -> bool:
+    """``parallel.recompute``, or the plan's choice for ``placement=auto``."""
+    pc, m = cfg.parallel, cfg.model
+    if str(pc.placement) == "auto" and pc.plan:
+        n = int(m.enc_layers) + int(m.dec_layers) + 1
+        return bool(cfg.parallel.recompute) or from_plan(str(pc.plan), n, int(pc.pp))[1].recompute
+    return bool(cfg.parallel.recompute)
 
 
 class _NullMetrics(MetricsLog):
@@ -103,7 +119,7 @@ class PipeTrainer(Trainer):
             placement=placement,
             schedule=schedule,
             microbatches=micro,
-            recompute=bool(cfg.parallel.recompute),
+            recompute=recompute_setting(cfg),
         )
         self.optimizer = torch.optim.Adam(self.runner.parameters(), lr=float(cfg.train.lr))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)

@@ -236,6 +236,18 @@ def batch_sweep(meas: dict[str, Any], args: argparse.Namespace) -> list[dict[str
     return out
 
 
+def sweep_lines(sweep: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """The batch-sweep section (analytic tables only; none with ``--no-analytic``)."""
+    if not sweep:
+        return []
+    return [f"## gnmt8 V={args.vocab[0]}, 8 devices, NVLink: global batch sweep", "",
+            "| device | batch | 1-dev ms | expert ms | planned ms (M) | speedup | vs expert |",
+            "|---|---|---|---|---|---|---|",
+            *[f"| {x['device']} | {x['batch']} | {x['single_ms']} | {x['expert_ms']} | "
+              f"{x['planned_ms']} ({x['planned_M']}) | {x['speedup']}x | "
+              f"{100 * x['gain']:+.1f}% |" for x in sweep], ""]  # fmt: skip
+
+
 def markdown(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
@@ -373,12 +385,7 @@ def main() -> int:
         f"# Placement report: hidden={args.hidden} vocab={args.vocab} batch={args.batch} "
         f"Ts={args.src_len} Tt={args.tgt_len}; analytic tables use {args.rates} rates", "",
         *[f"- calibration {c}" for c in calib], "", table, "",
-        f"## gnmt8 V={args.vocab[0]}, 8 devices, NVLink: global batch sweep", "",
-        "| device | batch | 1-dev ms | expert ms | planned ms (M) | speedup | vs expert |",
-        "|---|---|---|---|---|---|---|",
-        *[f"| {x['device']} | {x['batch']} | {x['single_ms']} | {x['expert_ms']} | "
-          f"{x['planned_ms']} ({x['planned_M']}) | {x['speedup']}x | {100 * x['gain']:+.1f}% |"
-          for x in sweep], ""])  # fmt: skip
+        *sweep_lines(sweep, args)])  # fmt: skip
     (out / "plan_report.md").write_text(text)
     plot(rows, out / "placement_speedup.png")
     print(text)
