@@ -19,7 +19,6 @@ curve must equal the reference run's, bit for bit. Exit status 0 when all of tha
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import random
@@ -37,29 +36,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-WORDS = {
-    "the": "das", "a": "ein", "house": "Haus", "cat": "Katze", "dog": "Hund", "runs": "läuft",
-    "sleeps": "schläft", "big": "groß", "small": "klein", "red": "rot", "blue": "blau",
-    "file": "Datei", "opens": "öffnet", "closes": "schließt", "window": "Fenster", "and": "und",
-}  # fmt: skip
+from data.synthetic import write_corpus  # noqa: E402
+
 KINDS = ("startup", "step", "write")
 STEP_LINE = re.compile(rb"^step (\d+) \| loss", re.M)
-
-
-def write_corpus(folder: Path, sizes: dict[str, int], seed: int = 0) -> dict[str, Path]:
-    """Word-by-word 'translations' of random sentences as gzipped TSV splits."""
-    rng = random.Random(seed)
-    words = sorted(WORDS)
-    paths = {}
-    for split, n in sizes.items():
-        path = folder / f"{split}.tsv.gz"
-        with gzip.open(path, "wt", encoding="utf-8") as f:
-            f.write("en\tde\n")
-            for _ in range(n):
-                s = [rng.choice(words) for _ in range(rng.randint(2, 9))]
-                f.write(" ".join(s) + "\t" + " ".join(WORDS[w] for w in s) + "\n")
-        paths[split] = path
-    return paths
 
 
 def overrides(corpus: dict[str, Path], cache: Path, steps: int) -> list[str]:

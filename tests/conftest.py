@@ -2,49 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-WORDS = {
-    "the": "das",
-    "a": "ein",
-    "house": "Haus",
-    "cat": "Katze",
-    "dog": "Hund",
-    "runs": "läuft",
-    "sleeps": "schläft",
-    "big": "groß",
-    "small": "klein",
-    "red": "rot",
-    "blue": "blau",
-    "green": "grün",
-    "file": "Datei",
-    "opens": "öffnet",
-    "closes": "schließt",
-    "window": "Fenster",
-    "menu": "Menü",
-    "and": "und",
-}
-
-
-def write_corpus(folder: Path, sizes: dict[str, int], seed: int = 0) -> dict[str, Path]:
-    """Word-by-word 'translations' of random sentences as gzipped TSV splits."""
-    rng = random.Random(seed)
-    words = sorted(WORDS)
-    paths = {}
-    for split, n in sizes.items():
-        path = folder / f"{split}.tsv.gz"
-        with gzip.open(path, "wt", encoding="utf-8") as f:
-            f.write("en\tde\n")
-            for _ in range(n):
-                s = [rng.choice(words) for _ in range(rng.randint(2, 9))]
-                f.write(" ".join(s) + "\t" + " ".join(WORDS[w] for w in s) + "\n")
-        paths[split] = path
-    return paths
+from data.synthetic import write_corpus
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from data.batching import EOS_ID, PAD_ID, Batcher, inference_batches
+from data.synthetic import WORDS
 from nmt.train import train
 from nmt.translate import _LINE_BREAKS, load_for_inference, translate_stream
-from tests.conftest import WORDS, tiny_overrides
+from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_OK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
