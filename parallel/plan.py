@@ -10,11 +10,8 @@ for the first micro-batch to reach it + ``M`` x its load + the backward chain be
 simulated until the bound passes the best simulated time.  Cut sets above
 ``enumeration_limit`` per ``V`` fall back to the min-max dynamic program plus neighbours.
 
-``reinforce`` is the learned alternative (Mirhoseini et al., 2017): a softmax policy per
-stage over devices; the simulator runs each sampled placement with the ``greedy`` dataflow
-executor and, where torch's schedules can run it, with those; reward = minus the best step
-time relative to one device, with a moving-average baseline.  Plan files only hold
-torch-runnable results (``ReinforceResult.best_runnable``).
+The learned alternative, a REINFORCE placer, is in :mod:`parallel.reinforce`; plan files only
+hold torch-runnable results.
 """
 
 from __future__ import annotations
@@ -270,90 +267,6 @@ def search(
     return SearchResult(best, len(flat), simulated)
 
 
-@dataclass(frozen=True)
-class ReinforceResult:
-    best: Candidate | None  # any executor (``greedy`` included)
-    best_runnable: Candidate | None  # a torch schedule: what a plan file can hold
-    history: tuple[float, ...]  # best step time found after each iteration
-    samples: int
-
-
-def reinforce(
-    tables: Sequence[CostTable],
-    num_ranks: int,
-    link: Link,
-    microbatches: int,
-    *,
-    iterations: int = 100,
-    batch: int = 32,
-    lr: float = 2.0,
-    seed: int = 0,
-    memory_limit_bytes: int | None = None,
-    dp: int = 1,
-) -> ReinforceResult:
-    """REINFORCE over stage -> device assignments; the environment runs a sample with the
-    best of the ``greedy`` executor and the torch schedules that can run it."""
-    n, k = tables[0].num_stages, num_ranks
-    rng = np.random.default_rng(seed)
-    logits = np.zeros((n, k))
-    ref = single_device_ms(tables, link)
-    cache: dict[tuple[int, ...], list[Candidate]] = {}
-    limit = memory_limit_bytes
-    best: Candidate | None = None
-    runnable: Candidate | None = None
-    baseline: float | None = None
-    history = []
-    for _ in range(iterations):
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        cum = np.cumsum(p, axis=1)
-        acts = (rng.random((batch, n, 1)) > cum[None, :, :-1]).sum(axis=2)
-        rewards = np.empty(batch)
-        for i, a in enumerate(acts):
-            key = tuple(int(x) for x in a)
-            if key not in cache:
-                cache[key] = _environment(tables, key, microbatches, link, k, limit, dp)
-            found = cache[key]
-            rewards[i] = -found[0].step_ms / ref if found else -2.0
-            for c in found:
-                if best is None or c.step_ms < best.step_ms:
-                    best = c
-                if c.schedule != "greedy" and (runnable is None or c.step_ms < runnable.step_ms):
-                    runnable = c
-        mean = float(rewards.mean())
-        baseline = mean if baseline is None else 0.9 * baseline + 0.1 * mean
-        adv = rewards - baseline
-        adv /= float(rewards.std()) + 1e-8
-        grad = -p * adv.sum()
-        for i, a in enumerate(acts):
-            grad[np.arange(n), a] += adv[i]
-        logits += lr * grad / batch
-        history.append(best.step_ms if best else math.inf)
-    return ReinforceResult(best, runnable, tuple(history), len(cache))
-
-
-def _environment(
-    tables: Sequence[CostTable],
-    placement: tuple[int, ...],
-    m: int,
-    link: Link,
-    k: int,
-    limit: int | None,
-    dp: int,
-) -> list[Candidate]:
-    """Feasible executions of one sampled placement, fastest first."""
-    space = SearchSpace(microbatches=(m,), memory_limit_bytes=limit, dp=dp)
-    found = [evaluate(tables, placement, "greedy", m, link, k, dp=dp)]
-    try:
-        v = len(group_virtual_stages(placement, k)) // k
-    except PlacementError:
-        v = 0
-    if v:
-        found += [evaluate(tables, placement, sched, m, link, k, recompute=rc, dp=dp)
-                  for sched, _, rc in _combos(tables, k, v, space)]  # fmt: skip
-    return sorted((c for c in found if _fits(c, space)), key=lambda c: c.step_ms)
-
-
 # ----------------------------------------------------------------------------- plan files
 
 
@@ -504,6 +417,8 @@ def _run(args: argparse.Namespace) -> int:
             found.append(("exact", res.best))
         print(f"exact: {res.considered} candidates, {res.simulated} simulated")
     if args.method in ("reinforce", "both"):
+        from parallel.reinforce import reinforce  # it builds on this module
+
         ms = [x for x in space.microbatches if all(t.batch % x == 0 for t in tables)]
         m = found[0][1].microbatches if found else max(ms, default=1)
         rl = reinforce(tables, k, link, m, iterations=args.iterations, seed=args.seed,

@@ -50,7 +50,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from parallel.costs import CostTable, analytic_gnmt_costs, load_cost_tables, save_cost_tables
-from parallel.plan import SearchSpace, best_of, reinforce, search, single_device_ms
+from parallel.plan import SearchSpace, best_of, search, single_device_ms
+from parallel.reinforce import reinforce
 from parallel.schedules import gnmt_placement
 from parallel.simulate import LINK_PRESETS, simulate
 

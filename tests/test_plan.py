@@ -19,11 +19,11 @@ from parallel.plan import (
     load_plan,
     main,
     make_plan,
-    reinforce,
     save_plan,
     search,
     single_device_ms,
 )
+from parallel.reinforce import reinforce
 from parallel.schedules import gnmt_placement, looped_placement
 from parallel.simulate import LINK_PRESETS, ZERO_LINK, Link
 
