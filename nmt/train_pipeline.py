@@ -109,6 +109,8 @@ class PipeTrainer(Trainer):
         super().__init__(cfg, corpus, out_dir)  # builds the full model once (for validation)
         self.is_main = ctx.rank == 0
         self.device = ctx.device
+        if not self.is_main:  # only rank 0 gathers the whole model (validation BLEU, export)
+            self.model = self.model.to("meta")
         seed_everything(int(cfg.train.seed))  # the same initial weights on every rank
         stages = build_stages(*stage_args(cfg, corpus.tokenizer.vocab_size))
         eps = float(cfg.train.label_smoothing)
