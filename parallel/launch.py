@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from parallel.errors import PlacementError
 from parallel.faults import report_failure, short_error
+from parallel.loopback import register as register_loopback
 
 T = TypeVar("T")
 
@@ -119,7 +120,7 @@ def launch(
         max_nodes=1,
         nproc_per_node=nproc,
         run_id=f"pipenmt-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d",
+        rdzv_backend=register_loopback(),  # stores on 127.0.0.1 only
         rdzv_endpoint=f"127.0.0.1:{free_port()}",
         rdzv_configs={"timeout": max(int(timeout_s), 30)},
         max_restarts=0,

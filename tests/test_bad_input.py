@@ -795,12 +795,6 @@ def test_pipelined_workers_listen_on_loopback_only(
 
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
-@pytest.mark.xfail(
-    strict=True,
-    reason="torch's TCPStore server (elastic rendezvous store and the workers' bootstrap "
-    "store, both in the launching process) binds every interface (::) whatever host it is "
-    "given; only a pre-bound socket (TCPStore(master_listen_fd=...)) would confine it",
-)
 def test_pipelined_launcher_stores_listen_on_loopback_only(
     pipelined_sockets: dict[str, list[tuple[str, int]]],
 ) -> None:
