@@ -50,6 +50,8 @@ def pick_device(name: str) -> torch.device:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16/fp16 autocast on GPU only (``auto`` = bf16 on GPU, fp32 on CPU)."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserError(f"train.precision={precision!r}: expected auto, fp32, bf16 or fp16")
     if device.type != "cuda" or precision == "fp32":
         return None
     return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
