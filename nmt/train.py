@@ -57,7 +57,21 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def check_model_config(mcfg: Any) -> None:
+    """Impossible model sizes are user errors (one line), not tracebacks from deep inside."""
+    problems = [
+        f"model.{k}={getattr(mcfg, k)} must be >= {low}"
+        for k, low in (("hidden", 1), ("enc_layers", 2), ("dec_layers", 1))
+        if int(getattr(mcfg, k)) < low
+    ]
+    if not 0.0 <= float(mcfg.dropout) < 1.0:
+        problems.append(f"model.dropout={mcfg.dropout} must be in [0, 1)")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
 def build_from_config(mcfg: Any, vocab_size: int) -> GNMT:
+    check_model_config(mcfg)
     return build_model(
         vocab_size,
         int(mcfg.hidden),

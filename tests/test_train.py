@@ -82,3 +82,17 @@ def test_bad_checkpoints_are_refused(tiny_cfg: Any, tmp_path: Path) -> None:
     wider = tiny_cfg("train.max_steps=4", f"train.resume={last}", "model.hidden=24", out="other")
     with pytest.raises(UserError, match="model.hidden: 16 vs 24"):
         train(wider)
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [("model.enc_layers=1", "model.enc_layers=1 must be >= 2"),
+     ("model.hidden=0", "model.hidden=0 must be >= 1"),
+     ("model.dropout=1.5", "model.dropout=1.5 must be in [0, 1)"),
+     ("train.precision=fp8", "train.precision='fp8'")],
+)  # fmt: skip
+def test_impossible_model_or_precision_is_a_user_error(
+    tiny_cfg: Any, override: str, needle: str
+) -> None:
+    with pytest.raises(UserError, match=__import__("re").escape(needle)):
+        train(tiny_cfg("train.max_steps=1", override))
