@@ -28,7 +28,7 @@ demo: install
 	nmt-eval checkpoint=$(DEMO_DIR)/checkpoints/best.pt split=test decode=beam5
 
 # Peer comparison against Joey NMT 2.3.0 (RNN) on this machine: same corpus, sentencepiece model,
-# token batch, threads and wall-clock budget (BENCH_MINUTES per system; ~30 min in all with 8).
+# token batch, threads and wall-clock budget (BENCH_MINUTES per system; ~30-35 min in all with 8).
 # Joey NMT gets its own venv in ~/.cache/pipenmt/peer-venv. Results: outputs/bench/.
 BENCH_MINUTES ?= 8
 bench: install
