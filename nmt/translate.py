@@ -7,12 +7,12 @@ translated in chunks). Output files are written atomically; ``-`` streams stdin/
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import IO, Any
 
 import torch
@@ -270,7 +270,7 @@ def _translate_shard(
         torch.set_num_threads(threads)
     start, stop = rank * len(lines) // world, (rank + 1) * len(lines) // world
     model, tok = load_for_inference(checkpoint, quantize)
-    hyps = translate_lines(model, tok, lines[start:stop], _Obj(dcfg))
+    hyps = translate_lines(model, tok, lines[start:stop], SimpleNamespace(**dcfg))
     if dcfg["nbest"] > 1:
         return [
             f"{start + i + 1}\t{r}\t{score:.4f}\t{one_line(text, tsv=True)}"
@@ -345,9 +345,7 @@ def translate_cli(cfg: Any) -> dict[str, Any]:
 
 def translate_texts(model: GNMT, tok: Tokenizer, texts: Sequence[str], dcfg: Any) -> list[str]:
     """Best translation of each text (in memory; used by validation and nmt-eval)."""
-    buf = io.StringIO()
-    data = io.BytesIO("".join(t.replace("\n", " ") + "\n" for t in texts).encode("utf-8"))
-    one = dict(
+    best = SimpleNamespace(
         beam_size=dcfg.beam_size,
         alpha=dcfg.alpha,
         beta=dcfg.beta,
@@ -356,10 +354,5 @@ def translate_texts(model: GNMT, tok: Tokenizer, texts: Sequence[str], dcfg: Any
         nbest=1,
         batch_tokens=dcfg.batch_tokens,
     )
-    translate_stream(model, tok, data, "<memory>", buf, _Obj(one), total=len(texts))
-    return buf.getvalue().split("\n")[: len(texts)]
-
-
-class _Obj:
-    def __init__(self, d: dict[str, Any]) -> None:
-        self.__dict__.update(d)
+    hyps = translate_lines(model, tok, [one_line(t) for t in texts], best)
+    return [one_line(h[0][0]) for h in hyps]

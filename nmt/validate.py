@@ -3,6 +3,7 @@ translations (beam 1 keeps validation cheap; ``nmt-eval`` uses the configured be
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import sacrebleu
@@ -36,18 +37,19 @@ def dev_loss(
     return total / max(tokens, 1)
 
 
-class _Greedy:
-    beam_size, alpha, beta, nbest = 1, 0.0, 0.0, 1
-
-    def __init__(self, dcfg: Any) -> None:
-        self.max_len_a, self.max_len_b = dcfg.max_len_a, dcfg.max_len_b
-        self.batch_tokens = dcfg.batch_tokens
-
-
 def dev_bleu(model: GNMT, corpus: Corpus, dcfg: Any, limit: int) -> float:
     """Corpus BLEU of greedy translations of the first ``limit`` dev sentences (0 = all)."""
     pairs = corpus.text["dev"][: limit or None]
-    hyps = translate_texts(model, corpus.tokenizer, [s for s, _ in pairs], _Greedy(dcfg))
+    greedy = SimpleNamespace(
+        beam_size=1,
+        alpha=0.0,
+        beta=0.0,
+        nbest=1,
+        max_len_a=dcfg.max_len_a,
+        max_len_b=dcfg.max_len_b,
+        batch_tokens=dcfg.batch_tokens,
+    )
+    hyps = translate_texts(model, corpus.tokenizer, [s for s, _ in pairs], greedy)
     return float(sacrebleu.corpus_bleu(hyps, [[t for _, t in pairs]]).score)
 
 
