@@ -149,12 +149,17 @@ def build_corpus(name: str, cache_dir: Path, log: Log = print) -> BuiltCorpus:
         "dropped_overlap": dict(dropped),
         "files": files,
     }
-    atomic_write_text(out / "provenance.json", json.dumps(provenance, indent=2) + "\n")
+    atomic_write_text(provenance_path(out, name), json.dumps(provenance, indent=2) + "\n")
     return BuiltCorpus(out, provenance)
 
 
-def load_provenance(folder: Path) -> dict[str, Any] | None:
-    path = folder / "provenance.json"
+def provenance_path(folder: Path, name: str) -> Path:
+    """Where a corpus folder records its provenance (written last: it marks a complete build)."""
+    return folder / f"{name}.provenance.json"
+
+
+def load_provenance(folder: Path, name: str) -> dict[str, Any] | None:
+    path = provenance_path(folder, name)
     if not path.is_file():
         return None
     result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -187,14 +192,11 @@ def compare(built: dict[str, Any], shipped: dict[str, Any]) -> list[str]:
 
 
 def corpus_files(name: str, cache_dir: Path) -> dict[str, Path]:
-    """Split -> file for a Debian corpus: the shipped copy, else a build in the cache."""
+    """Split -> file for a Debian corpus: the shipped copy, else a complete build in the cache."""
     for folder in (SHIPPED_DIR, cache_dir / "corpora" / name):
-        if (folder / f"{name}.provenance.json").is_file() or (folder / "provenance.json").is_file():
-            paths = {s: folder / f"{name}.{s}.tsv.gz" for s in SPLITS}
-            if all(p.is_file() for p in paths.values()) and (
-                folder != SHIPPED_DIR or (folder / f"{name}.provenance.json").is_file()
-            ):
-                return paths
+        paths = {s: folder / f"{name}.{s}.tsv.gz" for s in SPLITS}
+        if provenance_path(folder, name).is_file() and all(p.is_file() for p in paths.values()):
+            return paths
     raise DataError(
         f"corpus '{name}' is not built: run `nmt-prepare data={name}` first "
         f"(looked in {SHIPPED_DIR} and {cache_dir / 'corpora' / name})"

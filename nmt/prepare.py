@@ -10,19 +10,11 @@ from data.build import SHIPPED_DIR, build_corpus, compare, load_provenance
 from nmt.corpus import cache_dir, prepare_corpus
 
 
-def _shipped_provenance(name: str) -> dict[str, Any] | None:
-    path = SHIPPED_DIR / f"{name}.provenance.json"
-    if not path.is_file():
-        return None
-    result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return result
-
-
 def _build_debian(dcfg: Any) -> dict[str, Any]:
     name = str(dcfg.corpus)
     folder = cache_dir(dcfg) / "corpora" / name
-    shipped = _shipped_provenance(name)
-    existing = load_provenance(folder)
+    shipped = load_provenance(SHIPPED_DIR, name)
+    existing = load_provenance(folder, name)
     if shipped is None and existing is not None:
         print(f"{name}: already built in {folder} (reusing; delete the folder to rebuild)")
         return existing
