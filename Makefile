@@ -1,13 +1,38 @@
 # pipenmt: the two commands a newcomer needs are `make demo` and `make test`.
-PY ?= python3
-PIP := $(PY) -m pip
 DEMO_DIR ?= runs/demo
+SHIPPED ?= gnmt-debian-en-de
+
+# Which Python: an active virtual environment ($VIRTUAL_ENV) is used as it is; where the system
+# Python refuses `pip install` (PEP 668: an EXTERNALLY-MANAGED file in its stdlib folder, as on
+# Debian and Ubuntu), a project environment in .venv/ is created and used; otherwise the current
+# python3. Override with `make VENV=.venv ...` (force the project environment) or `make VENV=`.
+SYSTEM_PY ?= python3
+EXTERNALLY_MANAGED := $(shell $(SYSTEM_PY) -c "import os, sysconfig; print(int(os.path.isfile(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED'))))" 2>/dev/null)
+ifeq ($(VIRTUAL_ENV),)
+ifeq ($(EXTERNALLY_MANAGED),1)
+VENV ?= .venv
+endif
+endif
+
+ifneq ($(VENV),)
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin/
+VENV_PY := $(PY)
+# The project environment; `python3 -m venv` needs Debian's python3-venv package.
+$(VENV_PY):
+	$(SYSTEM_PY) -m venv $(VENV) || { echo "make: cannot create $(VENV) (Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 2; }
+else
+PY ?= $(SYSTEM_PY)
+BIN :=
+VENV_PY :=
+endif
+PIP := $(PY) -m pip
 
 .PHONY: install test test-slow demo lint bench
 
 # torch first: on machines that carry the torch 2.13.0 CPU wheel (pip is pointed at it),
 # `pip install torch==2.13.0` takes it; elsewhere the package's own `torch` requirement applies.
-install:
+install: $(VENV_PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0 || $(PIP) install -q torch
 	$(PIP) install -q numpy
 	$(PIP) install -q -e ".[test]"
@@ -19,13 +44,21 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 lint: install
-	ruff check . && ruff format --check . && mypy --strict data parallel
+	$(BIN)ruff check . && $(BIN)ruff format --check . && $(BIN)mypy --strict data parallel
 
-# Train gnmt_small on the shipped Debian corpus for a bounded CPU budget (train=demo), then
-# translate the test split with beam 5 and print BLEU and chrF.
+# Train the demo model (2+2 x 256) on the shipped Debian corpus for a bounded CPU budget, then
+# translate the test split with beam 5 and print BLEU and chrF; then score the shipped model
+# (models/$(SHIPPED)) on the same split and print both results, one line each.
+SHIPPED_REPORT := outputs/eval/$(SHIPPED).test.beam5.hyp.eval.json
 demo: install
-	nmt-train model=gnmt_small train=demo data.batch_tokens=2048 hydra.run.dir=$(DEMO_DIR)
-	nmt-eval checkpoint=$(DEMO_DIR)/checkpoints/best.pt split=test decode=beam5
+	$(BIN)nmt-train model=gnmt_demo train=demo data.batch_tokens=2048 data.max_dev_sentences=300 hydra.run.dir=$(DEMO_DIR)
+	$(BIN)nmt-eval checkpoint=$(DEMO_DIR)/checkpoints/best.pt split=test decode=beam5
+	@rm -f $(SHIPPED_REPORT)
+	@if [ -f models/$(SHIPPED)/model.pt ]; then \
+		$(BIN)nmt-eval checkpoint=$(SHIPPED) split=test decode=beam5; \
+	else echo "models/$(SHIPPED)/model.pt is absent: no shipped model to compare with"; fi
+	@$(PY) scripts/demo_summary.py --name $(SHIPPED) --shipped $(SHIPPED_REPORT) \
+		--demo $(DEMO_DIR)/checkpoints/best.test.beam5.hyp.eval.json
 
 # Peer comparison against Joey NMT 2.3.0 (RNN) on this machine: same corpus, sentencepiece model,
 # token batch, threads and wall-clock budget (BENCH_MINUTES per system; ~30-35 min in all with 8).

@@ -4,6 +4,8 @@ RNG capture, compatibility checks with one-line errors.
 Contents: ``model`` (state dict), ``optimizer``, ``scheduler``, ``scaler``, ``rng`` (torch,
 cuda, numpy, python), ``data`` (iterator position), ``step``, ``config`` (plain dict),
 ``spm`` (sentencepiece model bytes), ``metrics`` (best BLEU etc.), ``format`` (version).
+Shipped models (:mod:`nmt.shipped`) add ``weights_dtype``, ``weight_scales`` and ``metadata``;
+:func:`load` returns their weights in fp32.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from data.atomic import atomic_open
 from nmt.errors import UserError
+from nmt.shipped import decode_weights
 
 FORMAT = 1
 MODEL_KEYS = ("hidden", "enc_layers", "dec_layers", "tie_embeddings")
@@ -88,6 +91,7 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
         raise UserError(f"checkpoint {p} is not a pipenmt checkpoint (format {FORMAT})")
+    decode_weights(ckpt, str(p))  # a shipped model's fp16/int8 weights become fp32
     return ckpt
 
 

@@ -3,6 +3,10 @@
 Each ``*_main`` is a thin ``@hydra.main`` wrapper that turns the composed config into the
 plain function call (``train(cfg) -> metrics`` etc.). User errors print one line and exit 2;
 ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+
+``nmt-train -m a=1,2 b=x,y`` is a Hydra multirun: one job per combination, each in its own
+folder ``hydra.sweep.dir/<job number>``; its return value (best dev BLEU) is the objective a
+search sweeper (``hydra/sweeper=optuna``, extra ``pipenmt[optuna]``) maximises.
 """
 
 from __future__ import annotations
@@ -47,20 +51,27 @@ def _guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig, name: str) -> Any
         sys.exit(2)
 
 
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
 def _precheck(config_name: str, name: str) -> None:
     """Compose the config from the command line before Hydra runs, so that an unknown key,
-    a wrong type or an unknown option fails with one line and exit status 2."""
-    args = sys.argv[1:]
+    a wrong type or an unknown option fails with one line and exit status 2. A multirun
+    (``-m``) is checked with every value of each sweep (one sweep at a time)."""
+    args = [a for a in sys.argv[1:] if a not in _MULTIRUN_FLAGS]
+    multirun = len(args) < len(sys.argv) - 1
     if any(a.startswith("-") for a in args) or os.environ.get("HYDRA_FULL_ERROR") == "1":
-        return  # Hydra's own flags (--help, --cfg, -m ...): let Hydra handle everything
+        return  # Hydra's own flags (--help, --cfg ...): let Hydra handle everything
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = [a for a in args if not a.lstrip("+~").startswith("hydra.")]
     try:
+        variants = _sweep_variants(overrides, name) if multirun else [overrides]
         with initialize_config_module(config_module="conf", version_base=_VERSION):
-            compose(config_name=config_name, overrides=overrides)
+            for variant in variants:
+                compose(config_name=config_name, overrides=variant)
     except (HydraException, OmegaConfBaseException) as err:
         lines = [x.strip() for x in str(err).strip().splitlines() if x.strip()]
         options = [
@@ -80,9 +91,61 @@ def _precheck(config_name: str, name: str) -> None:
             detail = f"{detail.rstrip('.')}: {cause.splitlines()[0]}{_did_you_mean(cause)}"
         elif len(lines) > 1 and not lines[1].startswith(("full_key", "Config search")):
             detail += f": {lines[1]}"
+        if "'hydra/sweeper/optuna'" in detail:
+            detail += " (the Optuna sweeper is an extra: pip install 'pipenmt[optuna]')"
         print(f"{name}: error: {detail}", file=sys.stderr)
         sys.exit(2)
-    _check_run_dir(args, config_name, name)
+    _check_run_dir(args, config_name, name, multirun)
+
+
+def _sweep_variants(overrides: list[str], name: str) -> list[list[str]]:
+    """Override lists that cover a multirun's values: the first value of every sweep, then
+    each further value of one sweep at a time (sum, not product, of the sweep sizes).
+    ``interval(a, b)`` sweeps (Optuna) are checked at both ends; ``glob`` sweeps are not."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    def number(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else repr(x)
+
+    fixed: list[str] = []
+    sweeps: list[tuple[str, list[str]]] = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if not o.is_sweep_override():
+            fixed.append(str(o.input_line))
+            continue
+        value = o.value()
+        if isinstance(value, IntervalSweep) and value.start is not None and value.end is not None:
+            if not any(a.lstrip("+").startswith("hydra/sweeper=") for a in sys.argv[1:]):
+                print(
+                    f"{name}: error: {o.input_line}: interval() needs a search sweeper, e.g. "
+                    "hydra/sweeper=optuna (pip install 'pipenmt[optuna]'); list values "
+                    "(a,b,c) for a grid",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
+            values = [number(value.start), number(value.end)]
+        else:
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # glob(): needs Hydra's config loader; Hydra checks it
+                continue
+        if values:
+            sweeps.append((o.get_key_element(), values))
+    out_dir = [x for x in fixed if x.lstrip("+").startswith("train.out_dir=")]
+    if sweeps and out_dir and "${" not in out_dir[-1]:
+        print(
+            f"{name}: error: {out_dir[-1].lstrip('+')} would be shared by every job of the "
+            "multirun; leave train.out_dir unset (each job gets its own folder under "
+            "hydra.sweep.dir)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    first = [f"{key}={values[0]}" for key, values in sweeps]
+    variants = [fixed + first]
+    for i, (key, values) in enumerate(sweeps):
+        variants += [fixed + first[:i] + [f"{key}={v}"] + first[i + 1 :] for v in values[1:]]
+    return variants
 
 
 def _did_you_mean(cause: str) -> str:
@@ -111,14 +174,16 @@ def _did_you_mean(cause: str) -> str:
     return f" (did you mean {prefix + '.' if prefix else ''}{best}?)"
 
 
-def _check_run_dir(args: list[str], config_name: str, name: str) -> None:
-    """Create the run folder Hydra is about to create, so that an unusable path (below a
-    regular file, read-only, ...) is one line and exit 2 instead of Hydra's traceback."""
-    given = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("hydra.run.dir=")]
+def _check_run_dir(args: list[str], config_name: str, name: str, multirun: bool) -> None:
+    """Create the run folder Hydra is about to create (a multirun's sweep folder), so that an
+    unusable path (below a regular file, read-only, ...) is one line and exit 2 instead of
+    Hydra's traceback."""
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    given = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith(key)]
     if given:
         folder = given[-1].strip("'\"")
     elif config_name == "config":
-        folder = "runs"  # the parent of the default runs/<date>
+        folder = "runs"  # the parent of the default runs/<date> and runs/multirun/<date>
     else:
         return
     if not folder or "${" in folder:
@@ -147,7 +212,9 @@ def _prepare_main(cfg: DictConfig) -> None:
 
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="config", version_base=_VERSION)
-def _train_main(cfg: DictConfig) -> None:
+def _train_main(cfg: DictConfig) -> float:
+    """Train; returns what a search sweeper maximises: the run's best dev BLEU (NaN, a failed
+    trial for Optuna, when the run computed no dev BLEU)."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
@@ -156,7 +223,8 @@ def _train_main(cfg: DictConfig) -> None:
     if not cfg.train.out_dir:
         with open_dict(cfg):
             cfg.train.out_dir = HydraConfig.get().runtime.output_dir
-    _guarded(train, cfg, "nmt-train")
+    bleu = _guarded(train, cfg, "nmt-train").get("best_dev_bleu")
+    return float("nan") if bleu is None else float(bleu)
 
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)

@@ -58,6 +58,10 @@ class ModelConfig:
     dropout: float = 0.2
     tie_embeddings: bool = True
     init_range: float = 0.1
+    # Generator bias at step 0: "prior" = log unigram frequencies of the training targets (the
+    # untrained model already predicts them: no plateau at unigram perplexity); "uniform" =
+    # U(-init_range, init_range) like every other weight (NVIDIA GNMT v2).
+    output_bias: str = "prior"
 
 
 @dataclass
@@ -92,9 +96,12 @@ class TrainConfig:
     eval_bleu: bool = True
     resume: str = "none"  # none | auto | PATH
     lr: float = 2e-3
-    warmup_steps: int = 200
-    decay_start: float = 0.666  # fraction of max_steps where step decay starts
-    decay_steps: int = 4  # number of halvings
+    warmup_steps: int = 200  # capped at a tenth of the run (nmt/lr.py)
+    # LR decay over whatever bounds the run (max_steps, max_epochs, max_minutes: the first to
+    # end): step (NVIDIA's halvings) | cosine | linear | inverse_sqrt | none
+    decay: str = "step"
+    decay_start: float = 0.666  # share of the run where decay starts
+    decay_steps: int = 4  # number of halvings (step); final lr = decay_factor**decay_steps
     decay_factor: float = 0.5
     clip_norm: float = 5.0
     label_smoothing: float = 0.1

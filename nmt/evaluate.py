@@ -1,8 +1,11 @@
 """``nmt-eval``: sacrebleu BLEU and chrF of detokenized text, with their signatures.
 
 ``nmt-eval hyp=FILE ref=FILE`` scores two files; ``nmt-eval checkpoint=PATH split=test``
-translates the split with the configured beam, then scores it. A JSON report is written beside
-the hypothesis file (``<hyp>.eval.json``).
+translates the split with the configured beam, then scores it. Hypotheses and references go
+beside the checkpoint (``<ckpt stem>.test.beam5.hyp``), or, for a shipped model given by name,
+to ``outputs/eval/<name>.test.beam5.hyp``. A JSON report is written beside the hypothesis file
+(``<hyp>.eval.json``); in checkpoint mode it also records the checkpoint, its step and training
+time, the split and the decoding settings.
 """
 
 from __future__ import annotations
@@ -62,29 +65,61 @@ def score_files(hyp: str, ref: str) -> dict[str, Any]:
     return {"hyp": hyp, "ref": ref, **score(hyps, refs)}
 
 
-def _translate_split(cfg: Any) -> tuple[str, str]:
-    """Translate the checkpoint's data split; returns (hyp path, ref path)."""
+def _translate_split(cfg: Any) -> tuple[str, str, dict[str, Any]]:
+    """Translate the checkpoint's data split; returns (hyp path, ref path, what was run)."""
     from nmt.checkpoint import load
     from nmt.corpus import load_text
+    from nmt.shipped import eval_stem, resolve_checkpoint
     from nmt.translate import check_decode, load_for_inference, one_line, translate_texts
 
-    ckpt_path = Path(str(cfg.checkpoint)).expanduser()
+    ckpt_path, name = resolve_checkpoint(str(cfg.checkpoint))
     split = str(cfg.split)
     if split not in ("train", "dev", "test"):
         raise UserError(f"split={split}: expected train, dev or test")
     check_decode(cfg.decode)
     model, tok = load_for_inference(str(ckpt_path), str(cfg.decode.quantize))
-    saved = load(ckpt_path)["config"]
+    ckpt = load(ckpt_path)
+    saved = ckpt["config"]
     if not isinstance(saved.get("data"), dict):
         raise UserError(f"checkpoint {ckpt_path} does not name its data (no data config)")
     pairs = load_text(dict_to_config(saved["data"]), (split,))[split]
     hyps = translate_texts(model, tok, [s for s, _ in pairs], cfg.decode)
-    stem = ckpt_path.with_suffix("")
+    stem = eval_stem(name) if name else ckpt_path.with_suffix("")
+    _make_folder(stem.parent)
     tag = f"{split}.beam{cfg.decode.beam_size}" + ("" if cfg.decode.quantize == "none" else ".int8")
     hyp_path, ref_path = Path(f"{stem}.{tag}.hyp"), Path(f"{stem}.{split}.ref")
     _write(hyp_path, "".join(h + "\n" for h in hyps))
     _write(ref_path, "".join(one_line(t) + "\n" for _, t in pairs))
-    return str(hyp_path), str(ref_path)
+    return str(hyp_path), str(ref_path), _run_info(cfg, ckpt, ckpt_path, name)
+
+
+def _run_info(cfg: Any, ckpt: dict[str, Any], path: Path, name: str | None) -> dict[str, Any]:
+    """What ``nmt-eval checkpoint=`` scored: the checkpoint, its step and training time, the
+    split and data, the decoding settings (recorded in the JSON report)."""
+    meta = ckpt.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    d = cfg.decode
+    return {
+        "checkpoint": str(cfg.checkpoint),
+        "checkpoint_path": str(path),
+        "model_name": name,
+        "step": ckpt.get("step"),
+        "train_seconds": ckpt.get("train_seconds", meta.get("train_seconds")),
+        "weights_sha256": meta.get("weights_sha256"),
+        "split": str(cfg.split),
+        "data": ckpt["config"]["data"].get("name"),
+        "model": ckpt["config"]["model"].get("name"),
+        "decode": {
+            k: d[k] for k in ("beam_size", "alpha", "beta", "max_len_a", "max_len_b", "quantize")
+        },
+    }
+
+
+def _make_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create {folder}: {err.strerror or err}") from None
 
 
 def _write(path: Path, text: str) -> None:
@@ -96,13 +131,14 @@ def _write(path: Path, text: str) -> None:
 
 
 def eval_cli(cfg: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {}
     if cfg.checkpoint:
-        hyp, ref = _translate_split(cfg)
+        hyp, ref, info = _translate_split(cfg)
     elif cfg.hyp and cfg.ref:
         hyp, ref = str(cfg.hyp), str(cfg.ref)
     else:
-        raise UserError("give hyp=FILE ref=FILE, or checkpoint=PATH [split=test]")
-    result = score_files(hyp, ref)
+        raise UserError("give hyp=FILE ref=FILE, or checkpoint=PATH|NAME [split=test]")
+    result = {**score_files(hyp, ref), **info}
     print(result["bleu_text"])
     print(result["chrf_text"], flush=True)
     out = Path(f"{hyp}.eval.json")

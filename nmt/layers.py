@@ -29,12 +29,65 @@ def lstm_step(lstm: nn.Module, x: Tensor, state: LSTMState) -> LSTMState:
     return h.squeeze(0), c.squeeze(0)
 
 
+def reversal_index(lengths: Tensor, total: int) -> Tensor:
+    """``lengths[B]`` (each in 1..total) -> ``index[total*B]`` long, on ``lengths``' device.
+
+    Row of the time-major flattening ``[total*B, ...]`` of a ``[total, B, ...]`` tensor that
+    position (t, b) takes when every sentence is reversed within its own length:
+    ``(len_b - 1 - t) * B + b`` for ``t < len_b``, ``t * B + b`` (padding stays) otherwise.
+    The permutation is its own inverse.
+    """
+    t = torch.arange(total, device=lengths.device).unsqueeze(1)  # [T, 1]
+    n = lengths.unsqueeze(0)  # [1, B]
+    steps = torch.where(t < n, n - 1 - t, t)  # [T, B]
+    return (steps * lengths.size(0) + torch.arange(lengths.size(0), device=lengths.device)).view(-1)
+
+
+def bilstm_dense(lstm: nn.LSTM, x: Tensor, lengths: Tensor) -> Tensor:
+    """Single-layer bidirectional ``lstm`` over ``x[T,B,in]`` with ``lengths[B]`` (1..T)
+    -> ``h[T,B,2H]``, zeros at padded positions (t >= len_b).
+
+    The same function as pack_padded_sequence -> ``lstm`` -> pad_packed_sequence, computed on
+    dense tensors, where torch's CPU LSTM uses the fused oneDNN kernel (forward and backward);
+    the packed CPU path runs one small cell per time step and its backward is several times
+    slower. Forward direction: the padded input as is (padding comes after each sentence, so
+    it only reaches padded outputs). Backward direction: a forward LSTM with the ``*_reverse``
+    weights over each sentence reversed within its own length (:func:`reversal_index`), its
+    outputs reversed back. Padded outputs are then zeroed.
+    """
+    total, batch = x.size(0), x.size(1)
+    if lstm.num_layers != 1 or not lstm.bidirectional or not lstm.bias or lstm.proj_size:
+        raise ValueError("bilstm_dense needs a single-layer bidirectional LSTM with biases")
+    lengths = lengths.to(x.device)
+    h0 = x.new_zeros(1, batch, lstm.hidden_size)
+    weights = [tuple(w) for w in lstm.all_weights]  # (w_ih, w_hh, b_ih, b_hh) per direction
+
+    def run(inp: Tensor, direction: int) -> Tensor:  # a forward LSTM: [T,B,in] -> [T,B,H]
+        out: Tensor = torch.lstm(
+            inp, (h0, h0), weights[direction], True, 1, 0.0, lstm.training, False, False
+        )[0]
+        return out
+
+    fwd = run(x, 0)
+    index = reversal_index(lengths, total)
+    x_rev = x.reshape(total * batch, -1).index_select(0, index).view_as(x)
+    bwd = run(x_rev, 1).reshape(total * batch, -1).index_select(0, index).view_as(fwd)
+    pad = torch.arange(total, device=x.device).unsqueeze(1) >= lengths.unsqueeze(0)  # [T, B]
+    return torch.cat((fwd, bwd), dim=-1).masked_fill(pad.unsqueeze(-1), 0.0)
+
+
 class EmbedEncoder1(nn.Module):
-    """Stage ``Embed+Enc1``: shared embedding + bidirectional LSTM over packed sequences.
+    """Stage ``Embed+Enc1``: shared embedding + bidirectional LSTM over the real positions.
 
     (src[Ts,B] long, src_len[B] long, tgt_in[Tt,B] long)
       -> (h[Ts,B,2H], src_len, emb_tgt[Tt,B,H])
+
+    A float ``nn.LSTM`` on CPU runs dense (:func:`bilstm_dense`, oneDNN kernels); otherwise
+    (another device, the dynamic int8 LSTM of ``quantize_int8``, or ``packed = True``) the
+    LSTM runs over a PackedSequence. Both give the same result (zeros at padded positions).
     """
+
+    packed: bool = False  # True: always the PackedSequence path (benchmarks, comparisons)
 
     def __init__(self, vocab_size: int, hidden: int, dropout: float, pad_id: int) -> None:
         super().__init__()
@@ -47,6 +100,8 @@ class EmbedEncoder1(nn.Module):
         """``src[Ts,B]``, ``src_len[B]`` -> ``h[Ts,B,2H]`` (zeros at padded positions)."""
         x = self.dropout(self.embedding(src))
         # clamp: shape inference of older torch pipelining runs stages on all-zero inputs
+        if not self.packed and type(self.lstm) is nn.LSTM and x.device.type == "cpu":
+            return bilstm_dense(self.lstm, x, src_len.clamp(min=1))
         packed = pack_padded_sequence(x, src_len.cpu().clamp(min=1), enforce_sorted=False)
         out, _ = self.lstm(packed)
         h, _ = pad_packed_sequence(out, total_length=src.size(0))

@@ -13,11 +13,13 @@ import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from nmt.attention import AttentionMemory, BahdanauAttention
 from nmt.layers import AttentionDecoder1, DecoderLayer, EmbedEncoder1, EncoderLayer, Generator
+from nmt.loss import label_smoothed_nll
 
 __all__ = [
     "GNMT",
@@ -25,6 +27,7 @@ __all__ = [
     "DecoderState",
     "build_model",
     "build_stages",
+    "log_unigram_prior",
     "quantize_int8",
 ]
 
@@ -45,13 +48,16 @@ def build_stages(
     tie_embeddings: bool,
     init_range: float,
     pad_id: int,
+    output_prior: Tensor | None = None,
 ) -> list[nn.Module]:
     """Build the ``enc_layers + dec_layers + 1`` stages, initialised U(-init_range, init_range).
 
     Exceptions to the uniform init (as NVIDIA's BahdanauAttention): the attention's
-    normalization scalar g = 1/sqrt(H) and bias b = 0. With ``tie_embeddings`` the generator's
-    weight *is* the embedding Parameter (one shared object). Seeded by the caller's
-    ``torch.manual_seed``.
+    normalization scalar g = 1/sqrt(H) and bias b = 0. With ``output_prior`` (``[V]``
+    log-probabilities, see :func:`log_unigram_prior`) the generator's bias starts there, so the
+    untrained model already predicts the unigram distribution (docs/DESIGN.md, "Why the output
+    bias starts at the prior"). With ``tie_embeddings`` the generator's weight *is* the
+    embedding Parameter (one shared object). Seeded by the caller's ``torch.manual_seed``.
     """
     if enc_layers < 2:
         raise ValueError(f"enc_layers must be >= 2 (bi-LSTM + 2H->H layer), got {enc_layers}")
@@ -71,11 +77,27 @@ def build_stages(
             for m in stage.modules():
                 if isinstance(m, BahdanauAttention):
                     m.reset_normalization()
+        if output_prior is not None:
+            if output_prior.shape != (vocab_size,):
+                raise ValueError(
+                    f"output_prior has shape {tuple(output_prior.shape)}, expected ({vocab_size},)"
+                )
+            generator.proj.bias.copy_(output_prior)
     if tie_embeddings:
         embed = stages[0]
         assert isinstance(embed, EmbedEncoder1)
         generator.proj.weight = embed.embedding.weight
     return stages
+
+
+def log_unigram_prior(seqs: Sequence[Sequence[int]], vocab_size: int, eos_id: int) -> Tensor:
+    """``[V]`` log of the add-one-smoothed unigram distribution of target sequences, each
+    followed by ``eos_id`` (what the generator predicts): the generator bias at step 0."""
+    counts = np.ones(vocab_size, dtype=np.float64)
+    flat = np.fromiter((i for s in seqs for i in s), dtype=np.int64)
+    counts += np.bincount(flat, minlength=vocab_size)[:vocab_size]
+    counts[eos_id] += len(seqs)
+    return torch.from_numpy(np.log(counts / counts.sum())).float()
 
 
 def build_model(
@@ -87,11 +109,20 @@ def build_model(
     tie_embeddings: bool,
     init_range: float,
     pad_id: int,
+    output_prior: Tensor | None = None,
 ) -> GNMT:
     """:func:`build_stages` wrapped in a single-device :class:`GNMT`."""
     return GNMT(
         build_stages(
-            vocab_size, hidden, enc_layers, dec_layers, dropout, tie_embeddings, init_range, pad_id
+            vocab_size,
+            hidden,
+            enc_layers,
+            dec_layers,
+            dropout,
+            tie_embeddings,
+            init_range,
+            pad_id,
+            output_prior,
         )
     )
 
@@ -145,6 +176,48 @@ class GNMT(nn.Module):
             out = stage(*x)
             x = out if isinstance(out, tuple) else (out,)
         return x[0]
+
+    def decoder_out(self, src: Tensor, src_len: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
+        """All stages but the generator: -> (``h_dec[Tt,B,H]``, ``ctx[Tt,B,H]``)."""
+        x: tuple[Tensor, ...] = (src, src_len, tgt_in)
+        for stage in self.stages[:-1]:
+            x = stage(*x)
+        return x[0], x[1]
+
+    def logits_at(self, src: Tensor, src_len: Tensor, tgt_in: Tensor, keep: Tensor) -> Tensor:
+        """Logits of the positions where ``keep[Tt,B]`` (bool) is true: ``logits[N,V]``.
+
+        Rows in time-major order, the order of ``tgt_out[keep]``. Equal to
+        ``self(src, src_len, tgt_in)[keep]``, but the generator (H x V matmul, the largest of
+        the model) only runs on those N rows: no work on padding. On a GPU this costs one
+        host-device synchronisation (the number of kept positions).
+        """
+        h_dec, ctx = self.decoder_out(src, src_len, tgt_in)
+        rows = keep.reshape(-1).nonzero().squeeze(1)  # [N]
+        h = h_dec.reshape(-1, h_dec.size(-1)).index_select(0, rows)  # [N, H]
+        logits: Tensor = self.generator(h, ctx)  # ctx: only kept in the graph (Generator)
+        return logits
+
+    def loss(
+        self,
+        src: Tensor,
+        src_len: Tensor,
+        tgt_in: Tensor,
+        tgt_out: Tensor,
+        pad_id: int,
+        eps: float,
+        skip_pad: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """Label-smoothed (loss_sum, nll_sum) of ``tgt_out[Tt,B]`` (see :mod:`nmt.loss`).
+
+        ``skip_pad``: logits only at non-pad targets (:meth:`logits_at`); ``False``: the
+        full ``logits[Tt,B,V]`` with pads masked in the loss. Same values and gradients.
+        """
+        if not skip_pad:
+            return label_smoothed_nll(self(src, src_len, tgt_in), tgt_out, pad_id, eps)
+        keep = tgt_out != pad_id
+        logits = self.logits_at(src, src_len, tgt_in, keep)
+        return label_smoothed_nll(logits, tgt_out[keep], pad_id, eps)
 
     # --- incremental decoding ---
     def encode(self, src: Tensor, src_len: Tensor) -> Tensor:
@@ -213,9 +286,10 @@ def quantize_int8(model: GNMT) -> GNMT:
     """Dynamic int8 copy of ``model`` for CPU inference (``nn.LSTM`` and ``nn.Linear``).
 
     Weights are quantized per tensor ahead of time, activations per batch at run time. The
-    packed bidirectional encoder LSTM keeps working (the dynamic quantized LSTM accepts
-    PackedSequence). The tied generator becomes a quantized copy of the embedding matrix; the
-    embedding itself stays fp32. The input model is not modified.
+    bidirectional encoder LSTM runs packed there (the dynamic quantized LSTM accepts
+    PackedSequence; the dense path of ``EmbedEncoder1`` is for float ``nn.LSTM``). The tied
+    generator becomes a quantized copy of the embedding matrix; the embedding itself stays
+    fp32. The input model is not modified.
     """
     from torch.ao.quantization import quantize_dynamic
 

@@ -12,6 +12,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +21,22 @@ import torch
 from tqdm import tqdm
 
 from data.batching import Batch, Batcher
-from data.tokenizer import PAD_ID
+from data.tokenizer import EOS_ID, PAD_ID
 from nmt import checkpoint as ckpt_io
 from nmt.config import config_to_dict
 from nmt.corpus import Corpus, prepare_corpus
 from nmt.errors import UserError
 from nmt.loss import label_smoothed_nll
-from nmt.lr import lr_factor
+from nmt.lr import schedule_from_config
 from nmt.metrics import MetricsLog, plot_curves
-from nmt.model import GNMT, build_model
+from nmt.model import GNMT, build_model, log_unigram_prior
 from nmt.validate import validate
 
 log = logging.getLogger("nmt.train")
+
+# The clock of the time budget (``max_minutes``, the schedule's progress, ``wall_s``); tests
+# replace it to make minute-bounded runs deterministic.
+clock: Callable[[], float] = time.monotonic
 
 
 def seed_everything(seed: int) -> None:
@@ -70,7 +75,17 @@ def check_model_config(mcfg: Any) -> None:
         raise UserError("; ".join(problems))
 
 
-def build_from_config(mcfg: Any, vocab_size: int) -> GNMT:
+def output_prior(mcfg: Any, corpus: Corpus) -> torch.Tensor | None:
+    """The generator's initial bias per ``model.output_bias`` (prior | uniform)."""
+    kind = str(getattr(mcfg, "output_bias", "uniform"))
+    if kind == "uniform":
+        return None
+    if kind != "prior":
+        raise UserError(f"model.output_bias={kind!r}: expected prior or uniform")
+    return log_unigram_prior(corpus.ids["train"][1], corpus.tokenizer.vocab_size, EOS_ID)
+
+
+def build_from_config(mcfg: Any, vocab_size: int, prior: torch.Tensor | None = None) -> GNMT:
     check_model_config(mcfg)
     return build_model(
         vocab_size,
@@ -81,20 +96,24 @@ def build_from_config(mcfg: Any, vocab_size: int) -> GNMT:
         bool(mcfg.tie_embeddings),
         float(mcfg.init_range),
         PAD_ID,
+        prior,
     )
 
 
 class Trainer:
     """State of one single-device run: model, optimizer, schedule, data position, counters."""
 
+    batches_per_step = 1  # batches drawn per optimizer step (pipelined: the dp replicas)
+
     def __init__(self, cfg: Any, corpus: Corpus, out_dir: Path) -> None:
         self.cfg, self.corpus, self.out_dir = cfg, corpus, out_dir
         tc = cfg.train
         self.device = pick_device(str(tc.device))
         self.amp = autocast_dtype(str(tc.precision), self.device)
-        self.model = build_from_config(cfg.model, corpus.tokenizer.vocab_size).to(self.device)
+        self.prior = output_prior(cfg.model, corpus)
+        self.model = build_from_config(cfg.model, corpus.tokenizer.vocab_size, self.prior)
+        self.model = self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(tc.lr))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         src, tgt = corpus.ids["train"]
         self.batcher = Batcher(
@@ -107,6 +126,9 @@ class Trainer:
         )
         self.step = 0
         self.train_seconds = 0.0  # wall time spent training, summed over resumes
+        self.run_seconds = 0.0  # train_seconds up to now (the schedule's clock; _loop sets it)
+        self.schedule = schedule_from_config(tc, len(self.batcher), self.batches_per_step)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.best: dict[str, Any] = {"bleu": None, "val_loss": None, "step": 0, "stale": 0}
         self.bad_steps = 0  # non-finite losses in a row
         self.skipped_steps = 0  # non-finite losses skipped in this run, over resumes
@@ -126,16 +148,13 @@ class Trainer:
         """End-of-run work beyond the common loop (pipelined runs write their timeline)."""
         return {}
 
+    def next_batch(self) -> Batch:
+        return next(iter(self.batcher))
+
     def _lr_lambda(self, step: int) -> float:
-        tc = self.cfg.train
-        return lr_factor(
-            step,
-            int(tc.warmup_steps),
-            int(tc.max_steps),
-            float(tc.decay_start),
-            int(tc.decay_steps),
-            float(tc.decay_factor),
-        )
+        """LR multiplier for optimizer step ``step``: a function of the step alone for step- and
+        epoch-bounded runs (exact resume); minute-bounded runs also read ``run_seconds``."""
+        return self.schedule.factor(step, self.run_seconds)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Batch) -> tuple[float, float]:
@@ -146,9 +165,11 @@ class Trainer:
         with torch.autocast(
             self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
         ):
-            logits = self.model(b.src, b.src_len, b.tgt_in)
+            # generator + loss on the non-pad target positions only ([N,V], not [Tt,B,V])
+            keep = b.tgt_out != PAD_ID
+            logits = self.model.logits_at(b.src, b.src_len, b.tgt_in, keep)
             loss_sum, nll_sum = label_smoothed_nll(
-                logits, b.tgt_out, PAD_ID, float(self.cfg.train.label_smoothing)
+                logits, b.tgt_out[keep], PAD_ID, float(self.cfg.train.label_smoothing)
             )
         # Divide by the whole batch's token count: micro-batching can never change the gradient.
         loss = loss_sum / max(batch.ntokens, 1)
@@ -242,19 +263,24 @@ def should_stop(t: Trainer, started: float) -> str | None:
         return f"max_steps={tc.max_steps}"
     if int(tc.max_epochs) and t.batcher.epoch >= int(tc.max_epochs):
         return f"max_epochs={tc.max_epochs}"
-    if float(tc.max_minutes) and t.train_seconds + time.monotonic() - started >= 60 * float(
-        tc.max_minutes
-    ):
+    if float(tc.max_minutes) and t.train_seconds + clock() - started >= 60 * float(tc.max_minutes):
         return f"max_minutes={tc.max_minutes}"
     if int(tc.patience) and t.best["stale"] >= int(tc.patience):
         return f"no dev improvement in {tc.patience} validations"
     return None
 
 
+def sync(t: Trainer, started: float) -> str | None:
+    """Read the budget clock into ``t.run_seconds`` (the schedule's progress) and take the
+    stop decision; pipelined runs take both from rank 0, so every rank uses the same lr."""
+    t.run_seconds = t.train_seconds + clock() - started
+    return t.agree(should_stop(t, started))
+
+
 def run_validation(t: Trainer, metrics: MetricsLog) -> bool:
     """Dev loss (+ BLEU); returns True when this is the best model so far."""
     result = t.validate()
-    metrics.write({"step": t.step, **result})
+    metrics.write({"step": t.step, **result, "wall_s": t.run_seconds})
     key, value = (
         ("bleu", result.get("val_bleu"))
         if result.get("val_bleu") is not None
@@ -287,6 +313,7 @@ def make_run_dir(out_dir: Path) -> Path:
 
 def train(cfg: Any) -> dict[str, Any]:
     """Train per ``cfg`` (a Hydra DictConfig or an equivalent object); returns final metrics."""
+    schedule_from_config(cfg.train, 0)  # bad schedule settings fail before data preparation
     if int(cfg.parallel.pp) * int(cfg.parallel.dp) > 1:
         from nmt.train_pipeline import train_pipelined
 
@@ -313,9 +340,9 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
     tc = t.cfg.train
     log_every, eval_every = max(1, int(tc.log_every)), int(tc.eval_every)
     save_every = int(tc.save_every) or eval_every
-    started = time.monotonic()
+    started = clock()
     window_tokens, window_start, last_loss = 0, time.monotonic(), float("nan")
-    total = int(tc.max_steps) or None
+    total = t.schedule.total_steps or None
     bar = tqdm(
         total=total,
         initial=t.step,
@@ -324,9 +351,9 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
         disable=None if t.is_main else True,
         desc="train",
     )
-    stop = t.agree(should_stop(t, started))
+    stop = sync(t, started)
     while stop is None:
-        batch = next(iter(t.batcher))
+        batch = t.next_batch()
         loss, nll = t.train_step(batch)
         if t.skipped_last:  # non-finite loss: no update, nothing to log or save at this step
             metrics.write({"step": t.step, "skipped_nonfinite": t.skipped_steps})
@@ -343,7 +370,7 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
                 "tokens": window_tokens,
                 "tok_per_s": window_tokens / max(now - window_start, 1e-9),
                 "lr": t.scheduler.get_last_lr()[0],
-                "wall_s": t.train_seconds + now - started,
+                "wall_s": t.train_seconds + clock() - started,
                 "ms_per_step": 1000 * (now - window_start) / log_every,
             }
             metrics.write(rec)
@@ -355,14 +382,14 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
                     file=sys.stderr,
                 )
             window_tokens, window_start = 0, time.monotonic()
-        stop = t.agree(should_stop(t, started))
+        stop = sync(t, started)
         best = False
         if eval_every and (t.step % eval_every == 0 or stop is not None):
             best = run_validation(t, metrics)
-            stop = stop or t.agree(should_stop(t, started))
+            stop = stop or sync(t, started)
         if (save_every and t.step % save_every == 0) or stop is not None:
-            t.train_seconds += time.monotonic() - started
-            started = time.monotonic()
+            now = clock()
+            t.train_seconds, started = t.train_seconds + now - started, now
             t.save(best)
     bar.close()
     extra = t.finish()
@@ -375,6 +402,8 @@ def _loop(t: Trainer, metrics: MetricsLog) -> dict[str, Any]:
         "loss": last_loss,
         "stop": stop,
         "best": t.best,
+        "best_dev_bleu": t.best.get("bleu"),
+        "minutes": t.train_seconds / 60,
         "skipped_steps": t.skipped_steps,
         "out_dir": str(t.out_dir),
         "checkpoint": str(t.ckpt_dir / "last.pt"),

@@ -103,6 +103,7 @@ class PipeTrainer(Trainer):
 
     def __init__(self, cfg: Any, corpus: Corpus, out_dir: Path, ctx: DistContext) -> None:
         self.ctx = ctx
+        self.batches_per_step = ctx.dp  # next_batch draws one batch per replica
         placement, schedule, micro = resolve_placement(cfg)
         self.microbatches = micro
         cfg.parallel.microbatches = micro  # the Batcher makes batch sizes divisible by it
@@ -112,7 +113,7 @@ class PipeTrainer(Trainer):
         if not self.is_main:  # only rank 0 gathers the whole model (validation BLEU, export)
             self.model = self.model.to("meta")
         seed_everything(int(cfg.train.seed))  # the same initial weights on every rank
-        stages = build_stages(*stage_args(cfg, corpus.tokenizer.vocab_size))
+        stages = build_stages(*stage_args(cfg, corpus.tokenizer.vocab_size), self.prior)
         eps = float(cfg.train.label_smoothing)
         self.runner = PipelineRunner(
             stages,
@@ -124,6 +125,7 @@ class PipeTrainer(Trainer):
             recompute=recompute_setting(cfg),
         )
         self.optimizer = torch.optim.Adam(self.runner.parameters(), lr=float(cfg.train.lr))
+        # The same schedule as a single device (Trainer.schedule); its clock comes from rank 0.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.shard_dir = self.ckpt_dir / "shards"
         self.shard_dir.mkdir(parents=True, exist_ok=True)
@@ -155,9 +157,11 @@ class PipeTrainer(Trainer):
         return loss, loss  # the pipeline reports the smoothed loss only
 
     def agree(self, stop: str | None) -> str | None:
-        box = [stop]
+        """Rank 0's stop decision and budget clock (every rank's lr follows the same clock)."""
+        box: list[Any] = [stop, self.run_seconds]
         dist.broadcast_object_list(box, src=0)
-        return box[0]
+        self.run_seconds = float(box[1])
+        return None if box[0] is None else str(box[0])
 
     # ------------------------------------------------------------------ validation
     def gathered_model(self) -> GNMT | None:

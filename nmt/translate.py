@@ -1,6 +1,6 @@
 """Translation: token-budget batches sorted by length, beam search, input order restored.
 
-``nmt-translate checkpoint=PATH input=FILE|- output=FILE|-``: exactly one output line per input
+``nmt-translate checkpoint=PATH|NAME input=FILE|- output=FILE|-``: exactly one output line per input
 line, in order (an empty line gives an empty line; a line longer than the model's maximum is
 translated in chunks). Output files are written atomically; ``-`` streams stdin/stdout.
 """
@@ -192,13 +192,16 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
 def load_for_inference(
     checkpoint: str, quantize: str, device: str = "cpu"
 ) -> tuple[GNMT, Tokenizer]:
-    """Model (eval mode, optionally int8) and tokenizer from a (single-device) checkpoint."""
+    """Model (eval mode, optionally int8) and tokenizer from a (single-device) checkpoint: a
+    path, or the name of a shipped model (``models/<name>/model.pt``, weights made fp32)."""
     from nmt.checkpoint import load, require_single_device
     from nmt.model import build_model
+    from nmt.shipped import resolve_checkpoint
 
     if quantize not in ("none", "int8"):
         raise UserError(f"decode.quantize={quantize!r}: expected none or int8")
-    ckpt = require_single_device(load(checkpoint), checkpoint)
+    path, _ = resolve_checkpoint(checkpoint)
+    ckpt = require_single_device(load(path), checkpoint)
     tok = Tokenizer.from_bytes(ckpt["spm"])
     m = ckpt["config"]["model"]
     try:
@@ -317,7 +320,7 @@ def translate_sharded(cfg: Any, nproc: int) -> int:
 def translate_cli(cfg: Any) -> dict[str, Any]:
     """``nmt-translate``: checkpoint + input -> output (one line per input line)."""
     if not cfg.checkpoint:
-        raise UserError("checkpoint=PATH is required")
+        raise UserError("checkpoint=PATH is required (a checkpoint file or a shipped model name)")
     check_decode(cfg.decode)
     nproc = int(cfg.parallel.nproc)
     if nproc > 1:

@@ -12,7 +12,6 @@ import torch
 from data.batching import Batcher
 from data.tokenizer import PAD_ID
 from nmt.corpus import Corpus
-from nmt.loss import label_smoothed_nll
 from nmt.model import GNMT
 from nmt.translate import translate_texts
 
@@ -30,7 +29,7 @@ def dev_loss(
     total, tokens = 0.0, 0
     for batch in batcher:
         b = batch.to(device)
-        loss_sum, _ = label_smoothed_nll(model(b.src, b.src_len, b.tgt_in), b.tgt_out, PAD_ID, eps)
+        loss_sum, _ = model.loss(b.src, b.src_len, b.tgt_in, b.tgt_out, PAD_ID, eps)
         total += float(loss_sum)
         tokens += batch.ntokens
     model.train(was_training)

@@ -1,0 +1,139 @@
+"""Why training sat at unigram perplexity: training NLL against target tokens, side by side.
+
+Each variant trains the same model (default: 2+2 layers x 256, the shipped corpus, 2,048-token
+batches, seed 1, one thread) for ``--steps`` optimizer steps through :class:`nmt.train.Trainer`
+and records the mean training NLL per 10 steps. The variants differ only in the overrides
+named; the first is the old default (NVIDIA GNMT v2: every weight, the generator bias
+included, U(-0.1, 0.1); Adam 2e-3). Writes ``docs/results/plateau.json`` and ``plateau.png``.
+
+    python scripts/plateau.py --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+VARIANTS = {
+    "NVIDIA init, lr 2e-3": ["model.output_bias=uniform", "train.lr=2e-3"],
+    "prior bias, lr 2e-3": ["model.output_bias=prior", "train.lr=2e-3"],
+    "prior bias, lr 5e-3": ["model.output_bias=prior", "train.lr=5e-3"],
+    "prior bias, lr 1e-2": ["model.output_bias=prior", "train.lr=1e-2"],
+}
+BASE = [
+    "model=gnmt_small",
+    "model.enc_layers=2",
+    "model.dec_layers=2",
+    "data.batch_tokens=2048",
+    "train.warmup_steps=20",
+    "train.eval_bleu=false",
+]
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def run_variant(overrides: list[str], steps: int, out_dir: Path) -> list[dict[str, Any]]:
+    from nmt.config import compose_config
+    from nmt.corpus import prepare_corpus
+    from nmt.train import Trainer, seed_everything
+
+    cfg = compose_config([*BASE, f"train.out_dir={out_dir}", *overrides])
+    seed_everything(1)
+    corpus = prepare_corpus(cfg.data, 1)
+    seed_everything(1)
+    trainer = Trainer(cfg, corpus, out_dir)
+    curve: list[dict[str, Any]] = []
+    tokens, window, started = 0, [], time.monotonic()
+    for step in range(1, steps + 1):
+        batch = trainer.next_batch()
+        _, nll = trainer.train_step(batch)
+        tokens += batch.ntokens
+        window.append(nll)
+        if step % 10 == 0:
+            curve.append(
+                {
+                    "step": step,
+                    "tokens": tokens,
+                    "nll": sum(window) / len(window),
+                    "s": round(time.monotonic() - started, 1),
+                }
+            )
+            print(f"{overrides} {curve[-1]}", flush=True)
+            window = []
+    return curve
+
+
+def unigram_entropy() -> float:
+    from nmt.config import compose_config
+    from nmt.corpus import prepare_corpus
+
+    cfg = compose_config(BASE)
+    tgt = prepare_corpus(cfg.data, 1).ids["train"][1]
+    counts = torch.bincount(torch.tensor([i for s in tgt for i in [*s, 3]]))
+    p = counts[counts > 0].double() / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for name, curve in result["variants"].items():
+        ax.plot([c["tokens"] / 1000 for c in curve], [c["nll"] for c in curve], label=name)
+    ax.axhline(result["unigram_entropy"], color="grey", ls="--", lw=1, label="unigram entropy")
+    ax.set_xlabel("target tokens seen (thousands)")
+    ax.set_ylabel("training NLL (nats/token)")
+    ax.set_title("2+2 x 256 GNMT, shipped corpus, 2,048-token batches")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="docs/results/plateau.json")
+    ap.add_argument("--work", default="outputs/plateau")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = {
+        name: run_variant(ov, args.steps, Path(args.work) / f"v{i}")
+        for i, (name, ov) in enumerate(VARIANTS.items())
+    }
+    result = {
+        "command": f"python scripts/plateau.py --steps {args.steps} --threads {args.threads}",
+        "machine": {
+            "cpu": cpu_name(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "base_overrides": BASE,
+        "overrides": VARIANTS,
+        "unigram_entropy": unigram_entropy(),
+        "variants": variants,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
