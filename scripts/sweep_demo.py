@@ -135,12 +135,22 @@ def summarize(run: Path) -> dict[str, Any]:
     }
 
 
-def label_runs(runs: list[dict[str, Any]]) -> None:
-    """``recipe``: the run's overrides that not every run shares (else its folder name)."""
-    common = set.intersection(*(set(r["overrides"]) for r in runs)) if runs else set()
+def label_runs(runs: list[dict[str, Any]], by_folder: bool = False) -> None:
+    """``recipe``: the run's overrides that not every run shares (else its folder name).
+
+    ``by_folder``: the name of the multirun folder holding the run, plus the overrides that
+    differ between the jobs of that folder (short labels for one-factor-at-a-time sweeps)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
-        own = [o for o in r["overrides"] if o not in common]
-        r["recipe"] = " ".join(own) or Path(r["run"]).name
+        groups.setdefault(str(Path(r["run"]).parent) if by_folder else "", []).append(r)
+    for key, members in groups.items():
+        common = set.intersection(*(set(r["overrides"]) for r in members))
+        for r in members:
+            own = " ".join(o for o in r["overrides"] if o not in common)
+            if by_folder:
+                r["recipe"] = f"{Path(key).name} {own}".strip()
+            else:
+                r["recipe"] = own or Path(r["run"]).name
 
 
 def machine() -> dict[str, Any]:
@@ -213,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("paths", nargs="+", type=Path, help="multirun folder(s) or run folder(s)")
     ap.add_argument("--json", type=Path, default=OUT / "sweep_demo.json")
     ap.add_argument("--png", type=Path, default=OUT / "sweep_demo.png")
+    ap.add_argument(
+        "--label-by-folder",
+        action="store_true",
+        help="label runs by their multirun folder (+ the overrides varied inside it)",
+    )
     args = ap.parse_args(argv)
     missing = [str(p) for p in args.paths if not p.is_dir()]
     if missing:
@@ -224,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep_demo: error: no run (metrics.jsonl) under {names}", file=sys.stderr)
         return 2
     runs = [summarize(f) for f in folders]
-    label_runs(runs)
+    label_runs(runs, args.label_by_folder)
     doc = {"machine": machine(), "runs": runs}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
