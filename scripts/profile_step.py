@@ -133,27 +133,40 @@ def check_equal(model: GNMT, batch: Batch) -> dict[str, float]:
 
 
 def top_ops(
-    model: GNMT, opt: torch.optim.Optimizer, batches: list[Batch], variant: str
-) -> dict[str, Any]:
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for b in batches:
-            step_parts(model, opt, b, variant)
-    avg = prof.key_averages()
-    rows = sorted(avg, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
-    total = sum(e.self_cpu_time_total for e in avg)
-    return {
-        "steps": len(batches),
-        "top_ops": [
+    model: GNMT, opt: torch.optim.Optimizer, batches: list[Batch], variants: list[str]
+) -> dict[str, dict[str, Any]]:
+    """torch.profiler self CPU time per op, one step per batch and variant, the variants
+    interleaved (one short profile per step) so that load changes hit them alike."""
+    acc: dict[str, dict[str, list[float]]] = {v: {} for v in variants}  # op -> [self us, calls]
+    for b in batches:
+        for v in variants:
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                step_parts(model, opt, b, v)
+            for e in prof.key_averages():
+                row = acc[v].setdefault(e.key, [0.0, 0.0])
+                row[0] += e.self_cpu_time_total
+                row[1] += e.count
+    out = {}
+    for v, ops in acc.items():
+        total = sum(us for us, _ in ops.values())
+        rows = sorted(ops.items(), key=lambda kv: kv[1][0], reverse=True)[:15]
+        top = [
             {
-                "op": e.key,
-                "self_ms_per_step": round(e.self_cpu_time_total / 1e3 / len(batches), 2),
-                "self_pct": round(100 * e.self_cpu_time_total / total, 1),
-                "calls_per_step": round(e.count / len(batches), 1),
+                "op": op,
+                "self_ms_per_step": round(us / 1e3 / len(batches), 2),
+                "self_pct": round(100 * us / total, 1),
+                "calls_per_step": round(calls / len(batches), 1),
             }
-            for e in rows
-        ],
-        "table": avg.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=48),
-    }
+            for op, (us, calls) in rows
+        ]
+        lines = [f"{'op':<44} {'ms/step':>9} {'%':>6} {'calls/step':>10}"] + [
+            f"{r['op'][:44]:<44} {r['self_ms_per_step']:>9.1f} {r['self_pct']:>6.1f} "
+            f"{r['calls_per_step']:>10.1f}"
+            for r in top
+        ]
+        lines.append(f"{'total self CPU':<44} {total / 1e3 / len(batches):>9.1f}")
+        out[v] = {"steps": len(batches), "top_ops": top, "table": "\n".join(lines)}
+    return out
 
 
 def machine_info() -> dict[str, Any]:
@@ -247,7 +260,7 @@ def main() -> None:
                 f"x{r['speedup_vs_old']:.2f} vs old",
                 file=sys.stderr,
             )
-    profiles = {v: top_ops(model, opt, batches, v) for v in ("old", "new")}
+    profiles = top_ops(model, opt, batches, ["old", "new"])
     for v, p in profiles.items():
         print(f"--- {v}: top ops (self CPU, {p['steps']} steps)\n{p['table']}", file=sys.stderr)
     shapes = [
