@@ -67,18 +67,18 @@ def score_files(hyp: str, ref: str) -> dict[str, Any]:
 
 def _translate_split(cfg: Any) -> tuple[str, str, dict[str, Any]]:
     """Translate the checkpoint's data split; returns (hyp path, ref path, what was run)."""
-    from nmt.checkpoint import load
+    from nmt.checkpoint import load, require_single_device
     from nmt.corpus import load_text
     from nmt.shipped import eval_stem, resolve_checkpoint
-    from nmt.translate import check_decode, load_for_inference, one_line, translate_texts
+    from nmt.translate import check_decode, model_from_checkpoint, one_line, translate_texts
 
     ckpt_path, name = resolve_checkpoint(str(cfg.checkpoint))
     split = str(cfg.split)
     if split not in ("train", "dev", "test"):
         raise UserError(f"split={split}: expected train, dev or test")
     check_decode(cfg.decode)
-    model, tok = load_for_inference(str(ckpt_path), str(cfg.decode.quantize))
-    ckpt = load(ckpt_path)
+    ckpt = require_single_device(load(ckpt_path), str(ckpt_path))
+    model, tok = model_from_checkpoint(ckpt, str(ckpt_path), str(cfg.decode.quantize))
     saved = ckpt["config"]
     if not isinstance(saved.get("data"), dict):
         raise UserError(f"checkpoint {ckpt_path} does not name its data (no data config)")

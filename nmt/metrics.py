@@ -4,10 +4,23 @@ TensorBoard folder, and ``loss.png`` (train/dev curves)."""
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
 from data.atomic import atomic_write_text
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows), for the machine
+    record of result files (benchmarks, sweeps)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class MetricsLog:

@@ -195,13 +195,28 @@ def load_for_inference(
     """Model (eval mode, optionally int8) and tokenizer from a (single-device) checkpoint: a
     path, or the name of a shipped model (``models/<name>/model.pt``, weights made fp32)."""
     from nmt.checkpoint import load, require_single_device
-    from nmt.model import build_model
     from nmt.shipped import resolve_checkpoint
 
+    check_quantize(quantize)
+    path, _ = resolve_checkpoint(checkpoint)
+    return model_from_checkpoint(
+        require_single_device(load(path), checkpoint), checkpoint, quantize, device
+    )
+
+
+def check_quantize(quantize: str) -> None:
     if quantize not in ("none", "int8"):
         raise UserError(f"decode.quantize={quantize!r}: expected none or int8")
-    path, _ = resolve_checkpoint(checkpoint)
-    ckpt = require_single_device(load(path), checkpoint)
+
+
+def model_from_checkpoint(
+    ckpt: dict[str, Any], checkpoint: str, quantize: str = "none", device: str = "cpu"
+) -> tuple[GNMT, Tokenizer]:
+    """Model (eval mode, optionally int8) and tokenizer from an already loaded single-device
+    checkpoint dict (``checkpoint`` names it in errors)."""
+    from nmt.model import build_model
+
+    check_quantize(quantize)
     tok = Tokenizer.from_bytes(ckpt["spm"])
     m = ckpt["config"]["model"]
     try:

@@ -20,6 +20,9 @@ from typing import Any
 
 import torch
 
+from nmt.corpus import Corpus
+from nmt.metrics import cpu_model
+
 VARIANTS = {
     "NVIDIA init, lr 2e-3": ["model.output_bias=uniform", "train.lr=2e-3"],
     "prior bias, lr 2e-3": ["model.output_bias=prior", "train.lr=2e-3"],
@@ -36,21 +39,23 @@ BASE = [
 ]
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def run_variant(overrides: list[str], steps: int, out_dir: Path) -> list[dict[str, Any]]:
+def load_corpus() -> Corpus:
+    """The shipped corpus as every variant sees it (the variants differ in model/train keys)."""
     from nmt.config import compose_config
     from nmt.corpus import prepare_corpus
+    from nmt.train import seed_everything
+
+    seed_everything(1)
+    return prepare_corpus(compose_config(BASE).data, 1)
+
+
+def run_variant(
+    corpus: Corpus, overrides: list[str], steps: int, out_dir: Path
+) -> list[dict[str, Any]]:
+    from nmt.config import compose_config
     from nmt.train import Trainer, seed_everything
 
     cfg = compose_config([*BASE, f"train.out_dir={out_dir}", *overrides])
-    seed_everything(1)
-    corpus = prepare_corpus(cfg.data, 1)
     seed_everything(1)
     trainer = Trainer(cfg, corpus, out_dir)
     curve: list[dict[str, Any]] = []
@@ -74,12 +79,9 @@ def run_variant(overrides: list[str], steps: int, out_dir: Path) -> list[dict[st
     return curve
 
 
-def unigram_entropy() -> float:
-    from nmt.config import compose_config
-    from nmt.corpus import prepare_corpus
-
-    cfg = compose_config(BASE)
-    tgt = prepare_corpus(cfg.data, 1).ids["train"][1]
+def unigram_entropy(corpus: Corpus) -> float:
+    """Entropy (nats) of the training targets' unigram distribution, eos included."""
+    tgt = corpus.ids["train"][1]
     counts = torch.bincount(torch.tensor([i for s in tgt for i in [*s, 3]]))
     p = counts[counts > 0].double() / counts.sum()
     return float(-(p * p.log()).sum())
@@ -111,21 +113,22 @@ def main() -> None:
     ap.add_argument("--work", default="outputs/plateau")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    corpus = load_corpus()
     variants = {
-        name: run_variant(ov, args.steps, Path(args.work) / f"v{i}")
+        name: run_variant(corpus, ov, args.steps, Path(args.work) / f"v{i}")
         for i, (name, ov) in enumerate(VARIANTS.items())
     }
     result = {
         "command": f"python scripts/plateau.py --steps {args.steps} --threads {args.threads}",
         "machine": {
-            "cpu": cpu_name(),
+            "cpu": cpu_model(),
             "threads": args.threads,
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
         "base_overrides": BASE,
         "overrides": VARIANTS,
-        "unigram_entropy": unigram_entropy(),
+        "unigram_entropy": unigram_entropy(corpus),
         "variants": variants,
     }
     out = Path(args.out)

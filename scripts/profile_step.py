@@ -40,6 +40,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nmt.metrics import cpu_model  # noqa: E402
 from nmt.model import GNMT, build_model  # noqa: E402
 
 PAD, BOS, EOS = 0, 2, 3
@@ -170,17 +171,9 @@ def top_ops(
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "platform": platform.platform(),
-        "cpu_model": cpu,
+        "cpu_model": cpu_model(),
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

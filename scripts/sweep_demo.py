@@ -154,14 +154,9 @@ def label_runs(runs: list[dict[str, Any]], by_folder: bool = False) -> None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from nmt.metrics import cpu_model
+
+    cpu = cpu_model()
     try:
         torch_version = metadata.version("torch")
     except metadata.PackageNotFoundError:

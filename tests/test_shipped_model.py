@@ -3,7 +3,6 @@ and corrupted files (one line, exit 2), and the real shipped model's quality bar
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
@@ -11,7 +10,6 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -20,21 +18,13 @@ import yaml
 from nmt import checkpoint as ckpt_io
 from nmt.errors import UserError
 from nmt.shipped import MODELS_ENV, available_models, resolve_checkpoint
+from tests.test_faults import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "tiny-en-de"
 REAL = "gnmt-debian-en-de"
 REAL_FILE = ROOT / "models" / REAL / "model.pt"
 SOURCES = ["the cat runs", "", "small green house opens window", "a big dog", "file menu"]
-
-
-def load_script(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 export_model = load_script("export_model")
