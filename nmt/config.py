@@ -75,7 +75,9 @@ class ParallelConfig:
     balance: list[int] | None = None
     plan: str | None = None
     recompute: bool = False
-    timeout_s: float = 120.0
+    timeout_s: float = 120.0  # every collective of the step (a dead rank is named after this)
+    # rank 0's validation decoding and export, while the other ranks wait
+    phase_timeout_s: float = 3600.0
     backend: str = "auto"  # auto | gloo | nccl
     nproc: int = 1  # translation: shard input lines over this many processes
 
@@ -107,7 +109,10 @@ class TrainConfig:
     label_smoothing: float = 0.1
     patience: int = 0  # validations without BLEU improvement before stopping; 0 = off
     keep_last: int = 2
-    max_bad_steps: int = 5
+    max_bad_steps: int = 5  # non-finite losses or gradient norms in a row before stopping
+    # Batches per optimizer step on one device (gradient accumulation): the same update as
+    # parallel.dp replicas each on one of those batches.
+    accumulate: int = 1
 
 
 @dataclass

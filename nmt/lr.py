@@ -121,3 +121,20 @@ def schedule_from_config(tc: Any, batches_per_epoch: int, batches_per_step: int 
         epoch_steps=epoch_steps if epochs > 0 else 0,
         budget_s=max(0.0, 60.0 * float(tc.max_minutes)),
     )
+
+
+def rebase_lr(optimizer: Any, scheduler: Any, lr: float, factor: float) -> float | None:
+    """After a resume, make ``train.lr`` of this run the base rate: the scheduler state saved in
+    the checkpoint carries the base rate of the run that wrote it, so a continuation with a new
+    ``train.lr`` would silently keep the old one. ``factor`` is the schedule's multiplier for
+    the next step. Returns the old base rate when it changed (nothing is touched otherwise, so
+    an unchanged resume stays bitwise exact)."""
+    old = float(scheduler.base_lrs[0])
+    if old == lr:
+        return None
+    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+    for group in optimizer.param_groups:
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    return old

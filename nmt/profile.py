@@ -31,7 +31,7 @@ from data.batching import BOS_ID, EOS_ID, PAD_ID
 from nmt.errors import UserError
 from nmt.loss import label_smoothed_nll
 from nmt.model import build_stages
-from nmt.train import autocast_dtype, pick_device, seed_everything
+from nmt.trainer import autocast_dtype, pick_device, seed_everything
 from parallel.costs import CostTable
 from parallel.profile import cost_tables_json, format_table, profile_stages
 

@@ -14,6 +14,7 @@ exports one single-device ``last.pt``/``best.pt`` (weights only) that ``nmt-tran
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,21 @@ import torch.distributed as dist
 from data.batching import Batch, Batcher
 from data.tokenizer import PAD_ID
 from nmt import checkpoint as ckpt_io
+from nmt import shards
 from nmt.config import config_to_dict, dict_to_config
 from nmt.corpus import Corpus, prepare_corpus
+from nmt.errors import UserError
+from nmt.loop import resume_path, run_loop
 from nmt.loss import label_smoothed_nll
 from nmt.metrics import MetricsLog
 from nmt.model import GNMT, build_stages
-from nmt.train import Trainer, _loop, resume_path, seed_everything
+from nmt.trainer import (
+    Trainer,
+    note_rebase,
+    poison_if_injected,
+    restore_schedule_position,
+    seed_everything,
+)
 from nmt.validate import dev_bleu
 from parallel.engine import (
     DistContext,
@@ -39,6 +49,7 @@ from parallel.engine import (
     launch,
     resolve,
 )
+from parallel.plan import load_plan
 
 TIMELINE_STEPS = (3, 6)  # record steps (start+3, start+6] of each run for the timeline
 
@@ -71,6 +82,35 @@ def resolve_placement(cfg: Any) -> tuple[Any, str, int]:
         n_enc=int(m.enc_layers),
         n_dec=int(m.dec_layers),
     )
+
+
+def apply_plan(cfg: Any) -> None:
+    """``parallel=auto`` / ``parallel.plan=FILE``: the number of pipeline ranks (and, unless
+    ``parallel.dp`` is set, the replicas) come from the plan. A placement that cannot apply
+    is a one-line error, never a silent single-device run."""
+    pc, m = cfg.parallel, cfg.model
+    placement, plan_path = str(pc.placement), str(pc.plan) if pc.plan else None
+    if plan_path and placement == "contiguous" and pc.balance is None:
+        placement = pc.placement = "auto"  # a plan alone means placement=auto
+    if placement == "auto":
+        if not plan_path:
+            raise UserError("parallel.placement=auto needs a plan file: parallel.plan=PATH")
+        plan = load_plan(plan_path, int(m.enc_layers) + int(m.dec_layers) + 1)
+        if int(pc.pp) not in (1, plan.num_ranks):
+            raise UserError(
+                f"parallel.pp={pc.pp} but the plan {plan_path} is for {plan.num_ranks} ranks"
+            )
+        pc.pp = plan.num_ranks
+        if int(pc.dp) == 1:
+            pc.dp = plan.dp
+    elif plan_path:
+        raise UserError(f"parallel.plan applies to parallel.placement=auto, not {placement}")
+    elif int(pc.pp) * int(pc.dp) == 1 and (placement != "contiguous" or pc.balance):
+        what = f"parallel.placement={placement}" if placement != "contiguous" else "balance"
+        raise UserError(
+            f"{what} needs parallel.pp > 1 (one process has nothing to place); "
+            "set parallel.pp or use parallel=none"
+        )
 
 
 def recompute_setting(cfg: Any) -> bool:
@@ -110,14 +150,15 @@ class PipeTrainer(Trainer):
         super().__init__(cfg, corpus, out_dir)  # builds the full model once (for validation)
         self.is_main = ctx.rank == 0
         self.device = ctx.device
-        if not self.is_main:  # only rank 0 gathers the whole model (validation BLEU, export)
-            self.model = self.model.to("meta")
+        # only rank 0 gathers the whole model (validation BLEU, export), and keeps it on the
+        # CPU: its device's memory is for its stages (the model visits it to decode)
+        self.model = self.model.to("cpu" if self.is_main else "meta")
         seed_everything(int(cfg.train.seed))  # the same initial weights on every rank
         stages = build_stages(*stage_args(cfg, corpus.tokenizer.vocab_size), self.prior)
-        eps = float(cfg.train.label_smoothing)
+        self.loss_fn = SmoothedLoss(float(cfg.train.label_smoothing))
         self.runner = PipelineRunner(
             stages,
-            lambda out, tgt: label_smoothed_nll(out, tgt, PAD_ID, eps)[0],
+            self.loss_fn,
             ctx=ctx,
             placement=placement,
             schedule=schedule,
@@ -132,29 +173,50 @@ class PipeTrainer(Trainer):
         self._first_step: int | None = None
 
     # ------------------------------------------------------------------ step
-    def next_batch(self) -> Batch:
-        """Every rank draws ``dp`` batches; replica r trains on the r-th (same data order as
-        a single device with a dp-times larger batch)."""
-        batches = [next(iter(self.batcher)) for _ in range(self.ctx.dp)]
-        return batches[self.ctx.dp_rank]
+    def next_batches(self) -> list[Batch]:
+        """Every rank draws ``dp`` batches; replica r trains on the r-th (the same batches as
+        one device with ``train.accumulate=dp``)."""
+        batches = [self.next_batch() for _ in range(self.ctx.dp)]
+        self.step_tokens = sum(b.ntokens for b in batches)
+        return [batches[self.ctx.dp_rank]]
 
-    def train_step(self, batch: Batch) -> tuple[float, float]:
+    def train_step(self, batch: Batch | list[Batch]) -> tuple[float, float]:
+        (one,) = [batch] if isinstance(batch, Batch) else batch
         if self._first_step is None:
             self._first_step = self.step
         since = self.step - self._first_step
         if since == TIMELINE_STEPS[0]:
             self.runner.timeline.enable()
         self.runner.train(True)
-        b = batch.to(self.device)
-        loss = self.runner.step((b.src, b.src_len, b.tgt_in), b.tgt_out, batch.ntokens)
-        self.runner.clip_grad_norm_(float(self.cfg.train.clip_norm))
+        b = one.to(self.device)
+        self.loss_fn.take(0)  # drop what validation left
+        with torch.autocast(
+            self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+        ):
+            loss = self.runner.step((b.src, b.src_len, b.tgt_in), b.tgt_out, one.ntokens)
+        poison_if_injected(self.runner.parameters(), self.step, self.ctx.rank)
+        norm = self.runner.clip_grad_norm_(float(self.cfg.train.clip_norm))
+        nll, bad = self.agree_step(math.isfinite(loss) and math.isfinite(norm))
+        if since + 1 == TIMELINE_STEPS[1]:
+            self.runner.timeline.disable()  # before any validation pass
+        if bad:  # on every rank together
+            return self.skip_step(loss, "loss" if not math.isfinite(loss) else "gradient norm")
+        self.bad_steps = 0
+        self.skipped_last = False
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        if since + 1 == TIMELINE_STEPS[1]:
-            self.runner.timeline.disable()  # before any validation pass
-        return loss, loss  # the pipeline reports the smoothed loss only
+        return loss, nll / max(self.step_tokens, 1)
+
+    def agree_step(self, finite: bool) -> tuple[float, bool]:
+        """One all-reduce: the replicas' nll sum (for ppl), and whether any rank saw a
+        non-finite loss or gradient norm (then every rank skips the step)."""
+        box = torch.zeros(2, dtype=torch.float64, device=self.device)
+        box[0] = self.loss_fn.take(self.microbatches)
+        box[1] = 0.0 if finite else 1.0
+        dist.all_reduce(box, op=dist.ReduceOp.SUM)
+        return float(box[0]), bool(box[1] > 0)
 
     def agree(self, stop: str | None) -> str | None:
         """Rank 0's stop decision and budget clock (every rank's lr follows the same clock)."""
@@ -191,19 +253,25 @@ class PipeTrainer(Trainer):
         model = self.gathered_model()
         box: list[Any] = [None]
         if model is not None and bool(self.cfg.train.eval_bleu):
-            box[0] = dev_bleu(
-                model, self.corpus, self.cfg.decode, int(self.cfg.data.max_dev_sentences)
-            )
-        dist.broadcast_object_list(box, src=0)
+            try:
+                box[0] = dev_bleu(
+                    model.to(self.device),
+                    self.corpus,
+                    self.cfg.decode,
+                    int(self.cfg.data.max_dev_sentences),
+                )
+            finally:
+                model.to("cpu")
+        # the other ranks wait for rank 0's decoding under parallel.phase_timeout_s
+        dist.broadcast_object_list(box, src=0, group=self.ctx.phase_group)
         if box[0] is not None:
             result["val_bleu"] = box[0]
         return result
 
     # ------------------------------------------------------------------ checkpoints
-    def shard_file(self, tag: str) -> Path:
-        return self.shard_dir / f"{tag}.pp{self.ctx.pp_rank}.dp{self.ctx.dp_rank}.pt"
-
     def save(self, best: bool) -> None:
+        """Collective: this rank's shard of step N, the exported single-device weights (rank
+        0), a barrier, then the manifest that makes the set of step N the one to resume."""
         shard = {
             "model": self.runner.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -213,14 +281,17 @@ class PipeTrainer(Trainer):
             "step": self.step,
             "train_seconds": self.train_seconds,
             "best": dict(self.best),
-            "placement": list(self.runner.placement.stage_ranks),
+            "skipped_steps": self.skipped_steps,
+            "placement": self.placement_ranks,
         }
-        ckpt_io.save(self.shard_file("last"), shard)
+        ctx = self.ctx
+        ckpt_io.save(shards.shard_path(self.shard_dir, self.step, ctx.pp_rank, ctx.dp_rank), shard)
         model = self.gathered_model()  # collective
         if model is not None:
             export = {
                 "model": model.state_dict(),
                 "step": self.step,
+                "train_seconds": self.train_seconds,
                 "best": dict(self.best),
                 "config": config_to_dict(self.cfg),
                 "spm": self.corpus.tokenizer.model_bytes(),
@@ -228,23 +299,30 @@ class PipeTrainer(Trainer):
             ckpt_io.save(self.ckpt_dir / "last.pt", export)
             if best:
                 ckpt_io.save(self.ckpt_dir / "best.pt", export)
-        dist.barrier()
+        dist.barrier(group=self.ctx.phase_group)  # every shard is on disk; rank 0 exported
+        if self.is_main:
+            shards.write_manifest(self.shard_dir, self.step, ctx.pp, ctx.dp, self.placement_ranks)
+            shards.prune(self.shard_dir, int(self.cfg.train.keep_last))
+
+    @property
+    def placement_ranks(self) -> list[int]:
+        return list(self.runner.placement.stage_ranks)
 
     def resume(self, path: Path) -> None:
-        shard_path = self.shard_file("last")
-        shard = ckpt_io.load(shard_path) if shard_path.is_file() else None
-        if shard is not None and shard["placement"] == list(self.runner.placement.stage_ranks):
-            self.runner.load_full_state_dict(
-                {f"stages.{k}": v for k, v in shard["model"].items()},
-                prefix="stages.",
-                strict=False,
-            )
-            self.optimizer.load_state_dict(shard["optimizer"])
-            self.scheduler.load_state_dict(shard["scheduler"])
-            self.batcher.load_state_dict(shard["data"])
-            self.step, self.train_seconds = shard["step"], shard["train_seconds"]
-            self.best = shard["best"]
-            ckpt_io.set_rng_state(shard["rng"])
+        """From the manifest's shard set when every rank has it (exact), else re-place the
+        single-device weights of ``path`` (the schedule goes on from its step)."""
+        ctx = self.ctx
+        mine = shards.usable_step(self.shard_dir, ctx.pp, ctx.dp, self.placement_ranks)
+        box = torch.tensor([mine, -mine], dtype=torch.int64, device=self.device)
+        dist.all_reduce(box, op=dist.ReduceOp.MAX)  # gloo/nccl: max of step and of -step
+        step = int(box[0]) if int(box[0]) == -int(box[1]) else -1  # all ranks agree
+        if self.is_main:
+            for line in shards.incomplete_sets(self.shard_dir, ctx.pp * ctx.dp):
+                print(line, file=sys.stderr)
+        if step >= 0:
+            self.load_shard(shards.shard_path(self.shard_dir, step, ctx.pp_rank, ctx.dp_rank))
+            if self.is_main:
+                shards.prune(self.shard_dir, int(self.cfg.train.keep_last))
             return
         ck = ckpt_io.load(path)  # re-place a single-device (or exported) checkpoint
         ckpt_io.check_compatible(
@@ -252,12 +330,29 @@ class PipeTrainer(Trainer):
         )
         self.runner.load_full_state_dict(ck["model"], prefix="stages.")
         self.step = int(ck.get("step", 0))
+        self.train_seconds = float(ck.get("train_seconds", 0.0))
+        restore_schedule_position(self)
         if self.is_main:
             print(
-                f"re-placed the weights of {path} onto this placement; optimizer state and "
-                "data position start fresh",
+                f"re-placed the weights of {path} onto this placement at step {self.step}; "
+                "optimizer state and data position start fresh",
                 file=sys.stderr,
             )
+
+    def load_shard(self, path: Path) -> None:
+        shard = ckpt_io.load(path)
+        self.runner.load_full_state_dict(
+            {f"stages.{k}": v for k, v in shard["model"].items()}, prefix="stages.", strict=False
+        )
+        self.optimizer.load_state_dict(shard["optimizer"])
+        self.scheduler.load_state_dict(shard["scheduler"])
+        self.batcher.load_state_dict(shard["data"])
+        self.step, self.train_seconds = shard["step"], shard["train_seconds"]
+        self.best = shard["best"]
+        self.skipped_steps = int(shard.get("skipped_steps", 0))
+        ckpt_io.set_rng_state(shard["rng"])
+        self.run_seconds = self.train_seconds
+        note_rebase(self, float(self.cfg.train.lr))
 
     def finish(self) -> dict[str, Any]:
         summary = self.runner.write_timeline(self.out_dir)  # collective
@@ -279,6 +374,29 @@ class PipeTrainer(Trainer):
         return {"timeline": info}
 
 
+class SmoothedLoss:
+    """The pipeline's ``loss_fn``: label-smoothed loss sum of a micro-batch; keeps the nll sum
+    on the side, so the log's ppl is exp(nll per token) as on one device."""
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+        self.nll: list[torch.Tensor] = []
+
+    def __call__(self, out: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        loss, nll = label_smoothed_nll(out, tgt, PAD_ID, self.eps)
+        self.nll.append(nll.detach())
+        return loss
+
+    def take(self, microbatches: int) -> float:
+        """The nll sum of the last ``microbatches`` calls (0 on ranks without the generator):
+        a new shape bucket's first step also calls ``loss_fn`` while torch infers the
+        backward's metadata, before the real micro-batches."""
+        kept = self.nll[max(0, len(self.nll) - microbatches) :]
+        total = float(torch.stack(kept).double().sum()) if kept else 0.0
+        self.nll = []
+        return total
+
+
 def _worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     cfg = dict_to_config(cfg_dict)
     pc = cfg.parallel
@@ -288,6 +406,7 @@ def _worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
         backend=str(pc.backend),
         device=str(cfg.train.device),
         timeout_s=float(pc.timeout_s),
+        phase_timeout_s=float(pc.phase_timeout_s),
     )
     try:
         if int(cfg.train.threads):
@@ -301,7 +420,7 @@ def _worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
             t.resume(start_from)
         resumed = t.step if start_from else None
         metrics = MetricsLog(out_dir, resumed) if t.is_main else _NullMetrics()
-        return _loop(t, metrics)
+        return run_loop(t, metrics)
     finally:
         ctx.close()
 
@@ -309,6 +428,16 @@ def _worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
 def train_pipelined(cfg: Any) -> dict[str, Any]:
     """Check the placement, prepare data once, then run ``dp * pp`` workers."""
     resolve_placement(cfg)  # fail fast (exit 2) before any process starts
+    if str(cfg.train.precision) == "fp16":
+        raise UserError(
+            "train.precision=fp16 is not supported in pipelined runs (its loss scale would "
+            "have to agree across ranks); use bf16"
+        )
+    if int(getattr(cfg.train, "accumulate", 1)) != 1:
+        raise UserError(
+            f"train.accumulate={cfg.train.accumulate} applies to one device; pipelined runs "
+            "take one batch per parallel.dp replica (split by parallel.microbatches)"
+        )
     out_dir = Path(str(cfg.train.out_dir or "runs/latest")).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     prepare_corpus(cfg.data, int(cfg.train.seed))  # trains/caches the tokenizer once

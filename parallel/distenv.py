@@ -40,6 +40,9 @@ class DistContext:
     dp_group: dist.ProcessGroup | None = None
     monitor: Heartbeat | None = None
     owns_group: bool = True
+    # gloo group over all ranks with a longer timeout, for phases where rank 0 works alone
+    # (validation decoding, export) while the others wait
+    phase_group: dist.ProcessGroup | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def global_rank(self, pp_rank: int, dp_rank: int | None = None) -> int:
@@ -103,6 +106,7 @@ def init_distributed(
     device: str | torch.device | None = "auto",
     timeout_s: float = 120.0,
     heartbeat: bool = True,
+    phase_timeout_s: float | None = None,
 ) -> DistContext:
     """Join (or create) the job's process group and build the ``("dp", "pp")`` mesh."""
     backend, dev_type = pick_backend(backend, device)
@@ -154,6 +158,10 @@ def init_distributed(
         mesh_dim_names=("dp", "pp"),
         backend_override={"dp": (backend, opts), "pp": (backend, opts)},
     )
+    phase = None
+    if world > 1:
+        span = timedelta(seconds=max(timeout_s, phase_timeout_s or timeout_s))
+        phase = dist.new_group(list(range(world)), timeout=span, backend="gloo")
     return DistContext(
         rank=rank,
         world_size=world,
@@ -170,4 +178,5 @@ def init_distributed(
         dp_group=mesh["dp"].get_group(),
         monitor=monitor,
         owns_group=owns,
+        phase_group=phase,
     )

@@ -673,3 +673,22 @@ def launch_kill_entry(seed: int) -> float:
         time.sleep(2.0)
         os.kill(os.getpid(), signal.SIGKILL)
     return launch_entry(seed)
+
+
+def phase_wait_entry(wait_s: float) -> str:
+    """Rank 0 works alone for ``wait_s`` (longer than the 2 s collective timeout) while
+    rank 1 waits on the phase group (``phase_timeout_s``); then one ordinary all-reduce."""
+    import torch.distributed as dist
+
+    from parallel.distenv import init_distributed
+
+    ctx = init_distributed(1, 2, backend="gloo", device="cpu", timeout_s=2, phase_timeout_s=60)
+    box: list[object] = [None]
+    if ctx.rank == 0:
+        time.sleep(wait_s)
+        box[0] = "decoded"
+    dist.broadcast_object_list(box, src=0, group=ctx.phase_group)
+    x = torch.ones(1)
+    dist.all_reduce(x)
+    ctx.close()
+    return f"{box[0]} {int(x.item())}"

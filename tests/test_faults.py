@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-import nmt.train as train_mod
+import nmt.trainer as train_mod
 from nmt import checkpoint as ckpt_io
 from nmt.errors import UserError
 from nmt.train import train
@@ -145,7 +145,7 @@ def test_too_many_nonfinite_losses_stop_with_last_good_checkpoint(
     lines = capsys.readouterr().err.strip().splitlines()
     err = lines[-1]
     assert [x for x in lines if "error" in x] == [err]
-    assert err.startswith("nmt-train: error: 3 non-finite losses in a row at step 4")
+    assert err.startswith("nmt-train: error: 3 non-finite steps in a row at step 4")
     assert "train.max_bad_steps=3" in err and f"last good checkpoint: {last}" in err
     ck = ckpt_io.load(last)
     assert ck["step"] == 4 and all(torch.isfinite(t).all() for t in ck["model"].values())
@@ -156,7 +156,7 @@ def test_nonfinite_losses_before_any_checkpoint_say_so(
     tiny_cfg: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nan_loss_at(monkeypatch, lambda step: True)
-    with pytest.raises(UserError, match=r"2 non-finite losses in a row at step 0 .*no checkpoint"):
+    with pytest.raises(UserError, match=r"2 non-finite steps in a row at step 0 .*no checkpoint"):
         train(tiny_cfg("train.max_steps=5", "train.max_bad_steps=2"))
 
 
@@ -306,3 +306,17 @@ def test_reader_going_away_is_a_quiet_exit(tiny_cfg: Any) -> None:
     _, err = proc.communicate(b"the cat\n" * 4100, timeout=100)
     assert proc.returncode == 141, err.decode()[-2000:]
     assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_nonfinite_gradient_with_a_finite_loss_is_skipped(
+    tiny_cfg: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gradient-norm guard: NaN gradients at step 3 (finite loss) skip that update."""
+    monkeypatch.setenv(train_mod.INJECT_ENV, "3@0")
+    cfg = tiny_cfg("train.max_steps=5")
+    result = train(cfg)
+    assert result["step"] == 5 and result["skipped_steps"] == 1
+    recs = records(Path(cfg.train.out_dir))
+    assert [r for r in recs if "skipped_nonfinite" in r] == [{"step": 3, "skipped_nonfinite": 1}]
+    ck = ckpt_io.load(Path(cfg.train.out_dir) / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(t).all() for t in ck["model"].values())

@@ -29,3 +29,11 @@ def test_launch_two_workers() -> None:
 def test_launch_names_a_dead_worker() -> None:
     with pytest.raises(WorkerFailure, match=r"rank 1 \(pid \d+\) killed by SIGKILL"):
         launch(launch_kill_entry, 3, nproc=2, timeout_s=30)
+
+
+def test_rank0_alone_waits_under_the_phase_timeout() -> None:
+    """Rank 0 validates/exports alone for 5 s, beyond the 2 s collective timeout: the other
+    rank waits on the phase group (its longer timeout) and the job goes on."""
+    from tests.pipeline_helpers import phase_wait_entry
+
+    assert launch(phase_wait_entry, 5.0, nproc=2, timeout_s=60) == {0: "decoded 2", 1: "decoded 2"}

@@ -136,6 +136,8 @@ def _engine_orders(timeline: Path, ranks: int) -> list[list[str]]:
 
 
 def test_profiled_plan_trains_with_auto_placement(tiny_cfg: Any, tmp_path: Path) -> None:
+    """The documented command, `parallel=auto parallel.plan=FILE` without pp: the plan's 2
+    ranks train (a timeline with 2 rows in the simulated op order)."""
     from nmt.profile import profile_model
     from nmt.train import train
 
@@ -145,7 +147,7 @@ def test_profiled_plan_trains_with_auto_placement(tiny_cfg: Any, tmp_path: Path)
     assert best is not None
     plan_path = tmp_path / "plan.json"
     save_plan(plan_path, make_plan(best, tables, 2, link, method="exact"))
-    cfg = tiny_cfg("parallel=auto", "parallel.pp=2", f"parallel.plan={plan_path}",
+    cfg = tiny_cfg("parallel=auto", f"parallel.plan={plan_path}",
                    "parallel.timeout_s=60", "train.max_steps=4")  # fmt: skip
     train(cfg)
     run = tmp_path / "run"

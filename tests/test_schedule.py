@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-import nmt.train as train_mod
+import nmt.loop as train_mod
 from nmt import checkpoint as ckpt_io
 from nmt.errors import UserError
 from nmt.lr import Schedule, schedule_from_config
@@ -192,3 +192,18 @@ def test_minute_bounded_nmt_train_decays_before_the_end(
     assert "stopped: max_minutes=0.05" in r.stderr
     lr = lrs(tmp_path / "run")
     assert lr[0] == 0.01 and min(lr) <= 0.005 and lr == sorted(lr, reverse=True)
+
+
+def test_resume_with_a_new_lr_uses_it(
+    tiny_cfg: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A continuation with another ``train.lr`` trains at that rate (the scheduler state in
+    the checkpoint carries the old base rate) and says so."""
+    flat = ("train.warmup_steps=0", "train.decay_steps=0", "train.save_every=4")
+    train(tiny_cfg("train.max_steps=4", *flat, out="run"))
+    assert lrs(Path(tiny_cfg(out="run").train.out_dir)) == [0.01] * 4
+    cont = tiny_cfg("train.max_steps=6", "train.lr=0.004", "train.resume=auto", *flat, out="run")
+    capsys.readouterr()
+    train(cont)
+    assert "train.lr=0.004 replaces the resumed run's 0.01" in capsys.readouterr().err
+    assert lrs(Path(cont.train.out_dir)) == [0.01] * 4 + [pytest.approx(0.004)] * 2

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-import nmt.train as train_mod
+import nmt.loop as train_mod
 from nmt import checkpoint as ckpt_io
 from nmt.errors import UserError
 from nmt.train import train

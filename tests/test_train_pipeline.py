@@ -51,7 +51,19 @@ def runs(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
         "single": run("single", "train.max_steps=8", *PIPE[1:]),  # same batches (B % 4 == 0)
         "pipe": run("pipe", "train.max_steps=8", *PIPE),
         "halted": run("halted", "train.max_steps=4", *PIPE),
-    } | {"resumed": run("halted", "train.max_steps=8", "train.resume=auto", *PIPE)}
+    } | {"resumed": resume_after_a_killed_save(tmp / "halted", run)}
+
+
+def resume_after_a_killed_save(halted: Path, run: Any) -> Path:
+    """Leave the half-written shard set of a run killed while saving step 6 (rank 0's shard
+    only, no manifest), then resume: the set of step 4 (the manifest's) must be used."""
+    folder = halted / "checkpoints" / "shards"
+    (folder / "step_00000006.pp0.dp0.pt").write_bytes(
+        (folder / "step_00000004.pp1.dp0.pt").read_bytes()
+    )
+    out = run("halted", "train.max_steps=8", "train.resume=auto", *PIPE)
+    assert not (folder / "step_00000006.pp0.dp0.pt").exists()  # removed on resume
+    return out
 
 
 def test_pipelined_training_equals_single_device(runs: dict[str, Path]) -> None:
@@ -69,8 +81,15 @@ def test_pipelined_resume_is_exact(runs: dict[str, Path]) -> None:
     wa = ckpt_io.load(runs["pipe"] / "checkpoints" / "last.pt")["model"]
     wb = ckpt_io.load(runs["resumed"] / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    shards = sorted(p.name for p in (runs["pipe"] / "checkpoints" / "shards").iterdir())
-    assert shards == ["last.pp0.dp0.pt", "last.pp1.dp0.pt"]
+    folder = runs["pipe"] / "checkpoints" / "shards"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "manifest.json",
+        "step_00000004.pp0.dp0.pt",
+        "step_00000004.pp1.dp0.pt",
+        "step_00000008.pp0.dp0.pt",
+        "step_00000008.pp1.dp0.pt",
+    ]  # train.keep_last=2 sets, the newest named by the manifest
+    assert json.loads((folder / "manifest.json").read_text())["step"] == 8
 
 
 def test_exported_checkpoint_translates_like_the_trained_model(runs: dict[str, Path]) -> None:
