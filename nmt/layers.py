@@ -134,6 +134,11 @@ class EncoderLayer(nn.Module):
     def forward(self, h: Tensor, src_len: Tensor, emb_tgt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.encode(h).contiguous(), src_len, emb_tgt
 
+    def chunk(self, h: Tensor, state: LSTMState | None) -> tuple[Tensor, LSTMState]:
+        """A time chunk ``h[t,B,in]`` from ``state`` (None: zeros) -> (``h'[t,B,H]``, state)."""
+        out, (hn, cn) = self.lstm(self.dropout(h), state)
+        return (out + h if self.residual else out), (hn, cn)
+
 
 class AttentionDecoder1(nn.Module):
     """Stage ``Dec1+Attention``: decoder LSTM 1 over the target embeddings; its outputs query
@@ -154,6 +159,15 @@ class AttentionDecoder1(nn.Module):
         memory = self.attention.memory(enc_out, src_len)
         ctx, _ = self.attention(x.transpose(0, 1), memory)  # [B, Tt, H]
         return x.contiguous(), ctx.transpose(0, 1).contiguous()
+
+    def chunk(
+        self, emb_tgt: Tensor, state: LSTMState | None, memory: AttentionMemory
+    ) -> tuple[Tensor, Tensor, LSTMState]:
+        """A time chunk ``emb_tgt[t,B,H]`` from ``state`` -> (``x[t,B,H]``, ``ctx[t,B,H]``,
+        state): the attention of a position needs only its own query (no input feeding)."""
+        x, (hn, cn) = self.lstm(self.dropout(emb_tgt), state)
+        ctx, _ = self.attention(x.transpose(0, 1), memory)
+        return x, ctx.transpose(0, 1), (hn, cn)
 
     def step(
         self, emb: Tensor, state: LSTMState, memory: AttentionMemory
@@ -185,6 +199,14 @@ class DecoderLayer(nn.Module):
         if self.residual:
             out = out + h_dec
         return out.contiguous(), ctx
+
+    def chunk(
+        self, h_dec: Tensor, ctx: Tensor, state: LSTMState | None
+    ) -> tuple[Tensor, LSTMState]:
+        """A time chunk ``h_dec[t,B,H]``, ``ctx[t,B,H]`` from ``state`` -> (``h'[t,B,H]``,
+        state)."""
+        out, (hn, cn) = self.lstm(self.dropout(torch.cat((h_dec, ctx), dim=-1)), state)
+        return (out + h_dec if self.residual else out), (hn, cn)
 
     def step(self, x: Tensor, ctx: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
         """One step: ``x[N,H]``, ``ctx[N,H]`` -> (``x'[N,H]``, new state)."""

@@ -433,6 +433,11 @@ def train_pipelined(cfg: Any) -> dict[str, Any]:
             "train.precision=fp16 is not supported in pipelined runs (its loss scale would "
             "have to agree across ranks); use bf16"
         )
+    if int(getattr(cfg.parallel, "time_chunks", 1)) > 1:
+        raise UserError(
+            f"parallel.time_chunks={cfg.parallel.time_chunks} runs in one process (the layers "
+            "of one model wave over time); with parallel.pp/dp > 1 use time_chunks=1"
+        )
     if int(getattr(cfg.train, "accumulate", 1)) != 1:
         raise UserError(
             f"train.accumulate={cfg.train.accumulate} applies to one device; pipelined runs "

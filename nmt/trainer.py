@@ -26,6 +26,7 @@ from nmt.loss import label_smoothed_nll
 from nmt.lr import rebase_lr, schedule_from_config
 from nmt.model import GNMT, build_model, log_unigram_prior
 from nmt.validate import validate
+from nmt.wavefront import Wavefront
 
 log = logging.getLogger("nmt.train")
 
@@ -117,6 +118,8 @@ class Trainer:
         self.model = build_from_config(cfg.model, corpus.tokenizer.vocab_size, self.prior)
         self.model = self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(tc.lr))
+        chunks = int(getattr(cfg.parallel, "time_chunks", 1))
+        self.wavefront = Wavefront(self.model, chunks) if chunks > 1 else None
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         src, tgt = corpus.ids["train"]
         self.batcher = Batcher(
@@ -205,12 +208,13 @@ class Trainer:
         with torch.autocast(
             self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
         ):
+            eps = float(self.cfg.train.label_smoothing)
+            if self.wavefront is not None:  # the same function, the layers waving over time
+                return self.wavefront.loss(b.src, b.src_len, b.tgt_in, b.tgt_out, PAD_ID, eps)
             # generator + loss on the non-pad target positions only ([N,V], not [Tt,B,V])
             keep = b.tgt_out != PAD_ID
             logits = self.model.logits_at(b.src, b.src_len, b.tgt_in, keep)
-            return label_smoothed_nll(
-                logits, b.tgt_out[keep], PAD_ID, float(self.cfg.train.label_smoothing)
-            )
+            return label_smoothed_nll(logits, b.tgt_out[keep], PAD_ID, eps)
 
     def skip_step(self, loss_value: float, what: str) -> tuple[float, float]:
         """Drop this step's gradients (no update), count it, stop after too many in a row."""
