@@ -419,6 +419,8 @@ def _worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
         if start_from is not None:
             t.resume(start_from)
         resumed = t.step if start_from else None
+        if resumed is not None and t.is_main:
+            print(f"resumed from {start_from} at step {t.step}", file=sys.stderr)
         metrics = MetricsLog(out_dir, resumed) if t.is_main else _NullMetrics()
         return run_loop(t, metrics)
     finally:

@@ -9,7 +9,9 @@ dimensions, tie subgroups) gets ``timeout_s``; gloo on CPU, NCCL on GPU.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -73,6 +75,27 @@ def external_store() -> bool:
     )
 
 
+_SOCKETS: list[socket.socket] = []  # listening sockets must outlive their stores
+
+
+def _listen_on(host: str, port: int) -> dict[str, Any]:
+    """For a loopback ``MASTER_ADDR`` (torchrun ``--master-addr 127.0.0.1``, one-machine jobs):
+    ``TCPStore`` arguments that make its server listen on that address only (torch's own server
+    listens on every interface, whatever host it is given); else no arguments."""
+    try:
+        loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        loopback = False
+    if not loopback:
+        return {}
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((socket.gethostbyname(host), port))
+    sock.listen(128)
+    _SOCKETS.append(sock)
+    return {"master_listen_fd": sock.fileno()}
+
+
 def pick_backend(backend: str, device: str | torch.device | None) -> tuple[str, str]:
     """(backend, device type) for ``backend`` in auto|gloo|nccl and ``device`` auto|cpu|cuda."""
     if device is None or device == "auto":
@@ -134,13 +157,15 @@ def init_distributed(
         else:
             host = os.environ.get("MASTER_ADDR", "127.0.0.1")
             port = _env_int("MASTER_PORT", 29500)
+            is_master = rank == 0 and not external_store()
             tcp = TCPStore(
                 host,
                 port,
                 world,
-                is_master=rank == 0 and not external_store(),
+                is_master=is_master,
                 timeout=timeout,
                 wait_for_workers=False,
+                **_listen_on(host, port) if is_master else {},
             )
             store = PrefixStore("pipenmt/pg/", tcp)
             if heartbeat and world > 1:

@@ -1,0 +1,301 @@
+"""Two torchrun "nodes" on one machine, loopback only: the job survives a node's SIGKILL.
+
+    python scripts/two_node.py [--steps 24] [--kill-at 6] [--workdir DIR] [--json FILE|'']
+
+Two ``torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --max-restarts 3 --no-python
+nmt-train ... parallel.dp=2`` agents (gnmt_tiny, generated corpus, dropout 0, a checkpoint every
+step, ``train.resume=auto``, one run folder). Run 1 goes to the end. Run 2 SIGKILLs node 2 after
+rank 0 logged step ``--kill-at``, starts a fresh node-2 agent once node 1's agent restarted its
+worker, and finishes: ``last.pt`` and every shard must equal run 1's (``torch.equal``). Agents get
+``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (unless set): with torch's default shared store the
+re-formed job hangs 60 s and fails (no ``MASTER_ADDR`` published for the new round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from data.synthetic import write_corpus  # noqa: E402
+from parallel.launch import free_port  # noqa: E402
+
+RDZV = re.compile(r"Rendezvous complete.*?restart_count=(\d+).*?group_rank=(\d+)", re.S)
+RESTART = re.compile(r"Worker group (FAILED|UNHEALTHY)\. \d+/\d+ attempts left|Detected \d+ new")
+STEP = re.compile(r"^step (\d+) \| loss", re.M)
+SHARE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+JOB_BUDGET_S = 300.0  # the most one job may take (each wait below is also bounded)
+ENV = {SHARE: os.environ.get(SHARE, "1"), "GLOO_SOCKET_IFNAME": "lo", "LOGLEVEL": "INFO"}
+
+
+def overrides(corpus: dict[str, Path], cache: Path, steps: int, run_dir: Path) -> list[str]:
+    return [
+        "data=files", f"data.train={corpus['train']}", f"data.dev={corpus['dev']}",
+        f"data.test={corpus['test']}", "data.vocab_size=60", f"data.cache_dir={cache}",
+        "data.batch_tokens=256", "model=gnmt_tiny", "model.hidden=16", "model.enc_layers=2",
+        "model.dec_layers=2", "model.dropout=0", "train.device=cpu", "train.threads=1",
+        "train.log_every=1", "train.eval_every=0", "train.lr=0.01", f"train.max_steps={steps}",
+        "train.save_every=1", "train.resume=auto", "parallel.dp=2", "parallel.pp=1",
+        "parallel.timeout_s=30", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+
+
+class Agent:
+    """One ``torchrun`` agent ("node") in a session of its own; its output goes to ``log``."""
+
+    def __init__(self, node: int, endpoint: str, run_id: str, args: list[str], log: Path) -> None:
+        env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+               "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+               "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        train = shutil.which("nmt-train") or str(Path(sys.executable).parent / "nmt-train")
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
+            "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id,
+            "--rdzv-conf", f"is_host={int(node == 1)},join_timeout=90,last_call_timeout=1",
+            "--max-restarts", "3", "--monitor-interval", "0.2", "--local-addr", "127.0.0.1",
+            "--master-addr", "127.0.0.1", "--no-python", train, *args,
+        ]  # fmt: skip
+        self.node, self.log = node, log
+        self.start = log.stat().st_size if log.exists() else 0  # node 2's log is appended to
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                         env=env, start_new_session=True)  # fmt: skip
+
+    def text(self) -> str:
+        return self.log.read_bytes()[self.start :].decode(errors="replace")
+
+    def tree(self) -> list[int]:
+        """The agent's pid and its workers' (torch starts each worker in a session of its own)."""
+        ps = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, timeout=10)
+        return [self.proc.pid, *map(int, ps.stdout.split())]
+
+    def kill(self) -> list[int]:
+        """SIGKILL the process groups of the agent and of its workers (the machine dies)."""
+        groups: list[int] = []
+        for pid in self.tree():
+            with contextlib.suppress(ProcessLookupError):
+                groups += [g for g in [os.getpgid(pid)] if g not in groups]
+        for g in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(g, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        return groups
+
+
+def metric_step(run_dir: Path) -> int:
+    """The last step rank 0 logged to ``metrics.jsonl`` (0 before any)."""
+    with contextlib.suppress(OSError):
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return max((json.loads(x).get("step", 0) for x in lines if x.endswith("}")), default=0)
+    return 0
+
+
+def listening(pids: set[int]) -> list[str]:
+    """The TCP addresses the processes ``pids`` listen on (``ss``), e.g. ``127.0.0.1:4242``."""
+    try:
+        out = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ["(ss not available)"]
+    mine = [x for x in out.splitlines() if {int(p) for p in re.findall(r"pid=(\d+)", x)} & pids]
+    return sorted({x.split()[3] for x in mine})
+
+
+def on_disk(run_dir: Path) -> dict[str, int]:
+    """The step of ``last.pt``, of each shard and of the shard manifest (if any)."""
+    from nmt import checkpoint as ckpt_io
+
+    ck = run_dir / "checkpoints"
+    files = [ck / "last.pt", *sorted((ck / "shards").glob("*.pt"))]
+    steps = {p.name: int(ckpt_io.load(p)["step"]) for p in files if p.is_file()}
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        steps["manifest.json"] = int(json.loads((ck / "shards/manifest.json").read_text())["step"])
+    return steps
+
+
+def same(a: Any, b: Any) -> bool:
+    """Bitwise equality of nested dicts/lists of tensors and plain values."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and (
+            a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b))  # fmt: skip
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def compare(ref: Path, run: Path) -> dict[str, bool]:
+    """Run 2 vs run 1: ``last.pt`` (model) and every shard (model and optimizer state)."""
+    from nmt import checkpoint as ckpt_io
+
+    names = {p.name for d in (ref, run) for p in (d / "checkpoints/shards").glob("*.pt")}
+    out = {}
+    for rel in ["last.pt", *(f"shards/{n}" for n in sorted(names))]:
+        a, b = ref / "checkpoints" / rel, run / "checkpoints" / rel
+        out[rel] = a.is_file() and b.is_file()  # False: in one run only
+        if out[rel]:
+            x, y = ckpt_io.load(a), ckpt_io.load(b)
+            out[rel] = same(x["model"], y["model"]) and same(x.get("optimizer"), y.get("optimizer"))
+    return out
+
+
+class Job:
+    """One two-node job in ``work/name``: its agents and what they logged (``info``)."""
+
+    def __init__(self, work: Path, name: str, corpus: dict[str, Path], steps: int,
+                 say: Callable[[str], None]) -> None:  # fmt: skip
+        self.name, self.say, self.work, self.steps = name, say, work, steps
+        self.run_dir = work / name
+        self.args = overrides(corpus, work / "cache", steps, self.run_dir)
+        self.endpoint, self.run_id = f"127.0.0.1:{free_port()}", f"{name}-{os.getpid()}"
+        self.info: dict[str, Any] = {"rdzv_endpoint": self.endpoint}
+        self.agents: list[Agent] = []
+        self.deadline = time.monotonic() + JOB_BUDGET_S
+
+    def start(self, node: int) -> Agent:
+        log = self.work / f"{self.name}.node{node}.log"
+        self.agents.append(Agent(node, self.endpoint, self.run_id, self.args, log))
+        return self.agents[-1]
+
+    def wait(self, what: str, cond: Callable[[], Any], timeout: float) -> None:
+        end = min(time.monotonic() + timeout, self.deadline)
+        while not cond():
+            if time.monotonic() > end or all(a.proc.poll() is not None for a in self.agents):
+                tails = "\n".join(f"--- node {a.node}:\n{a.text()[-3000:]}" for a in self.agents)
+                raise RuntimeError(f"{self.name}: gave up waiting for {what}\n{tails}")
+            time.sleep(0.05)
+
+    def joined(self, *agents: Agent, rounds: int = 1) -> list[int] | None:
+        """The agents' group ranks once each has completed ``rounds`` rendezvous."""
+        found = [RDZV.findall(a.text()) for a in agents]
+        return [int(f[-1][1]) for f in found] if all(len(f) >= rounds for f in found) else None
+
+    def run(self, kill_at: int | None) -> dict[str, Any]:
+        """Both nodes to the end; with ``kill_at``, node 2 dies after that step and comes back."""
+        t0, a1, a2, info = time.monotonic(), self.start(1), self.start(2), self.info
+        try:
+            self.wait("the rendezvous", lambda: self.joined(a1, a2), 120)
+            info["group_ranks"] = self.joined(a1, a2)
+            self.say(f"[{self.name}] join: node1 and node2 agents rendezvoused at {self.endpoint}"
+                     f" as group ranks {info['group_ranks']}")  # fmt: skip
+            at = kill_at or 1
+            self.wait(f"step {at}", lambda: metric_step(self.run_dir) >= at, 180)
+            if kill_at is None:  # the job's listening sockets, once it trains
+                info["listening"] = listening({p for a in self.agents for p in a.tree()})
+                self.say(f"[{self.name}] listening (agents, workers): {info['listening']}")
+            else:
+                self.kill_and_return(a1, a2)
+            final = [a1, self.agents[-1]]  # node 1 and node 2's last agent
+            for a in final:
+                a.proc.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+            info["exit_codes"] = [a.proc.returncode for a in final]
+            info["final_step"] = metric_step(self.run_dir)
+            info["seconds"] = round(time.monotonic() - t0, 1)
+            self.say(f"[{self.name}] finished: exit codes {info['exit_codes']}, step "
+                     f"{info['final_step']}/{self.steps}, {info['seconds']} s")  # fmt: skip
+            return info
+        finally:
+            for a in self.agents:
+                if a.proc.poll() is None:
+                    a.kill()
+
+    def kill_and_return(self, a1: Agent, a2: Agent) -> None:
+        """SIGKILL node 2; once node 1's agent restarts its worker, start a fresh node 2."""
+        info, say = self.info, self.say
+        groups = a2.kill()
+        info["killed_after_step"] = metric_step(self.run_dir)
+        say(f"[{self.name}] kill: SIGKILL to node 2's process groups {groups} (agent, worker) "
+            f"after rank 0 logged step {info['killed_after_step']}")  # fmt: skip
+        self.wait("node 1's restart", lambda: RESTART.search(a1.text()), 120)
+        info["restart"] = RESTART.search(a1.text())[0]  # type: ignore[index]
+        info["on_disk_at_restart"] = disk = on_disk(self.run_dir)
+        say(f"[{self.name}] restart: node 1's agent: {info['restart']}, will restart worker "
+            "group; on disk: " + ", ".join(f"{k} step {v}" for k, v in disk.items()))  # fmt: skip
+        mark, a3 = len(a1.text()), self.start(2)
+        self.wait("the job to re-form", lambda: self.joined(a1, rounds=2) and self.joined(a3), 180)
+        info["restart_count"] = int(RDZV.findall(a1.text())[-1][0])
+        info["group_ranks_after"] = self.joined(a1, a3)
+        say(f"[{self.name}] rejoin: a fresh node-2 agent joined; node 1's restart_count="
+            f"{info['restart_count']}, group ranks {info['group_ranks_after']}")  # fmt: skip
+
+        def after() -> str:  # what both nodes logged since the restart
+            return a1.text()[mark:] + a3.text()
+
+        self.wait("a step after the restart", lambda: STEP.search(after()), 180)
+        first = min(int(s) for s in STEP.findall(after()))
+        info["resumed_at_step"] = first - 1
+        say(f"[{self.name}] resumed: the re-formed job's first step is {first}: it resumed at "
+            f"step {first - 1}")  # fmt: skip
+
+
+def run(steps: int = 24, kill_at: int = 6, workdir: Path | None = None,
+        verbose: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Run 1 (reference) and run 2 (node 2 killed and back); returns the summary."""
+    import torch
+
+    from nmt.metrics import cpu_model
+
+    def say(msg: str) -> None:
+        if verbose:
+            print(msg, flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="two_node.")) if workdir is None else workdir
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        corpus, t0 = write_corpus(work, {"train": 600, "dev": 40, "test": 40}), time.monotonic()
+        ref = Job(work, "reference", corpus, steps, say).run(None)
+        killed = Job(work, "killed", corpus, steps, say).run(kill_at)
+        equal = compare(work / "reference", work / "killed")
+        say("equal to run 1 (torch.equal): " + ", ".join(f"{k} {v}" for k, v in equal.items()))
+        s: dict[str, Any] = {
+            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+                        "python": platform.python_version(), "env": ENV},  # fmt: skip
+            "steps": steps, "kill_at": kill_at, "reference": ref, "killed": killed,
+            "equal": equal, "seconds": round(time.monotonic() - t0, 1),
+        }  # fmt: skip
+        s["ok"] = bool(
+            all(equal.values()) and any(k.startswith("shards/") for k in equal)
+            and ref["exit_codes"] == killed["exit_codes"] == [0, 0]
+            and killed["final_step"] == steps and killed["restart_count"] >= 1
+            and 0 <= killed["resumed_at_step"] < steps
+        )  # fmt: skip
+        return s
+    finally:
+        if workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--kill-at", type=int, default=6)
+    ap.add_argument("--workdir", type=Path, default=None, help="keep everything here")
+    ap.add_argument("--json", default=str(ROOT / "docs/results/two_node.json"))
+    a = ap.parse_args(argv)
+    s = run(a.steps, a.kill_at, a.workdir)
+    print(f"{'OK' if s['ok'] else 'FAILED'}: node 2 killed and back ({s['seconds']} s)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(s, indent=2) + "\n")
+    return 0 if s["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

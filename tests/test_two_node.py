@@ -1,0 +1,44 @@
+"""Two torchrun "nodes" on this machine (loopback): node 2 is SIGKILLed mid-run, the surviving
+agent restarts its worker, a fresh node-2 agent joins, and the re-formed job ends bitwise equal
+to an uninterrupted two-node run (a short version of ``scripts/two_node.py``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(720)  # two jobs of at most JOB_BUDGET_S (300 s) each, then the comparison
+def test_two_node_job_survives_a_killed_node(tmp_path: Path) -> None:
+    two_node = load_script("two_node")
+    steps, kill_at = 12, 4
+    s = two_node.run(steps=steps, kill_at=kill_at, workdir=tmp_path, verbose=False)
+    ref, k = s["reference"], s["killed"]
+    assert ref["exit_codes"] == [0, 0] and ref["final_step"] == steps
+    assert sorted(ref["group_ranks"]) == [0, 1]  # both agents joined one rendezvous
+    # node 2 died mid-run: node 1's agent restarted its worker (a retry, not a clean exit) ...
+    assert k["killed_after_step"] < steps
+    assert "attempts left" in k["restart"] or "new nodes" in k["restart"], k["restart"]
+    assert k["restart_count"] >= 1 and sorted(k["group_ranks_after"]) == [0, 1]
+    # ... and the re-formed job went on from a checkpoint written before the kill, not step 0
+    assert kill_at - 1 <= k["resumed_at_step"] <= k["killed_after_step"], k
+    assert k["exit_codes"] == [0, 0] and k["final_step"] == steps
+    assert "last.pt" in s["equal"] and any(n.startswith("shards/") for n in s["equal"])
+    assert all(s["equal"].values()), s["equal"]  # torch.equal, every tensor
+    assert s["ok"]
