@@ -128,7 +128,9 @@ class DecodeConfig:
     max_len_b: int = 10
     nbest: int = 1
     batch_tokens: int = 4000
-    quantize: str = "none"  # none | int8
+    quantize: str = "none"  # none | int8 (CPU)
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (fp16: GPU only); scores are accumulated in fp32
 
 
 @dataclass

@@ -70,15 +70,24 @@ def _translate_split(cfg: Any) -> tuple[str, str, dict[str, Any]]:
     from nmt.checkpoint import load, require_single_device
     from nmt.corpus import load_text
     from nmt.shipped import eval_stem, resolve_checkpoint
-    from nmt.translate import check_decode, model_from_checkpoint, one_line, translate_texts
+    from nmt.translate import (
+        check_decode,
+        inference_setup,
+        model_from_checkpoint,
+        one_line,
+        translate_texts,
+    )
 
     ckpt_path, name = resolve_checkpoint(str(cfg.checkpoint))
     split = str(cfg.split)
     if split not in ("train", "dev", "test"):
         raise UserError(f"split={split}: expected train, dev or test")
     check_decode(cfg.decode)
+    device, dtype = inference_setup(cfg.decode)
     ckpt = require_single_device(load(ckpt_path), str(ckpt_path))
-    model, tok = model_from_checkpoint(ckpt, str(ckpt_path), str(cfg.decode.quantize))
+    model, tok = model_from_checkpoint(
+        ckpt, str(ckpt_path), str(cfg.decode.quantize), device, dtype
+    )
     saved = ckpt["config"]
     if not isinstance(saved.get("data"), dict):
         raise UserError(f"checkpoint {ckpt_path} does not name its data (no data config)")

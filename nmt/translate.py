@@ -190,7 +190,7 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
 
 
 def load_for_inference(
-    checkpoint: str, quantize: str, device: str = "cpu"
+    checkpoint: str, quantize: str, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[GNMT, Tokenizer]:
     """Model (eval mode, optionally int8) and tokenizer from a (single-device) checkpoint: a
     path, or the name of a shipped model (``models/<name>/model.pt``, weights made fp32)."""
@@ -200,8 +200,33 @@ def load_for_inference(
     check_quantize(quantize)
     path, _ = resolve_checkpoint(checkpoint)
     return model_from_checkpoint(
-        require_single_device(load(path), checkpoint), checkpoint, quantize, device
+        require_single_device(load(path), checkpoint), checkpoint, quantize, device, dtype
     )
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_setup(dcfg: Any) -> tuple[str, torch.dtype]:
+    """(device, dtype) of ``decode.device`` / ``decode.dtype``; impossible ones are one-line
+    errors (a GPU asked for where there is none, fp16 or int8 on the wrong device)."""
+    name, dtype = str(getattr(dcfg, "device", "cpu")), str(getattr(dcfg, "dtype", "fp32"))
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"decode.device={name}: expected auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"decode.device={name} but no CUDA device is available")
+    if dtype not in DTYPES:
+        raise UserError(f"decode.dtype={dtype}: expected {', '.join(DTYPES)}")
+    if dtype == "fp16" and name == "cpu":
+        raise UserError("decode.dtype=fp16 needs a CUDA device; on CPU use bf16 or fp32")
+    if str(getattr(dcfg, "quantize", "none")) == "int8" and (name != "cpu" or dtype != "fp32"):
+        raise UserError(
+            f"decode.quantize=int8 runs on the CPU in fp32, not decode.device={name} "
+            f"decode.dtype={dtype}"
+        )
+    return name, DTYPES[dtype]
 
 
 def check_quantize(quantize: str) -> None:
@@ -210,7 +235,11 @@ def check_quantize(quantize: str) -> None:
 
 
 def model_from_checkpoint(
-    ckpt: dict[str, Any], checkpoint: str, quantize: str = "none", device: str = "cpu"
+    ckpt: dict[str, Any],
+    checkpoint: str,
+    quantize: str = "none",
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[GNMT, Tokenizer]:
     """Model (eval mode, optionally int8) and tokenizer from an already loaded single-device
     checkpoint dict (``checkpoint`` names it in errors)."""
@@ -240,7 +269,7 @@ def model_from_checkpoint(
     model.eval()
     if quantize == "int8":
         model = quantize_int8(model)
-    return model.to(device), tok
+    return model.to(device=device, dtype=dtype), tok
 
 
 def translate_stream(
@@ -287,7 +316,8 @@ def _translate_shard(
     if threads:
         torch.set_num_threads(threads)
     start, stop = rank * len(lines) // world, (rank + 1) * len(lines) // world
-    model, tok = load_for_inference(checkpoint, quantize)
+    dtype = DTYPES[str(dcfg.get("dtype", "fp32"))]
+    model, tok = load_for_inference(checkpoint, quantize, "cpu", dtype)
     hyps = translate_lines(model, tok, lines[start:stop], SimpleNamespace(**dcfg))
     if dcfg["nbest"] > 1:
         return [
@@ -337,14 +367,20 @@ def translate_cli(cfg: Any) -> dict[str, Any]:
     if not cfg.checkpoint:
         raise UserError("checkpoint=PATH is required (a checkpoint file or a shipped model name)")
     check_decode(cfg.decode)
+    device, dtype = inference_setup(cfg.decode)
     nproc = int(cfg.parallel.nproc)
+    if nproc > 1 and device != "cpu":
+        raise UserError(
+            f"parallel.nproc={nproc} shards the input over CPU processes; with "
+            f"decode.device={device} use parallel.nproc=1 (or decode.device=cpu)"
+        )
     if nproc > 1:
         load_for_inference(str(cfg.checkpoint), str(cfg.decode.quantize))  # fail fast, exit 2
         n = translate_sharded(cfg, nproc)
         print(f"nmt-translate: {n} lines over {nproc} processes -> {cfg.output}", file=sys.stderr)
         return {"lines": n}
     torch.set_num_threads(int(cfg.train.threads) or torch.get_num_threads())
-    model, tok = load_for_inference(str(cfg.checkpoint), str(cfg.decode.quantize))
+    model, tok = load_for_inference(str(cfg.checkpoint), str(cfg.decode.quantize), device, dtype)
     with _open_input(str(cfg.input)) as src, _open_output(str(cfg.output), str(cfg.input)) as out:
         n = translate_stream(
             model,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nmt.checkpoint import load, require_single_device  # noqa: E402
 from nmt.config import dict_to_config  # noqa: E402
 from nmt.corpus import load_text  # noqa: E402
+from nmt.metrics import cpu_model  # noqa: E402
 from nmt.shipped import resolve_checkpoint  # noqa: E402
 from nmt.translate import model_from_checkpoint, translate_texts  # noqa: E402
 
@@ -36,15 +36,7 @@ OUT = Path("docs/results/decode_tuning.json")
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def decode_cfg(beam: int, alpha: float, beta: float) -> SimpleNamespace:

@@ -456,6 +456,22 @@ def test_translate_pickle_checkpoint_carrying_code(
         ),
         pytest.param(["decode=beam9"], ("decode/beam9", "greedy"), id="unknown_option"),
         pytest.param(["checkpoint=null"], ("checkpoint=PATH is required",), id="no_checkpoint"),
+        pytest.param(
+            ["decode.device=cuda"],
+            ("decode.device=cuda but no CUDA device is available",),
+            id="cuda_without_gpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present"),
+        ),
+        pytest.param(["decode.device=tpu"], ("decode.device=tpu", "expected auto"), id="device"),
+        pytest.param(["decode.dtype=fp8"], ("decode.dtype=fp8",), id="unknown_dtype"),
+        pytest.param(
+            ["decode.device=cpu", "decode.dtype=fp16"], ("fp16 needs a CUDA device",), id="fp16_cpu"
+        ),
+        pytest.param(
+            ["decode.quantize=int8", "decode.dtype=bf16"],
+            ("int8 runs on the CPU in fp32",),
+            id="int8_bf16",
+        ),
     ],
 )
 def test_translate_bad_settings(

@@ -221,3 +221,40 @@ def test_sharded_translation_keeps_order(checkpoint: Path, tmp_path: Path) -> No
     r = run_cli("translate_main", *common, f"output={two}", "parallel.nproc=2")
     assert r.returncode == 0, r.stderr.decode()
     assert two.read_text() == one.read_text() and len(one.read_text().splitlines()) == len(lines)
+
+
+def test_bf16_decoding_keeps_lines_and_scores_in_fp32(checkpoint: Path, tmp_path: Path) -> None:
+    """``decode.dtype=bf16`` (the weights themselves in bf16) through the
+    real command: one line out per line in; the search accumulates scores in fp32."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from nmt.translate import load_for_inference, translate_lines
+
+    lines = ["the cat runs", "", "a big red dog sleeps", "window"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.txt"
+    r = run_cli("translate_main", f"checkpoint={checkpoint}", f"input={src}", f"output={out}",
+                "decode.dtype=bf16", "decode.device=cpu")  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(out.read_text().split("\n")[:-1]) == len(lines)
+    model, tok = load_for_inference(str(checkpoint), "none", "cpu", torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    d = SimpleNamespace(beam_size=3, alpha=0.6, beta=0.1, max_len_a=1.5, max_len_b=5, nbest=1,
+                        batch_tokens=64)  # fmt: skip
+    hyps = translate_lines(model, tok, lines, d)
+    assert all(score == score and abs(score) < 1e4 for h in hyps for _, score in h)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a GPU")
+def test_eval_on_the_gpu_scores_like_the_cpu(checkpoint: Path) -> None:
+    scores = []
+    for device in ("cpu", "cuda"):
+        r = run_cli("eval_main", f"checkpoint={checkpoint}", "split=test", "decode.beam_size=2",
+                    f"decode.device={device}")  # fmt: skip
+        assert r.returncode == 0, r.stderr.decode()
+        hyp = checkpoint.with_suffix("").as_posix() + ".test.beam2.hyp"
+        scores.append(json.loads(Path(hyp + ".eval.json").read_text())["bleu"])
+    assert abs(scores[0] - scores[1]) <= 1.0
