@@ -130,6 +130,8 @@ class DecodeConfig:
     batch_tokens: int = 4000
     quantize: str = "none"  # none | int8 (CPU)
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
+    # search over the model's vocabulary shortlist when it carries one (nmt/shortlist.py)
+    shortlist: bool = True
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (fp16: GPU only); scores are accumulated in fp32
 
 

@@ -230,6 +230,26 @@ class Generator(nn.Module):
         self.name = "Generator"
         self.proj = nn.Linear(hidden, vocab_size)
 
+    def shortlisted(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Output weights and biases of per-sentence id lists ``ids[B,S]`` (-1 = padding):
+        ``(weight[B,S,H], bias[B,S])``, the padding's bias -inf (decoding with a shortlist,
+        :mod:`nmt.shortlist`)."""
+        flat = ids.clamp(min=0).reshape(-1)
+        full, full_bias = self.proj.weight, self.proj.bias
+        if callable(full):  # a dynamically quantized Linear (int8): its weights in float
+            full, full_bias = full().dequantize(), self.proj.bias()
+        weight = full.index_select(0, flat).view(*ids.shape, -1)
+        bias = full_bias.index_select(0, flat).view(ids.shape)
+        return weight, bias.masked_fill(ids < 0, float("-inf"))
+
+    @staticmethod
+    def project(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """Logits over each sentence's shortlist: ``h[B*K,H]`` (rows grouped by sentence),
+        ``weight[B,S,H]``, ``bias[B,S]`` -> ``[B*K,S]``."""
+        batch = weight.size(0)
+        x = h.view(batch, -1, h.size(-1))  # [B, K, H]
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2)).view(h.size(0), -1)
+
     def forward(self, h_dec: Tensor, ctx: Tensor) -> Tensor:
         if ctx.requires_grad and torch.is_grad_enabled():
             bias = self.proj.bias + ctx[:0].sum()

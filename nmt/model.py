@@ -252,15 +252,25 @@ class GNMT(nn.Module):
         return self.step(y_prev, state, self.prepare_memory(enc_out, src_len))
 
     def step(
-        self, y_prev: Tensor, state: DecoderState, memory: AttentionMemory
+        self,
+        y_prev: Tensor,
+        state: DecoderState,
+        memory: AttentionMemory,
+        vocab: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, DecoderState, Tensor]:
-        """:meth:`decode_step` with precomputed attention memory. No dropout (inference)."""
-        logits, new_state, attn = self.step_logits(y_prev, state, memory)
+        """:meth:`decode_step` with precomputed attention memory. No dropout (inference).
+        ``vocab``: each sentence's shortlisted output (:meth:`Generator.shortlisted`); the
+        log-probabilities are then over its columns (``[N,S]``)."""
+        logits, new_state, attn = self.step_logits(y_prev, state, memory, vocab)
         dtype = torch.promote_types(logits.dtype, torch.float32)
         return torch.log_softmax(logits, dim=-1, dtype=dtype), new_state, attn
 
     def step_logits(
-        self, y_prev: Tensor, state: DecoderState, memory: AttentionMemory
+        self,
+        y_prev: Tensor,
+        state: DecoderState,
+        memory: AttentionMemory,
+        vocab: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, DecoderState, Tensor]:
         """:meth:`step` returning unnormalized ``logits[N,V]`` instead of log-probabilities."""
         emb = self.embed_stage.embedding(y_prev)  # [N, H]
@@ -273,7 +283,7 @@ class GNMT(nn.Module):
             x, (h, c) = stage.step(x, ctx, (state.h[i], state.c[i]))
             hs.append(h)
             cs.append(c)
-        logits = self.generator(x, ctx)
+        logits = self.generator(x, ctx) if vocab is None else self.generator.project(x, *vocab)
         return logits, DecoderState(torch.stack(hs), torch.stack(cs)), attn
 
     @staticmethod

@@ -85,9 +85,13 @@ def beam_search(
     bos_id: int = 2,
     eos_id: int = 3,
     pad_id: int = 0,
+    vocab_index: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate ``src[Ts,B]`` (``src_len[B]``); returns per sentence up to ``nbest``
     hypotheses sorted by score (best first). The model is put in eval mode for the search.
+    ``vocab_index[B,S]`` (long, rows sorted, -1 = padding, the special ids in columns
+    0..3): each sentence searches over its own target ids only (a shortlist,
+    :mod:`nmt.shortlist`).
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam={beam_size}")
@@ -99,7 +103,7 @@ def beam_search(
         with torch.inference_mode():
             return _search(
                 model, src, src_len, beam_size, alpha, beta, max_len_a, max_len_b, nbest,
-                bos_id, eos_id, pad_id,
+                bos_id, eos_id, pad_id, vocab_index,
             )  # fmt: skip
     finally:
         model.train(was_training)
@@ -135,11 +139,18 @@ def _search(
     bos_id: int,
     eos_id: int,
     pad_id: int,
+    vocab_index: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
-    """The search proper (inference mode). Active sentences: ``ba``; rows: ``ba * k``."""
+    """The search proper (inference mode). Active sentences: ``ba``; rows: ``ba * k``.
+    With ``vocab_index`` the columns of the log-probabilities are shortlist positions; the
+    special ids keep their columns and tokens are mapped back to vocabulary ids."""
     weight = model.embed_stage.embedding.weight
     device, dtype = weight.device, torch.promote_types(weight.dtype, torch.float32)
     src, src_len = src.to(device), src_len.to(device)
+    ids = None if vocab_index is None else vocab_index.to(device)
+    if ids is not None and max(pad_id, bos_id, eos_id) >= 4:
+        raise ValueError("a shortlist keeps the special ids 0..3 in columns 0..3")
+    short = None if ids is None else model.generator.shortlisted(ids)  # (weight, bias)
     batch = src.size(1)
     memory = model.prepare_memory(model.encode(src, src_len), src_len)
     real = ~memory.mask  # [B, Ts]
@@ -159,7 +170,7 @@ def _search(
 
     for step in range(int(max_len.max().item()) + 1):
         ba = sent_ids.numel()
-        log_probs, state, attn = model.step(y_prev, state, memory)  # [N,V], [N,Ts]
+        log_probs, state, attn = model.step(y_prev, state, memory, short)  # [N,V|S], [N,Ts]
         vocab = log_probs.size(1)
         if beta != 0.0:
             cov += attn
@@ -187,6 +198,8 @@ def _search(
         order = is_eos.to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # first k non-eos
         cum = top_s.gather(1, order)
         new_tok = tok.gather(1, order)
+        if ids is not None:  # shortlist columns -> vocabulary ids (each sentence its own)
+            new_tok = ids.gather(1, new_tok)
         reorder = beam.gather(1, order) + (torch.arange(ba, device=device) * k).unsqueeze(1)
 
         bound = cum[:, 0].double() / lp_bound
@@ -197,6 +210,8 @@ def _search(
                 break
             cum, new_tok, reorder = cum[keep], new_tok[keep], reorder[keep]
             memory = memory.index_select(keep)
+            if ids is not None and short is not None:
+                ids, short = ids[keep], (short[0][keep], short[1][keep])
             real, max_len, lp_bound = real[keep], max_len[keep], lp_bound[keep]
             sent_ids, fin_count, kth_best = sent_ids[keep], fin_count[keep], kth_best[keep]
         index = reorder.view(-1)

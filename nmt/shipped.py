@@ -135,6 +135,12 @@ def decode_weights(ckpt: dict[str, Any], where: str) -> None:
     expected = meta.get("weights_sha256") if isinstance(meta, dict) else None
     if expected is not None and weights_digest(state, scales) != expected:
         raise UserError(f"checkpoint {where} is corrupted: its weights do not match their digest")
+    listed = meta.get("shortlist_sha256") if isinstance(meta, dict) else None
+    table = ckpt.get("shortlist")
+    if listed is not None and (not isinstance(table, dict) or weights_digest(table, {}) != listed):
+        raise UserError(
+            f"checkpoint {where} is corrupted: its shortlist tables do not match their digest"
+        )
     ckpt["model"] = {k: _fp32(k, v, scales, where) for k, v in state.items()}
 
 

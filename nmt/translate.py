@@ -24,6 +24,7 @@ from data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from nmt.errors import UserError
 from nmt.model import GNMT, quantize_int8
 from nmt.search import Hypothesis, beam_search
+from nmt.shortlist import Shortlist
 
 MAX_SRC_TOKENS = 200  # longer sources are split into chunks of this many subwords
 CHUNK_LINES = 2000  # lines read, translated and written at a time (flat memory)
@@ -65,7 +66,11 @@ def translate_ids(
     ``dcfg`` carries beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens.
     """
     out: list[list[Hypothesis]] = [[] for _ in src_ids]
+    shortlist = (
+        getattr(model, "shortlist", None) if bool(getattr(dcfg, "shortlist", True)) else None
+    )
     for batch in inference_batches(src_ids, int(dcfg.batch_tokens), 8):
+        vocab_index = None if shortlist is None else shortlist.candidates(batch.src)
         hyps = beam_search(
             model,
             batch.src,
@@ -79,6 +84,7 @@ def translate_ids(
             BOS_ID,
             EOS_ID,
             PAD_ID,
+            vocab_index,
         )
         for i, h in zip(batch.indices, hyps, strict=True):
             out[i] = h
@@ -269,7 +275,10 @@ def model_from_checkpoint(
     model.eval()
     if quantize == "int8":
         model = quantize_int8(model)
-    return model.to(device=device, dtype=dtype), tok
+    model = model.to(device=device, dtype=dtype)
+    if isinstance(ckpt.get("shortlist"), dict):  # decode.shortlist decides whether to use it
+        model.shortlist = Shortlist.from_state(ckpt["shortlist"])
+    return model, tok
 
 
 def translate_stream(
@@ -341,8 +350,11 @@ def translate_sharded(cfg: Any, nproc: int) -> int:
     d = cfg.decode
     dcfg = {
         k: d[k]
-        for k in ("beam_size", "alpha", "beta", "max_len_a", "max_len_b", "nbest", "batch_tokens")
-    }
+        for k in (
+            "beam_size", "alpha", "beta", "max_len_a", "max_len_b", "nbest", "batch_tokens",
+            "dtype", "shortlist",
+        )
+    }  # fmt: skip
     threads = int(cfg.train.threads) or max(1, (os.cpu_count() or 1) // nproc)
     results = launch(
         _translate_shard,
@@ -400,6 +412,7 @@ def translate_cli(cfg: Any) -> dict[str, Any]:
 def translate_texts(model: GNMT, tok: Tokenizer, texts: Sequence[str], dcfg: Any) -> list[str]:
     """Best translation of each text (in memory; used by validation and nmt-eval)."""
     best = SimpleNamespace(
+        shortlist=getattr(dcfg, "shortlist", True),
         beam_size=dcfg.beam_size,
         alpha=dcfg.alpha,
         beta=dcfg.beta,

@@ -50,6 +50,7 @@ from nmt.shipped import (  # noqa: E402
     models_dir,
     weights_digest,
 )
+from nmt.shortlist import shortlist_for  # noqa: E402
 from nmt.translate import load_for_inference, model_from_checkpoint  # noqa: E402
 
 
@@ -64,6 +65,7 @@ def export_model(
     eval_json: Path | None = None,
     force: bool = False,
     max_bytes: int = MAX_MODEL_BYTES,
+    shortlist: tuple[int, int] | None = (50, 500),
 ) -> Path:
     """Write ``<folder>/<name>/`` (default folder: :func:`nmt.shipped.models_dir`) from a
     single-device checkpoint; returns the model folder. ``run_dir`` defaults to the folder above
@@ -75,6 +77,10 @@ def export_model(
     run = run_record(run_dir or checkpoint.resolve().parent.parent, command)
     payload = make_payload(ckpt, model.state_dict(), dtype, name, checkpoint, run)
     payload["metadata"]["params"] = sum(p.numel() for p in model.parameters())
+    if shortlist:  # decoding's vocabulary shortlist, from the training split (nmt/shortlist.py)
+        payload["shortlist"] = shortlist_for(ckpt, *shortlist).to_state()
+        payload["metadata"]["shortlist_sha256"] = weights_digest(payload["shortlist"], {})
+        payload["metadata"]["shortlist"] = {"per_source": shortlist[0], "frequent": shortlist[1]}
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder))
     try:
         _write_folder(tmp, payload, max_bytes)
@@ -253,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", type=Path, help="default: $PIPENMT_MODELS_DIR or models/")
     ap.add_argument("--force", action="store_true", help="replace an existing model folder")
     ap.add_argument("--card", metavar="NAME", help="only rewrite MODEL.md of models/NAME")
+    ap.add_argument(
+        "--shortlist",
+        type=int,
+        nargs=2,
+        default=(50, 500),
+        metavar=("PER_SOURCE", "FREQUENT"),
+        help="vocabulary shortlist stored with the model (default 50 500); 0 0: none",
+    )
     args = ap.parse_args(argv)
     try:
         print(_run(args))
@@ -281,6 +295,7 @@ def _run(args: argparse.Namespace) -> Path:
         args.command,
         args.eval_json,
         args.force,
+        shortlist=tuple(args.shortlist) if args.shortlist[0] > 0 else None,
     )
 
 

@@ -1,0 +1,100 @@
+"""Vocabulary shortlist (nmt/shortlist.py): built from co-occurrence, always holding the
+special ids, and a greedy translation that lies inside it is unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.batching import inference_batches
+from nmt.search import beam_search
+from nmt.shortlist import Shortlist, build_shortlist
+from nmt.train import train
+from nmt.translate import load_for_inference
+
+
+def test_table_ranks_cooccurring_targets_by_dice() -> None:
+    src = [[5, 6], [5, 7], [5, 6], [8]]
+    tgt = [[9, 10], [9, 11], [9, 10], [12, 9]]
+    sl = build_shortlist(src, tgt, 16, per_source=2, frequent=1)
+    assert sl.table[6].tolist() == [10, 9]  # 6 co-occurs with 10 twice (dice 1.0), 9 (0.67)
+    assert sl.table[8].tolist() == [12, 9]  # ties keep both; 12 only ever with 8
+    assert sl.table[4].tolist() == [-1, -1]  # never seen
+    assert sl.frequent.tolist() == [9]  # the most frequent target piece
+    ids = sl.candidates(torch.tensor([[6, 8], [0, 0]]))  # two sentences, time-major
+    assert ids[0][ids[0] >= 0].tolist() == [0, 1, 2, 3, 9, 10]
+    assert ids[1][ids[1] >= 0].tolist() == [0, 1, 2, 3, 9, 12]
+    assert ids.shape == (2, 6)
+    back = Shortlist.from_state(sl.to_state())
+    assert torch.equal(back.table, sl.table) and torch.equal(back.frequent, sl.frequent)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from nmt.config import compose_config
+    from tests.conftest import tiny_overrides
+
+    tmp = tmp_path_factory.mktemp("sl")
+    cfg = compose_config(
+        tiny_overrides(tiny_corpus, tmp / "cache", tmp / "run") + ["train.max_steps=40"]
+    )
+    train(cfg)
+    return tmp / "run" / "checkpoints" / "last.pt"
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    import gzip
+
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        rows = [line.rstrip("\n").split("\t") for line in fh][1:]
+    return [(a, b) for a, b in rows]
+
+
+def test_greedy_inside_the_shortlist_is_unchanged(
+    trained: Path, tiny_corpus: dict[str, Path]
+) -> None:
+    model, tok = load_for_inference(str(trained), "none")
+    pairs = read_pairs(tiny_corpus["train"])
+    sl = build_shortlist(tok.encode([s for s, _ in pairs]), tok.encode([t for _, t in pairs]),
+                         tok.vocab_size, per_source=5, frequent=5)  # fmt: skip
+    test = read_pairs(tiny_corpus["test"])
+    inside = 0
+    for b in inference_batches(tok.encode([s for s, _ in test]), 200, 8):
+        ids = sl.candidates(b.src)
+        full = beam_search(model, b.src, b.src_len, 1, 0.0, 0.0, 1.5, 5, 1, 2, 3, 0)
+        short = beam_search(model, b.src, b.src_len, 1, 0.0, 0.0, 1.5, 5, 1, 2, 3, 0, ids)
+        for row, f, s in zip(ids, full, short, strict=True):
+            allowed = set(row[row >= 0].tolist())
+            assert {0, 1, 2, 3} <= allowed  # pad, unk, bos, eos always
+            assert set(s[0].tokens) <= allowed
+            if set(f[0].tokens) <= allowed:
+                inside += 1
+                assert s[0].tokens == f[0].tokens
+    assert inside >= 5  # the check above ran on real cases
+
+
+def test_checkpoint_shortlist_is_used_unless_turned_off(trained: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from nmt import checkpoint as ckpt_io
+    from nmt.translate import translate_lines
+
+    ck = ckpt_io.load(trained)
+    tiny = Shortlist(
+        torch.full((ck["model"]["stages.0.embedding.weight"].size(0), 1), -1),
+        torch.zeros(0, dtype=torch.long),
+    )
+    ck["shortlist"] = tiny.to_state()  # only the special ids: every output is empty
+    path = tmp_path / "with_sl.pt"
+    ckpt_io.save(path, ck)
+    model, tok = load_for_inference(str(path), "none")
+    d = SimpleNamespace(beam_size=2, alpha=0.6, beta=0.0, max_len_a=1.5, max_len_b=5, nbest=1,
+                        batch_tokens=64, shortlist=True)  # fmt: skip
+    lines = ["the cat runs", "a big dog"]
+    assert [h[0][0] for h in translate_lines(model, tok, lines, d)] == ["", ""]
+    d.shortlist = False
+    full = translate_lines(model, tok, lines, d)
+    plain, _ = load_for_inference(str(trained), "none")
+    assert full == translate_lines(plain, tok, lines, d)
