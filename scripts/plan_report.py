@@ -32,6 +32,20 @@ measured tables (on the machine whose times you want; ``train.device=cuda`` on a
 The batch, lengths and micro-batch of measured tables are the profiler's (``data.batch_tokens``,
 ``parallel.microbatches``), not this script's ``--batch``/``--src-len`` (analytic tables only);
 ``scripts/validate_simulator.py`` checks the simulator against measured step times.
+
+Wavefront rows (issue 12; ``--wavefront 4:4 8:8``, ``parallel.wavefront_report``): gnmt4 on 4
+and gnmt8 on 8 devices cut along time into C chunks, placement and C planned together, next to
+the micro-batch planner's speedup; written to the report and to ``wavefront.json``.  The
+per-chunk overhead comes from ``--chunk-overhead`` files (``scripts/chunk_overhead.py``) for the
+device they name, else it is estimated from the launch latency and labelled so.  The committed
+run (H200 rates recovered by ``scripts/h200_rates.py``)::
+
+    python scripts/plan_report.py --measure-only --device cpu --out-dir docs/results/plan_report
+    python scripts/plan_report.py --out-dir docs/results/plan_report --vocab 8000 \
+        --devices 4 8 --links nvlink --rl-iterations 0 --sweep-batch \
+        --measured docs/results/plan_report/measured_cpu.json \
+        --measured docs/results/h200_rates.json \
+        --chunk-overhead docs/results/chunk_overhead_cpu_h1024.json
 """
 
 from __future__ import annotations
@@ -54,6 +68,8 @@ from parallel.plan import SearchSpace, best_of, search, single_device_ms
 from parallel.reinforce import reinforce
 from parallel.schedules import gnmt_placement
 from parallel.simulate import LINK_PRESETS, simulate
+from parallel.wavefront_report import markdown as wave_markdown
+from parallel.wavefront_report import wavefront_rows
 
 GAIN_GOAL, SPEEDUP_GOAL = 0.19, 6.0
 
@@ -129,6 +145,8 @@ def rates(meas: dict[str, Any], which: str) -> tuple[float, float]:
 
 def calibration(meas: dict[str, Any], which: str) -> str:
     """The analytic model's fwd+bwd time of one LSTM(H, H) layer, T=32, vs the measurement."""
+    if "lstm" not in meas:
+        return f"{meas['device']}: no LSTM timing ({meas.get('source', 'rates file')})"
     flops, launch = rates(meas, which)
     h, lstm = meas["lstm"]["hidden"], meas["lstm"]
     pred = [1e3 * max(LSTM_LAUNCHES * launch, 3 * 16 * h * h * 32 * b / flops) for b in (64, 1)]
@@ -317,23 +335,15 @@ def goals(rows: list[Row]) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    # fmt: off
     ap.add_argument("--costs", action="append", default=[], help="cost-table JSON (repeatable)")
-    ap.add_argument(
-        "--device", default="cpu", help="device whose throughput scales the analytic tables"
-    )
+    ap.add_argument("--device", default="cpu",
+                    help="device whose throughput scales the analytic tables")
     ap.add_argument("--no-analytic", action="store_true", help="only the --costs tables")
-    ap.add_argument(
-        "--measured",
-        action="append",
-        default=[],
-        help="measured_*.json from an earlier --measure-only run (repeatable)",
-    )
-    ap.add_argument(
-        "--rates",
-        choices=("matmul", "lstm"),
-        default="matmul",
-        help="scale the analytic tables by the matmul/tiny-op or LSTM timings",
-    )
+    ap.add_argument("--measured", action="append", default=[],
+                    help="measured_*.json from an earlier --measure-only run (repeatable)")
+    ap.add_argument("--rates", choices=("matmul", "lstm"), default="matmul",
+                    help="scale the analytic tables by the matmul/tiny-op or LSTM timings")
     ap.add_argument("--measure-only", action="store_true", help="write cost tables and stop")
     ap.add_argument("--out-dir", default="outputs/plan_report")
     ap.add_argument("--hidden", type=int, default=1024)
@@ -347,6 +357,12 @@ def main() -> int:
     ap.add_argument("--rl-iterations", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sweep-batch", type=int, nargs="*", default=[128, 512, 2048, 8192])
+    ap.add_argument("--wavefront", nargs="*", default=["4:4", "8:8"],
+                    help="LAYERS:DEVICES pairs for wavefront rows (none: skip)")
+    ap.add_argument("--wavefront-link", default="nvlink", choices=list(LINK_PRESETS))
+    ap.add_argument("--chunk-overhead", action="append", default=[],
+                    help="scripts/chunk_overhead.py JSON for the device it names (repeatable)")
+    # fmt: on
     args = ap.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -362,6 +378,7 @@ def main() -> int:
         if args.measure_only:
             print(json.dumps(meas))
             return 0
+    by_source: dict[str, dict[str, Any]] = {}
     for meas in measured:
         print(f"measured: {json.dumps(meas)}", file=sys.stderr)
         tag = meas["device"].replace(" ", "_")
@@ -369,6 +386,7 @@ def main() -> int:
             for t in analytic_tables(meas, args, vocab):
                 save_cost_tables(out / f"costs_{tag}_{t.model}_v{vocab}.json", [t])
                 sources.append((f"analytic@{meas['device']}", f"{t.model} V={vocab}", [t]))
+                by_source[f"analytic@{meas['device']}"] = meas
     for p in args.costs:
         tables = load_cost_tables(p)
         vocab = tables[0].notes.partition("vocab=")[2].split(" ")[0]
@@ -382,20 +400,29 @@ def main() -> int:
     calib = [calibration(meas, args.rates) for meas in measured]
     table = markdown(rows)
     g = goals(rows)
+    micro = {(r.source, r.model, r.devices, r.link): r.planned_ms for r in rows}
+    launch = {src: rates(m, args.rates)[1] for src, m in by_source.items()}
+    waves = wavefront_rows([(s, m, t[0]) for s, m, t in sources if s in launch], launch, micro,
+                           args.wavefront, args.wavefront_link, args.chunk_overhead)  # fmt: skip
+    wave_md = wave_markdown(waves)
     text = "\n".join([
         f"# Placement report: hidden={args.hidden} vocab={args.vocab} batch={args.batch} "
         f"Ts={args.src_len} Tt={args.tgt_len}; analytic tables use {args.rates} rates", "",
         *[f"- calibration {c}" for c in calib], "", table, "",
-        *sweep_lines(sweep, args)])  # fmt: skip
+        *sweep_lines(sweep, args), *wave_md])  # fmt: skip
+    wave_doc = {"rows": [r.to_dict() for r in waves], "link": args.wavefront_link}
+    (out / "wavefront.json").write_text(json.dumps(wave_doc, indent=1) + "\n")
     (out / "plan_report.md").write_text(text)
     plot(rows, out / "placement_speedup.png")
     print(text)
     verdict = {"goals": g, "gain_goal": GAIN_GOAL, "speedup_goal": SPEEDUP_GOAL,
                "batch_sweep": sweep,
+               "wavefront": {f"{r.source} {r.model} {r.devices}dev": round(r.speedup, 3)
+                             for r in waves},
                "rates": args.rates, "measured": measured,
                "model": {"hidden": args.hidden, "vocab": args.vocab, "batch": args.batch,
                          "src_len": args.src_len, "tgt_len": args.tgt_len},
-               "files": [str(out / "plan_report.md"),
+               "files": [str(out / "plan_report.md"), str(out / "wavefront.json"),
                          str(out / "placement_speedup.png")]}  # fmt: skip
     print(json.dumps(verdict))
     return 0

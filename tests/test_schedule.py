@@ -194,9 +194,7 @@ def test_minute_bounded_nmt_train_decays_before_the_end(
     assert lr[0] == 0.01 and min(lr) <= 0.005 and lr == sorted(lr, reverse=True)
 
 
-def test_resume_with_a_new_lr_uses_it(
-    tiny_cfg: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_resume_with_a_new_lr_uses_it(tiny_cfg: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """A continuation with another ``train.lr`` trains at that rate (the scheduler state in
     the checkpoint carries the old base rate) and says so."""
     flat = ("train.warmup_steps=0", "train.decay_steps=0", "train.save_every=4")
