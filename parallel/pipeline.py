@@ -81,6 +81,16 @@ def default_batch_dims(inputs: Sequence[Tensor]) -> tuple[int, ...]:
     return tuple(1 if x.dim() >= 2 else 0 for x in inputs)
 
 
+# torch schedule class per name, and whether it takes this rank's list of stages (several
+# stages per rank) or one stage
+RUNTIME_SCHEDULES: dict[str, tuple[Any, bool]] = {
+    "gpipe": (ScheduleGPipe, False),
+    "1f1b": (Schedule1F1B, False),
+    "interleaved_1f1b": (ScheduleInterleaved1F1B, True),
+    "looped_bfs": (ScheduleLoopedBFS, True),
+}
+
+
 class PipelineRunner:
     """Pipelined forward/backward over ``stages`` placed by ``placement`` (see module doc)."""
 
@@ -350,13 +360,13 @@ class PipelineRunner:
         fill_drain = "gpipe" if len(stages) == 1 else "looped_bfs"
         name = self.schedule if training else fill_drain
         kw: dict[str, Any] = {"loss_fn": self._loss, "scale_grads": False}
-        if name == "gpipe":
-            return ScheduleGPipe(stages[0], m, **kw)
-        if name == "1f1b":
-            return Schedule1F1B(stages[0], m, **kw)
-        if name == "interleaved_1f1b":
-            return ScheduleInterleaved1F1B(list(stages), m, **kw)
-        return ScheduleLoopedBFS(list(stages), m, **kw)
+        if name not in RUNTIME_SCHEDULES:
+            raise PlacementError(
+                f"unknown schedule {name!r}; choose from {', '.join(RUNTIME_SCHEDULES)}",
+                schedule=name,
+            )
+        kind, multi = RUNTIME_SCHEDULES[name]
+        return kind(list(stages) if multi else stages[0], m, **kw)
 
     def _loss(self, output: Tensor, target_mb: Tensor) -> Tensor:
         tgt = target_mb.movedim(0, self.target_batch_dim).contiguous()

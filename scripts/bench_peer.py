@@ -89,6 +89,20 @@ def venv_ok() -> tuple[bool, str]:
     return True, json.dumps(info)
 
 
+def link_parent_site(venv: Path) -> Path:
+    """Make the running interpreter's packages (its torch) visible inside ``venv``, after the
+    venv's own: ``--system-site-packages`` only exposes the *base* interpreter's, so from
+    inside the project's virtual environment the peer would not see its torch."""
+    import site
+    import sysconfig
+
+    paths = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
+    lib = next((venv / "lib").glob("python3*/site-packages"))
+    pth = lib / "_pipenmt_parent.pth"
+    pth.write_text("".join(f"{p}\n" for p in dict.fromkeys(paths)))
+    return pth
+
+
 def ensure_venv() -> str:
     ok, why = venv_ok()
     if ok:
@@ -99,6 +113,7 @@ def ensure_venv() -> str:
             subprocess.run(
                 [sys.executable, "-m", "venv", "--system-site-packages", str(VENV)], check=True
             )
+        link_parent_site(VENV)
         pip = [str(venv_python()), "-m", "pip", "install", "-q"]
         subprocess.run([*pip, "--no-deps", JOEY], check=True)
         subprocess.run([*pip, *JOEY_DEPS], check=True)

@@ -134,3 +134,15 @@ def test_find_ties() -> None:
     ties = find_ties(toy_stages())
     assert len(ties) == 1
     assert ties[0].holders == ((0, "embed.weight"), (4, "proj.weight"))
+
+
+def test_runtime_schedule_registry_is_the_planner_list_and_refuses_unknown_names() -> None:
+    from types import SimpleNamespace
+
+    from parallel.pipeline import RUNTIME_SCHEDULES, PipelineRunner
+    from parallel.schedules import SCHEDULES
+
+    assert tuple(RUNTIME_SCHEDULES) == SCHEDULES
+    runner = SimpleNamespace(schedule="bogus", _loss=None)
+    with pytest.raises(PlacementError, match="unknown schedule 'bogus'; choose from gpipe"):
+        PipelineRunner._make_schedule(runner, [], 2, True)  # type: ignore[arg-type]
