@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from parallel.costs import CostTable, digest, load_cost_tables
 from parallel.errors import PlacementError
+from parallel.partition import balanced_runs
 from parallel.schedules import (
     MULTI_STAGE_SCHEDULES,
     SCHEDULES,
@@ -144,26 +145,9 @@ def _combos(
 
 def balanced_cuts(weights: Sequence[float], parts: int) -> list[int]:
     """Cut positions splitting ``weights`` into ``parts`` runs minimising the largest run
-    sum (dynamic programming, O(parts * n^2))."""
-    n = len(weights)
-    if not 1 <= parts <= n:
-        raise PlacementError(f"cannot cut {n} stages into {parts} runs")
-    pre = [0.0, *itertools.accumulate(weights)]
-    inf = math.inf
-    best = [[inf] * (n + 1) for _ in range(parts + 1)]
-    arg = [[0] * (n + 1) for _ in range(parts + 1)]
-    best[0][0] = 0.0
-    for p in range(1, parts + 1):
-        for i in range(p, n + 1):
-            for j in range(p - 1, i):
-                val = max(best[p - 1][j], pre[i] - pre[j])
-                if val < best[p][i]:
-                    best[p][i], arg[p][i] = val, j
-    cuts, i = [], n
-    for p in range(parts, 0, -1):
-        i = arg[p][i]
-        cuts.append(i)
-    return sorted(cuts)[1:]
+    sum: the partition of :func:`parallel.placement.balanced_runs` (the one definition),
+    as positions."""
+    return list(itertools.accumulate(balanced_runs(weights, parts)))[:-1]
 
 
 def _cut_sets(n: int, parts: int, weights: Sequence[float], limit: int) -> list[tuple[int, ...]]:

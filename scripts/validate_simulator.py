@@ -59,8 +59,9 @@ if str(REPO) not in sys.path:
 from parallel.costs import CostTable, StageCost  # noqa: E402
 from parallel.distenv import DistContext, init_distributed  # noqa: E402
 from parallel.launch import launch  # noqa: E402
+from parallel.partition import balanced_runs  # noqa: E402
 from parallel.pipeline import PipelineRunner  # noqa: E402
-from parallel.placement import Placement, balanced_runs, contiguous  # noqa: E402
+from parallel.placement import Placement, contiguous  # noqa: E402
 from parallel.profile import profile_stages  # noqa: E402
 from parallel.simulate import ZERO_LINK, Link, parse_link, simulate  # noqa: E402
 
