@@ -17,7 +17,7 @@ import numpy as np
 
 from parallel.costs import CostTable
 from parallel.errors import PlacementError
-from parallel.plan import Candidate, SearchSpace, _combos, _fits, evaluate, single_device_ms
+from parallel.plan import Candidate, SearchSpace, evaluate, fits, schedule_combos, single_device_ms
 from parallel.schedules import group_virtual_stages
 from parallel.simulate import Link
 
@@ -102,5 +102,5 @@ def _environment(
         v = 0
     if v:
         found += [evaluate(tables, placement, sched, m, link, k, recompute=rc, dp=dp)
-                  for sched, _, rc in _combos(tables, k, v, space)]  # fmt: skip
-    return sorted((c for c in found if _fits(c, space)), key=lambda c: c.step_ms)
+                  for sched, _, rc in schedule_combos(tables, k, v, space)]  # fmt: skip
+    return sorted((c for c in found if fits(c, space)), key=lambda c: c.step_ms)

@@ -17,12 +17,12 @@ from parallel.plan import (
     best_of,
     evaluate,
     load_plan,
-    main,
     make_plan,
     save_plan,
     search,
     single_device_ms,
 )
+from parallel.plan_cli import main
 from parallel.reinforce import reinforce
 from parallel.schedules import gnmt_placement, looped_placement
 from parallel.simulate import LINK_PRESETS, ZERO_LINK, Link
