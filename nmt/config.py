@@ -130,9 +130,12 @@ class DecodeConfig:
     batch_tokens: int = 4000
     quantize: str = "none"  # none | int8 (CPU)
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
-    # search over the model's vocabulary shortlist when it carries one (nmt/shortlist.py)
-    shortlist: bool = True
-    dtype: str = "fp32"  # fp32 | bf16 | fp16 (fp16: GPU only); scores are accumulated in fp32
+    # search over the model's vocabulary shortlist when it carries one (nmt/shortlist.py); off
+    # by default: measured slower than the full vocabulary here (docs/results/bench_translate.json)
+    shortlist: bool = False
+    # fp32 | bf16 | fp16 (GPU only) | auto (bf16 on a GPU or a CPU with native bf16, else
+    # fp32); the search accumulates scores in fp32
+    dtype: str = "auto"
 
 
 @dataclass

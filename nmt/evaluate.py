@@ -99,10 +99,12 @@ def _translate_split(cfg: Any) -> tuple[str, str, dict[str, Any]]:
     hyp_path, ref_path = Path(f"{stem}.{tag}.hyp"), Path(f"{stem}.{split}.ref")
     _write(hyp_path, "".join(h + "\n" for h in hyps))
     _write(ref_path, "".join(one_line(t) + "\n" for _, t in pairs))
-    return str(hyp_path), str(ref_path), _run_info(cfg, ckpt, ckpt_path, name)
+    return str(hyp_path), str(ref_path), _run_info(cfg, ckpt, ckpt_path, name, device, dtype)
 
 
-def _run_info(cfg: Any, ckpt: dict[str, Any], path: Path, name: str | None) -> dict[str, Any]:
+def _run_info(
+    cfg: Any, ckpt: dict[str, Any], path: Path, name: str | None, device: str, dtype: Any
+) -> dict[str, Any]:
     """What ``nmt-eval checkpoint=`` scored: the checkpoint, its step and training time, the
     split and data, the decoding settings (recorded in the JSON report)."""
     meta = ckpt.get("metadata")
@@ -119,7 +121,13 @@ def _run_info(cfg: Any, ckpt: dict[str, Any], path: Path, name: str | None) -> d
         "data": ckpt["config"]["data"].get("name"),
         "model": ckpt["config"]["model"].get("name"),
         "decode": {
-            k: d[k] for k in ("beam_size", "alpha", "beta", "max_len_a", "max_len_b", "quantize")
+            **{
+                k: d[k]
+                for k in ("beam_size", "alpha", "beta", "max_len_a", "max_len_b", "quantize")
+            },
+            "device": device,
+            "dtype": str(dtype).removeprefix("torch."),
+            "shortlist": bool(d.shortlist) and "shortlist" in ckpt,
         },
     }
 

@@ -143,6 +143,8 @@ def _card_scores(f: dict[str, Any]) -> str:
     decode = (
         f"beam {dec['beam_size']}, alpha {dec['alpha']}, beta {dec['beta']}"
         + ("" if dec.get("quantize", "none") == "none" else f", {dec['quantize']}")
+        + (f", {dec['dtype']}" if dec.get("dtype") else "")
+        + (", shortlist" if dec.get("shortlist") else "")
         if dec
         else "not recorded"
     )

@@ -67,7 +67,7 @@ def translate_ids(
     """
     out: list[list[Hypothesis]] = [[] for _ in src_ids]
     shortlist = (
-        getattr(model, "shortlist", None) if bool(getattr(dcfg, "shortlist", True)) else None
+        getattr(model, "shortlist", None) if bool(getattr(dcfg, "shortlist", False)) else None
     )
     for batch in inference_batches(src_ids, int(dcfg.batch_tokens), 8):
         vocab_index = None if shortlist is None else shortlist.candidates(batch.src)
@@ -213,6 +213,15 @@ def load_for_inference(
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cpu_has_bf16() -> bool:
+    """Does this CPU do bf16 arithmetic natively (AVX512-BF16 or AMX)? From /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def inference_setup(dcfg: Any) -> tuple[str, torch.dtype]:
     """(device, dtype) of ``decode.device`` / ``decode.dtype``; impossible ones are one-line
     errors (a GPU asked for where there is none, fp16 or int8 on the wrong device)."""
@@ -223,8 +232,10 @@ def inference_setup(dcfg: Any) -> tuple[str, torch.dtype]:
         raise UserError(f"decode.device={name}: expected auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"decode.device={name} but no CUDA device is available")
+    if dtype == "auto":  # bf16 where the hardware computes it natively, else fp32
+        dtype = "bf16" if name != "cpu" or cpu_has_bf16() else "fp32"
     if dtype not in DTYPES:
-        raise UserError(f"decode.dtype={dtype}: expected {', '.join(DTYPES)}")
+        raise UserError(f"decode.dtype={dtype}: expected auto, {', '.join(DTYPES)}")
     if dtype == "fp16" and name == "cpu":
         raise UserError("decode.dtype=fp16 needs a CUDA device; on CPU use bf16 or fp32")
     if str(getattr(dcfg, "quantize", "none")) == "int8" and (name != "cpu" or dtype != "fp32"):
@@ -355,6 +366,7 @@ def translate_sharded(cfg: Any, nproc: int) -> int:
             "dtype", "shortlist",
         )
     }  # fmt: skip
+    dcfg["dtype"] = {v: k for k, v in DTYPES.items()}[inference_setup(cfg.decode)[1]]
     threads = int(cfg.train.threads) or max(1, (os.cpu_count() or 1) // nproc)
     results = launch(
         _translate_shard,
@@ -412,7 +424,7 @@ def translate_cli(cfg: Any) -> dict[str, Any]:
 def translate_texts(model: GNMT, tok: Tokenizer, texts: Sequence[str], dcfg: Any) -> list[str]:
     """Best translation of each text (in memory; used by validation and nmt-eval)."""
     best = SimpleNamespace(
-        shortlist=getattr(dcfg, "shortlist", True),
+        shortlist=getattr(dcfg, "shortlist", False),
         beam_size=dcfg.beam_size,
         alpha=dcfg.alpha,
         beta=dcfg.beta,

@@ -283,9 +283,10 @@ def test_real_shipped_model_translates_and_scores_on_the_test_head(
     pairs = load_text(data, ("test",))["test"][:200]
     hyps = translate_texts(model, tok, [s for s, _ in pairs], DecodeConfig())  # beam 5
     result = score(hyps, [t for _, t in pairs])
-    # Measured 20.71 (2026-12-01, torch 2.13 CPU); the bar is 25, not reached yet
-    # (MODEL.md). The margin covers float differences between machines, not a worse model.
-    assert result["bleu"] >= 18.0, result["bleu_text"]
+    # Measured 23.56 (2026-12-02, torch 2.13 CPU, the 10,188-step model; 20.71 before phase 3);
+    # the bar is 25, not reached yet (MODEL.md). The margin covers float differences
+    # between machines, not a worse model.
+    assert result["bleu"] >= 21.5, result["bleu_text"]
 
 
 def test_export_script_errors_are_one_line(

@@ -75,7 +75,7 @@ def test_greedy_inside_the_shortlist_is_unchanged(
     assert inside >= 5  # the check above ran on real cases
 
 
-def test_checkpoint_shortlist_is_used_unless_turned_off(trained: Path, tmp_path: Path) -> None:
+def test_checkpoint_shortlist_is_used_when_turned_on(trained: Path, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from nmt import checkpoint as ckpt_io
