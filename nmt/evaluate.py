@@ -69,14 +69,9 @@ def _translate_split(cfg: Any) -> tuple[str, str, dict[str, Any]]:
     """Translate the checkpoint's data split; returns (hyp path, ref path, what was run)."""
     from nmt.checkpoint import load, require_single_device
     from nmt.corpus import load_text
+    from nmt.inference import inference_setup, model_from_checkpoint
     from nmt.shipped import eval_stem, resolve_checkpoint
-    from nmt.translate import (
-        check_decode,
-        inference_setup,
-        model_from_checkpoint,
-        one_line,
-        translate_texts,
-    )
+    from nmt.translate import check_decode, one_line, translate_texts
 
     ckpt_path, name = resolve_checkpoint(str(cfg.checkpoint))
     split = str(cfg.split)

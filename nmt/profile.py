@@ -1,7 +1,7 @@
 """``nmt-profile``: measured per-stage cost tables for the placement planner.
 
     nmt-profile model=gnmt_small profile_out=costs.json [parallel.microbatches=4]
-    python -m parallel.plan --costs costs.json --devices 2 --out plan.json
+    python -m parallel.plan_cli --costs costs.json --devices 2 --out plan.json
     nmt-train parallel=auto parallel.pp=2 parallel.plan=plan.json
 
 Builds the model of ``cfg.model`` with ``cfg.data.vocab_size`` entries (no corpus needed:

@@ -20,7 +20,8 @@ from nmt.corpus import prepare_corpus
 from nmt.loop import make_run_dir, resume_path, run_loop
 from nmt.lr import schedule_from_config
 from nmt.metrics import MetricsLog
-from nmt.train_pipeline import apply_plan, train_pipelined
+from nmt.pipeline_config import apply_plan
+from nmt.train_pipeline import train_pipelined
 from nmt.trainer import Trainer, seed_everything
 
 log = logging.getLogger("nmt.train")

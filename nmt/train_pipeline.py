@@ -1,13 +1,13 @@
 """Pipelined training: ``nmt-train parallel=pipe2`` (or dp x pp) on torch.distributed.pipelining.
 
-The parent process checks the placement (bad settings fail here, exit 2), prepares the data
+The parent process checks the placement (:mod:`nmt.pipeline_config`), prepares the data
 once (so the tokenizer is cached), and starts ``dp * pp`` workers with torch's launcher (or
 joins as a worker under ``torchrun``). Each worker builds the same stage list with the same
-seed, keeps its own stages, and runs the common loop of :mod:`nmt.train` with the step,
+seed, keeps its own stages, and runs the common loop of :mod:`nmt.loop` with the step,
 validation and checkpoints done collectively.
 
-Checkpoints: every rank writes its shard (``checkpoints/shards/last.pp{p}.dp{d}.pt``: its
-stages, optimizer, RNG, data position) for exact resume with the same placement; rank 0 also
+Checkpoints: every rank writes its shard of the step (``checkpoints/shards/``, one set per
+step with a manifest: :mod:`nmt.shards`) for exact resume with the same placement; rank 0 also
 exports one single-device ``last.pt``/``best.pt`` (weights only) that ``nmt-translate`` and
 ``nmt-eval`` load, and from which a run with another placement (or one device) resumes.
 """
@@ -33,93 +33,16 @@ from nmt.loop import resume_path, run_loop
 from nmt.loss import label_smoothed_nll
 from nmt.metrics import MetricsLog
 from nmt.model import GNMT, build_stages
+from nmt.pipeline_config import recompute_setting, resolve_placement, stage_args
 from nmt.trainer import (
     Trainer,
-    note_rebase,
     poison_if_injected,
-    restore_schedule_position,
     seed_everything,
 )
 from nmt.validate import dev_bleu
-from parallel.engine import (
-    DistContext,
-    PipelineRunner,
-    from_plan,
-    init_distributed,
-    launch,
-    resolve,
-)
-from parallel.plan import load_plan
+from parallel.engine import DistContext, PipelineRunner, init_distributed, launch
 
 TIMELINE_STEPS = (3, 6)  # record steps (start+3, start+6] of each run for the timeline
-
-
-def stage_args(cfg: Any, vocab_size: int) -> tuple[Any, ...]:
-    m = cfg.model
-    return (
-        vocab_size,
-        int(m.hidden),
-        int(m.enc_layers),
-        int(m.dec_layers),
-        float(m.dropout),
-        bool(m.tie_embeddings),
-        float(m.init_range),
-        PAD_ID,
-    )
-
-
-def resolve_placement(cfg: Any) -> tuple[Any, str, int]:
-    """Placement, schedule and micro-batch count, checked before any process starts."""
-    pc, m = cfg.parallel, cfg.model
-    return resolve(
-        str(pc.placement),
-        n_stages=int(m.enc_layers) + int(m.dec_layers) + 1,
-        pp=int(pc.pp),
-        schedule=str(pc.schedule),
-        microbatches=int(pc.microbatches),
-        balance=list(pc.balance) if pc.balance is not None else None,
-        plan=str(pc.plan) if pc.plan else None,
-        n_enc=int(m.enc_layers),
-        n_dec=int(m.dec_layers),
-    )
-
-
-def apply_plan(cfg: Any) -> None:
-    """``parallel=auto`` / ``parallel.plan=FILE``: the number of pipeline ranks (and, unless
-    ``parallel.dp`` is set, the replicas) come from the plan. A placement that cannot apply
-    is a one-line error, never a silent single-device run."""
-    pc, m = cfg.parallel, cfg.model
-    placement, plan_path = str(pc.placement), str(pc.plan) if pc.plan else None
-    if plan_path and placement == "contiguous" and pc.balance is None:
-        placement = pc.placement = "auto"  # a plan alone means placement=auto
-    if placement == "auto":
-        if not plan_path:
-            raise UserError("parallel.placement=auto needs a plan file: parallel.plan=PATH")
-        plan = load_plan(plan_path, int(m.enc_layers) + int(m.dec_layers) + 1)
-        if int(pc.pp) not in (1, plan.num_ranks):
-            raise UserError(
-                f"parallel.pp={pc.pp} but the plan {plan_path} is for {plan.num_ranks} ranks"
-            )
-        pc.pp = plan.num_ranks
-        if int(pc.dp) == 1:
-            pc.dp = plan.dp
-    elif plan_path:
-        raise UserError(f"parallel.plan applies to parallel.placement=auto, not {placement}")
-    elif int(pc.pp) * int(pc.dp) == 1 and (placement != "contiguous" or pc.balance):
-        what = f"parallel.placement={placement}" if placement != "contiguous" else "balance"
-        raise UserError(
-            f"{what} needs parallel.pp > 1 (one process has nothing to place); "
-            "set parallel.pp or use parallel=none"
-        )
-
-
-def recompute_setting(cfg: Any) -> bool:
-    """``parallel.recompute``, or the plan's choice for ``placement=auto``."""
-    pc, m = cfg.parallel, cfg.model
-    if str(pc.placement) == "auto" and pc.plan:
-        n = int(m.enc_layers) + int(m.dec_layers) + 1
-        return bool(cfg.parallel.recompute) or from_plan(str(pc.plan), n, int(pc.pp))[1].recompute
-    return bool(cfg.parallel.recompute)
 
 
 class _NullMetrics(MetricsLog):
@@ -274,14 +197,7 @@ class PipeTrainer(Trainer):
         0), a barrier, then the manifest that makes the set of step N the one to resume."""
         shard = {
             "model": self.runner.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": ckpt_io.rng_state(),
-            "data": self.batcher.state_dict(),
-            "step": self.step,
-            "train_seconds": self.train_seconds,
-            "best": dict(self.best),
-            "skipped_steps": self.skipped_steps,
+            **self.run_state(),
             "placement": self.placement_ranks,
         }
         ctx = self.ctx
@@ -329,9 +245,7 @@ class PipeTrainer(Trainer):
             ck, config_to_dict(self.cfg)["model"], self.corpus.tokenizer.model_bytes(), str(path)
         )
         self.runner.load_full_state_dict(ck["model"], prefix="stages.")
-        self.step = int(ck.get("step", 0))
-        self.train_seconds = float(ck.get("train_seconds", 0.0))
-        restore_schedule_position(self)
+        self.start_from_weights(ck)
         if self.is_main:
             print(
                 f"re-placed the weights of {path} onto this placement at step {self.step}; "
@@ -344,15 +258,7 @@ class PipeTrainer(Trainer):
         self.runner.load_full_state_dict(
             {f"stages.{k}": v for k, v in shard["model"].items()}, prefix="stages.", strict=False
         )
-        self.optimizer.load_state_dict(shard["optimizer"])
-        self.scheduler.load_state_dict(shard["scheduler"])
-        self.batcher.load_state_dict(shard["data"])
-        self.step, self.train_seconds = shard["step"], shard["train_seconds"]
-        self.best = shard["best"]
-        self.skipped_steps = int(shard.get("skipped_steps", 0))
-        ckpt_io.set_rng_state(shard["rng"])
-        self.run_seconds = self.train_seconds
-        note_rebase(self, float(self.cfg.train.lr))
+        self.load_run_state(shard)
 
     def finish(self) -> dict[str, Any]:
         summary = self.runner.write_timeline(self.out_dir)  # collective

@@ -242,18 +242,48 @@ class Trainer:
     def state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
+            **self.run_state(),
+            "scaler": self.scaler.state_dict(),
+            "config": config_to_dict(self.cfg),
+            "spm": self.corpus.tokenizer.model_bytes(),
+        }
+
+    def run_state(self) -> dict[str, Any]:
+        """What an exact resume needs besides the weights (single-device checkpoints and
+        pipeline shards alike): optimizer, schedule, RNG, data position, counters."""
+        return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
             "rng": ckpt_io.rng_state(),
             "data": self.batcher.state_dict(),
             "step": self.step,
             "train_seconds": self.train_seconds,
             "best": dict(self.best),
             "skipped_steps": self.skipped_steps,
-            "config": config_to_dict(self.cfg),
-            "spm": self.corpus.tokenizer.model_bytes(),
         }
+
+    def load_run_state(self, ck: dict[str, Any]) -> None:
+        """Inverse of :meth:`run_state`; a new ``train.lr`` of this run wins (note_rebase)."""
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.batcher.load_state_dict(ck["data"])
+        self.step, self.train_seconds, self.best = ck["step"], ck["train_seconds"], ck["best"]
+        self.skipped_steps = int(ck.get("skipped_steps", 0))
+        ckpt_io.set_rng_state(ck["rng"])
+        self.run_seconds = self.train_seconds
+        note_rebase(self, float(self.cfg.train.lr))
+
+    def start_from_weights(self, ck: dict[str, Any]) -> None:
+        """Weights-only resume: step and clock from ``ck``; the lr schedule goes on from that
+        step (not from step 0); optimizer state and data position start fresh."""
+        self.step = int(ck.get("step", 0))
+        self.train_seconds = self.run_seconds = float(ck.get("train_seconds", 0.0))
+        self.scheduler.last_epoch = self.step
+        factor = self.schedule.factor(self.step, self.run_seconds)
+        rates = [base * factor for base in self.scheduler.base_lrs]
+        for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = rate
+        self.scheduler._last_lr = rates
 
     def save(self, best: bool) -> None:
         state = self.state()
@@ -274,29 +304,10 @@ class Trainer:
                 f"{path} holds weights only: optimizer and data position start fresh",
                 file=sys.stderr,
             )
-            self.step = int(ck.get("step", 0))
-            self.train_seconds = float(ck.get("train_seconds", 0.0))
-            restore_schedule_position(self)
+            self.start_from_weights(ck)
             return
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
-        self.batcher.load_state_dict(ck["data"])
-        self.step, self.train_seconds, self.best = ck["step"], ck["train_seconds"], ck["best"]
-        self.skipped_steps = int(ck.get("skipped_steps", 0))
-        ckpt_io.set_rng_state(ck["rng"])
-        self.run_seconds = self.train_seconds
-        note_rebase(self, float(self.cfg.train.lr))
-
-
-def restore_schedule_position(t: Any) -> None:
-    """Weights-only resume: the lr schedule goes on from ``t.step`` (not from step 0)."""
-    t.run_seconds = t.train_seconds
-    t.scheduler.last_epoch = t.step
-    rates = [base * t.schedule.factor(t.step, t.run_seconds) for base in t.scheduler.base_lrs]
-    for group, rate in zip(t.optimizer.param_groups, rates, strict=True):
-        group["lr"] = rate
-    t.scheduler._last_lr = rates
+        self.load_run_state(ck)
 
 
 def note_rebase(t: Any, lr: float) -> None:

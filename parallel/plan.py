@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -341,9 +340,3 @@ def _validate_plan(plan: Plan, num_stages: int, num_ranks: int | None, where: st
         raise PlacementError(f"{where}: dp={plan.dp} must be >= 1")
     groups = group_virtual_stages(p, k)
     validate_schedule(plan.schedule, k, plan.microbatches, len(groups) // k)
-
-
-if __name__ == "__main__":  # `python -m parallel.plan ...`: the CLI lives in parallel.plan_cli
-    from parallel.plan_cli import main
-
-    sys.exit(main())

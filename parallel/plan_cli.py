@@ -1,4 +1,4 @@
-"""``python -m parallel.plan``: search the placements of a cost table and write a plan file
+"""``python -m parallel.plan_cli``: search the placements of a cost table and write a plan file
 (the command line of :mod:`parallel.plan`; kept apart so that the planner and the REINFORCE
 placer, which builds on it, do not import each other)."""
 
@@ -35,7 +35,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m parallel.plan", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m parallel.plan_cli", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--costs", required=True, help="cost table JSON (parallel.costs)")
     ap.add_argument("--devices", type=int, required=True)
     ap.add_argument("--link", default="nvlink", help="nvlink|pcie|eth100|custom:GBps:us")
@@ -99,3 +101,7 @@ def _run(args: argparse.Namespace) -> int:
                      expert_ms=None if expert is None else expert.step_ms)  # fmt: skip
     save_plan(args.out, plan)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

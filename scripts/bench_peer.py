@@ -252,7 +252,8 @@ class Decode:  # the decode config nmt.translate reads (conf/decode/beam5.yaml +
 def translate_ours(ckpt: str, src: list[str], threads: int) -> tuple[list[str], float]:
     import torch
 
-    from nmt.translate import load_for_inference, translate_lines
+    from nmt.inference import load_for_inference
+    from nmt.translate import translate_lines
 
     torch.set_num_threads(threads)
     model, tok = load_for_inference(ckpt, "none")

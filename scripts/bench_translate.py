@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nmt.checkpoint import load  # noqa: E402
 from nmt.config import dict_to_config  # noqa: E402
 from nmt.corpus import load_text  # noqa: E402
+from nmt.inference import load_for_inference  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
 from nmt.shipped import resolve_checkpoint  # noqa: E402
-from nmt.translate import load_for_inference, translate_lines  # noqa: E402
+from nmt.translate import translate_lines  # noqa: E402
 
 
 class Decode:

@@ -38,6 +38,10 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nmt.metrics import cpu_model  # noqa: E402
+
 Where = tuple[torch.device, torch.dtype]
 
 
@@ -67,16 +71,6 @@ def run_chunks(
             torch.cuda.synchronize(x.device)
 
     return step
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(

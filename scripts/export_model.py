@@ -40,6 +40,7 @@ from data.debian import sha256_file  # noqa: E402
 from data.errors import DataError  # noqa: E402
 from nmt.checkpoint import FORMAT, load, require_single_device  # noqa: E402
 from nmt.errors import UserError  # noqa: E402
+from nmt.inference import load_for_inference, model_from_checkpoint  # noqa: E402
 from nmt.model_card import NOTES_FILE, write_card  # noqa: E402
 from nmt.shipped import (  # noqa: E402
     MAX_MODEL_BYTES,
@@ -51,7 +52,6 @@ from nmt.shipped import (  # noqa: E402
     weights_digest,
 )
 from nmt.shortlist import shortlist_for  # noqa: E402
-from nmt.translate import load_for_inference, model_from_checkpoint  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------- export

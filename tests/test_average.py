@@ -3,7 +3,6 @@ like any checkpoint; checkpoints of another model are refused with one line."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +10,11 @@ import pytest
 import torch
 
 from nmt import checkpoint as ckpt_io
+from nmt.inference import load_for_inference
 from nmt.train import train
-from nmt.translate import load_for_inference
+from tests.conftest import load_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import average_checkpoints  # noqa: E402
+average_checkpoints = load_script("average_checkpoints")
 
 
 def test_average_is_the_mean_and_translates(

@@ -5,7 +5,6 @@ must survive every one of them."""
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -18,17 +17,9 @@ import nmt.trainer as train_mod
 from nmt import checkpoint as ckpt_io
 from nmt.errors import UserError
 from nmt.train import train
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def records(out_dir: Path) -> list[dict[str, Any]]:

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from data.batching import EOS_ID, PAD_ID, Batcher, inference_batches
 from data.synthetic import WORDS
+from nmt.inference import load_for_inference
 from nmt.train import train
-from nmt.translate import _LINE_BREAKS, load_for_inference, translate_stream
+from nmt.translate import _LINE_BREAKS, translate_stream
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent

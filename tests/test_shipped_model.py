@@ -231,7 +231,8 @@ def test_int8_export_is_close_and_translates(
     trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from nmt.config import DecodeConfig
-    from nmt.translate import load_for_inference, translate_texts
+    from nmt.inference import load_for_inference
+    from nmt.translate import translate_texts
 
     export_model.export_model(trained, NAME, tmp_path, dtype="int8")
     raw = torch.load(tmp_path / NAME / "model.pt", weights_only=True)
@@ -266,7 +267,8 @@ def test_real_shipped_model_translates_and_scores_on_the_test_head(
     from nmt.config import DecodeConfig, dict_to_config
     from nmt.corpus import load_text
     from nmt.evaluate import score
-    from nmt.translate import load_for_inference, translate_texts
+    from nmt.inference import load_for_inference
+    from nmt.translate import translate_texts
 
     monkeypatch.delenv(MODELS_ENV, raising=False)
     stdin = "\n".join(FIVE) + "\n"

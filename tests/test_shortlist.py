@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from data.batching import inference_batches
+from data.corpus import load_split
+from nmt.inference import load_for_inference
 from nmt.search import beam_search
 from nmt.shortlist import Shortlist, build_shortlist
 from nmt.train import train
-from nmt.translate import load_for_inference
 
 
 def test_table_ranks_cooccurring_targets_by_dice() -> None:
@@ -44,22 +45,14 @@ def trained(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     return tmp / "run" / "checkpoints" / "last.pt"
 
 
-def read_pairs(path: Path) -> list[tuple[str, str]]:
-    import gzip
-
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        rows = [line.rstrip("\n").split("\t") for line in fh][1:]
-    return [(a, b) for a, b in rows]
-
-
 def test_greedy_inside_the_shortlist_is_unchanged(
     trained: Path, tiny_corpus: dict[str, Path]
 ) -> None:
     model, tok = load_for_inference(str(trained), "none")
-    pairs = read_pairs(tiny_corpus["train"])
+    pairs = load_split(tiny_corpus["train"], "en", "de")
     sl = build_shortlist(tok.encode([s for s, _ in pairs]), tok.encode([t for _, t in pairs]),
                          tok.vocab_size, per_source=5, frequent=5)  # fmt: skip
-    test = read_pairs(tiny_corpus["test"])
+    test = load_split(tiny_corpus["test"], "en", "de")
     inside = 0
     for b in inference_batches(tok.encode([s for s, _ in test]), 200, 8):
         ids = sl.candidates(b.src)

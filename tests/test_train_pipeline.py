@@ -12,8 +12,11 @@ import torch
 
 from nmt import checkpoint as ckpt_io
 from nmt.errors import user_error_types
+from nmt.inference import load_for_inference
 from nmt.train import train
-from nmt.translate import load_for_inference, translate_lines
+
+# Constant learning rate (no warm-up/decay), so a run stopped at step 4 and resumed with
+from nmt.translate import translate_lines
 
 # Constant learning rate (no warm-up/decay), so a run stopped at step 4 and resumed with
 # max_steps=8 follows exactly the straight 8-step run.

@@ -13,8 +13,9 @@ import pytest
 
 from nmt.errors import UserError
 from nmt.evaluate import score_files
+from nmt.inference import load_for_inference
 from nmt.train import train
-from nmt.translate import load_for_inference, translate_lines
+from nmt.translate import translate_lines
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +231,8 @@ def test_bf16_decoding_keeps_lines_and_scores_in_fp32(checkpoint: Path, tmp_path
 
     import torch
 
-    from nmt.translate import load_for_inference, translate_lines
+    from nmt.inference import load_for_inference
+    from nmt.translate import translate_lines
 
     lines = ["the cat runs", "", "a big red dog sleeps", "window"]
     src = tmp_path / "in.txt"
