@@ -39,7 +39,8 @@ def trained(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
 
     tmp = tmp_path_factory.mktemp("sl")
     cfg = compose_config(
-        tiny_overrides(tiny_corpus, tmp / "cache", tmp / "run") + ["train.max_steps=40"]
+        tiny_overrides(tiny_corpus, tmp / "cache", tmp / "run")
+        + ["train.max_steps=300"]  # emits words
     )
     train(cfg)
     return tmp / "run" / "checkpoints" / "last.pt"
@@ -62,7 +63,7 @@ def test_greedy_inside_the_shortlist_is_unchanged(
             allowed = set(row[row >= 0].tolist())
             assert {0, 1, 2, 3} <= allowed  # pad, unk, bos, eos always
             assert set(s[0].tokens) <= allowed
-            if set(f[0].tokens) <= allowed:
+            if f[0].tokens and set(f[0].tokens) <= allowed:  # a real (non-empty) translation
                 inside += 1
                 assert s[0].tokens == f[0].tokens
     assert inside >= 5  # the check above ran on real cases
@@ -91,3 +92,41 @@ def test_checkpoint_shortlist_is_used_when_turned_on(trained: Path, tmp_path: Pa
     full = translate_lines(model, tok, lines, d)
     plain, _ = load_for_inference(str(trained), "none")
     assert full == translate_lines(plain, tok, lines, d)
+
+
+def test_nmt_translate_uses_the_shortlist_only_when_asked(
+    trained: Path, tiny_corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    """Through the real command: a checkpoint whose shortlist holds only the special ids
+    translates to empty lines with ``decode.shortlist=true`` and to words without it."""
+    import os
+    import subprocess
+    import sys
+
+    from nmt import checkpoint as ckpt_io
+
+    ck = ckpt_io.load(trained)
+    vocab = ck["model"]["stages.0.embedding.weight"].size(0)
+    ck["shortlist"] = Shortlist(
+        torch.full((vocab, 1), -1), torch.zeros(0, dtype=torch.long)
+    ).to_state()
+    path = tmp_path / "with_sl.pt"
+    ckpt_io.save(path, ck)
+    code = (
+        "import sys; from nmt.cli import translate_main; sys.argv[0] = 'nmt-translate'; "
+        "translate_main()"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    lines = "".join(f"{src}\n" for src, _ in load_split(tiny_corpus["test"], "en", "de")[:4])
+    outs = []
+    for flag in ("true", "false"):
+        r = subprocess.run(
+            [sys.executable, "-c", code, f"checkpoint={path}", f"decode.shortlist={flag}",
+             "decode.beam_size=1", "decode.dtype=fp32"],
+            input=lines, capture_output=True, text=True, timeout=120,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root},
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        outs.append(r.stdout.split("\n"))
+    assert outs[0] == ["", "", "", "", ""]
+    assert len(outs[1]) == 5 and any(line.strip() for line in outs[1])
