@@ -29,6 +29,7 @@ RELEASE = "bookworm"
 SPLITS = ("train", "dev", "test")
 SHIPPED_DIR = Path(__file__).parent / "corpus"
 LO_PACKAGES = ("libreoffice-help-en-us", "libreoffice-help-de")
+HELP_ROOT = "usr/share/libreoffice/help"  # inside the libreoffice-help-* packages
 GETTEXT_PACKAGES = (
     "gcc-12-locales",
     "libreoffice-l10n-de",
@@ -79,9 +80,12 @@ def assign_splits(sources: dict[str, list[Triple]]) -> tuple[dict[str, list[Trip
     return by_split, counts
 
 
-def _tsv_gz(rows: Iterable[tuple[str, str]]) -> tuple[bytes, str, int]:
-    """Deterministic gzip (mtime 0) of a TSV with header; returns (bytes, sha256 of text, lines)."""
-    text = "en\tde\n" + "".join(f"{en}\t{de}\n" for en, de in rows)
+def tsv_gz(
+    rows: Iterable[tuple[str, str]], columns: tuple[str, str] = ("en", "de")
+) -> tuple[bytes, str, int]:
+    """Deterministic gzip (mtime 0) of a TSV with a header naming the ``columns``' languages;
+    returns (bytes, sha256 of the text, pairs)."""
+    text = "\t".join(columns) + "\n" + "".join(f"{a}\t{b}\n" for a, b in rows)
     raw = text.encode("utf-8")
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=9) as gz:
@@ -93,17 +97,16 @@ def _harvest_sources(
     root: Path, gettext_pkgs: tuple[str, ...], log: Log
 ) -> tuple[dict[str, list[Triple]], dict[str, Any]]:
     log(f"apt-get update ({RELEASE}, Translation-en/de) into {root}")
-    t_en, t_de, date = update_indexes(root, RELEASE)
+    indexes, date = update_indexes(root, RELEASE, ("en", "de"))
     sources: dict[str, list[Triple]] = {}
     log("aligning DDTP package descriptions")
-    sources["ddtp"] = list(clean_pairs(ddtp.harvest(t_en.path, t_de.path)))
+    sources["ddtp"] = list(clean_pairs(ddtp.harvest(indexes["en"].path, indexes["de"].path)))
     debs: list[FetchedFile] = [download_package(root, p) for p in LO_PACKAGES]
     log("aligning LibreOffice help pages")
     en_dir = extract(debs[0].path, root / "x" / debs[0].name)
     de_dir = extract(debs[1].path, root / "x" / debs[1].name)
-    help_root = "usr/share/libreoffice/help"
     sources["lohelp"] = list(
-        clean_pairs(lohelp.harvest(en_dir / help_root / "en-US", de_dir / help_root / "de"))
+        clean_pairs(lohelp.harvest(en_dir / HELP_ROOT / "en-US", de_dir / HELP_ROOT / "de"))
     )
     if gettext_pkgs:
         triples: list[Triple] = []
@@ -117,7 +120,7 @@ def _harvest_sources(
     origin = {
         "debian_release": RELEASE,
         "release_date": date,
-        "indexes": {f.name: {"sha256": f.sha256} for f in (t_en, t_de)},
+        "indexes": {f.name: {"sha256": f.sha256} for f in indexes.values()},
         "packages": {f.name: {"version": f.version, "sha256": f.sha256} for f in debs},
     }
     return sources, origin
@@ -134,7 +137,7 @@ def build_corpus(name: str, cache_dir: Path, log: Log = print) -> BuiltCorpus:
     files: dict[str, Any] = {}
     counts: dict[str, dict[str, int]] = {}
     for split in SPLITS:
-        blob, digest, lines = _tsv_gz((en, de) for _, en, de in by_split[split])
+        blob, digest, lines = tsv_gz((en, de) for _, en, de in by_split[split])
         atomic_write_bytes(out / f"{name}.{split}.tsv.gz", blob)
         files[split] = {"file": f"{name}.{split}.tsv.gz", "sha256_text": digest, "pairs": lines}
         per_source = Counter(src for src, _, _ in by_split[split])

@@ -1,7 +1,8 @@
 """Fetch Debian sources with apt, without touching the system's apt state.
 
-A private apt configuration (own lists folder, ``Acquire::Languages {en; de}``) downloads the
-``Translation-en``/``Translation-de`` indexes; ``apt-get download`` fetches binary packages.
+A private apt configuration (own lists folder, ``Acquire::Languages {en; de; ...}``) downloads
+the ``Translation-xx`` indexes of the requested languages; ``apt-get download`` fetches binary
+packages.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,15 +36,22 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _apt_env(root: Path) -> dict[str, str]:
+DEFAULT_LANGS = ("en", "de")
+
+
+def _apt_env(root: Path, langs: Sequence[str] | None = None) -> dict[str, str]:
+    """The environment of apt commands on the private configuration in ``root``; ``langs``
+    (re)writes its ``Acquire::Languages``, None keeps an existing configuration as it is."""
     (root / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     (root / "parts").mkdir(parents=True, exist_ok=True)
     conf = root / "apt.conf"
-    conf.write_text(
-        f'Dir::Etc::Parts "{root}/parts";\n'
-        f'Dir::State::Lists "{root}/lists";\n'
-        'Acquire::Languages { "en"; "de"; };\n'
-    )
+    if langs is not None or not conf.is_file():
+        listed = " ".join(f'"{lang}";' for lang in (langs or DEFAULT_LANGS))
+        conf.write_text(
+            f'Dir::Etc::Parts "{root}/parts";\n'
+            f'Dir::State::Lists "{root}/lists";\n'
+            f"Acquire::Languages {{ {listed} }};\n"
+        )
     return {**os.environ, "APT_CONFIG": str(conf), "LC_ALL": "C"}
 
 
@@ -59,30 +68,36 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-def update_indexes(root: Path, release: str) -> tuple[FetchedFile, FetchedFile, str]:
-    """``apt-get update`` into ``root``; return the en/de main Translation files and the
+def update_indexes(
+    root: Path, release: str, langs: Sequence[str] = DEFAULT_LANGS
+) -> tuple[dict[str, FetchedFile], str]:
+    """``apt-get update`` into ``root`` for the languages ``langs``; return language ->
+    ``Translation-<lang>`` file of ``release``/main (in the order of ``langs``) and the
     release's ``Date:``."""
-    env = _apt_env(root)
+    if not langs or len(set(langs)) != len(langs):
+        raise DataError(f"update_indexes needs distinct languages, got {list(langs)}")
+    env = _apt_env(root, langs)
     _run(["apt-get", "update", "-q"], env)
     lists = root / "lists"
-    found: dict[str, Path] = {}
-    for lang in ("en", "de"):
+    found: dict[str, FetchedFile] = {}
+    for lang in langs:
         matches = sorted(lists.glob(f"*_dists_{release}_main_i18n_Translation-{lang}"))
         if not matches:
             raise DataError(
                 f"apt-get update gave no {release}/main Translation-{lang} in {lists} "
                 f"(is {release} in the apt sources?)"
             )
-        found[lang] = matches[0]
-    date = ""
+        found[lang] = FetchedFile(f"Translation-{lang}", matches[0], sha256_file(matches[0]))
+    return found, _release_date(lists, release)
+
+
+def _release_date(lists: Path, release: str) -> str:
+    """The ``Date:`` of the release's ``InRelease`` file ("" when there is none)."""
     for inrelease in lists.glob(f"*_dists_{release}_InRelease"):
         for line in inrelease.read_text(errors="replace").splitlines():
             if line.startswith("Date:"):
-                date = line.split(":", 1)[1].strip()
-                break
-    en = FetchedFile("Translation-en", found["en"], sha256_file(found["en"]))
-    de = FetchedFile("Translation-de", found["de"], sha256_file(found["de"]))
-    return en, de, date
+                return line.split(":", 1)[1].strip()
+    return ""
 
 
 def download_package(root: Path, name: str) -> FetchedFile:

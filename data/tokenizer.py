@@ -1,6 +1,8 @@
 """Joint sentencepiece tokenizer, trained once per (training text, settings) and cached.
 
-Special ids are fixed for the whole project: pad=0, unk=1, bos=2, eos=3.
+Special ids are fixed for the whole project: pad=0, unk=1, bos=2, eos=3. A multilingual model
+reserves one piece per language, ``<2xx>`` (Johnson et al. 2017): sentencepiece
+``user_defined_symbols``, so a tag is always one piece and never split.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +25,14 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 MODEL_TYPES = ("unigram", "bpe", "char", "word")
 # Bump when the training recipe changes so that old cached models are not reused.
 _RECIPE_VERSION = 1
+_TAG = re.compile(r"^<2([a-z]{2,3}(?:_[A-Za-z]{2})?)>$")
+
+
+def lang_tag(lang: str) -> str:
+    """The piece that asks for a translation into ``lang``: ``<2de>``."""
+    if not _TAG.match(f"<2{lang}>"):
+        raise DataError(f"language code {lang!r} is not like 'de', 'fr' or 'pt_BR'")
+    return f"<2{lang}>"
 
 
 class Tokenizer:
@@ -55,6 +66,7 @@ class Tokenizer:
         self._sp = sp
         self._proto = model_proto
         self._special = frozenset((PAD_ID, BOS_ID, EOS_ID))
+        self._tags: dict[str, int] | None = None
         self.path = path
         self.trained = trained
 
@@ -91,12 +103,32 @@ class Tokenizer:
         return [list(p) for p in self._sp.encode(list(texts), out_type=str)]
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
-        """Decode a batch of id sequences; pad/bos/eos ids are removed first."""
-        clean = [[int(i) for i in seq if int(i) not in self._special] for seq in ids]
+        """Decode a batch of id sequences; pad/bos/eos and language tag ids are removed first."""
+        drop = self._special | frozenset(self.tags.values())
+        clean = [[int(i) for i in seq if int(i) not in drop] for seq in ids]
         return [str(s) for s in self._sp.decode(clean)]
 
     def id_to_piece(self, i: int) -> str:
         return str(self._sp.id_to_piece(i))
+
+    @property
+    def tags(self) -> dict[str, int]:
+        """Language -> id of its reserved ``<2xx>`` piece (empty for a one-pair tokenizer)."""
+        if self._tags is None:  # user-defined symbols take ids 4, 5, ... in order
+            self._tags = {}
+            for i in range(EOS_ID + 1, self.vocab_size):
+                m = _TAG.match(self.id_to_piece(i))
+                if not m:
+                    break
+                self._tags[m.group(1)] = i
+        return self._tags
+
+    def tag_id(self, lang: str) -> int:
+        """Id of ``<2lang>``; DataError naming the known languages if it has none."""
+        if lang not in self.tags:
+            known = ", ".join(sorted(self.tags)) or "none: not a multilingual tokenizer"
+            raise DataError(f"no language tag {lang_tag(lang)} in the tokenizer (known: {known})")
+        return self.tags[lang]
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, path={str(self.path)!r})"
@@ -109,10 +141,11 @@ def cache_key(
     max_sentences: int,
     seed: int,
     character_coverage: float = 0.9999,
+    user_symbols: Sequence[str] = (),
 ) -> str:
     """sha256 hex digest of the training text content and all training settings."""
     h = hashlib.sha256()
-    settings = {
+    settings: dict[str, object] = {
         "recipe": _RECIPE_VERSION,
         "vocab_size": vocab_size,
         "model_type": model_type,
@@ -120,6 +153,8 @@ def cache_key(
         "seed": seed,
         "character_coverage": character_coverage,
     }
+    if user_symbols:  # absent otherwise: one-pair cache keys stay what they were
+        settings["user_symbols"] = list(user_symbols)
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(len(texts).to_bytes(8, "little"))
     for text in texts:
@@ -147,12 +182,14 @@ def train_model(
     seed: int = 1,
     character_coverage: float = 0.9999,
     num_threads: int = 0,
+    user_symbols: Sequence[str] = (),
 ) -> bytes:
     """Train a sentencepiece model on ``texts`` and return its serialized bytes.
 
     Deterministic for fixed inputs: the subsample is drawn with a seeded numpy generator and
     sentencepiece's own shuffling is disabled. ``hard_vocab_limit=False`` lets tiny corpora
-    produce fewer pieces than ``vocab_size`` instead of failing.
+    produce fewer pieces than ``vocab_size`` instead of failing. ``user_symbols`` (e.g. the
+    language tags) become single pieces, ids 4, 5, ... in order.
     """
     if model_type not in MODEL_TYPES:
         raise DataError(f"spm_model_type={model_type!r} is not one of {list(MODEL_TYPES)}")
@@ -183,6 +220,7 @@ def train_model(
             shuffle_input_sentence=False,
             num_threads=num_threads or min(16, os.cpu_count() or 1),
             minloglevel=2,
+            user_defined_symbols=list(user_symbols),
         )
     except RuntimeError as err:
         raise DataError(
@@ -200,6 +238,7 @@ def train_or_load(
     max_sentences: int = 0,
     seed: int = 1,
     character_coverage: float = 0.9999,
+    user_symbols: Sequence[str] = (),
 ) -> Tokenizer:
     """Return the joint tokenizer for ``texts`` (source + target training sentences).
 
@@ -211,7 +250,9 @@ def train_or_load(
         DataError: bad settings, no text, or ``cache_dir`` cannot be created.
     """
     folder = Path(cache_dir).expanduser()
-    key = cache_key(texts, vocab_size, model_type, max_sentences, seed, character_coverage)
+    key = cache_key(
+        texts, vocab_size, model_type, max_sentences, seed, character_coverage, user_symbols
+    )
     path = folder / f"spm-{key[:20]}.model"
     if path.is_file():
         return Tokenizer(path.read_bytes(), path=path, trained=False)
@@ -219,6 +260,8 @@ def train_or_load(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataError(f"cannot create tokenizer cache folder {str(folder)!r}: {err}") from None
-    proto = train_model(texts, vocab_size, model_type, max_sentences, seed, character_coverage)
+    proto = train_model(
+        texts, vocab_size, model_type, max_sentences, seed, character_coverage, 0, user_symbols
+    )
     atomic_write_bytes(path, proto)
     return Tokenizer(proto, path=path, trained=True)

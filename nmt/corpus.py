@@ -4,14 +4,24 @@ filter, train/load the joint sentencepiece model, encode."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from data.build import corpus_files
 from data.corpus import FilterStats, filter_pairs, load_hub, load_split_counted, load_text_pair
-from data.tokenizer import Tokenizer, train_or_load
+from data.tokenizer import Tokenizer, lang_tag, train_or_load
 from nmt.errors import UserError
+from nmt.multilingual import (
+    SPLITS,
+    Direction,
+    directions,
+    is_multilingual,
+    load_direction,
+    name,
+    zero_shot,
+)
 
 log = logging.getLogger(__name__)
 Pair = tuple[str, str]
@@ -25,6 +35,8 @@ class Corpus:
     text: dict[str, list[Pair]]
     ids: dict[str, tuple[list[list[int]], list[list[int]]]] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    # multilingual: split -> direction ("en-de") -> (start, end) in text/ids; empty: one pair
+    parts: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
 
 
 def cache_dir(dcfg: Any) -> Path:
@@ -84,8 +96,11 @@ def _load_one(path: str, dcfg: Any) -> tuple[list[Pair], int]:
     )
 
 
-def tokenizer_for(dcfg: Any, train_pairs: list[Pair], seed: int) -> Tokenizer:
-    """The joint sentencepiece model for these training pairs (cached by content + settings)."""
+def tokenizer_for(
+    dcfg: Any, train_pairs: list[Pair], seed: int, user_symbols: Sequence[str] = ()
+) -> Tokenizer:
+    """The joint sentencepiece model for these training pairs (cached by content + settings);
+    ``user_symbols``: reserved pieces (the language tags of a multilingual corpus)."""
     texts = [s for s, _ in train_pairs] + [t for _, t in train_pairs]
     return train_or_load(
         texts,
@@ -94,16 +109,25 @@ def tokenizer_for(dcfg: Any, train_pairs: list[Pair], seed: int) -> Tokenizer:
         model_type=str(dcfg.spm_model_type),
         max_sentences=int(dcfg.spm_max_sentences),
         seed=seed,
+        user_symbols=user_symbols,
     )
 
 
-def _drop_long(src: list[list[int]], tgt: list[list[int]], pairs: list[Pair], max_len: int):
-    keep = [i for i in range(len(src)) if 0 < len(src[i]) <= max_len and 0 < len(tgt[i]) <= max_len]
+def drop_long(
+    src: list[list[int]], tgt: list[list[int]], pairs: list[Pair], max_len: int, tags: int = 0
+) -> tuple[list[list[int]], list[list[int]], list[Pair]]:
+    """Keep the pairs whose both sides have 1..max_len subwords (sources: + ``tags`` pieces)."""
+    n_src = max_len + tags
+    keep = [
+        i for i in range(len(src)) if tags < len(src[i]) <= n_src and 0 < len(tgt[i]) <= max_len
+    ]
     return [src[i] for i in keep], [tgt[i] for i in keep], [pairs[i] for i in keep]
 
 
 def prepare_corpus(dcfg: Any, seed: int = 1, tokenizer: Tokenizer | None = None) -> Corpus:
     """Load, filter (train only), tokenize. Dev/test are kept whole for evaluation."""
+    if is_multilingual(dcfg):
+        return prepare_multi(dcfg, seed, tokenizer)
     text = load_text(dcfg)
     train, stats = filter_pairs(
         text["train"],
@@ -115,7 +139,7 @@ def prepare_corpus(dcfg: Any, seed: int = 1, tokenizer: Tokenizer | None = None)
     )
     tok = tokenizer or tokenizer_for(dcfg, train, seed)
     src, tgt = tok.encode([s for s, _ in train]), tok.encode([t for _, t in train])
-    src, tgt, train = _drop_long(src, tgt, train, int(dcfg.max_len))
+    src, tgt, train = drop_long(src, tgt, train, int(dcfg.max_len))
     corpus = Corpus(tok, {**text, "train": train})
     corpus.ids["train"] = (src, tgt)
     for split in ("dev", "test"):
@@ -126,5 +150,63 @@ def prepare_corpus(dcfg: Any, seed: int = 1, tokenizer: Tokenizer | None = None)
         "too_long_subwords": stats.kept - len(train),
         "pairs": {s: len(p) for s, p in corpus.text.items()},
         "vocab_size": tok.vocab_size,
+    }
+    return corpus
+
+
+def _tag(ids: list[list[int]], tag: int) -> list[list[int]]:
+    return [[tag, *seq] for seq in ids]
+
+
+def prepare_multi(dcfg: Any, seed: int = 1, tokenizer: Tokenizer | None = None) -> Corpus:
+    """Every direction's splits, one joint tokenizer with a tag per language, tagged sources.
+
+    ``corpus.text[split]`` / ``corpus.ids[split]`` concatenate the directions in config order;
+    ``corpus.parts[split]["en-de"] = (start, end)`` says where each direction lies.
+    """
+    dirs = directions(dcfg)
+    zero_shot(dcfg)  # checks: both languages of each are trained
+    langs = sorted({lang for d in dirs for lang in d})
+    raw = {(d, s): load_direction(dcfg, d, s) for d in dirs for s in SPLITS}
+    train: dict[Direction, list[Pair]] = {}
+    filtered: dict[str, int] = {}
+    for d in dirs:
+        train[d], stats = filter_pairs(
+            raw[d, "train"],
+            min_len=int(dcfg.min_len),
+            max_len=0,
+            max_ratio=float(dcfg.max_ratio),
+            dedupe=bool(dcfg.dedupe),
+            drop_identical=bool(dcfg.drop_identical),
+        )
+        filtered[name(d)] = stats.total - stats.kept if isinstance(stats, FilterStats) else 0
+    if tokenizer is None:
+        texts = list(dict.fromkeys(x for d in dirs for pair in train[d] for x in pair))
+        tokenizer = tokenizer_for(
+            dcfg, [(t, "") for t in texts], seed, [lang_tag(x) for x in langs]
+        )
+    corpus = Corpus(tokenizer, {s: [] for s in SPLITS}, {s: ([], []) for s in SPLITS})
+    for split in SPLITS:
+        corpus.parts[split] = {}
+        for d in dirs:
+            pairs = train[d] if split == "train" else raw[d, split]
+            src = _tag(tokenizer.encode([s for s, _ in pairs]), tokenizer.tag_id(d[1]))
+            tgt = tokenizer.encode([t for _, t in pairs])
+            if split == "train":
+                src, tgt, pairs = drop_long(src, tgt, pairs, int(dcfg.max_len), tags=1)
+            start = len(corpus.text[split])
+            corpus.text[split].extend(pairs)
+            corpus.ids[split][0].extend(src)
+            corpus.ids[split][1].extend(tgt)
+            corpus.parts[split][name(d)] = (start, len(corpus.text[split]))
+    corpus.stats = {
+        "directions": [name(d) for d in dirs],
+        "pairs": {s: len(p) for s, p in corpus.text.items()},
+        "pairs_by_direction": {
+            s: {k: b - a for k, (a, b) in corpus.parts[s].items()} for s in SPLITS
+        },
+        "filter": {"dropped_by_direction": filtered},
+        "vocab_size": tokenizer.vocab_size,
+        "tags": dict(tokenizer.tags),
     }
     return corpus

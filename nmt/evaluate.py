@@ -18,8 +18,9 @@ from typing import Any
 import sacrebleu
 
 from data.atomic import atomic_write_text
-from nmt.config import dict_to_config
+from nmt.config import DecodeConfig, dict_to_config
 from nmt.errors import UserError
+from nmt.multilingual import is_multilingual
 
 
 def read_lines(path: str, what: str) -> list[str]:
@@ -65,36 +66,103 @@ def score_files(hyp: str, ref: str) -> dict[str, Any]:
     return {"hyp": hyp, "ref": ref, **score(hyps, refs)}
 
 
-def _translate_split(cfg: Any) -> tuple[str, str, dict[str, Any]]:
-    """Translate the checkpoint's data split; returns (hyp path, ref path, what was run)."""
+def _load(cfg: Any) -> dict[str, Any]:
+    """The checkpoint (path or shipped name), its model and tokenizer on the decode device."""
     from nmt.checkpoint import load, require_single_device
-    from nmt.corpus import load_text
     from nmt.inference import inference_setup, model_from_checkpoint
     from nmt.shipped import eval_stem, resolve_checkpoint
-    from nmt.translate import check_decode, one_line, translate_texts
+    from nmt.translate import check_decode
 
     ckpt_path, name = resolve_checkpoint(str(cfg.checkpoint))
     split = str(cfg.split)
     if split not in ("train", "dev", "test"):
         raise UserError(f"split={split}: expected train, dev or test")
+    if int(cfg.limit) < 0:
+        raise UserError(f"limit={cfg.limit}: must be >= 0 (0 = the whole split)")
     check_decode(cfg.decode)
     device, dtype = inference_setup(cfg.decode)
     ckpt = require_single_device(load(ckpt_path), str(ckpt_path))
     model, tok = model_from_checkpoint(
         ckpt, str(ckpt_path), str(cfg.decode.quantize), device, dtype
     )
-    saved = ckpt["config"]
-    if not isinstance(saved.get("data"), dict):
+    if not isinstance(ckpt["config"].get("data"), dict):
         raise UserError(f"checkpoint {ckpt_path} does not name its data (no data config)")
-    pairs = load_text(dict_to_config(saved["data"]), (split,))[split]
-    hyps = translate_texts(model, tok, [s for s, _ in pairs], cfg.decode)
+    d = cfg.decode
+    tag = f"{split}.beam{d.beam_size}" + ("" if d.quantize == "none" else ".int8")
+    default = DecodeConfig()
+    if int(d.beam_size) > 1:  # pruning changes nothing at beam 1; names say non-defaults
+        rel, ab = float(d.prune_relative), float(d.prune_absolute)
+        tag += f".rp{rel:g}" if rel != default.prune_relative else ""
+        tag += f".ap{ab:g}" if ab != default.prune_absolute else ""
+    tag += f".lim{int(cfg.limit)}" if int(cfg.limit) else ""
     stem = eval_stem(name) if name else ckpt_path.with_suffix("")
     _make_folder(stem.parent)
-    tag = f"{split}.beam{cfg.decode.beam_size}" + ("" if cfg.decode.quantize == "none" else ".int8")
-    hyp_path, ref_path = Path(f"{stem}.{tag}.hyp"), Path(f"{stem}.{split}.ref")
+    return {
+        "model": model, "tok": tok, "data": dict_to_config(ckpt["config"]["data"]),
+        "split": split, "stem": stem, "tag": tag,
+        "info": _run_info(cfg, ckpt, ckpt_path, name, device, dtype),
+    }  # fmt: skip
+
+
+def _translate_split(cfg: Any, run: dict[str, Any]) -> tuple[str, str]:
+    """Translate the checkpoint's data split; returns (hyp path, ref path)."""
+    from nmt.corpus import load_text
+    from nmt.translate import one_line, translate_texts
+
+    split = run["split"]
+    pairs = load_text(run["data"], (split,))[split][: int(cfg.limit) or None]
+    hyps = translate_texts(run["model"], run["tok"], [s for s, _ in pairs], cfg.decode)
+    lim = f".lim{int(cfg.limit)}" if int(cfg.limit) else ""
+    hyp_path = Path(f"{run['stem']}.{run['tag']}.hyp")
+    ref_path = Path(f"{run['stem']}.{split}{lim}.ref")
     _write(hyp_path, "".join(h + "\n" for h in hyps))
     _write(ref_path, "".join(one_line(t) + "\n" for _, t in pairs))
-    return str(hyp_path), str(ref_path), _run_info(cfg, ckpt, ckpt_path, name, device, dtype)
+    return str(hyp_path), str(ref_path)
+
+
+def _eval_multilingual(cfg: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """Every trained direction and every zero-shot one of a multilingual checkpoint, scored
+    apart; with ``pivot=true`` each zero-shot direction also through English (X -> en -> Y)."""
+    from nmt.multilingual import directions, load_direction, name, zero_shot
+
+    data, split, limit = run["data"], run["split"], int(cfg.limit) or None
+    trained, unseen = directions(data), zero_shot(data)
+    report: dict[str, Any] = {"trained": {}, "zero_shot": {}, "pivot": {}}
+    for group, dirs in (("trained", trained), ("zero_shot", unseen)):
+        for d in dirs:
+            pairs = load_direction(data, d, split)[:limit]
+            src, refs = [s for s, _ in pairs], [t for _, t in pairs]
+            hyps = _into(cfg, run, src, d[1])
+            _write(
+                Path(f"{run['stem']}.{run['tag']}.{name(d)}.hyp"), "".join(h + "\n" for h in hyps)
+            )
+            report[group][name(d)] = _short(score(hyps, refs))
+            if group == "zero_shot" and bool(cfg.pivot) and "en" not in d:
+                report["pivot"][name(d)] = _short(
+                    score(_into(cfg, run, _into(cfg, run, src, "en"), d[1]), refs)
+                )
+    for group, rows in report.items():
+        for k, r in rows.items():
+            print(f"{group:9s} {k}: BLEU {r['bleu']:.2f} chrF {r['chrf']:.2f} ({r['lines']} lines)")
+    result = {**report, **run["info"]}
+    out = Path(f"{run['stem']}.{run['tag']}.multi.eval.json")
+    _write(out, json.dumps(result, indent=2) + "\n")
+    print(f"-> {out}", file=sys.stderr)
+    return result
+
+
+def _into(cfg: Any, run: dict[str, Any], texts: list[str], lang: str) -> list[str]:
+    """Translate ``texts`` into ``lang`` with the configured decoding."""
+    from types import SimpleNamespace
+
+    from nmt.translate import translate_texts
+
+    d = SimpleNamespace(**{**{k: cfg.decode[k] for k in cfg.decode}, "target_lang": lang})
+    return translate_texts(run["model"], run["tok"], texts, d)
+
+
+def _short(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in ("bleu", "chrf", "lines", "bleu_signature")}
 
 
 def _run_info(
@@ -113,12 +181,22 @@ def _run_info(
         "train_seconds": ckpt.get("train_seconds", meta.get("train_seconds")),
         "weights_sha256": meta.get("weights_sha256"),
         "split": str(cfg.split),
+        "limit": int(cfg.limit),
         "data": ckpt["config"]["data"].get("name"),
         "model": ckpt["config"]["model"].get("name"),
         "decode": {
             **{
                 k: d[k]
-                for k in ("beam_size", "alpha", "beta", "max_len_a", "max_len_b", "quantize")
+                for k in (
+                    "beam_size",
+                    "alpha",
+                    "beta",
+                    "max_len_a",
+                    "max_len_b",
+                    "quantize",
+                    "prune_relative",
+                    "prune_absolute",
+                )  # fmt: skip
             },
             "device": device,
             "dtype": str(dtype).removeprefix("torch."),
@@ -145,7 +223,11 @@ def _write(path: Path, text: str) -> None:
 def eval_cli(cfg: Any) -> dict[str, Any]:
     info: dict[str, Any] = {}
     if cfg.checkpoint:
-        hyp, ref, info = _translate_split(cfg)
+        run = _load(cfg)
+        if is_multilingual(run["data"]):
+            return _eval_multilingual(cfg, run)
+        hyp, ref = _translate_split(cfg, run)
+        info = run["info"]
     elif cfg.hyp and cfg.ref:
         hyp, ref = str(cfg.hyp), str(cfg.ref)
     else:

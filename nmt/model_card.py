@@ -145,6 +145,7 @@ def _card_scores(f: dict[str, Any]) -> str:
         + ("" if dec.get("quantize", "none") == "none" else f", {dec['quantize']}")
         + (f", {dec['dtype']}" if dec.get("dtype") else "")
         + (", shortlist" if dec.get("shortlist") else "")
+        + (f", beam pruning rp {dec['prune_relative']}" if dec.get("prune_relative") else "")
         if dec
         else "not recorded"
     )

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from data.build import SHIPPED_DIR, build_corpus, compare, load_provenance
+from data.multi import MULTI_NAME, build_multi
 from nmt.corpus import cache_dir, prepare_corpus
 
 
@@ -18,7 +19,10 @@ def _build_debian(dcfg: Any) -> dict[str, Any]:
     if shipped is None and existing is not None:
         print(f"{name}: already built in {folder} (reusing; delete the folder to rebuild)")
         return existing
-    built = build_corpus(name, cache_dir(dcfg))
+    if name == MULTI_NAME:
+        built = build_multi(cache_dir(dcfg), name=name)
+    else:
+        built = build_corpus(name, cache_dir(dcfg))
     print(f"{name}: built into {built.folder}")
     if shipped is not None:
         diffs = compare(built.provenance, shipped)

@@ -16,17 +16,30 @@ K become finished hypotheses, the first K non-eos candidates continue. A sentenc
 greedy decoding), or (b) it has ``nbest`` finished hypotheses and no active beam can beat the
 nbest-th of them (bound: log P only decreases, lp is at most lp(max_len+1), cp <= 0), or
 (c) it reached its max length ``floor(max_len_a * src_len + max_len_b)`` generated tokens
-(eos excluded; src_len includes the source eos), where eos is forced. Finished sentences are
-dropped from the batch. pad and bos are never generated.
+(eos excluded; src_len includes the source eos), where eos is forced, or (d) pruning left it
+no continuation. Finished sentences are dropped from the batch. pad and bos are never
+generated.
+
+Beam pruning (Freitag & Al-Onaizan 2017, "Beam Search Strategies for Neural Machine
+Translation"): a candidate whose log P is below ``log P(best) + log(rp)`` (relative threshold)
+or ``log P(best) - ap`` (absolute threshold), where best is the sentence's best candidate of
+this step, neither finishes (eos) nor continues, except that the best ``nbest - finished``
+continuations always go on and every hypothesis finishes at the max length (so ``nbest``
+hypotheses still come back). With rp = 1 only the best
+candidate survives: greedy decoding. A sentence then keeps 1..K hypothesis rows; rows are
+grouped by sentence and the attention memory is gathered per row when the counts differ. With
+pruning off every sentence keeps K rows (step 0: one row, the K beams would be identical).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from nmt.attention import AttentionMemory
 from nmt.model import GNMT
 
 
@@ -37,6 +50,29 @@ class Hypothesis:
     tokens: list[int]
     score: float
     logprob: float
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """Beam pruning thresholds: ``relative`` rp in (0, 1] (drop a continuation whose
+    probability is below rp times the best candidate's), ``absolute`` ap > 0 (drop one whose
+    log-probability is more than ap below the best's); 0 turns either off."""
+
+    relative: float = 0.0
+    absolute: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.relative <= 1.0 or self.absolute < 0.0:
+            raise ValueError(f"need 0 <= relative <= 1 and absolute >= 0, got {self}")
+
+    def floor(self, best: Tensor) -> Tensor:
+        """Lowest log P that continues, per sentence, from the best candidates' ``best[ba]``."""
+        floor = torch.full_like(best, float("-inf"))
+        if self.relative > 0.0:
+            floor = torch.maximum(floor, best + math.log(self.relative))
+        if self.absolute > 0.0:
+            floor = torch.maximum(floor, best - self.absolute)
+        return floor
 
 
 def length_penalty(length: Tensor, alpha: float) -> Tensor:
@@ -86,12 +122,14 @@ def beam_search(
     eos_id: int = 3,
     pad_id: int = 0,
     vocab_index: Tensor | None = None,
+    *,
+    prune: Pruning | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate ``src[Ts,B]`` (``src_len[B]``); returns per sentence up to ``nbest``
     hypotheses sorted by score (best first). The model is put in eval mode for the search.
     ``vocab_index[B,S]`` (long, rows sorted, -1 = padding, the special ids in columns
     0..3): each sentence searches over its own target ids only (a shortlist,
-    :mod:`nmt.shortlist`).
+    :mod:`nmt.shortlist`). ``prune``: beam pruning thresholds (:class:`Pruning`).
     """
     if not 1 <= nbest <= beam_size:
         raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam={beam_size}")
@@ -103,7 +141,7 @@ def beam_search(
         with torch.inference_mode():
             return _search(
                 model, src, src_len, beam_size, alpha, beta, max_len_a, max_len_b, nbest,
-                bos_id, eos_id, pad_id, vocab_index,
+                bos_id, eos_id, pad_id, vocab_index, prune or Pruning(),
             )  # fmt: skip
     finally:
         model.train(was_training)
@@ -139,11 +177,13 @@ def _search(
     bos_id: int,
     eos_id: int,
     pad_id: int,
-    vocab_index: Tensor | None = None,
+    vocab_index: Tensor | None,
+    prune: Pruning,
 ) -> list[list[Hypothesis]]:
-    """The search proper (inference mode). Active sentences: ``ba``; rows: ``ba * k``.
-    With ``vocab_index`` the columns of the log-probabilities are shortlist positions; the
-    special ids keep their columns and tokens are mapped back to vocabulary ids."""
+    """The search proper (inference mode). Active sentences: ``ba``; each has ``counts[s]``
+    (1..k) hypothesis rows, grouped by sentence (``row_sent[N]``). With ``vocab_index`` the
+    columns of the log-probabilities are shortlist positions; the special ids keep their
+    columns and tokens are mapped back to vocabulary ids."""
     weight = model.embed_stage.embedding.weight
     device, dtype = weight.device, torch.promote_types(weight.dtype, torch.float32)
     src, src_len = src.to(device), src_len.to(device)
@@ -153,6 +193,7 @@ def _search(
     short = None if ids is None else model.generator.shortlisted(ids)  # (weight, bias)
     batch = src.size(1)
     memory = model.prepare_memory(model.encode(src, src_len), src_len)
+    rows = _Rows(memory, short)
     real = ~memory.mask  # [B, Ts]
     max_len = (max_len_a * src_len.double() + max_len_b).floor().long().clamp(min=0)  # [B]
     lp_bound = length_penalty(max_len + 1, alpha)  # [B]
@@ -161,16 +202,19 @@ def _search(
     fin_count = torch.zeros(batch, dtype=torch.long, device=device)
     kth_best = torch.full((batch,), float("-inf"), dtype=torch.double, device=device)
 
-    state = model.init_state(batch * k)
-    y_prev = torch.full((batch * k,), bos_id, dtype=torch.long, device=device)
-    cum = torch.zeros(batch, k, dtype=dtype, device=device)
-    cum[:, 1:] = float("-inf")  # all beams start identical: expand only beam 0 at step 0
-    cov = torch.zeros(batch * k, src.size(0), dtype=dtype, device=device)  # accumulated attention
-    hist = torch.zeros(batch * k, 0, dtype=torch.long, device=device)  # tokens so far
+    # step 0: one row per sentence (all k beams would be identical)
+    counts = torch.ones(batch, dtype=torch.long, device=device)
+    row_sent = torch.arange(batch, device=device)
+    state = model.init_state(batch)
+    y_prev = torch.full((batch,), bos_id, dtype=torch.long, device=device)
+    cum = torch.zeros(batch, dtype=dtype, device=device)  # [N] cumulative log P per row
+    cov = torch.zeros(batch, src.size(0), dtype=dtype, device=device)  # accumulated attention
+    hist = torch.zeros(batch, 0, dtype=torch.long, device=device)  # tokens so far
 
     for step in range(int(max_len.max().item()) + 1):
-        ba = sent_ids.numel()
-        log_probs, state, attn = model.step(y_prev, state, memory, short)  # [N,V|S], [N,Ts]
+        ba, n = sent_ids.numel(), row_sent.numel()
+        mem, vocab_w = rows.inputs(counts, row_sent)
+        log_probs, state, attn = model.step(y_prev, state, mem, vocab_w)  # [N,V|S], [N,Ts]
         vocab = log_probs.size(1)
         if beta != 0.0:
             cov += attn
@@ -180,55 +224,100 @@ def _search(
         if bool(force.any()):
             only_eos = torch.ones(vocab, dtype=torch.bool, device=device)
             only_eos[eos_id] = False
-            rows = force.repeat_interleave(k).unsqueeze(1)
-            log_probs.masked_fill_(rows & only_eos, float("-inf"))
-        cand = log_probs.add_(cum.view(-1, 1)).view(ba, k * vocab)  # cumulative log P
-        top_s, top_i = cand.topk(2 * k, dim=1)  # [ba, 2k]
-        beam = torch.div(top_i, vocab, rounding_mode="floor")
-        tok = top_i - beam * vocab
+            log_probs.masked_fill_(force[row_sent].unsqueeze(1) & only_eos, float("-inf"))
+        # top 2k of each sentence's rows x vocab: each row's top 2k, then the best of those
+        width = min(2 * k, vocab)
+        row_s, row_i = log_probs.add_(cum.unsqueeze(1)).topk(width, dim=1)  # [N, width]
+        offsets = counts.cumsum(0) - counts  # first row of each sentence
+        grid = torch.full((ba, k, width), float("-inf"), dtype=row_s.dtype, device=device)
+        grid[row_sent, torch.arange(n, device=device) - offsets[row_sent]] = row_s
+        top_s, flat = grid.view(ba, k * width).topk(min(2 * k, k * width), dim=1)  # [ba, 2k]
+        parent = (offsets.unsqueeze(1) + torch.div(flat, width, rounding_mode="floor")).clamp(
+            max=n - 1
+        )  # global row of each candidate's hypothesis (clamped for empty, -inf cells)
+        tok = row_i[parent, flat % width]
+        tok = torch.where(top_s > float("-inf"), tok, torch.full_like(tok, pad_id))  # empty cells
         is_eos = tok == eos_id
+        floor = prune.floor(top_s[:, 0]).unsqueeze(1)  # [ba, 1]: pruned below
 
         fin = is_eos[:, :k] & (top_s[:, :k] > float("-inf"))
+        fin &= (top_s[:, :k] >= floor) | force.unsqueeze(1)  # at the last step, all finish
         if bool(fin.any()):
             _finalize(
-                fin, top_s, beam, step, k, alpha, beta, cov, real, hist, sent_ids,
+                fin, top_s, parent, step, alpha, beta, cov, real, hist, sent_ids,
                 finished, fin_count, kth_best,
             )  # fmt: skip
 
         order = is_eos.to(torch.uint8).argsort(dim=1, stable=True)[:, :k]  # first k non-eos
-        cum = top_s.gather(1, order)
-        new_tok = tok.gather(1, order)
+        cum_c, tok_c, par_c = top_s.gather(1, order), tok.gather(1, order), parent.gather(1, order)
+        live = cum_c > float("-inf")
+        need = (nbest - fin_count).clamp(min=0).unsqueeze(1)  # the best ones always go on
+        keep = live & ((cum_c >= floor) | (torch.arange(k, device=device) < need))
         if ids is not None:  # shortlist columns -> vocabulary ids (each sentence its own)
-            new_tok = ids.gather(1, new_tok)
-        reorder = beam.gather(1, order) + (torch.arange(ba, device=device) * k).unsqueeze(1)
+            tok_c = ids.gather(1, tok_c)
 
-        bound = cum[:, 0].double() / lp_bound
-        done = (fin_count >= k) | (bound <= kth_best) | force
+        bound = cum_c[:, 0].double() / lp_bound  # cum_c[:, 0]: the best continuation
+        done = (fin_count >= k) | (bound <= kth_best) | force | ~keep.any(dim=1)
         if bool(done.any()):
-            keep = (~done).nonzero().squeeze(1)
-            if keep.numel() == 0:
+            alive = ~done
+            if not bool(alive.any()):
                 break
-            cum, new_tok, reorder = cum[keep], new_tok[keep], reorder[keep]
-            memory = memory.index_select(keep)
-            if ids is not None and short is not None:
-                ids, short = ids[keep], (short[0][keep], short[1][keep])
-            real, max_len, lp_bound = real[keep], max_len[keep], lp_bound[keep]
-            sent_ids, fin_count, kth_best = sent_ids[keep], fin_count[keep], kth_best[keep]
-        index = reorder.view(-1)
+            keep &= alive.unsqueeze(1)
+            sel = alive.nonzero().squeeze(1)
+            rows.keep_sentences(sel)
+            if ids is not None:
+                ids = ids[sel]
+            real, max_len, lp_bound = real[sel], max_len[sel], lp_bound[sel]
+            sent_ids, fin_count, kth_best = sent_ids[sel], fin_count[sel], kth_best[sel]
+            new_sent = alive.long().cumsum(0) - 1  # old active index -> new
+        else:
+            new_sent = torch.arange(ba, device=device)
+        s_new, c_new = keep.nonzero(as_tuple=True)  # grouped by sentence, best first
+        index = par_c[s_new, c_new]
+        cum, y_prev = cum_c[s_new, c_new], tok_c[s_new, c_new]
+        counts = keep.sum(dim=1)[keep.any(dim=1)]
+        row_sent = new_sent[s_new]
         state = model.reorder_state(state, index)
-        hist = torch.cat((hist.index_select(0, index), new_tok.view(-1, 1)), dim=1)
+        hist = torch.cat((hist.index_select(0, index), y_prev.view(-1, 1)), dim=1)
         if beta != 0.0:
             cov = cov.index_select(0, index)
-        y_prev = new_tok.view(-1)
     return finished.result()
+
+
+class _Rows:
+    """The attention memory (and shortlisted output layer) of the active sentences, and its
+    per-row copy when sentences have different numbers of rows (after pruning)."""
+
+    def __init__(self, memory: AttentionMemory, short: tuple[Tensor, Tensor] | None) -> None:
+        self.memory, self.short = memory, short
+        self._cache: tuple[Tensor, AttentionMemory, tuple[Tensor, Tensor] | None] | None = None
+
+    def keep_sentences(self, sel: Tensor) -> None:
+        self.memory = self.memory.index_select(sel)
+        if self.short is not None:
+            self.short = (self.short[0][sel], self.short[1][sel])
+        self._cache = None
+
+    def inputs(
+        self, counts: Tensor, row_sent: Tensor
+    ) -> tuple[AttentionMemory, tuple[Tensor, Tensor] | None]:
+        """``r`` rows for every sentence: the memory as is (the model broadcasts it over the
+        rows); otherwise its rows gathered by ``row_sent`` (kept while the layout stays)."""
+        if bool((counts == counts[0]).all()):
+            return self.memory, self.short
+        if self._cache is None or not torch.equal(self._cache[0], row_sent):
+            short = self.short
+            if short is not None:
+                short = (short[0][row_sent], short[1][row_sent])
+            self._cache = (row_sent, self.memory.index_select(row_sent), short)
+        return self._cache[1], self._cache[2]
 
 
 def _finalize(
     fin: Tensor,
     top_s: Tensor,
-    beam: Tensor,
+    parent: Tensor,
     step: int,
-    k: int,
     alpha: float,
     beta: float,
     cov: Tensor,
@@ -239,11 +328,12 @@ def _finalize(
     fin_count: Tensor,
     kth_best: Tensor,
 ) -> None:
-    """Record the eos candidates ``fin[ba,k]`` (columns of ``top_s``/``beam``) as finished;
-    update ``fin_count``/``kth_best`` (per active sentence) in place.
+    """Record the eos candidates ``fin[ba,k]`` (columns of ``top_s``/``parent``, the global
+    row of the hypothesis each extends) as finished; update ``fin_count``/``kth_best`` (per
+    active sentence) in place.
     """
     s_idx, c_idx = fin.nonzero(as_tuple=True)
-    rows = s_idx * k + beam[s_idx, c_idx]
+    rows = parent[s_idx, c_idx]
     logprob = top_s[s_idx, c_idx].double()
     score = logprob / length_penalty(torch.tensor(step + 1.0), alpha).item()
     if beta != 0.0:

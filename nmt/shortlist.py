@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nmt.errors import UserError
+
 SPECIALS = 4  # pad, unk, bos, eos: ids 0..3, always in the shortlist
 
 
@@ -103,6 +105,11 @@ def shortlist_for(ckpt: dict[str, Any], per_source: int = 50, frequent: int = 50
     from nmt.corpus import load_text
 
     tok = Tokenizer.from_bytes(ckpt["spm"])
+    if tok.tags:
+        raise UserError(
+            "a multilingual model has no vocabulary shortlist (its targets mix languages); "
+            "export it with --shortlist 0 0"
+        )
     pairs = load_text(dict_to_config(ckpt["config"]["data"]), ("train",))["train"]
     src = tok.encode([s for s, _ in pairs])
     tgt = tok.encode([t for _, t in pairs])

@@ -39,7 +39,7 @@ from nmt.trainer import (
     poison_if_injected,
     seed_everything,
 )
-from nmt.validate import dev_bleu
+from nmt.validate import dev_bleu_report
 from parallel.engine import DistContext, PipelineRunner, init_distributed, launch
 
 TIMELINE_STEPS = (3, 6)  # record steps (start+3, start+6] of each run for the timeline
@@ -177,7 +177,7 @@ class PipeTrainer(Trainer):
         box: list[Any] = [None]
         if model is not None and bool(self.cfg.train.eval_bleu):
             try:
-                box[0] = dev_bleu(
+                box[0] = dev_bleu_report(
                     model.to(self.device),
                     self.corpus,
                     self.cfg.decode,
@@ -188,7 +188,7 @@ class PipeTrainer(Trainer):
         # the other ranks wait for rank 0's decoding under parallel.phase_timeout_s
         dist.broadcast_object_list(box, src=0, group=self.ctx.phase_group)
         if box[0] is not None:
-            result["val_bleu"] = box[0]
+            result.update(box[0])
         return result
 
     # ------------------------------------------------------------------ checkpoints

@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from data.atomic import atomic_open
 from data.batching import inference_batches
+from data.errors import DataError
 from data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from nmt.errors import UserError
 from nmt.inference import DTYPES, inference_setup, load_for_inference
 from nmt.model import GNMT
-from nmt.search import Hypothesis, beam_search
+from nmt.search import Hypothesis, Pruning, beam_search
 
 MAX_SRC_TOKENS = 200  # longer sources are split into chunks of this many subwords
 CHUNK_LINES = 2000  # lines read, translated and written at a time (flat memory)
@@ -49,10 +50,25 @@ def check_decode(dcfg: Any) -> None:
         raise UserError(f"decode.nbest={nbest}: must be between 1 and decode.beam_size={beam}")
     if int(dcfg.batch_tokens) < 1:
         raise UserError(f"decode.batch_tokens={dcfg.batch_tokens}: must be >= 1")
+    rel, ab = (
+        float(getattr(dcfg, "prune_relative", 0.0)),
+        float(getattr(dcfg, "prune_absolute", 0.0)),
+    )
+    if not 0.0 <= rel <= 1.0:
+        raise UserError(f"decode.prune_relative={rel}: must be between 0 (off) and 1")
+    if ab < 0.0:
+        raise UserError(f"decode.prune_absolute={ab}: must be >= 0 (0 = off)")
     if float(dcfg.max_len_a) < 0 or int(dcfg.max_len_b) < 0:
         raise UserError(
             f"decode.max_len_a={dcfg.max_len_a}, decode.max_len_b={dcfg.max_len_b}: must be >= 0"
         )
+
+
+def pruning(dcfg: Any) -> Pruning:
+    """The beam pruning thresholds of decode settings (absent keys: off)."""
+    return Pruning(
+        float(getattr(dcfg, "prune_relative", 0.0)), float(getattr(dcfg, "prune_absolute", 0.0))
+    )
 
 
 def translate_ids(
@@ -69,6 +85,7 @@ def translate_ids(
     shortlist = (
         getattr(model, "shortlist", None) if bool(getattr(dcfg, "shortlist", False)) else None
     )
+    prune = pruning(dcfg)
     for batch in inference_batches(src_ids, int(dcfg.batch_tokens), 8):
         vocab_index = None if shortlist is None else shortlist.candidates(batch.src)
         hyps = beam_search(
@@ -85,6 +102,7 @@ def translate_ids(
             EOS_ID,
             PAD_ID,
             vocab_index,
+            prune=prune,
         )
         for i, h in zip(batch.indices, hyps, strict=True):
             out[i] = h
@@ -93,17 +111,38 @@ def translate_ids(
     return out
 
 
+def source_prefix(tok: Tokenizer, target_lang: str) -> list[int]:
+    """What starts every source: ``[<2xx>]`` for a multilingual model, nothing otherwise."""
+    if not tok.tags:
+        if target_lang:
+            raise UserError(
+                f"decode.target_lang={target_lang}: this model has no language tags (one "
+                "language pair); leave decode.target_lang empty"
+            )
+        return []
+    if not target_lang:
+        raise UserError(
+            "this model is multilingual: set decode.target_lang (one of "
+            f"{', '.join(sorted(tok.tags))})"
+        )
+    try:
+        return [tok.tag_id(target_lang)]
+    except DataError as err:
+        raise UserError(f"decode.target_lang={target_lang}: {err}") from None
+
+
 def translate_lines(
     model: GNMT, tok: Tokenizer, lines: Sequence[str], dcfg: Any, progress: tqdm | None = None
 ) -> list[list[tuple[str, float]]]:
     """Detokenized n-best (text, score) per line; empty lines give [("", 0.0)]; sources longer
     than ``MAX_SRC_TOKENS`` subwords are translated chunk by chunk and joined."""
     ids = tok.encode([line.strip() for line in lines])
+    prefix = source_prefix(tok, str(getattr(dcfg, "target_lang", "") or ""))
     pieces: list[list[int]] = []
     owner: list[int] = []
     for i, seq in enumerate(ids):
         for start in range(0, len(seq), MAX_SRC_TOKENS):
-            pieces.append(seq[start : start + MAX_SRC_TOKENS])
+            pieces.append(prefix + seq[start : start + MAX_SRC_TOKENS])
             owner.append(i)
     hyps = translate_ids(model, pieces, dcfg, progress) if pieces else []
     result: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
@@ -266,7 +305,7 @@ def translate_sharded(cfg: Any, nproc: int) -> int:
         k: d[k]
         for k in (
             "beam_size", "alpha", "beta", "max_len_a", "max_len_b", "nbest", "batch_tokens",
-            "dtype", "shortlist",
+            "dtype", "shortlist", "prune_relative", "prune_absolute", "target_lang",
         )
     }  # fmt: skip
     dcfg["dtype"] = {v: k for k, v in DTYPES.items()}[inference_setup(cfg.decode)[1]]
@@ -302,12 +341,14 @@ def translate_cli(cfg: Any) -> dict[str, Any]:
             f"decode.device={device} use parallel.nproc=1 (or decode.device=cpu)"
         )
     if nproc > 1:
-        load_for_inference(str(cfg.checkpoint), str(cfg.decode.quantize))  # fail fast, exit 2
+        _, tok = load_for_inference(str(cfg.checkpoint), str(cfg.decode.quantize))  # fail fast
+        source_prefix(tok, str(cfg.decode.target_lang))
         n = translate_sharded(cfg, nproc)
         print(f"nmt-translate: {n} lines over {nproc} processes -> {cfg.output}", file=sys.stderr)
         return {"lines": n}
     torch.set_num_threads(int(cfg.train.threads) or torch.get_num_threads())
     model, tok = load_for_inference(str(cfg.checkpoint), str(cfg.decode.quantize), device, dtype)
+    source_prefix(tok, str(cfg.decode.target_lang))  # fail before reading any input
     with _open_input(str(cfg.input)) as src, _open_output(str(cfg.output), str(cfg.input)) as out:
         n = translate_stream(
             model,
@@ -328,6 +369,9 @@ def translate_texts(model: GNMT, tok: Tokenizer, texts: Sequence[str], dcfg: Any
     """Best translation of each text (in memory; used by validation and nmt-eval)."""
     best = SimpleNamespace(
         shortlist=getattr(dcfg, "shortlist", False),
+        prune_relative=getattr(dcfg, "prune_relative", 0.0),
+        prune_absolute=getattr(dcfg, "prune_absolute", 0.0),
+        target_lang=getattr(dcfg, "target_lang", ""),
         beam_size=dcfg.beam_size,
         alpha=dcfg.alpha,
         beta=dcfg.beta,

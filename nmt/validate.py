@@ -37,8 +37,26 @@ def dev_loss(
 
 
 def dev_bleu(model: GNMT, corpus: Corpus, dcfg: Any, limit: int) -> float:
-    """Corpus BLEU of greedy translations of the first ``limit`` dev sentences (0 = all)."""
-    pairs = corpus.text["dev"][: limit or None]
+    """Corpus BLEU of greedy translations of the first ``limit`` dev sentences (0 = all); for
+    a multilingual corpus the mean over its directions (:func:`dev_bleu_report`)."""
+    return float(dev_bleu_report(model, corpus, dcfg, limit)["val_bleu"])
+
+
+def dev_bleu_report(model: GNMT, corpus: Corpus, dcfg: Any, limit: int) -> dict[str, Any]:
+    """``{"val_bleu": BLEU}``; multilingual: the mean over directions, and ``val_bleu_by_dir``
+    (the first ``limit / directions`` dev sentences of each, translated into its target)."""
+    parts = corpus.parts.get("dev")
+    if not parts:
+        return {"val_bleu": _bleu(model, corpus, corpus.text["dev"][: limit or None], dcfg, "")}
+    each = max(1, -(-limit // len(parts))) if limit else None
+    by_dir = {
+        d: _bleu(model, corpus, corpus.text["dev"][a:b][:each], dcfg, d.split("-")[1])
+        for d, (a, b) in parts.items()
+    }
+    return {"val_bleu": sum(by_dir.values()) / len(by_dir), "val_bleu_by_dir": by_dir}
+
+
+def _bleu(model: GNMT, corpus: Corpus, pairs: list[tuple[str, str]], dcfg: Any, lang: str) -> float:
     greedy = SimpleNamespace(
         beam_size=1,
         alpha=0.0,
@@ -47,6 +65,7 @@ def dev_bleu(model: GNMT, corpus: Corpus, dcfg: Any, limit: int) -> float:
         max_len_a=dcfg.max_len_a,
         max_len_b=dcfg.max_len_b,
         batch_tokens=dcfg.batch_tokens,
+        target_lang=lang,
     )
     hyps = translate_texts(model, corpus.tokenizer, [s for s, _ in pairs], greedy)
     return float(sacrebleu.corpus_bleu(hyps, [[t for _, t in pairs]]).score)
@@ -59,5 +78,6 @@ def validate(model: GNMT, corpus: Corpus, cfg: Any, device: torch.device) -> dic
         )
     }
     if bool(cfg.train.eval_bleu):
-        result["val_bleu"] = dev_bleu(model, corpus, cfg.decode, int(cfg.data.max_dev_sentences))
+        limit = int(cfg.data.max_dev_sentences)
+        result.update(dev_bleu_report(model, corpus, cfg.decode, limit))
     return result

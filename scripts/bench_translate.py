@@ -1,8 +1,11 @@
 """Translation speed and BLEU on the test split, every decoding variant side by side in one run:
-beam 1 and 5 x (fp32, bf16 weights, dynamic int8) x (full vocabulary, the model's shortlist).
+beam 1 and 5 x (fp32, bf16 weights, dynamic int8) x (full vocabulary, the model's shortlist,
+beam pruning with each ``--prune`` threshold pair), and ``nmt-translate`` with its defaults.
 
     python scripts/bench_translate.py --checkpoint gnmt-debian-en-de --limit 1000 --threads 2 \
-        [--out docs/results/bench_translate.json]
+        --prune 0.2,0 --prune 0.3,0 --cli [--out docs/results/bench_translate.json]
+
+Every variant sets pruning explicitly (none unless ``--prune``), whatever the default is.
 
 For each variant: sentences/s, target tokens/s (sentencepiece tokens of the output), BLEU and
 chrF (sacrebleu) of the same sentences; speed-ups and BLEU differences against fp32 with the
@@ -16,7 +19,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,28 +40,35 @@ from nmt.translate import translate_lines  # noqa: E402
 
 
 class Decode:
+    """The shipped model's decode settings but the variant's beam, shortlist and pruning."""
+
     alpha, beta, max_len_a, max_len_b, nbest, batch_tokens = 0.6, 0.1, 1.5, 10, 1, 4000
 
-    def __init__(self, beam: int, shortlist: bool) -> None:
+    def __init__(self, beam: int, shortlist: bool, prune: tuple[float, float] = (0.0, 0.0)) -> None:
         self.beam_size, self.shortlist = beam, shortlist
+        self.prune_relative, self.prune_absolute = prune
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def run(ckpt: str, variant: tuple[str, bool, int], src: list[str], refs: list[str]) -> dict:
-    kind, shortlist, beam = variant
+Variant = tuple[str, bool, int, tuple[float, float]]
+
+
+def run(ckpt: str, variant: Variant, src: list[str], refs: list[str]) -> dict:
+    kind, shortlist, beam, prune = variant
     quantize = "int8" if kind == "int8" else "none"
     model, tok = load_for_inference(ckpt, quantize, "cpu", DTYPES.get(kind, torch.float32))
-    translate_lines(model, tok, src[:50], Decode(beam, shortlist))  # warm-up
+    translate_lines(model, tok, src[:50], Decode(beam, shortlist, prune))  # warm-up
     t = time.perf_counter()
-    hyps = [h[0][0] for h in translate_lines(model, tok, src, Decode(beam, shortlist))]
+    hyps = [h[0][0] for h in translate_lines(model, tok, src, Decode(beam, shortlist, prune))]
     sec = time.perf_counter() - t
     ntok = sum(len(x) for x in tok.encode(hyps))
     return {
         "weights": kind,
         "shortlist": shortlist,
         "beam": beam,
+        "prune": list(prune),
         "sentences": len(src),
         "seconds": round(sec, 2),
         "sent_per_s": round(len(src) / sec, 1),
@@ -66,12 +78,51 @@ def run(ckpt: str, variant: tuple[str, bool, int], src: list[str], refs: list[st
     }
 
 
+def cli_defaults(ckpt: str, src: list[str], threads: int) -> dict:
+    """``nmt-translate checkpoint=CKPT`` with its default settings, timed as users run it
+    (a fresh process: start-up and model loading included, reported apart)."""
+    code = (
+        "import sys; from nmt.cli import translate_main; sys.argv[0] = 'nmt-translate'; "
+        "translate_main()"
+    )
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "in.txt", Path(tmp) / "out.txt"
+        inp.write_text("".join(s + "\n" for s in src[:1]))
+        args = [sys.executable, "-c", code, f"checkpoint={ckpt}", f"input={inp}", f"output={out}"]
+        args += [f"train.threads={threads}"] if threads else []
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        t = time.perf_counter()
+        subprocess.run(args, check=True, env=env, capture_output=True)
+        startup = time.perf_counter() - t
+        inp.write_text("".join(s + "\n" for s in src))
+        t = time.perf_counter()
+        subprocess.run(args, check=True, env=env, capture_output=True)
+        sec = time.perf_counter() - t
+    return {
+        "command": f"nmt-translate checkpoint={ckpt} input=... output=...",
+        "sentences": len(src),
+        "seconds": round(sec, 2),
+        "startup_seconds": round(startup, 2),
+        "sent_per_s": round(len(src) / sec, 1),
+        "sent_per_s_after_startup": round(len(src) / (sec - startup), 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=0, help="first N sentences (0 = all)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--weights", default="fp32,bf16,int8", help="comma-separated kinds")
+    ap.add_argument("--beams", default="5,1")
+    ap.add_argument(
+        "--prune", action="append", default=[], metavar="REL,ABS",
+        help="also run beam pruning with these thresholds (repeatable; beam > 1, full vocabulary)",
+    )  # fmt: skip
+    ap.add_argument("--no-shortlist", action="store_true")
+    ap.add_argument("--cli", action="store_true", help="also time nmt-translate's defaults")
     ap.add_argument("--out", type=Path, help="also write the JSON here (docs/results/...)")
     args = ap.parse_args()
     if args.threads:
@@ -80,30 +131,41 @@ def main() -> None:
     pairs = load_text(dcfg, (args.split,))[args.split][: args.limit or None]
     src, refs = [s for s, _ in pairs], [t for _, t in pairs]
     has_shortlist = "shortlist" in load(resolve_checkpoint(args.checkpoint)[0])
+    shortlists = (False, True) if has_shortlist and not args.no_shortlist else (False,)
+    prunes = [tuple(float(x) for x in p.split(",")) for p in args.prune]
+    if any(len(p) != 2 for p in prunes):
+        ap.error(f"--prune takes REL,ABS (two numbers), got {args.prune}")
     results = []
-    for beam in (5, 1):
-        for kind in ("fp32", "bf16", "int8"):
-            for shortlist in (False, True) if has_shortlist else (False,):
-                r = run(args.checkpoint, (kind, shortlist, beam), src, refs)
+    for beam in (int(b) for b in args.beams.split(",")):
+        for kind in args.weights.split(","):
+            variants: list[Variant] = [(kind, sl, beam, (0.0, 0.0)) for sl in shortlists]
+            variants += [(kind, False, beam, (p[0], p[1])) for p in prunes if beam > 1]
+            for v in variants:
+                r = run(args.checkpoint, v, src, refs)
                 print(
-                    f"{kind} {'shortlist' if shortlist else 'full     '} beam {beam}: "
+                    f"{kind} {'shortlist' if v[1] else 'full     '} beam {beam} prune {v[3]}: "
                     f"{r['sent_per_s']:7.1f} sent/s {r['tgt_tok_per_s']:8.1f} tok/s  "
                     f"BLEU {r['bleu']:.2f}  chrF {r['chrf']:.2f}",
                     flush=True,
                 )
                 results.append(r)
-    base = {r["beam"]: r for r in results if r["weights"] == "fp32" and not r["shortlist"]}
+    plain = [r for r in results if not r["shortlist"] and r["prune"] == [0.0, 0.0]]
+    ref_kind = "fp32" if any(r["weights"] == "fp32" for r in plain) else plain[0]["weights"]
+    base = {r["beam"]: r for r in plain if r["weights"] == ref_kind}
     for r in results:
         r["speedup"] = round(r["sent_per_s"] / base[r["beam"]]["sent_per_s"], 2)
         r["bleu_diff"] = round(r["bleu"] - base[r["beam"]]["bleu"], 2)
-    best = max((r for r in results if r["beam"] == 5 and r["bleu_diff"] >= -0.5),
-               key=lambda r: r["sent_per_s"])  # fmt: skip
-    summary = {
-        "beam5_fp32_sent_per_s": base[5]["sent_per_s"],
-        "beam5_fastest_within_0.5_bleu": {
-            k: best[k] for k in ("weights", "shortlist", "sent_per_s", "bleu_diff")
-        },
-    }
+    summary: dict = {"baseline": ref_kind}
+    if 5 in base:
+        best = max((r for r in results if r["beam"] == 5 and r["bleu_diff"] >= -0.5),
+                   key=lambda r: r["sent_per_s"])  # fmt: skip
+        summary["beam5_baseline_sent_per_s"] = base[5]["sent_per_s"]
+        summary["beam5_fastest_within_0.5_bleu"] = {
+            k: best[k] for k in ("weights", "shortlist", "prune", "sent_per_s", "bleu_diff")
+        }
+    if args.cli:
+        summary["nmt_translate_defaults"] = cli_defaults(args.checkpoint, src, args.threads)
+        print(json.dumps(summary["nmt_translate_defaults"]), flush=True)
     machine = {
         "cpu": cpu_model(),
         "platform": platform.platform(),

@@ -33,15 +33,19 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=150)
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--prune", type=float, default=0.0, help="decode.prune_relative")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path, _ = resolve_checkpoint(args.checkpoint)
     data = dict_to_config(load(path)["config"]["data"])
     src = [s for s, _ in load_text(data, ("test",))["test"][: args.sentences]]
-    model, tok = load_for_inference(args.checkpoint, "none")  # fp32
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    model, tok = load_for_inference(args.checkpoint, "none", "cpu", dtype)
     d = SimpleNamespace(beam_size=args.beam, alpha=0.6, beta=0.1, max_len_a=1.5, max_len_b=10,
-                        nbest=1, batch_tokens=4000, shortlist=False)  # fmt: skip
+                        nbest=1, batch_tokens=4000, shortlist=False,
+                        prune_relative=args.prune)  # fmt: skip
     translate_texts(model, tok, src[:10], d)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         translate_texts(model, tok, src, d)
@@ -53,7 +57,8 @@ def main() -> None:
         print(f"{v:6.1%}  {k}")
     machine = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__}
     doc = {"checkpoint": args.checkpoint, "sentences": len(src), "beam": args.beam,
-           "dtype": "fp32", "self_cpu_share": shares, "total_ms": round(total / 1000, 1),
+           "dtype": args.dtype, "prune_relative": args.prune, "self_cpu_share": shares,
+           "total_ms": round(total / 1000, 1),
            "machine": machine}  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(doc, indent=1) + "\n")

@@ -1,17 +1,20 @@
-"""Debian package descriptions (DDTP): English and German ``Translation-*`` index files.
+"""Debian package descriptions (DDTP): the English and another language's ``Translation-*``
+index files (German for the en-de corpus; French, Spanish ... for ``debian_multi``).
 
-Each German description translates exactly the English text with the same
+Each translated description translates exactly the English text with the same
 ``Description-md5``. Paragraphs are paired, then sentences where both sides split into the
-same number, and bullet items item by item. Group key (for splits): the package name.
+same number, and bullet items item by item. Group key (for splits): the package name; key of
+a unit inside the group: the md5 (with the aligned English sentence, it names what a unit
+translates, so units of several languages can be joined).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from data.sources.text import align_sentences, normalize_space
+from data.sources.text import Unit, align_sentences, normalize_space
 
 _BULLET = re.compile(r"^\s*([*+\-o]|\d+[.)])\s+")
 
@@ -83,12 +86,27 @@ def align_description(en: str, de: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def harvest(translation_en: Path, translation_de: Path) -> Iterator[tuple[str, str, str]]:
-    """Yield (package, en, de) sentence pairs joined on ``Description-md5``."""
-    english = {md5: desc for _, md5, desc in parse_translation_file(translation_en)}
-    for package, md5, de_desc in parse_translation_file(translation_de):
+def english_descriptions(translation_en: Path) -> dict[str, str]:
+    """``Description-md5`` -> English description of a ``Translation-en`` file."""
+    return {md5: desc for _, md5, desc in parse_translation_file(translation_en)}
+
+
+def harvest_units(translation_en: Path | Mapping[str, str], translation_xx: Path) -> Iterator[Unit]:
+    """Yield (package, md5, en, xx) sentence units joined on ``Description-md5``, in the
+    order of ``translation_xx``. ``translation_en`` may be the parsed file
+    (:func:`english_descriptions`) when several languages are joined to it."""
+    english = (
+        english_descriptions(translation_en) if isinstance(translation_en, Path) else translation_en
+    )
+    for package, md5, xx_desc in parse_translation_file(translation_xx):
         en_desc = english.get(md5)
         if en_desc is None:
             continue
-        for en, de in align_description(en_desc, de_desc):
-            yield package, en, de
+        for en, xx in align_description(en_desc, xx_desc):
+            yield Unit(package, md5, en, xx)
+
+
+def harvest(translation_en: Path, translation_de: Path) -> Iterator[tuple[str, str, str]]:
+    """Yield (package, en, de) sentence pairs joined on ``Description-md5``."""
+    for unit in harvest_units(translation_en, translation_de):
+        yield unit.group, unit.en, unit.xx

@@ -1,19 +1,19 @@
-"""LibreOffice offline help (``libreoffice-help-en-us`` / ``libreoffice-help-de``).
+"""LibreOffice offline help (``libreoffice-help-en-us`` / ``libreoffice-help-de``, ``-fr`` ...).
 
 Pages are HTML; paragraphs and headings carry ids (``par_id…``, ``hd_id…``) that are the same
 in every language, so pairs are joined on (relative path, id). Platform variants inside
 ``switchinline`` spans are reduced to the default variant (otherwise "CommandCtrl").
-Group key (for splits): the page's path.
+Group key (for splits): the page's path; key of a unit inside the group: the element id.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from html.parser import HTMLParser
 from pathlib import Path
 
-from data.sources.text import normalize_space
+from data.sources.text import Unit, normalize_space
 
 _TEXT_TAGS = {"p", "h1", "h2", "h3", "h4", "h5", "h6"}
 _ID_PREFIXES = ("par_id", "hd_id")
@@ -71,18 +71,36 @@ def page_texts(path: Path) -> dict[str, str]:
     return parser.texts
 
 
+def harvest_many(en_root: Path, xx_roots: Mapping[str, Path]) -> dict[str, list[Unit]]:
+    """Language -> (page path, id, en, xx) units joined on (relative path, element id).
+
+    ``en_root`` is ``usr/share/libreoffice/help/en-US``, ``xx_roots`` maps a language to its
+    folder (``…/de``, ``…/fr``). Each English page is parsed once for all languages; units come
+    in the order of the sorted English pages and their ids.
+    """
+    units: dict[str, list[Unit]] = {lang: [] for lang in xx_roots}
+    for en_page in sorted(en_root.rglob("*.html")):
+        rel = en_page.relative_to(en_root)
+        pages = {lang: root / rel for lang, root in xx_roots.items()}
+        present = {lang: page for lang, page in pages.items() if page.is_file()}
+        if not present:
+            continue
+        en_texts = page_texts(en_page)
+        group = rel.as_posix()
+        for lang, page in present.items():
+            xx_texts = page_texts(page)
+            units[lang].extend(
+                Unit(group, ident, en, xx_texts[ident])
+                for ident, en in en_texts.items()
+                if ident in xx_texts
+            )
+    return units
+
+
 def harvest(en_root: Path, de_root: Path) -> Iterator[tuple[str, str, str]]:
     """Yield (page path, en, de) pairs joined on (relative path, element id).
 
     ``en_root``/``de_root`` are the ``usr/share/libreoffice/help/en-US`` and ``…/de`` folders.
     """
-    for en_page in sorted(en_root.rglob("*.html")):
-        rel = en_page.relative_to(en_root)
-        de_page = de_root / rel
-        if not de_page.is_file():
-            continue
-        en_texts, de_texts = page_texts(en_page), page_texts(de_page)
-        for ident, en in en_texts.items():
-            de = de_texts.get(ident)
-            if de is not None:
-                yield rel.as_posix(), en, de
+    for unit in harvest_many(en_root, {"de": de_root})["de"]:
+        yield unit.group, unit.en, unit.xx

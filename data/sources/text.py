@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 # A sentence ends at . ! ? (optionally followed by a closing quote/bracket) before whitespace
 # and an upper-case letter, digit or opening quote. Abbreviations such as "e.g. foo" or
@@ -51,6 +52,20 @@ _ABBREVIATIONS = frozenset(
         "s.",
     ]
 )
+
+
+class Unit(NamedTuple):
+    """One aligned English/other-language text with what identifies it in its source.
+
+    ``group`` decides the split (package / help page), ``key`` names the English text inside
+    the group (description md5 / paragraph id): units of different languages with the same
+    (group, key, en) translate the same English text.
+    """
+
+    group: str
+    key: str
+    en: str
+    xx: str
 
 
 def normalize_space(text: str) -> str:

@@ -1,0 +1,132 @@
+"""One multilingual model against single-pair models at the same training steps, and zero-shot
+against pivoting through English with the same multilingual model.
+
+    python scripts/multilingual_compare.py --multi runs/multi4 \\
+        --single en-de=runs/en_de/metrics.jsonl --single de-en=runs/de_en/metrics.jsonl \\
+        --single en-fr=runs/en_fr/metrics.jsonl --steps 500,1000,1500 --test-limit 1000 \\
+        --out docs/results/multilingual.json
+
+All runs share the recipe (model, batch tokens, learning rate, one thread; the multilingual run
+trains every direction of ``data.directions`` in one model of the same size). Equal steps =
+equal training compute. Dev BLEU is greedy on the first 500 dev sentences of each direction:
+for a single-pair run, read from its ``metrics.jsonl`` (``data.max_dev_sentences=500``); for
+the multilingual run, ``nmt-eval split=dev limit=500 decode=greedy`` of its step checkpoints
+(``checkpoints/step_XXXXXXXX.pt``: train it with ``train.save_every`` = the step interval and
+``train.keep_last`` >= the number of steps compared).
+The zero-shot rows: ``nmt-eval split=test limit=N decode=beam5 pivot=true`` of the last
+multilingual checkpoint. Writes the JSON and a plot beside it (``.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nmt.config import compose_config  # noqa: E402
+from nmt.evaluate import eval_cli  # noqa: E402
+from nmt.metrics import cpu_model  # noqa: E402
+
+
+def single_curve(path: Path) -> dict[int, float]:
+    """step -> dev BLEU of a single-pair run (its metrics.jsonl)."""
+    out: dict[int, float] = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line) if line.strip() else {}
+        if rec.get("val_bleu") is not None:
+            out[int(rec["step"])] = round(float(rec["val_bleu"]), 2)
+    return out
+
+
+def multi_eval(ckpt: Path, *overrides: str) -> dict[str, Any]:
+    result: dict[str, Any] = eval_cli(compose_config([f"checkpoint={ckpt}", *overrides]))
+    return result
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+    for i, (d, rows) in enumerate(doc["dev_bleu"].items()):
+        color = f"C{i}"
+        for kind, style in (("single", "-"), ("multi", "--")):
+            pts = sorted((int(s), b) for s, b in rows[kind].items())
+            label = f"{d} {'single-pair' if kind == 'single' else 'multilingual'}"
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, color=color, marker="o", label=label)
+    ax.set_xlabel("training steps (2,048-token batches)")
+    ax.set_ylabel("dev BLEU (greedy, 500 sentences)")
+    ax.set_title("one multilingual model vs one model per pair, same size and steps", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--multi", type=Path, required=True, help="the multilingual run folder")
+    ap.add_argument("--single", action="append", default=[], metavar="DIR=METRICS")
+    ap.add_argument("--steps", default="500,1000,1500")
+    ap.add_argument("--test-limit", type=int, default=1000)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    steps = [int(s) for s in args.steps.split(",")]
+    singles = {k: single_curve(Path(v)) for k, v in (x.split("=", 1) for x in args.single)}
+    dev: dict[str, dict[str, dict[int, float]]] = {
+        d: {"single": {s: c[s] for s in steps if s in c}, "multi": {}} for d, c in singles.items()
+    }
+    ckpts = args.multi / "checkpoints"
+    for s in steps:
+        report = multi_eval(ckpts / f"step_{s:08d}.pt", "split=dev", "limit=500", "decode=greedy")
+        for d, r in report["trained"].items():
+            dev.setdefault(d, {"single": {}, "multi": {}})["multi"][s] = round(r["bleu"], 2)
+    last = ckpts / f"step_{steps[-1]:08d}.pt"
+    test = multi_eval(last, "split=test", f"limit={args.test_limit}", "decode=beam5", "pivot=true")
+    zs = {
+        d: {
+            "zero_shot": round(r["bleu"], 2),
+            "pivot_via_en": round(test["pivot"][d]["bleu"], 2),
+            "ratio": round(r["bleu"] / test["pivot"][d]["bleu"], 3)
+            if test["pivot"][d]["bleu"]
+            else None,
+        }
+        for d, r in test["zero_shot"].items()
+        if d in test["pivot"]
+    }
+    doc = {
+        "bench": "multilingual_compare",
+        "multi_run": str(args.multi),
+        "single_runs": dict(x.split("=", 1) for x in args.single),
+        "steps": steps,
+        "dev_bleu": dev,
+        "test_multi_beam5": {g: test[g] for g in ("trained", "zero_shot", "pivot")},
+        "zero_shot_vs_pivot": zs,
+        "machine": {
+            "cpu": cpu_model(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(args.out)
+    plot(doc, args.out.with_suffix(".png"))
+    print(json.dumps({"dev_bleu": dev, "zero_shot_vs_pivot": zs}))
+
+
+if __name__ == "__main__":
+    main()
