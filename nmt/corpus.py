@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data.build import corpus_files
+from data.build import SPLITS, corpus_files
 from data.corpus import FilterStats, filter_pairs, load_hub, load_split_counted, load_text_pair
 from data.tokenizer import Tokenizer, lang_tag, train_or_load
 from nmt.errors import UserError
 from nmt.multilingual import (
-    SPLITS,
     Direction,
     directions,
     is_multilingual,
@@ -97,11 +96,10 @@ def _load_one(path: str, dcfg: Any) -> tuple[list[Pair], int]:
 
 
 def tokenizer_for(
-    dcfg: Any, train_pairs: list[Pair], seed: int, user_symbols: Sequence[str] = ()
+    dcfg: Any, texts: Sequence[str], seed: int, user_symbols: Sequence[str] = ()
 ) -> Tokenizer:
-    """The joint sentencepiece model for these training pairs (cached by content + settings);
+    """The joint sentencepiece model for these training texts (cached by content + settings);
     ``user_symbols``: reserved pieces (the language tags of a multilingual corpus)."""
-    texts = [s for s, _ in train_pairs] + [t for _, t in train_pairs]
     return train_or_load(
         texts,
         cache_dir(dcfg) / "spm",
@@ -137,7 +135,7 @@ def prepare_corpus(dcfg: Any, seed: int = 1, tokenizer: Tokenizer | None = None)
         dedupe=bool(dcfg.dedupe),
         drop_identical=bool(dcfg.drop_identical),
     )
-    tok = tokenizer or tokenizer_for(dcfg, train, seed)
+    tok = tokenizer or tokenizer_for(dcfg, [s for s, _ in train] + [t for _, t in train], seed)
     src, tgt = tok.encode([s for s, _ in train]), tok.encode([t for _, t in train])
     src, tgt, train = drop_long(src, tgt, train, int(dcfg.max_len))
     corpus = Corpus(tok, {**text, "train": train})
@@ -182,9 +180,7 @@ def prepare_multi(dcfg: Any, seed: int = 1, tokenizer: Tokenizer | None = None) 
         filtered[name(d)] = stats.total - stats.kept if isinstance(stats, FilterStats) else 0
     if tokenizer is None:
         texts = list(dict.fromkeys(x for d in dirs for pair in train[d] for x in pair))
-        tokenizer = tokenizer_for(
-            dcfg, [(t, "") for t in texts], seed, [lang_tag(x) for x in langs]
-        )
+        tokenizer = tokenizer_for(dcfg, texts, seed, [lang_tag(x) for x in langs])
     corpus = Corpus(tokenizer, {s: [] for s in SPLITS}, {s: ([], []) for s in SPLITS})
     for split in SPLITS:
         corpus.parts[split] = {}

@@ -153,12 +153,9 @@ def _eval_multilingual(cfg: Any, run: dict[str, Any]) -> dict[str, Any]:
 
 def _into(cfg: Any, run: dict[str, Any], texts: list[str], lang: str) -> list[str]:
     """Translate ``texts`` into ``lang`` with the configured decoding."""
-    from types import SimpleNamespace
-
     from nmt.translate import translate_texts
 
-    d = SimpleNamespace(**{**{k: cfg.decode[k] for k in cfg.decode}, "target_lang": lang})
-    return translate_texts(run["model"], run["tok"], texts, d)
+    return translate_texts(run["model"], run["tok"], texts, cfg.decode, lang)
 
 
 def _short(result: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,6 @@ from nmt.errors import UserError
 
 Direction = tuple[str, str]
 Pair = tuple[str, str]
-SPLITS = ("train", "dev", "test")
 
 
 def parse_direction(text: str, key: str = "data.directions") -> Direction:

@@ -365,13 +365,16 @@ def translate_cli(cfg: Any) -> dict[str, Any]:
     return {"lines": n}
 
 
-def translate_texts(model: GNMT, tok: Tokenizer, texts: Sequence[str], dcfg: Any) -> list[str]:
-    """Best translation of each text (in memory; used by validation and nmt-eval)."""
+def translate_texts(
+    model: GNMT, tok: Tokenizer, texts: Sequence[str], dcfg: Any, target_lang: str | None = None
+) -> list[str]:
+    """Best translation of each text (in memory; used by validation and nmt-eval);
+    ``target_lang`` overrides ``dcfg.target_lang`` (a multilingual model)."""
     best = SimpleNamespace(
         shortlist=getattr(dcfg, "shortlist", False),
         prune_relative=getattr(dcfg, "prune_relative", 0.0),
         prune_absolute=getattr(dcfg, "prune_absolute", 0.0),
-        target_lang=getattr(dcfg, "target_lang", ""),
+        target_lang=getattr(dcfg, "target_lang", "") if target_lang is None else target_lang,
         beam_size=dcfg.beam_size,
         alpha=dcfg.alpha,
         beta=dcfg.beta,

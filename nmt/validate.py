@@ -36,12 +36,6 @@ def dev_loss(
     return total / max(tokens, 1)
 
 
-def dev_bleu(model: GNMT, corpus: Corpus, dcfg: Any, limit: int) -> float:
-    """Corpus BLEU of greedy translations of the first ``limit`` dev sentences (0 = all); for
-    a multilingual corpus the mean over its directions (:func:`dev_bleu_report`)."""
-    return float(dev_bleu_report(model, corpus, dcfg, limit)["val_bleu"])
-
-
 def dev_bleu_report(model: GNMT, corpus: Corpus, dcfg: Any, limit: int) -> dict[str, Any]:
     """``{"val_bleu": BLEU}``; multilingual: the mean over directions, and ``val_bleu_by_dir``
     (the first ``limit / directions`` dev sentences of each, translated into its target)."""
@@ -65,9 +59,8 @@ def _bleu(model: GNMT, corpus: Corpus, pairs: list[tuple[str, str]], dcfg: Any, 
         max_len_a=dcfg.max_len_a,
         max_len_b=dcfg.max_len_b,
         batch_tokens=dcfg.batch_tokens,
-        target_lang=lang,
     )
-    hyps = translate_texts(model, corpus.tokenizer, [s for s, _ in pairs], greedy)
+    hyps = translate_texts(model, corpus.tokenizer, [s for s, _ in pairs], greedy, lang)
     return float(sacrebleu.corpus_bleu(hyps, [[t for _, t in pairs]]).score)
 
 
