@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 from data.atomic import atomic_open
+from nmt import arch
 from nmt.errors import UserError
+from nmt.seq2seq import ModelSpec
 from nmt.shipped import decode_weights
 
 FORMAT = 1
-MODEL_KEYS = ("hidden", "enc_layers", "dec_layers", "tie_embeddings")
 
 
 def rng_state() -> dict[str, Any]:
@@ -105,10 +106,12 @@ def check_compatible(
 ) -> None:
     """Refuse a checkpoint whose model shape or vocabulary differs from the run's."""
     saved = require_single_device(ckpt, where)["config"]["model"]
+    old, new = ModelSpec.from_config(saved), ModelSpec.from_config(dict(model_cfg))
+    keys = ("arch",) if old.arch != new.arch else ("arch", *arch.get(new).shape_keys)
     diffs = [
-        f"model.{k}: {saved.get(k)} vs {model_cfg.get(k)}"
-        for k in MODEL_KEYS
-        if saved.get(k) != model_cfg.get(k)
+        f"model.{k.removesuffix('_size')}: {getattr(old, k)} vs {getattr(new, k)}"
+        for k in keys
+        if getattr(old, k) != getattr(new, k)
     ]
     if diffs:
         raise UserError(f"checkpoint {where} does not fit this config ({'; '.join(diffs)})")

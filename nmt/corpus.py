@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from data.build import SPLITS, corpus_files
-from data.corpus import FilterStats, filter_pairs, load_hub, load_split_counted, load_text_pair
+from data.corpus import load_hub, load_split_counted, load_text_pair
+from data.filtering import FilterStats, filter_pairs
 from data.tokenizer import Tokenizer, lang_tag, train_or_load
 from nmt.errors import UserError
 from nmt.multilingual import (

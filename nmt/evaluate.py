@@ -80,16 +80,15 @@ def _load(cfg: Any) -> dict[str, Any]:
     if int(cfg.limit) < 0:
         raise UserError(f"limit={cfg.limit}: must be >= 0 (0 = the whole split)")
     check_decode(cfg.decode)
-    device, dtype = inference_setup(cfg.decode)
+    device, dtype, quantize = inference_setup(cfg.decode)
     ckpt = require_single_device(load(ckpt_path), str(ckpt_path))
-    model, tok = model_from_checkpoint(
-        ckpt, str(ckpt_path), str(cfg.decode.quantize), device, dtype
-    )
+    model, tok = model_from_checkpoint(ckpt, str(ckpt_path), quantize, device, dtype)
     if not isinstance(ckpt["config"].get("data"), dict):
         raise UserError(f"checkpoint {ckpt_path} does not name its data (no data config)")
     d = cfg.decode
-    tag = f"{split}.beam{d.beam_size}" + ("" if d.quantize == "none" else ".int8")
     default = DecodeConfig()
+    tag = f"{split}.beam{d.beam_size}"  # + what differs from the defaults
+    tag += "" if d.quantize == default.quantize else ".int8" if quantize == "int8" else ".float"
     if int(d.beam_size) > 1:  # pruning changes nothing at beam 1; names say non-defaults
         rel, ab = float(d.prune_relative), float(d.prune_absolute)
         tag += f".rp{rel:g}" if rel != default.prune_relative else ""
@@ -100,7 +99,7 @@ def _load(cfg: Any) -> dict[str, Any]:
     return {
         "model": model, "tok": tok, "data": dict_to_config(ckpt["config"]["data"]),
         "split": split, "stem": stem, "tag": tag,
-        "info": _run_info(cfg, ckpt, ckpt_path, name, device, dtype),
+        "info": _run_info(cfg, ckpt, ckpt_path, name, device, dtype, quantize),
     }  # fmt: skip
 
 
@@ -124,9 +123,11 @@ def _eval_multilingual(cfg: Any, run: dict[str, Any]) -> dict[str, Any]:
     """Every trained direction and every zero-shot one of a multilingual checkpoint, scored
     apart; with ``pivot=true`` each zero-shot direction also through English (X -> en -> Y)."""
     from nmt.multilingual import directions, load_direction, name, zero_shot
+    from nmt.translate import one_line
 
     data, split, limit = run["data"], run["split"], int(cfg.limit) or None
     trained, unseen = directions(data), zero_shot(data)
+    lim = f".lim{int(cfg.limit)}" if int(cfg.limit) else ""
     report: dict[str, Any] = {"trained": {}, "zero_shot": {}, "pivot": {}}
     for group, dirs in (("trained", trained), ("zero_shot", unseen)):
         for d in dirs:
@@ -136,19 +137,43 @@ def _eval_multilingual(cfg: Any, run: dict[str, Any]) -> dict[str, Any]:
             _write(
                 Path(f"{run['stem']}.{run['tag']}.{name(d)}.hyp"), "".join(h + "\n" for h in hyps)
             )
+            _write(
+                Path(f"{run['stem']}.{split}{lim}.{name(d)}.ref"),
+                "".join(one_line(t) + "\n" for t in refs),
+            )
             report[group][name(d)] = _short(score(hyps, refs))
-            if group == "zero_shot" and bool(cfg.pivot) and "en" not in d:
-                report["pivot"][name(d)] = _short(
-                    score(_into(cfg, run, _into(cfg, run, src, "en"), d[1]), refs)
-                )
+            if group == "zero_shot" and bool(cfg.pivot):
+                report["pivot"][name(d)] = _pivot(cfg, run, d, trained, src, refs)
     for group, rows in report.items():
         for k, r in rows.items():
+            if "skipped" in r:
+                print(f"{group:9s} {k}: skipped ({r['skipped']})")
+                continue
             print(f"{group:9s} {k}: BLEU {r['bleu']:.2f} chrF {r['chrf']:.2f} ({r['lines']} lines)")
     result = {**report, **run["info"]}
     out = Path(f"{run['stem']}.{run['tag']}.multi.eval.json")
     _write(out, json.dumps(result, indent=2) + "\n")
     print(f"-> {out}", file=sys.stderr)
     return result
+
+
+def _pivot(
+    cfg: Any,
+    run: dict[str, Any],
+    d: tuple[str, str],
+    trained: list[tuple[str, str]],
+    src: list[str],
+    refs: list[str],
+) -> dict[str, Any]:
+    """Zero-shot direction ``d`` = X -> Y through English (X -> en -> Y): scored when the model
+    was trained on both legs, else the reason it was not."""
+    if "en" in d:
+        return {"skipped": "English is one end: nothing to pivot through"}
+    legs = [(d[0], "en"), ("en", d[1])]
+    missing = [f"{a}-{b}" for a, b in legs if (a, b) not in trained]
+    if missing:
+        return {"skipped": f"needs trained {' and '.join(missing)}"}
+    return _short(score(_into(cfg, run, _into(cfg, run, src, "en"), d[1]), refs))
 
 
 def _into(cfg: Any, run: dict[str, Any], texts: list[str], lang: str) -> list[str]:
@@ -163,7 +188,13 @@ def _short(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_info(
-    cfg: Any, ckpt: dict[str, Any], path: Path, name: str | None, device: str, dtype: Any
+    cfg: Any,
+    ckpt: dict[str, Any],
+    path: Path,
+    name: str | None,
+    device: str,
+    dtype: Any,
+    quantize: str,
 ) -> dict[str, Any]:
     """What ``nmt-eval checkpoint=`` scored: the checkpoint, its step and training time, the
     split and data, the decoding settings (recorded in the JSON report)."""
@@ -190,11 +221,11 @@ def _run_info(
                     "beta",
                     "max_len_a",
                     "max_len_b",
-                    "quantize",
                     "prune_relative",
                     "prune_absolute",
                 )  # fmt: skip
             },
+            "quantize": quantize,
             "device": device,
             "dtype": str(dtype).removeprefix("torch."),
             "shortlist": bool(d.shortlist) and "shortlist" in ckpt,

@@ -11,14 +11,15 @@ from typing import Any
 import torch
 
 from data.tokenizer import PAD_ID, Tokenizer
+from nmt import arch
 from nmt.errors import UserError
-from nmt.model import GNMT, quantize_int8
+from nmt.seq2seq import ModelSpec, Seq2Seq, quantize_int8
 from nmt.shortlist import Shortlist
 
 
 def load_for_inference(
     checkpoint: str, quantize: str, device: str = "cpu", dtype: torch.dtype = torch.float32
-) -> tuple[GNMT, Tokenizer]:
+) -> tuple[Seq2Seq, Tokenizer]:
     """Model (eval mode, optionally int8) and tokenizer from a (single-device) checkpoint: a
     path, or the name of a shipped model (``models/<name>/model.pt``, weights made fp32)."""
     from nmt.checkpoint import load, require_single_device
@@ -43,28 +44,40 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def inference_setup(dcfg: Any) -> tuple[str, torch.dtype]:
-    """(device, dtype) of ``decode.device`` / ``decode.dtype``; impossible ones are one-line
-    errors (a GPU asked for where there is none, fp16 or int8 on the wrong device)."""
+def inference_setup(dcfg: Any) -> tuple[str, torch.dtype, str]:
+    """(device, dtype, quantize) of ``decode.device`` / ``decode.dtype`` / ``decode.quantize``;
+    impossible ones are one-line errors (a GPU asked for where there is none, fp16 or int8 on
+    the wrong device). ``quantize=auto`` is int8 on the CPU unless a float dtype other than
+    fp32 is asked for (docs/results/bench_translate.json: 1.4-1.9x the fp32 speed, BLEU within
+    0.2; not the default because dynamic int8 quantizes activations per batch, so a line's
+    output depends on the lines batched with it), none on a GPU; with int8 ``dtype=auto`` is
+    fp32 (int8 runs in fp32)."""
     name, dtype = str(getattr(dcfg, "device", "cpu")), str(getattr(dcfg, "dtype", "fp32"))
+    quantize = str(getattr(dcfg, "quantize", "none"))
+    if quantize not in ("auto", "none", "int8"):
+        raise UserError(f"decode.quantize={quantize!r}: expected auto, none or int8")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name != "cpu" and not name.startswith("cuda"):
         raise UserError(f"decode.device={name}: expected auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"decode.device={name} but no CUDA device is available")
+    if quantize == "auto":
+        quantize = "int8" if name == "cpu" and dtype in ("auto", "fp32") else "none"
+    if dtype == "auto" and quantize == "int8":
+        dtype = "fp32"
     if dtype == "auto":  # bf16 where the hardware computes it natively, else fp32
         dtype = "bf16" if name != "cpu" or cpu_has_bf16() else "fp32"
     if dtype not in DTYPES:
         raise UserError(f"decode.dtype={dtype}: expected auto, {', '.join(DTYPES)}")
     if dtype == "fp16" and name == "cpu":
         raise UserError("decode.dtype=fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    if str(getattr(dcfg, "quantize", "none")) == "int8" and (name != "cpu" or dtype != "fp32"):
+    if quantize == "int8" and (name != "cpu" or dtype != "fp32"):
         raise UserError(
             f"decode.quantize=int8 runs on the CPU in fp32, not decode.device={name} "
             f"decode.dtype={dtype}"
         )
-    return name, DTYPES[dtype]
+    return name, DTYPES[dtype], quantize
 
 
 def check_quantize(quantize: str) -> None:
@@ -78,25 +91,14 @@ def model_from_checkpoint(
     quantize: str = "none",
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> tuple[GNMT, Tokenizer]:
+) -> tuple[Seq2Seq, Tokenizer]:
     """Model (eval mode, optionally int8) and tokenizer from an already loaded single-device
     checkpoint dict (``checkpoint`` names it in errors)."""
-    from nmt.model import build_model
-
     check_quantize(quantize)
     tok = Tokenizer.from_bytes(ckpt["spm"])
-    m = ckpt["config"]["model"]
     try:
-        model = build_model(
-            tok.vocab_size,
-            int(m["hidden"]),
-            int(m["enc_layers"]),
-            int(m["dec_layers"]),
-            0.0,
-            bool(m["tie_embeddings"]),
-            float(m["init_range"]),
-            PAD_ID,
-        )
+        spec = ModelSpec.from_config(ckpt["config"]["model"], dropout=0.0)
+        model = arch.build_model(spec, tok.vocab_size, PAD_ID)
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         first = " ".join(str(err).split())[:200]

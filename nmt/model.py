@@ -8,20 +8,19 @@ API (``encode`` / ``init_state`` / ``decode_step`` / ``reorder_state``) over the
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from nmt.attention import AttentionMemory, BahdanauAttention
 from nmt.layers import AttentionDecoder1, DecoderLayer, EmbedEncoder1, EncoderLayer, Generator
-from nmt.loss import label_smoothed_nll
+from nmt.seq2seq import Arch, ModelSpec, Seq2Seq, log_unigram_prior, quantize_int8
+from parallel.planning.costs import CostTable, analytic_gnmt_costs
 
 __all__ = [
+    "ARCH",
     "GNMT",
     "AttentionMemory",
     "DecoderState",
@@ -90,16 +89,6 @@ def build_stages(
     return stages
 
 
-def log_unigram_prior(seqs: Sequence[Sequence[int]], vocab_size: int, eos_id: int) -> Tensor:
-    """``[V]`` log of the add-one-smoothed unigram distribution of target sequences, each
-    followed by ``eos_id`` (what the generator predicts): the generator bias at step 0."""
-    counts = np.ones(vocab_size, dtype=np.float64)
-    flat = np.fromiter((i for s in seqs for i in s), dtype=np.int64)
-    counts += np.bincount(flat, minlength=vocab_size)[:vocab_size]
-    counts[eos_id] += len(seqs)
-    return torch.from_numpy(np.log(counts / counts.sum())).float()
-
-
 def build_model(
     vocab_size: int,
     hidden: int,
@@ -127,12 +116,13 @@ def build_model(
     )
 
 
-class GNMT(nn.Module):
+class GNMT(Seq2Seq):
     """Single-device GNMT over the pipeline stages (same modules and weights)."""
 
+    arch = "gnmt"
+
     def __init__(self, stages: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.stages = nn.ModuleList(stages)
+        super().__init__(list(stages))
         kinds = [type(s) for s in stages]
         if kinds[0] is not EmbedEncoder1 or kinds[-1] is not Generator:
             raise ValueError("stages must start with Embed+Enc1 and end with Generator")
@@ -156,68 +146,8 @@ class GNMT(nn.Module):
     def dec_stages(self) -> list[DecoderLayer]:
         return list(self.stages[self.n_enc + 1 : -1])  # type: ignore[arg-type]
 
-    @property
-    def generator(self) -> Generator:
-        return self.stages[-1]  # type: ignore[return-value]
-
-    @property
-    def hidden(self) -> int:
-        return self.embed_stage.embedding.embedding_dim
-
-    @property
-    def vocab_size(self) -> int:
-        return self.embed_stage.embedding.num_embeddings
-
-    # --- training ---
-    def forward(self, src: Tensor, src_len: Tensor, tgt_in: Tensor) -> Tensor:
-        """``src[Ts,B]``, ``src_len[B]``, ``tgt_in[Tt,B]`` -> ``logits[Tt,B,V]``."""
-        x: tuple[Tensor, ...] = (src, src_len, tgt_in)
-        for stage in self.stages:
-            out = stage(*x)
-            x = out if isinstance(out, tuple) else (out,)
-        return x[0]
-
-    def decoder_out(self, src: Tensor, src_len: Tensor, tgt_in: Tensor) -> tuple[Tensor, Tensor]:
-        """All stages but the generator: -> (``h_dec[Tt,B,H]``, ``ctx[Tt,B,H]``)."""
-        x: tuple[Tensor, ...] = (src, src_len, tgt_in)
-        for stage in self.stages[:-1]:
-            x = stage(*x)
-        return x[0], x[1]
-
-    def logits_at(self, src: Tensor, src_len: Tensor, tgt_in: Tensor, keep: Tensor) -> Tensor:
-        """Logits of the positions where ``keep[Tt,B]`` (bool) is true: ``logits[N,V]``.
-
-        Rows in time-major order, the order of ``tgt_out[keep]``. Equal to
-        ``self(src, src_len, tgt_in)[keep]``, but the generator (H x V matmul, the largest of
-        the model) only runs on those N rows: no work on padding. On a GPU this costs one
-        host-device synchronisation (the number of kept positions).
-        """
-        h_dec, ctx = self.decoder_out(src, src_len, tgt_in)
-        rows = keep.reshape(-1).nonzero().squeeze(1)  # [N]
-        h = h_dec.reshape(-1, h_dec.size(-1)).index_select(0, rows)  # [N, H]
-        logits: Tensor = self.generator(h, ctx)  # ctx: only kept in the graph (Generator)
-        return logits
-
-    def loss(
-        self,
-        src: Tensor,
-        src_len: Tensor,
-        tgt_in: Tensor,
-        tgt_out: Tensor,
-        pad_id: int,
-        eps: float,
-        skip_pad: bool = True,
-    ) -> tuple[Tensor, Tensor]:
-        """Label-smoothed (loss_sum, nll_sum) of ``tgt_out[Tt,B]`` (see :mod:`nmt.loss`).
-
-        ``skip_pad``: logits only at non-pad targets (:meth:`logits_at`); ``False``: the
-        full ``logits[Tt,B,V]`` with pads masked in the loss. Same values and gradients.
-        """
-        if not skip_pad:
-            return label_smoothed_nll(self(src, src_len, tgt_in), tgt_out, pad_id, eps)
-        keep = tgt_out != pad_id
-        logits = self.logits_at(src, src_len, tgt_in, keep)
-        return label_smoothed_nll(logits, tgt_out[keep], pad_id, eps)
+    def input_embedding(self) -> nn.Embedding:
+        return self.embed_stage.embedding
 
     # --- incremental decoding ---
     def encode(self, src: Tensor, src_len: Tensor) -> Tensor:
@@ -240,31 +170,6 @@ class GNMT(nn.Module):
         zeros = w.new_zeros(self.n_dec, batch, self.hidden)
         return DecoderState(zeros, zeros.clone())
 
-    def decode_step(
-        self, y_prev: Tensor, state: DecoderState, enc_out: Tensor, src_len: Tensor
-    ) -> tuple[Tensor, DecoderState, Tensor]:
-        """One decoder step for ``y_prev[B]`` -> (``log_probs[B,V]``, state, ``attn[B,Ts]``).
-
-        ``enc_out[Ts,B',H]``, ``src_len[B']`` with B = B' * r: rows ``b*r .. b*r+r-1`` belong
-        to sentence b (beams). For repeated steps precompute :meth:`prepare_memory` and use
-        :meth:`step` instead (this recomputes the attention keys every call).
-        """
-        return self.step(y_prev, state, self.prepare_memory(enc_out, src_len))
-
-    def step(
-        self,
-        y_prev: Tensor,
-        state: DecoderState,
-        memory: AttentionMemory,
-        vocab: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, DecoderState, Tensor]:
-        """:meth:`decode_step` with precomputed attention memory. No dropout (inference).
-        ``vocab``: each sentence's shortlisted output (:meth:`Generator.shortlisted`); the
-        log-probabilities are then over its columns (``[N,S]``)."""
-        logits, new_state, attn = self.step_logits(y_prev, state, memory, vocab)
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        return torch.log_softmax(logits, dim=-1, dtype=dtype), new_state, attn
-
     def step_logits(
         self,
         y_prev: Tensor,
@@ -272,7 +177,8 @@ class GNMT(nn.Module):
         memory: AttentionMemory,
         vocab: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, DecoderState, Tensor]:
-        """:meth:`step` returning unnormalized ``logits[N,V]`` instead of log-probabilities."""
+        """One step (no dropout) -> unnormalized ``logits[N,V]`` (``[N,S]`` over ``vocab``),
+        the new state, ``attn[N,Ts]``."""
         emb = self.embed_stage.embedding(y_prev)  # [N, H]
         hs: list[Tensor] = []
         cs: list[Tensor] = []
@@ -283,7 +189,7 @@ class GNMT(nn.Module):
             x, (h, c) = stage.step(x, ctx, (state.h[i], state.c[i]))
             hs.append(h)
             cs.append(c)
-        logits = self.generator(x, ctx) if vocab is None else self.generator.project(x, *vocab)
+        logits = self.project(x, ctx, vocab)
         return logits, DecoderState(torch.stack(hs), torch.stack(cs)), attn
 
     @staticmethod
@@ -292,20 +198,52 @@ class GNMT(nn.Module):
         return DecoderState(state.h.index_select(1, index), state.c.index_select(1, index))
 
 
-def quantize_int8(model: GNMT) -> GNMT:
-    """Dynamic int8 copy of ``model`` for CPU inference (``nn.LSTM`` and ``nn.Linear``).
+# --- the registry entry (nmt/arch.py) ---
+def stage_names(spec: ModelSpec) -> list[str]:
+    """``Embed+Enc1, Enc2.., Dec1+Attention, Dec2.., Generator``."""
+    return (["Embed+Enc1"] + [f"Enc{i}" for i in range(2, spec.enc_layers + 1)]
+            + ["Dec1+Attention"] + [f"Dec{i}" for i in range(2, spec.dec_layers + 1)]
+            + ["Generator"])  # fmt: skip
 
-    Weights are quantized per tensor ahead of time, activations per batch at run time. The
-    bidirectional encoder LSTM runs packed there (the dynamic quantized LSTM accepts
-    PackedSequence; the dense path of ``EmbedEncoder1`` is for float ``nn.LSTM``). The tied
-    generator becomes a quantized copy of the embedding matrix; the embedding itself stays
-    fp32. The input model is not modified.
-    """
-    from torch.ao.quantization import quantize_dynamic
 
-    fp32 = copy.deepcopy(model).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-        quantize_dynamic(fp32, {nn.LSTM, nn.Linear}, dtype=torch.qint8, inplace=True)  # type: ignore[no-untyped-call]
-    return fp32
+def problems(spec: ModelSpec) -> list[str]:
+    """What makes ``spec`` impossible for GNMT (one phrase each)."""
+    out = [
+        f"model.{k}={getattr(spec, k)} must be >= {low}"
+        for k, low in (("hidden", 1), ("enc_layers", 2), ("dec_layers", 1))
+        if int(getattr(spec, k)) < low
+    ]
+    if not 0.0 <= spec.dropout < 1.0:
+        out.append(f"model.dropout={spec.dropout} must be in [0, 1)")
+    return out
+
+
+def stages_from_spec(
+    spec: ModelSpec, vocab_size: int, pad_id: int, prior: Tensor | None
+) -> list[nn.Module]:
+    return build_stages(
+        vocab_size, spec.hidden, spec.enc_layers, spec.dec_layers, spec.dropout,
+        spec.tie_embeddings, spec.init_range, pad_id, prior,
+    )  # fmt: skip
+
+
+def analytic_costs(spec: ModelSpec, vocab: int, *args: Any, **kw: Any) -> CostTable:
+    """:func:`parallel.planning.costs.analytic_gnmt_costs` for ``spec`` (equal encoder and decoder
+    depth); ``args``: src_len, tgt_len, batch, micro_batch, flops_per_s[, launch_s]."""
+    if spec.enc_layers != spec.dec_layers:
+        raise ValueError(
+            f"analytic GNMT costs need enc_layers == dec_layers, got "
+            f"{spec.enc_layers} and {spec.dec_layers}"
+        )
+    return analytic_gnmt_costs(spec.enc_layers, spec.hidden, vocab, *args, **kw)
+
+
+def describe(spec: ModelSpec) -> str:
+    return (
+        f"A GNMT-style LSTM translation model: a bidirectional first encoder layer, "
+        f"{spec.enc_layers} encoder and {spec.dec_layers} decoder LSTM layers, {spec.hidden} "
+        f"wide, attention"
+    )
+
+
+ARCH = Arch(GNMT, stages_from_spec, stage_names, problems, describe, analytic_costs)

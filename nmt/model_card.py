@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import DataError
+from nmt import arch
 from nmt.checkpoint import load
 from nmt.errors import UserError
+from nmt.seq2seq import ModelSpec
 from nmt.shipped import MODEL_FILE
 
 CARD_FILE = "MODEL.md"
@@ -107,12 +109,11 @@ def render_card(f: dict[str, Any]) -> str:
 
 def _card_head(f: dict[str, Any]) -> str:
     m, d, meta = f["config"]["model"], f["config"]["data"], f["meta"]
+    spec = ModelSpec.from_config(m)
     return (
         f"# {f['name']}\n\n"
-        f"A GNMT-style LSTM translation model, {d['src_lang']} -> {d['tgt_lang']}, trained with "
-        f"pipenmt: a bidirectional first encoder layer, {m['enc_layers']} encoder and "
-        f"{m['dec_layers']} decoder LSTM layers, {m['hidden']} wide, attention, "
-        f"{'tied' if m['tie_embeddings'] else 'separate'} input/output embeddings; "
+        f"{arch.get(spec).describe(spec)}; {d['src_lang']} -> {d['tgt_lang']}, trained with "
+        f"pipenmt; {'tied' if m['tie_embeddings'] else 'separate'} input/output embeddings; "
         f"{meta.get('params', 0):,} parameters; a joint sentencepiece {d['spm_model_type']} "
         f"vocabulary of {f['vocab']:,} pieces. The weights are stored in "
         f"{meta['weights_dtype']} ({f['bytes'] / 1e6:.1f} MB) and computed in fp32 on load.\n"

@@ -7,24 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from data.tokenizer import PAD_ID
+from nmt import arch
 from nmt.errors import UserError
-from parallel.engine import from_plan, resolve
-from parallel.plan import load_plan
+from nmt.trainer import check_model_config
+from parallel.planning.plan import load_plan
+from parallel.runtime.engine import from_plan, resolve
 
 
-def stage_args(cfg: Any, vocab_size: int) -> tuple[Any, ...]:
-    m = cfg.model
-    return (
-        vocab_size,
-        int(m.hidden),
-        int(m.enc_layers),
-        int(m.dec_layers),
-        float(m.dropout),
-        bool(m.tie_embeddings),
-        float(m.init_range),
-        PAD_ID,
-    )
+def n_stages(cfg: Any) -> int:
+    """The number of pipeline stages of ``cfg.model`` (its architecture's stage list); an
+    impossible model is a one-line error here, before any worker starts."""
+    return len(arch.stage_names(check_model_config(cfg.model)))
 
 
 def resolve_placement(cfg: Any) -> tuple[Any, str, int]:
@@ -32,7 +25,7 @@ def resolve_placement(cfg: Any) -> tuple[Any, str, int]:
     pc, m = cfg.parallel, cfg.model
     return resolve(
         str(pc.placement),
-        n_stages=int(m.enc_layers) + int(m.dec_layers) + 1,
+        n_stages=n_stages(cfg),
         pp=int(pc.pp),
         schedule=str(pc.schedule),
         microbatches=int(pc.microbatches),
@@ -47,14 +40,14 @@ def apply_plan(cfg: Any) -> None:
     """``parallel=auto`` / ``parallel.plan=FILE``: the number of pipeline ranks (and, unless
     ``parallel.dp`` is set, the replicas) come from the plan. A placement that cannot apply
     is a one-line error, never a silent single-device run."""
-    pc, m = cfg.parallel, cfg.model
+    pc = cfg.parallel
     placement, plan_path = str(pc.placement), str(pc.plan) if pc.plan else None
     if plan_path and placement == "contiguous" and pc.balance is None:
         placement = pc.placement = "auto"  # a plan alone means placement=auto
     if placement == "auto":
         if not plan_path:
             raise UserError("parallel.placement=auto needs a plan file: parallel.plan=PATH")
-        plan = load_plan(plan_path, int(m.enc_layers) + int(m.dec_layers) + 1)
+        plan = load_plan(plan_path, n_stages(cfg))
         if int(pc.pp) not in (1, plan.num_ranks):
             raise UserError(
                 f"parallel.pp={pc.pp} but the plan {plan_path} is for {plan.num_ranks} ranks"
@@ -74,8 +67,8 @@ def apply_plan(cfg: Any) -> None:
 
 def recompute_setting(cfg: Any) -> bool:
     """``parallel.recompute``, or the plan's choice for ``placement=auto``."""
-    pc, m = cfg.parallel, cfg.model
+    pc = cfg.parallel
     if str(pc.placement) == "auto" and pc.plan:
-        n = int(m.enc_layers) + int(m.dec_layers) + 1
+        n = n_stages(cfg)
         return bool(cfg.parallel.recompute) or from_plan(str(pc.plan), n, int(pc.pp))[1].recompute
     return bool(cfg.parallel.recompute)

@@ -1,11 +1,11 @@
 """``nmt-profile``: measured per-stage cost tables for the placement planner.
 
     nmt-profile model=gnmt_small profile_out=costs.json [parallel.microbatches=4]
-    python -m parallel.plan_cli --costs costs.json --devices 2 --out plan.json
+    python -m parallel.planning.plan_cli --costs costs.json --devices 2 --out plan.json
     nmt-train parallel=auto parallel.pp=2 parallel.plan=plan.json
 
 Builds the model of ``cfg.model`` with ``cfg.data.vocab_size`` entries (no corpus needed:
-random token batches) and profiles it (:func:`parallel.profile.profile_stages`) on a few
+random token batches) and profiles it (:func:`parallel.planning.profile.profile_stages`) on a few
 representative shape buckets: ``(Ts, Tt)`` in :data:`BUCKET_LENGTHS` (those that fit
 ``data.max_len``), ``B`` sentences as the Batcher would take them
 (``data.batch_tokens // max(Ts, Tt)``, rounded down to a multiple of
@@ -28,12 +28,12 @@ from torch import Tensor
 
 from data.atomic import atomic_write_text
 from data.batching import BOS_ID, EOS_ID, PAD_ID
+from nmt import arch
 from nmt.errors import UserError
 from nmt.loss import label_smoothed_nll
-from nmt.model import build_stages
-from nmt.trainer import autocast_dtype, pick_device, seed_everything
-from parallel.costs import CostTable
-from parallel.profile import cost_tables_json, format_table, profile_stages
+from nmt.trainer import autocast_dtype, check_model_config, pick_device, seed_everything
+from parallel.planning.costs import CostTable
+from parallel.planning.profile import cost_tables_json, format_table, profile_stages
 
 BUCKET_LENGTHS: tuple[tuple[int, int], ...] = ((16, 16), (32, 32), (48, 48))
 REPEATS = 3
@@ -86,11 +86,6 @@ def random_batch(
     return (src, src_len, tgt_in), tgt_out
 
 
-def stage_names(enc_layers: int, dec_layers: int) -> list[str]:
-    return (["Embed+Enc1"] + [f"Enc{i}" for i in range(2, enc_layers + 1)] + ["Dec1+Attention"]
-            + [f"Dec{i}" for i in range(2, dec_layers + 1)] + ["Generator"])  # fmt: skip
-
-
 def profile_model(cfg: Any, *, repeats: int = REPEATS, warmup: int = WARMUP) -> list[CostTable]:
     """One measured cost table per bucket of :func:`bucket_shapes`."""
     m, tc = cfg.model, cfg.train
@@ -100,17 +95,13 @@ def profile_model(cfg: Any, *, repeats: int = REPEATS, warmup: int = WARMUP) -> 
     if int(tc.threads):
         torch.set_num_threads(int(tc.threads))
     seed_everything(int(tc.seed))
-    try:
-        stages = build_stages(vocab, int(m.hidden), int(m.enc_layers), int(m.dec_layers),
-                              float(m.dropout), bool(m.tie_embeddings), float(m.init_range),
-                              PAD_ID)  # fmt: skip
-    except ValueError as e:
-        raise UserError(f"model: {e}") from e
+    spec = check_model_config(m)
+    stages = arch.build_stages(spec, vocab, PAD_ID)
     eps = float(tc.label_smoothing)
     micro = int(cfg.parallel.microbatches)
     gen = torch.Generator().manual_seed(int(tc.seed))
-    names = stage_names(int(m.enc_layers), int(m.dec_layers))
-    notes = (f"hidden={m.hidden} vocab={vocab} enc_layers={m.enc_layers} "
+    names = arch.stage_names(spec)
+    notes = (f"arch={spec.arch} hidden={m.hidden} vocab={vocab} enc_layers={m.enc_layers} "
              f"dec_layers={m.dec_layers} microbatches={micro} repeats={repeats}")  # fmt: skip
     tables = []
     for ts, tt, b in bucket_shapes(cfg):

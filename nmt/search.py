@@ -1,4 +1,5 @@
-"""Batched GNMT beam search (sentences x beams in one [B*K, ...] state), and greedy decoding.
+"""Batched beam search over any :class:`nmt.seq2seq.Seq2Seq` (sentences x beams in one
+[B*K, ...] state), and greedy decoding.
 
 Scoring (Wu et al. 2016, GNMT): for a finished hypothesis Y (its last token is eos)
 
@@ -39,8 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nmt.attention import AttentionMemory
-from nmt.model import GNMT
+from nmt.seq2seq import Memory, Seq2Seq
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class _Finished:
 
 
 def beam_search(
-    model: GNMT,
+    model: Seq2Seq,
     src: Tensor,
     src_len: Tensor,
     beam_size: int = 5,
@@ -148,7 +148,7 @@ def beam_search(
 
 
 def greedy(
-    model: GNMT,
+    model: Seq2Seq,
     src: Tensor,
     src_len: Tensor,
     max_len_a: float = 1.5,
@@ -165,7 +165,7 @@ def greedy(
 
 
 def _search(
-    model: GNMT,
+    model: Seq2Seq,
     src: Tensor,
     src_len: Tensor,
     k: int,
@@ -184,13 +184,13 @@ def _search(
     (1..k) hypothesis rows, grouped by sentence (``row_sent[N]``). With ``vocab_index`` the
     columns of the log-probabilities are shortlist positions; the special ids keep their
     columns and tokens are mapped back to vocabulary ids."""
-    weight = model.embed_stage.embedding.weight
+    weight = model.input_embedding().weight
     device, dtype = weight.device, torch.promote_types(weight.dtype, torch.float32)
     src, src_len = src.to(device), src_len.to(device)
     ids = None if vocab_index is None else vocab_index.to(device)
     if ids is not None and max(pad_id, bos_id, eos_id) >= 4:
         raise ValueError("a shortlist keeps the special ids 0..3 in columns 0..3")
-    short = None if ids is None else model.generator.shortlisted(ids)  # (weight, bias)
+    short = None if ids is None else model.shortlisted(ids)  # (weight, bias)
     batch = src.size(1)
     memory = model.prepare_memory(model.encode(src, src_len), src_len)
     rows = _Rows(memory, short)
@@ -288,9 +288,9 @@ class _Rows:
     """The attention memory (and shortlisted output layer) of the active sentences, and its
     per-row copy when sentences have different numbers of rows (after pruning)."""
 
-    def __init__(self, memory: AttentionMemory, short: tuple[Tensor, Tensor] | None) -> None:
+    def __init__(self, memory: Memory, short: tuple[Tensor, Tensor] | None) -> None:
         self.memory, self.short = memory, short
-        self._cache: tuple[Tensor, AttentionMemory, tuple[Tensor, Tensor] | None] | None = None
+        self._cache: tuple[Tensor, Memory, tuple[Tensor, Tensor] | None] | None = None
 
     def keep_sentences(self, sel: Tensor) -> None:
         self.memory = self.memory.index_select(sel)
@@ -300,7 +300,7 @@ class _Rows:
 
     def inputs(
         self, counts: Tensor, row_sent: Tensor
-    ) -> tuple[AttentionMemory, tuple[Tensor, Tensor] | None]:
+    ) -> tuple[Memory, tuple[Tensor, Tensor] | None]:
         """``r`` rows for every sentence: the memory as is (the model broadcasts it over the
         rows); otherwise its rows gathered by ``row_sent`` (kept while the layout stays)."""
         if bool((counts == counts[0]).all()):

@@ -24,23 +24,23 @@ import torch.distributed as dist
 
 from data.batching import Batch, Batcher
 from data.tokenizer import PAD_ID
+from nmt import arch, shards
 from nmt import checkpoint as ckpt_io
-from nmt import shards
 from nmt.config import config_to_dict, dict_to_config
 from nmt.corpus import Corpus, prepare_corpus
 from nmt.errors import UserError
 from nmt.loop import resume_path, run_loop
 from nmt.loss import label_smoothed_nll
 from nmt.metrics import MetricsLog
-from nmt.model import GNMT, build_stages
-from nmt.pipeline_config import recompute_setting, resolve_placement, stage_args
+from nmt.pipeline_config import recompute_setting, resolve_placement
+from nmt.seq2seq import ModelSpec, Seq2Seq
 from nmt.trainer import (
     Trainer,
     poison_if_injected,
     seed_everything,
 )
 from nmt.validate import dev_bleu_report
-from parallel.engine import DistContext, PipelineRunner, init_distributed, launch
+from parallel.runtime.engine import DistContext, PipelineRunner, init_distributed, launch
 
 TIMELINE_STEPS = (3, 6)  # record steps (start+3, start+6] of each run for the timeline
 
@@ -77,7 +77,8 @@ class PipeTrainer(Trainer):
         # CPU: its device's memory is for its stages (the model visits it to decode)
         self.model = self.model.to("cpu" if self.is_main else "meta")
         seed_everything(int(cfg.train.seed))  # the same initial weights on every rank
-        stages = build_stages(*stage_args(cfg, corpus.tokenizer.vocab_size), self.prior)
+        spec = ModelSpec.from_config(cfg.model)
+        stages = arch.build_stages(spec, corpus.tokenizer.vocab_size, PAD_ID, self.prior)
         self.loss_fn = SmoothedLoss(float(cfg.train.label_smoothing))
         self.runner = PipelineRunner(
             stages,
@@ -149,7 +150,7 @@ class PipeTrainer(Trainer):
         return None if box[0] is None else str(box[0])
 
     # ------------------------------------------------------------------ validation
-    def gathered_model(self) -> GNMT | None:
+    def gathered_model(self) -> Seq2Seq | None:
         """Collective: the whole model on rank 0 (``None`` elsewhere)."""
         full = self.runner.full_state_dict(prefix="stages.")
         if full is None:

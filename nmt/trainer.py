@@ -18,13 +18,14 @@ import torch
 
 from data.batching import Batch, Batcher
 from data.tokenizer import EOS_ID, PAD_ID
+from nmt import arch
 from nmt import checkpoint as ckpt_io
 from nmt.config import config_to_dict
 from nmt.corpus import Corpus
 from nmt.errors import UserError
 from nmt.loss import label_smoothed_nll
 from nmt.lr import rebase_lr, schedule_from_config
-from nmt.model import GNMT, build_model, log_unigram_prior
+from nmt.seq2seq import ModelSpec, Seq2Seq, log_unigram_prior
 from nmt.validate import validate
 from nmt.wavefront import Wavefront
 
@@ -65,17 +66,14 @@ def check_accumulate(tc: Any) -> int:
     return n
 
 
-def check_model_config(mcfg: Any) -> None:
-    """Impossible model sizes are user errors (one line), not tracebacks from deep inside."""
-    problems = [
-        f"model.{k}={getattr(mcfg, k)} must be >= {low}"
-        for k, low in (("hidden", 1), ("enc_layers", 2), ("dec_layers", 1))
-        if int(getattr(mcfg, k)) < low
-    ]
-    if not 0.0 <= float(mcfg.dropout) < 1.0:
-        problems.append(f"model.dropout={mcfg.dropout} must be in [0, 1)")
+def check_model_config(mcfg: Any) -> ModelSpec:
+    """The model spec of ``cfg.model``; impossible sizes or an unknown ``model.arch`` are user
+    errors (one line), not tracebacks from deep inside."""
+    spec = ModelSpec.from_config(mcfg)
+    problems = arch.problems(spec)
     if problems:
         raise UserError("; ".join(problems))
+    return spec
 
 
 def output_prior(mcfg: Any, corpus: Corpus) -> torch.Tensor | None:
@@ -88,19 +86,9 @@ def output_prior(mcfg: Any, corpus: Corpus) -> torch.Tensor | None:
     return log_unigram_prior(corpus.ids["train"][1], corpus.tokenizer.vocab_size, EOS_ID)
 
 
-def build_from_config(mcfg: Any, vocab_size: int, prior: torch.Tensor | None = None) -> GNMT:
-    check_model_config(mcfg)
-    return build_model(
-        vocab_size,
-        int(mcfg.hidden),
-        int(mcfg.enc_layers),
-        int(mcfg.dec_layers),
-        float(mcfg.dropout),
-        bool(mcfg.tie_embeddings),
-        float(mcfg.init_range),
-        PAD_ID,
-        prior,
-    )
+def build_from_config(mcfg: Any, vocab_size: int, prior: torch.Tensor | None = None) -> Seq2Seq:
+    """The model of ``cfg.model`` (:func:`nmt.arch.build_model`), seeded by the caller."""
+    return arch.build_model(check_model_config(mcfg), vocab_size, PAD_ID, prior)
 
 
 class Trainer:

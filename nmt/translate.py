@@ -24,8 +24,8 @@ from data.errors import DataError
 from data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from nmt.errors import UserError
 from nmt.inference import DTYPES, inference_setup, load_for_inference
-from nmt.model import GNMT
 from nmt.search import Hypothesis, Pruning, beam_search
+from nmt.seq2seq import Seq2Seq
 
 MAX_SRC_TOKENS = 200  # longer sources are split into chunks of this many subwords
 CHUNK_LINES = 2000  # lines read, translated and written at a time (flat memory)
@@ -72,7 +72,7 @@ def pruning(dcfg: Any) -> Pruning:
 
 
 def translate_ids(
-    model: GNMT,
+    model: Seq2Seq,
     src_ids: Sequence[Sequence[int]],
     dcfg: Any,
     progress: tqdm | None = None,
@@ -132,7 +132,7 @@ def source_prefix(tok: Tokenizer, target_lang: str) -> list[int]:
 
 
 def translate_lines(
-    model: GNMT, tok: Tokenizer, lines: Sequence[str], dcfg: Any, progress: tqdm | None = None
+    model: Seq2Seq, tok: Tokenizer, lines: Sequence[str], dcfg: Any, progress: tqdm | None = None
 ) -> list[list[tuple[str, float]]]:
     """Detokenized n-best (text, score) per line; empty lines give [("", 0.0)]; sources longer
     than ``MAX_SRC_TOKENS`` subwords are translated chunk by chunk and joined."""
@@ -235,7 +235,7 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
 
 
 def translate_stream(
-    model: GNMT,
+    model: Seq2Seq,
     tok: Tokenizer,
     src: IO[bytes],
     name: str,
@@ -292,7 +292,7 @@ def _translate_shard(
 
 def translate_sharded(cfg: Any, nproc: int) -> int:
     """Shard the input lines over ``nproc`` processes; write the outputs in input order."""
-    from parallel.engine import launch
+    from parallel.runtime.engine import launch
 
     with _open_input(str(cfg.input)) as src:
         lines = [
@@ -308,12 +308,13 @@ def translate_sharded(cfg: Any, nproc: int) -> int:
             "dtype", "shortlist", "prune_relative", "prune_absolute", "target_lang",
         )
     }  # fmt: skip
-    dcfg["dtype"] = {v: k for k, v in DTYPES.items()}[inference_setup(cfg.decode)[1]]
+    _, dtype, quantize = inference_setup(cfg.decode)
+    dcfg["dtype"] = {v: k for k, v in DTYPES.items()}[dtype]
     threads = int(cfg.train.threads) or max(1, (os.cpu_count() or 1) // nproc)
     results = launch(
         _translate_shard,
         str(cfg.checkpoint),
-        str(d.quantize),
+        quantize,
         dcfg,
         lines,
         threads,
@@ -333,7 +334,7 @@ def translate_cli(cfg: Any) -> dict[str, Any]:
     if not cfg.checkpoint:
         raise UserError("checkpoint=PATH is required (a checkpoint file or a shipped model name)")
     check_decode(cfg.decode)
-    device, dtype = inference_setup(cfg.decode)
+    device, dtype, quantize = inference_setup(cfg.decode)
     nproc = int(cfg.parallel.nproc)
     if nproc > 1 and device != "cpu":
         raise UserError(
@@ -341,13 +342,13 @@ def translate_cli(cfg: Any) -> dict[str, Any]:
             f"decode.device={device} use parallel.nproc=1 (or decode.device=cpu)"
         )
     if nproc > 1:
-        _, tok = load_for_inference(str(cfg.checkpoint), str(cfg.decode.quantize))  # fail fast
+        _, tok = load_for_inference(str(cfg.checkpoint), "none")  # fail fast
         source_prefix(tok, str(cfg.decode.target_lang))
         n = translate_sharded(cfg, nproc)
         print(f"nmt-translate: {n} lines over {nproc} processes -> {cfg.output}", file=sys.stderr)
         return {"lines": n}
     torch.set_num_threads(int(cfg.train.threads) or torch.get_num_threads())
-    model, tok = load_for_inference(str(cfg.checkpoint), str(cfg.decode.quantize), device, dtype)
+    model, tok = load_for_inference(str(cfg.checkpoint), quantize, device, dtype)
     source_prefix(tok, str(cfg.decode.target_lang))  # fail before reading any input
     with _open_input(str(cfg.input)) as src, _open_output(str(cfg.output), str(cfg.input)) as out:
         n = translate_stream(
@@ -366,7 +367,7 @@ def translate_cli(cfg: Any) -> dict[str, Any]:
 
 
 def translate_texts(
-    model: GNMT, tok: Tokenizer, texts: Sequence[str], dcfg: Any, target_lang: str | None = None
+    model: Seq2Seq, tok: Tokenizer, texts: Sequence[str], dcfg: Any, target_lang: str | None = None
 ) -> list[str]:
     """Best translation of each text (in memory; used by validation and nmt-eval);
     ``target_lang`` overrides ``dcfg.target_lang`` (a multilingual model)."""

@@ -12,13 +12,13 @@ import torch
 from data.batching import Batcher
 from data.tokenizer import PAD_ID
 from nmt.corpus import Corpus
-from nmt.model import GNMT
+from nmt.seq2seq import Seq2Seq
 from nmt.translate import translate_texts
 
 
 @torch.no_grad()
 def dev_loss(
-    model: GNMT, corpus: Corpus, batch_tokens: int, eps: float, device: torch.device
+    model: Seq2Seq, corpus: Corpus, batch_tokens: int, eps: float, device: torch.device
 ) -> float:
     """Label-smoothed loss per target token over the whole dev split."""
     src, tgt = corpus.ids["dev"]
@@ -36,7 +36,7 @@ def dev_loss(
     return total / max(tokens, 1)
 
 
-def dev_bleu_report(model: GNMT, corpus: Corpus, dcfg: Any, limit: int) -> dict[str, Any]:
+def dev_bleu_report(model: Seq2Seq, corpus: Corpus, dcfg: Any, limit: int) -> dict[str, Any]:
     """``{"val_bleu": BLEU}``; multilingual: the mean over directions, and ``val_bleu_by_dir``
     (the first ``limit / directions`` dev sentences of each, translated into its target)."""
     parts = corpus.parts.get("dev")
@@ -50,7 +50,9 @@ def dev_bleu_report(model: GNMT, corpus: Corpus, dcfg: Any, limit: int) -> dict[
     return {"val_bleu": sum(by_dir.values()) / len(by_dir), "val_bleu_by_dir": by_dir}
 
 
-def _bleu(model: GNMT, corpus: Corpus, pairs: list[tuple[str, str]], dcfg: Any, lang: str) -> float:
+def _bleu(
+    model: Seq2Seq, corpus: Corpus, pairs: list[tuple[str, str]], dcfg: Any, lang: str
+) -> float:
     greedy = SimpleNamespace(
         beam_size=1,
         alpha=0.0,
@@ -64,7 +66,7 @@ def _bleu(model: GNMT, corpus: Corpus, pairs: list[tuple[str, str]], dcfg: Any, 
     return float(sacrebleu.corpus_bleu(hyps, [[t for _, t in pairs]]).score)
 
 
-def validate(model: GNMT, corpus: Corpus, cfg: Any, device: torch.device) -> dict[str, Any]:
+def validate(model: Seq2Seq, corpus: Corpus, cfg: Any, device: torch.device) -> dict[str, Any]:
     result: dict[str, Any] = {
         "val_loss": dev_loss(
             model, corpus, int(cfg.data.batch_tokens), float(cfg.train.label_smoothing), device

@@ -24,8 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from nmt.errors import UserError
 from nmt.loss import label_smoothed_nll
 from nmt.model import GNMT
+from nmt.seq2seq import Seq2Seq
 
 Chunk = tuple[Tensor, ...]
 Layer = Callable[[Chunk, Any], tuple[Chunk, Any]]  # (chunk inputs, state) -> (outputs, state)
@@ -69,11 +71,17 @@ class Wavefront:
     """Training loss of a :class:`GNMT` computed as a wavefront over ``chunks`` time chunks."""
 
     def __init__(
-        self, model: GNMT, chunks: int, devices: Sequence[torch.device] | None = None
+        self, model: Seq2Seq, chunks: int, devices: Sequence[torch.device] | None = None
     ) -> None:
+        if not isinstance(model, GNMT):
+            raise UserError(
+                f"parallel.time_chunks={chunks}: the wavefront carries LSTM state from chunk to "
+                f"chunk; it needs model.arch=gnmt, not {model.arch}"
+            )
         if chunks < 1:
             raise ValueError(f"time chunks must be >= 1, got {chunks}")
-        self.model, self.chunks = model, chunks
+        self.model: GNMT = model
+        self.chunks = chunks
         self.devices = list(devices) if devices else [next(model.parameters()).device]
 
     def encode(self, src: Tensor, src_len: Tensor) -> Tensor:

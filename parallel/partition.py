@@ -1,5 +1,6 @@
-"""The min-max partition of a sequence of stage weights into consecutive runs: the one
-definition that placement (``contiguous``) and planning (``balanced_cuts``) share."""
+"""The two definitions that placement (the runtime) and planning share: the min-max partition
+of stage weights into consecutive runs (``contiguous``, ``balanced_cuts``) and GNMT's expert
+rank assignment (``placement=gnmt``, the planner's ``gnmt_placement``)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,21 @@ def balanced_runs(weights: Sequence[float], parts: int) -> list[int]:
         sizes.append(i - j)
         i = j
     return sizes[::-1]
+
+
+def gnmt_ranks(n_enc: int, n_dec: int, pp: int) -> tuple[int, ...]:
+    """Rank of each stage ``[Embed+Enc1, Enc2.., Dec1(+Attention), Dec2.., Generator]`` in
+    GNMT's expert placement: encoder layer ``i`` and decoder layer ``i`` (0-based) on rank
+    ``i * pp // layers`` (rank ``i`` when there are as many layers as ranks), the embedding
+    with Enc1, the attention with Dec1, the generator with the last decoder layer."""
+    if pp < 1 or n_enc < pp or n_dec < pp:
+        raise PlacementError(
+            f"gnmt placement needs at least pp layers on each side: enc={n_enc} dec={n_dec} "
+            f"pp={pp}",
+            n_enc=n_enc,
+            n_dec=n_dec,
+            pp=pp,
+        )
+    enc = [i * pp // n_enc for i in range(n_enc)]
+    dec = [i * pp // n_dec for i in range(n_dec)]
+    return (*enc, *dec, dec[-1])

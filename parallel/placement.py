@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parallel.errors import PlacementError
-from parallel.partition import balanced_runs
+from parallel.partition import balanced_runs, gnmt_ranks
 from parallel.schedules import SCHEDULES, group_virtual_stages, validate_schedule
 
 KINDS: tuple[str, ...] = ("contiguous", "gnmt", "auto")
@@ -173,7 +173,10 @@ def contiguous(
 
 
 def gnmt(n_enc: int, n_dec: int, pp: int, n_stages: int | None = None) -> Placement:
-    """Encoder layer i and decoder layer i on rank i; generator with the last decoder layer.
+    """GNMT's expert placement (:func:`parallel.partition.gnmt_ranks`: encoder layer i and
+    decoder layer i on rank i, the generator with the last decoder layer), the encoder and the
+    decoder runs of a rank kept as separate virtual stages (even at pp=1, where the planner's
+    rank tuple cannot say so and groups the whole model as one).
 
     Stage order (docs/DESIGN.md): ``[Embed+Enc1, Enc2.., Dec1+Att, Dec2.., Generator]``.
     """
@@ -186,17 +189,7 @@ def gnmt(n_enc: int, n_dec: int, pp: int, n_stages: int | None = None) -> Placem
             n_dec=n_dec,
             n_stages=n_stages,
         )
-    if pp < 1 or n_enc < pp or n_dec < pp:
-        raise PlacementError(
-            f"gnmt placement needs at least pp layers on each side: enc={n_enc} dec={n_dec} "
-            f"pp={pp}",
-            n_enc=n_enc,
-            n_dec=n_dec,
-            pp=pp,
-        )
-    enc = [i * pp // n_enc for i in range(n_enc)]
-    dec = [i * pp // n_dec for i in range(n_dec)]
-    ranks = [*enc, *dec, dec[-1]]
+    ranks = gnmt_ranks(n_enc, n_dec, pp)
     groups: list[list[int]] = []
     for stage, rank in enumerate(ranks):
         new_side = stage in (0, n_enc)  # never merge the last encoder run with Dec1's run
@@ -218,8 +211,8 @@ class PlanSettings:
 
 
 def from_plan(path: str | Path, n_stages: int, pp: int) -> tuple[Placement, PlanSettings]:
-    """Read a plan file (:func:`parallel.plan.load_plan`) into a placement + settings."""
-    from parallel.plan import load_plan
+    """Read a plan file (:func:`parallel.planning.plan.load_plan`) into a placement + settings."""
+    from parallel.planning.plan import load_plan
 
     plan = load_plan(path, n_stages, pp)
     if plan.schedule not in SCHEDULES:

@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from parallel.errors import PlacementError
+from parallel.partition import gnmt_ranks
 
 SCHEDULES: tuple[str, ...] = ("gpipe", "1f1b", "interleaved_1f1b", "looped_bfs")
 SINGLE_STAGE_SCHEDULES: tuple[str, ...] = ("gpipe", "1f1b")
@@ -237,5 +238,4 @@ def gnmt_placement(layers: int, num_ranks: int) -> tuple[int, ...]:
         raise PlacementError(
             f"gnmt placement needs 1 <= ranks <= layers: layers={layers} ranks={num_ranks}"
         )
-    enc = [i * num_ranks // layers for i in range(layers)]
-    return (*enc, *enc, enc[-1])
+    return gnmt_ranks(layers, layers, num_ranks)

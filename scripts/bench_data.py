@@ -24,7 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.batching import Batcher, round_up  # noqa: E402
-from data.corpus import filter_pairs, load_split  # noqa: E402
+from data.corpus import load_split  # noqa: E402
+from data.filtering import filter_pairs  # noqa: E402
 from data.tokenizer import train_or_load  # noqa: E402
 
 SPLITS = ("train", "dev", "test")

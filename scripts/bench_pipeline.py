@@ -39,10 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from parallel.distenv import DistContext, init_distributed  # noqa: E402
-from parallel.launch import launch  # noqa: E402
-from parallel.pipeline import PipelineRunner  # noqa: E402
 from parallel.placement import Placement, contiguous  # noqa: E402
+from parallel.runtime.distenv import DistContext, init_distributed  # noqa: E402
+from parallel.runtime.launch import launch  # noqa: E402
+from parallel.runtime.pipeline import PipelineRunner  # noqa: E402
 
 NOTE = (
     "no speedup is expected on these 2-vCPU machines: pipeline processes share the cores "

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nmt.loss import label_smoothed_nll  # noqa: E402
 from nmt.model import build_model, build_stages  # noqa: E402
-from parallel.engine import PipelineRunner, init_distributed  # noqa: E402
 from parallel.placement import Placement, contiguous  # noqa: E402
+from parallel.runtime.engine import PipelineRunner, init_distributed  # noqa: E402
 
 SIZES = {"gnmt4": (1024, 4, 4), "gnmt8": (1024, 8, 8), "gnmt_small": (256, 4, 4)}
 

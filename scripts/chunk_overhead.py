@@ -12,8 +12,9 @@ time per extra call::
 The backward overhead is the fwd+bwd overhead minus the forward one.  The C variants are
 interleaved within each repetition; the fit uses the fastest repetition of each (``--stat
 min``, the default: on a shared machine the noise only adds time) or the median.
-``parallel.wavefront_sim.ChunkOverhead`` takes ``fwd_ms`` / ``bwd_ms`` from the ``fit`` of
-the JSON this writes (``parallel.wavefront_report.load_chunk_overhead``).  Also recorded: the
+``parallel.planning.wavefront_sim.ChunkOverhead`` takes ``fwd_ms`` / ``bwd_ms`` from the ``fit`` of
+the JSON this writes (``parallel.planning.wavefront_report.load_chunk_overhead``).  Also recorded:
+the
 time of one time step at batch 1 (the latency floor), for comparison with devices where only
 that is known.
 

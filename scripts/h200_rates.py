@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from parallel.costs import analytic_gnmt_costs
-from parallel.plan import single_device_ms
-from parallel.simulate import LINK_PRESETS
+from parallel.planning.costs import analytic_gnmt_costs
+from parallel.planning.links import LINK_PRESETS
+from parallel.planning.plan import single_device_ms
 
 ROWS = ((8, 128, 48.10), (4, 128, 26.84), (8, 8192, 390.5))  # (layers, batch, 1-device ms)
 

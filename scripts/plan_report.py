@@ -2,13 +2,13 @@
 
 For gnmt4 and gnmt8 on 2/4/8 devices and each link preset: the single-device step time,
 the best expert (``gnmt`` placement, best schedule and M) and the planned placement
-(exact search, ``parallel.plan``), plus the REINFORCE placer on NVLink at 4 and 8 devices.
-Cost tables are analytic (``parallel.costs.analytic_gnmt_costs``) scaled by this machine's
+(exact search, ``parallel.planning.plan``), plus the REINFORCE placer on NVLink at 4 and 8 devices.
+Cost tables are analytic (``parallel.planning.costs.analytic_gnmt_costs``) scaled by this machine's
 measured matmul throughput and launch latency, and/or files given with ``--costs`` (the
 profiler's).  Writes ``plan_report.md``, ``placement_speedup.png`` and the cost tables to
 ``--out-dir``; prints the table and, last, one JSON line with the goals.
 
-    python scripts/plan_report.py --out-dir outputs/plan_report
+    python scripts/plan_report.py --out-dir docs/results/plan_report
     python scripts/plan_report.py --measure-only --device cuda --out-dir DIR  # GPU tables
     python scripts/plan_report.py --costs DIR/costs_cuda_gnmt4.json --costs ...
 
@@ -33,7 +33,8 @@ The batch, lengths and micro-batch of measured tables are the profiler's (``data
 ``parallel.microbatches``), not this script's ``--batch``/``--src-len`` (analytic tables only);
 ``scripts/validate_simulator.py`` checks the simulator against measured step times.
 
-Wavefront rows (issue 12; ``--wavefront 4:4 8:8``, ``parallel.wavefront_report``): gnmt4 on 4
+Wavefront rows (issue 12; ``--wavefront 4:4 8:8``, ``parallel.planning.wavefront_report``): gnmt4
+on 4
 and gnmt8 on 8 devices cut along time into C chunks, placement and C planned together, next to
 the micro-batch planner's speedup; written to the report and to ``wavefront.json``.  The
 per-chunk overhead comes from ``--chunk-overhead`` files (``scripts/chunk_overhead.py``) for the
@@ -63,13 +64,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from parallel.costs import CostTable, analytic_gnmt_costs, load_cost_tables, save_cost_tables
-from parallel.plan import SearchSpace, best_of, search, single_device_ms
-from parallel.reinforce import reinforce
+from parallel.planning.costs import (
+    CostTable,
+    analytic_gnmt_costs,
+    load_cost_tables,
+    save_cost_tables,
+)
+from parallel.planning.links import LINK_PRESETS
+from parallel.planning.plan import SearchSpace, best_of, search, single_device_ms
+from parallel.planning.reinforce import reinforce
+from parallel.planning.simulate import simulate
+from parallel.planning.wavefront_report import markdown as wave_markdown
+from parallel.planning.wavefront_report import wavefront_rows
 from parallel.schedules import gnmt_placement
-from parallel.simulate import LINK_PRESETS, simulate
-from parallel.wavefront_report import markdown as wave_markdown
-from parallel.wavefront_report import wavefront_rows
 
 GAIN_GOAL, SPEEDUP_GOAL = 0.19, 6.0
 
@@ -345,7 +352,7 @@ def main() -> int:
     ap.add_argument("--rates", choices=("matmul", "lstm"), default="matmul",
                     help="scale the analytic tables by the matmul/tiny-op or LSTM timings")
     ap.add_argument("--measure-only", action="store_true", help="write cost tables and stop")
-    ap.add_argument("--out-dir", default="outputs/plan_report")
+    ap.add_argument("--out-dir", default="docs/results/plan_report")
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--vocab", type=int, nargs="+", default=[8000, 32000])
     ap.add_argument("--batch", type=int, default=128, help="sentences per step")

@@ -27,7 +27,9 @@ for p in (ROOT, ROOT / "scripts"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from fault_train import WORDS, overrides, write_corpus  # noqa: E402
+from fault_train import overrides, write_corpus  # noqa: E402
+
+from data.synthetic import WORDS  # noqa: E402
 
 # Peak RSS of the translating process itself: VmHWM (getrusage's ru_maxrss would also count
 # the parent's memory at fork time: Linux keeps it across exec).

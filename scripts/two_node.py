@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from data.synthetic import write_corpus  # noqa: E402
-from parallel.launch import free_port  # noqa: E402
+from parallel.runtime.launch import free_port  # noqa: E402
 
 RDZV = re.compile(r"Rendezvous complete.*?restart_count=(\d+).*?group_rank=(\d+)", re.S)
 RESTART = re.compile(r"Worker group (FAILED|UNHEALTHY)\. \d+/\d+ attempts left|Detected \d+ new")

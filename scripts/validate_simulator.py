@@ -1,4 +1,5 @@
-"""Simulator validation: predicted (``parallel.simulate``) vs measured pipelined step times.
+"""Simulator validation: predicted (``parallel.planning.simulate``) vs measured pipelined step
+times.
 
     python scripts/validate_simulator.py [--hidden 128 --layers 2 --vocab 2000 --batch 32]
 
@@ -10,7 +11,7 @@ the rounds, so a drift in the machine's speed hits predictions and measurements 
 
 * ``ws1`` (predictor ``profile``): one process, the ``n`` model stages as ``n`` virtual
   stages on one rank (``looped_bfs`` and ``interleaved_1f1b``, M in {2, 4}), cost table from
-  ``parallel.profile.profile_stages`` in that process.  One rank has no transfers and no
+  ``parallel.planning.profile.profile_stages`` in that process.  One rank has no transfers and no
   bubble, so the simulator predicts ``M * sum(fwd + bwd)``: this checks the profiler against
   the engine (whose per-action overhead the profile does not see).
 * ``pp2`` (predictor ``timeline``): two processes (gloo on 127.0.0.1), contiguous placement
@@ -56,14 +57,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from parallel.costs import CostTable, StageCost  # noqa: E402
-from parallel.distenv import DistContext, init_distributed  # noqa: E402
-from parallel.launch import launch  # noqa: E402
 from parallel.partition import balanced_runs  # noqa: E402
-from parallel.pipeline import PipelineRunner  # noqa: E402
 from parallel.placement import Placement, contiguous  # noqa: E402
-from parallel.profile import profile_stages  # noqa: E402
-from parallel.simulate import ZERO_LINK, Link, parse_link, simulate  # noqa: E402
+from parallel.planning.costs import CostTable, StageCost  # noqa: E402
+from parallel.planning.links import ZERO_LINK, Link, parse_link  # noqa: E402
+from parallel.planning.profile import profile_stages  # noqa: E402
+from parallel.planning.simulate import simulate  # noqa: E402
+from parallel.runtime.distenv import DistContext, init_distributed  # noqa: E402
+from parallel.runtime.launch import launch  # noqa: E402
+from parallel.runtime.pipeline import PipelineRunner  # noqa: E402
 
 GOAL_PCT = 15.0
 Inputs = tuple[tuple[Tensor, Tensor, Tensor], Tensor]

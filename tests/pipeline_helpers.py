@@ -352,7 +352,7 @@ def _log(msg: str) -> None:
 
 
 def _check_grads(runner: object, ref: dict[str, Tensor], what: str, rel: float = 1e-5) -> int:
-    from parallel.pipeline import PipelineRunner
+    from parallel.runtime.pipeline import PipelineRunner
 
     assert isinstance(runner, PipelineRunner)
     n = 0
@@ -373,9 +373,9 @@ def _runner(
     m: int,
     recompute: bool = False,
 ) -> object:
-    from parallel.distenv import DistContext
-    from parallel.pipeline import PipelineRunner
     from parallel.placement import Placement
+    from parallel.runtime.distenv import DistContext
+    from parallel.runtime.pipeline import PipelineRunner
 
     assert isinstance(ctx, DistContext) and isinstance(placement, Placement)
     return PipelineRunner(
@@ -396,7 +396,7 @@ def check_equivalence(
     build: Callable[..., list[nn.Module]] | None = None,
 ) -> None:
     """Loss and every gradient == single process, for each (name, placement, schedule, M)."""
-    from parallel.pipeline import PipelineRunner
+    from parallel.runtime.pipeline import PipelineRunner
 
     for name, placement, schedule, m, recompute in configs:
         build = build or make_stages
@@ -419,10 +419,10 @@ def scenario_equiv2(ctx: object) -> None:
     """World size 2: schedules x micro-batches, gnmt/looped, buckets, Adam, state dicts."""
     import tempfile
 
-    from parallel.distenv import DistContext
-    from parallel.pipeline import PipelineRunner
     from parallel.placement import contiguous, gnmt
-    from parallel.stagewrap import ShapeGuardError
+    from parallel.runtime.distenv import DistContext
+    from parallel.runtime.pipeline import PipelineRunner
+    from parallel.runtime.stagewrap import ShapeGuardError
 
     assert isinstance(ctx, DistContext)
     n = len(make_stages())
@@ -552,8 +552,8 @@ def scenario_equiv2(ctx: object) -> None:
 
 def scenario_dp2pp2(ctx: object) -> None:
     """dp=2 x pp=2: each replica a different half batch == single device on the whole."""
-    from parallel.distenv import DistContext
     from parallel.placement import contiguous, gnmt
+    from parallel.runtime.distenv import DistContext
 
     assert isinstance(ctx, DistContext)
     n = len(make_stages())
@@ -572,7 +572,7 @@ def scenario_dp2pp2(ctx: object) -> None:
             full.tgt_out[:, lo:hi],
             int((full.tgt_out[:, lo:hi] != PAD).sum()),
         )
-        from parallel.pipeline import PipelineRunner
+        from parallel.runtime.pipeline import PipelineRunner
 
         assert isinstance(runner, PipelineRunner)
         loss = runner.step(mine.inputs, mine.tgt_out, mine.ntokens)
@@ -588,7 +588,7 @@ def _kill_rank1(runner: object) -> None:
     """Rank 1 is SIGKILLed as the next step starts; the others must exit naming it."""
     import signal
 
-    from parallel.pipeline import PipelineRunner
+    from parallel.runtime.pipeline import PipelineRunner
 
     assert isinstance(runner, PipelineRunner)
     batch = make_batch(6, 5, 8)
@@ -602,9 +602,9 @@ def _kill_rank1(runner: object) -> None:
 
 def scenario_hang(ctx: object) -> None:
     """Rank 1 stops taking part (alive, stuck): the others time out and exit."""
-    from parallel.distenv import DistContext
-    from parallel.pipeline import PipelineRunner
     from parallel.placement import contiguous
+    from parallel.runtime.distenv import DistContext
+    from parallel.runtime.pipeline import PipelineRunner
 
     assert isinstance(ctx, DistContext)
     n = len(make_stages())
@@ -626,7 +626,7 @@ SCENARIOS = {
 
 
 def _worker_main(name: str) -> None:
-    from parallel.distenv import init_distributed
+    from parallel.runtime.distenv import init_distributed
 
     torch.set_num_threads(1)
     dp, pp, fn = SCENARIOS[name]
@@ -639,7 +639,7 @@ def _worker_main(name: str) -> None:
 
 
 if __name__ == "__main__":
-    from parallel.launch import run_worker
+    from parallel.runtime.launch import run_worker
 
     run_worker(_worker_main, sys.argv[1])
 
@@ -649,10 +649,10 @@ if __name__ == "__main__":
 
 
 def launch_entry(seed: int) -> float:
-    """A worker of ``parallel.launch.launch``: one pipelined step on 2 ranks, its loss."""
-    from parallel.distenv import init_distributed
-    from parallel.pipeline import PipelineRunner
+    """A worker of ``parallel.runtime.launch.launch``: one pipelined step on 2 ranks, its loss."""
     from parallel.placement import contiguous
+    from parallel.runtime.distenv import init_distributed
+    from parallel.runtime.pipeline import PipelineRunner
 
     torch.set_num_threads(1)
     ctx = init_distributed(1, 2, backend="gloo", device="cpu", timeout_s=60)
@@ -680,7 +680,7 @@ def phase_wait_entry(wait_s: float) -> str:
     rank 1 waits on the phase group (``phase_timeout_s``); then one ordinary all-reduce."""
     import torch.distributed as dist
 
-    from parallel.distenv import init_distributed
+    from parallel.runtime.distenv import init_distributed
 
     ctx = init_distributed(1, 2, backend="gloo", device="cpu", timeout_s=2, phase_timeout_s=60)
     box: list[object] = [None]

@@ -773,7 +773,7 @@ def listen_probe(root: int) -> dict[str, list[tuple[str, int]]]:
     listening TCP sockets of the launcher process (``root``) and of the others (workers)."""
     import torch.distributed as dist
 
-    from parallel.distenv import init_distributed
+    from parallel.runtime.distenv import init_distributed
 
     ctx = init_distributed(1, 2, backend="gloo", device="cpu", timeout_s=60)
     try:
@@ -793,7 +793,7 @@ LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFF
 
 @pytest.fixture(scope="module")
 def pipelined_sockets() -> dict[str, list[tuple[str, int]]]:
-    from parallel.launch import launch
+    from parallel.runtime.launch import launch
 
     found = launch(listen_probe, os.getpid(), nproc=2, timeout_s=60)
     return {k: sorted(set(found[0][k]) | set(found[1][k])) for k in found[0]}

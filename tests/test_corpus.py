@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 
 from data.atomic import atomic_open, atomic_write_bytes, atomic_write_text
-from data.corpus import (
-    FilterStats,
-    filter_pairs,
-    load_hub,
-    load_split,
-    load_split_counted,
-    load_text_pair,
-)
+from data.corpus import load_hub, load_split, load_split_counted, load_text_pair
 from data.errors import DataError
+from data.filtering import FilterStats, filter_pairs
 
 TSV = "en\tde\nHello world\tHallo Welt\nThe green street\tDie grüne Straße\n007\tNA\n"
 

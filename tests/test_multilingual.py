@@ -131,6 +131,16 @@ def test_eval_reports_directions_zero_shot_and_pivot(trained: Path) -> None:
         Path(str(trained.with_suffix("")) + ".test.beam1.lim10.de-fr.hyp").read_text().splitlines()
     )
     assert len(hyps) == 10
+    refs = Path(str(trained.with_suffix("")) + ".test.lim10.de-fr.ref").read_text().splitlines()
+    assert len(refs) == 10  # sacrebleu's CLI can rescore hyp against ref
+
+
+def test_pivot_needs_both_legs_through_english() -> None:
+    from nmt.evaluate import _pivot
+
+    trained = [("en", "de"), ("de", "en"), ("en", "fr")]  # no fr-en
+    skip = _pivot(None, {}, ("fr", "de"), trained, ["x"], ["y"])
+    assert skip == {"skipped": "needs trained fr-en"}
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from parallel.distenv import DistContext, init_distributed
-from parallel.pipeline import PipelineRunner
 from parallel.placement import Placement, contiguous
+from parallel.runtime.distenv import DistContext, init_distributed
+from parallel.runtime.pipeline import PipelineRunner
 from tests.pipeline_helpers import assert_close, make_batch, make_stages, smoothed_loss_sum
 
 pytestmark = [

@@ -1,10 +1,10 @@
-"""``parallel.launch.launch``: workers started through torch's elastic agent."""
+"""``parallel.runtime.launch.launch``: workers started through torch's elastic agent."""
 
 from __future__ import annotations
 
 import pytest
 
-from parallel.launch import WorkerFailure, launch
+from parallel.runtime.launch import WorkerFailure, launch
 from tests.pipeline_helpers import (
     launch_entry,
     launch_kill_entry,

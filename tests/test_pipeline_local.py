@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from parallel.distenv import DistContext, init_distributed
-from parallel.pipeline import PipelineRunner
 from parallel.placement import Placement, contiguous, gnmt
-from parallel.stagewrap import ShapeGuardError
+from parallel.runtime.distenv import DistContext, init_distributed
+from parallel.runtime.pipeline import PipelineRunner
+from parallel.runtime.stagewrap import ShapeGuardError
 from tests.pipeline_helpers import (
     assert_close,
     make_batch,

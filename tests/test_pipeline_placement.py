@@ -16,7 +16,7 @@ from parallel.placement import (
     gnmt,
     resolve,
 )
-from parallel.ties import find_ties
+from parallel.runtime.ties import find_ties
 from tests.pipeline_helpers import toy_stages
 
 
@@ -139,7 +139,8 @@ def test_find_ties() -> None:
 def test_runtime_schedule_registry_is_the_planner_list_and_refuses_unknown_names() -> None:
     from types import SimpleNamespace
 
-    from parallel.pipeline import RUNTIME_SCHEDULES, PipelineRunner
+    from parallel.runtime.pipeline import PipelineRunner
+    from parallel.runtime.torchsched import RUNTIME_SCHEDULES
     from parallel.schedules import SCHEDULES
 
     assert tuple(RUNTIME_SCHEDULES) == SCHEDULES

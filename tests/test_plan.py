@@ -1,4 +1,5 @@
-"""parallel.plan: exact search (vs brute force), memory limits, REINFORCE, plan files, CLI."""
+"""parallel.planning.plan: exact search (vs brute force), memory limits, REINFORCE, plan
+files, CLI."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from parallel.costs import CostTable, StageCost, analytic_gnmt_costs, save_cost_tables
 from parallel.errors import PlacementError
-from parallel.plan import (
+from parallel.planning.costs import CostTable, StageCost, analytic_gnmt_costs, save_cost_tables
+from parallel.planning.links import LINK_PRESETS, ZERO_LINK, Link
+from parallel.planning.plan import (
     Candidate,
     SearchSpace,
     balanced_cuts,
@@ -22,10 +24,9 @@ from parallel.plan import (
     search,
     single_device_ms,
 )
-from parallel.plan_cli import main
-from parallel.reinforce import reinforce
+from parallel.planning.plan_cli import main
+from parallel.planning.reinforce import reinforce
 from parallel.schedules import gnmt_placement, looped_placement
-from parallel.simulate import LINK_PRESETS, ZERO_LINK, Link
 
 PCIE = LINK_PRESETS["pcie"]
 

@@ -14,12 +14,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from parallel.costs import load_cost_tables
 from parallel.errors import PlacementError
-from parallel.plan import SearchSpace, make_plan, save_plan, search
-from parallel.profile import profile_stages
+from parallel.planning.costs import load_cost_tables
+from parallel.planning.links import LINK_PRESETS
+from parallel.planning.plan import SearchSpace, make_plan, save_plan, search
+from parallel.planning.profile import profile_stages
+from parallel.planning.simulate import simulate
 from parallel.schedules import schedule_orders
-from parallel.simulate import LINK_PRESETS, simulate
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -165,9 +166,9 @@ def test_profiled_plan_trains_with_auto_placement(tiny_cfg: Any, tmp_path: Path)
 @pytest.mark.parametrize(("schedule", "m"), [("looped_bfs", 2), ("interleaved_1f1b", 4)])
 def test_one_rank_engine_order_is_the_schedule(schedule: str, m: int) -> None:
     from nmt.model import build_stages
-    from parallel.distenv import init_distributed
-    from parallel.pipeline import PipelineRunner
     from parallel.placement import Placement
+    from parallel.runtime.distenv import init_distributed
+    from parallel.runtime.pipeline import PipelineRunner
     from tests.pipeline_helpers import make_batch, smoothed_loss_sum
 
     torch.manual_seed(0)

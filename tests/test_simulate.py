@@ -1,4 +1,5 @@
-"""parallel.simulate and parallel.costs: exact step times, memory, orders, deadlocks."""
+"""parallel.planning.simulate and parallel.planning.costs: exact step times, memory, orders,
+deadlocks."""
 
 from __future__ import annotations
 
@@ -7,24 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from parallel.costs import (
+from parallel.errors import PlacementError
+from parallel.planning.costs import (
     CostTable,
     StageCost,
     analytic_gnmt_costs,
     load_cost_tables,
     save_cost_tables,
 )
-from parallel.errors import PlacementError
+from parallel.planning.links import LINK_PRESETS, ZERO_LINK, Link, parse_link
+from parallel.planning.simulate import build_pipeline, run_orders, simulate
 from parallel.schedules import Action, gnmt_placement, parse_action, schedule_orders
-from parallel.simulate import (
-    LINK_PRESETS,
-    ZERO_LINK,
-    Link,
-    build_pipeline,
-    parse_link,
-    run_orders,
-    simulate,
-)
 
 
 def table(

@@ -141,7 +141,7 @@ def test_nan_every_step_on_one_rank_stops_the_run(
 
 def test_placement_that_cannot_apply_is_refused(tiny_cfg: Any, tmp_path: Path) -> None:
     """parallel=auto takes its ranks from the plan; nothing falls back to one device."""
-    from parallel.plan import Plan, save_plan
+    from parallel.planning.plan import Plan, save_plan
 
     plan = tmp_path / "plan.json"  # gnmt_tiny 2+2: 5 stages on 2 ranks
     save_plan(plan, Plan(placement=(0, 0, 1, 1, 1), num_ranks=2, schedule="gpipe", microbatches=2))

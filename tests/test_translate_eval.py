@@ -210,6 +210,39 @@ def test_eval_checkpoint_split(checkpoint: Path) -> None:
     hyp = checkpoint.with_suffix("").as_posix() + ".test.beam2.hyp"
     report: dict[str, Any] = json.loads(Path(hyp + ".eval.json").read_text())
     assert report["lines"] == 40 and 0.0 <= report["bleu"] <= 100.0
+    assert report["decode"]["quantize"] == "none"  # the default: the float model
+    # decode.quantize=auto is the int8 model in fp32 on the CPU: the same output as int8
+    texts = {}
+    for q, tag in (("int8", ".int8"), ("auto", ".int8")):
+        r = run_cli("eval_main", f"checkpoint={checkpoint}", "split=test", "decode.beam_size=2",
+                    f"decode.quantize={q}")  # fmt: skip
+        assert r.returncode == 0, r.stderr.decode()
+        stem = checkpoint.with_suffix("").as_posix() + f".test.beam2{tag}.hyp"
+        dec = json.loads(Path(stem + ".eval.json").read_text())["decode"]
+        assert (dec["quantize"], dec["dtype"]) == ("int8", "float32")
+        texts[q] = Path(stem).read_text()
+    assert texts["int8"] == texts["auto"]
+
+
+def test_decode_quantize_auto_resolves_per_device_and_dtype(monkeypatch: Any) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from nmt import inference
+
+    def setup(**kw: str) -> tuple[str, Any, str]:
+        return inference.inference_setup(SimpleNamespace(**({"device": "cpu"} | kw)))
+
+    for bf16 in (True, False):
+        monkeypatch.setattr(inference, "cpu_has_bf16", lambda b=bf16: b)
+        assert setup(quantize="auto", dtype="auto") == ("cpu", torch.float32, "int8")
+        assert setup(quantize="auto", dtype="fp32") == ("cpu", torch.float32, "int8")
+        assert setup(quantize="auto", dtype="bf16") == ("cpu", torch.bfloat16, "none")
+        floor = torch.bfloat16 if bf16 else torch.float32
+        assert setup(quantize="none", dtype="auto") == ("cpu", floor, "none")
+    with pytest.raises(UserError, match="expected auto, none or int8"):
+        setup(quantize="int4", dtype="auto")
 
 
 def test_sharded_translation_keeps_order(checkpoint: Path, tmp_path: Path) -> None:

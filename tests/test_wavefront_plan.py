@@ -1,4 +1,4 @@
-"""parallel.wavefront_plan: TeraPipe's DP and the (placement, C) search vs brute force."""
+"""parallel.planning.wavefront_plan: TeraPipe's DP and the (placement, C) search vs brute force."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from parallel.costs import analytic_gnmt_costs
-from parallel.simulate import LINK_PRESETS, ZERO_LINK
-from parallel.wavefront_plan import (
+from parallel.planning.costs import analytic_gnmt_costs
+from parallel.planning.links import LINK_PRESETS, ZERO_LINK
+from parallel.planning.wavefront_plan import (
     best_uniform_chunks,
     chunk_options,
     compositions,
@@ -21,7 +21,7 @@ from parallel.wavefront_plan import (
     terapipe_slices,
     waves,
 )
-from parallel.wavefront_sim import (
+from parallel.planning.wavefront_sim import (
     ChunkOverhead,
     WaveLayer,
     chunk_ms,

@@ -1,4 +1,4 @@
-"""parallel.wavefront_report: overhead sources and plan_report's wavefront rows."""
+"""parallel.planning.wavefront_report: overhead sources and plan_report's wavefront rows."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from parallel.costs import analytic_gnmt_costs
 from parallel.errors import PlacementError
-from parallel.wavefront_report import (
+from parallel.planning.costs import analytic_gnmt_costs
+from parallel.planning.wavefront_report import (
     launch_estimate,
     load_chunk_overhead,
     markdown,

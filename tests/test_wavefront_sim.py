@@ -1,14 +1,14 @@
-"""parallel.wavefront_sim: time-chunk wavefront makespans, hand-worked and closed forms."""
+"""parallel.planning.wavefront_sim: time-chunk wavefront makespans, hand-worked and closed forms."""
 
 from __future__ import annotations
 
 import pytest
 
-from parallel.costs import CostTable, StageCost, analytic_gnmt_costs
 from parallel.errors import PlacementError
-from parallel.plan import single_device_ms
-from parallel.simulate import LINK_PRESETS, ZERO_LINK, Link
-from parallel.wavefront_sim import (
+from parallel.planning.costs import CostTable, StageCost, analytic_gnmt_costs
+from parallel.planning.links import LINK_PRESETS, ZERO_LINK, Link
+from parallel.planning.plan import single_device_ms
+from parallel.planning.wavefront_sim import (
     ChunkOverhead,
     WaveLayer,
     chunk_lengths,

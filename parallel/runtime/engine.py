@@ -9,19 +9,17 @@
     runner.clip_grad_norm_(5.0); opt.step(); opt.zero_grad()
     ctx.close()
 
-Modules: :mod:`parallel.placement` (where stages go), :mod:`parallel.pipeline` (the step),
-:mod:`parallel.stagewrap` (torch stage wrappers), :mod:`parallel.ties` (tied weights),
-:mod:`parallel.distenv` (process groups / mesh), :mod:`parallel.faults` (dead ranks),
-:mod:`parallel.launch` (worker processes), :mod:`parallel.timeline` (timelines).
+Modules: :mod:`parallel.placement` (where stages go), :mod:`parallel.runtime.pipeline` (the
+step), :mod:`parallel.runtime.torchsched` (torch schedules by name),
+:mod:`parallel.runtime.stagewrap` (torch stage wrappers), :mod:`parallel.runtime.ties` (tied
+weights), :mod:`parallel.runtime.distenv` (process groups / mesh),
+:mod:`parallel.runtime.faults` (dead ranks), :mod:`parallel.runtime.launch` (worker processes),
+:mod:`parallel.runtime.timeline` (timelines).
 """
 
 from __future__ import annotations
 
-from parallel.distenv import DistContext, init_distributed
 from parallel.errors import PlacementError
-from parallel.faults import PeerFailure
-from parallel.launch import WorkerFailure, in_worker, launch, run_worker
-from parallel.pipeline import LossFn, PipelineRunner
 from parallel.placement import (
     Placement,
     check_batch,
@@ -31,9 +29,13 @@ from parallel.placement import (
     gnmt,
     resolve,
 )
-from parallel.stagewrap import ShapeGuardError
-from parallel.ties import Tie, find_ties
-from parallel.timeline import TimelineRecorder, TimelineSummary, theory_bubble
+from parallel.runtime.distenv import DistContext, init_distributed
+from parallel.runtime.faults import PeerFailure
+from parallel.runtime.launch import WorkerFailure, in_worker, launch, run_worker
+from parallel.runtime.pipeline import LossFn, PipelineRunner
+from parallel.runtime.stagewrap import ShapeGuardError
+from parallel.runtime.ties import Tie, find_ties
+from parallel.runtime.timeline import TimelineRecorder, TimelineSummary, theory_bubble
 
 __all__ = [
     "DistContext",

@@ -23,7 +23,7 @@ fixed time of one kernel call that the whole-sequence time already contains once
 cost ``full + (C - 1) * o`` in total and ``C = 1`` is the sequential layer.  A ``whole`` layer
 is one call (no overhead added).  Each task's output goes to the next layer's device as one
 message (``Link.transfer_ms`` of the chunk's share of ``out_bytes``; the gradient back has
-the same size; sends are asynchronous, links do not contend, as in ``parallel.simulate``).
+the same size; sends are asynchronous, links do not contend, as in ``parallel.planning.simulate``).
 Each device runs one task at a time: among its ready tasks the earliest start wins, ties
 go backward first, then the lower diagonal (deeper layer first).  After its last task the
 device pair holding the first and the last layer (if different) all-reduces the tied
@@ -37,9 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from parallel.costs import CostTable
 from parallel.errors import PlacementError
-from parallel.simulate import Link, _allreduce_ms
+from parallel.planning.costs import CostTable
+from parallel.planning.links import Link, allreduce_ms
 
 
 @dataclass(frozen=True)
@@ -286,7 +286,7 @@ def simulate_wavefront(
     comm = [0.0] * k
     a, b = placement[0], placement[-1]
     if tied_param_bytes and a != b:
-        comm[a] = comm[b] = _allreduce_ms(link, tied_param_bytes, 2)
+        comm[a] = comm[b] = allreduce_ms(link, tied_param_bytes, 2)
         finish[a] = finish[b] = max(finish[a], finish[b]) + comm[a]
     step = max(finish)
     events = (

@@ -4,7 +4,8 @@ Every rank records forward (``F``), backward (``B``), weight-grad (``W``) and lo
 per micro-batch, the time it sat waiting for a receive (``recv_F`` / ``recv_B``: from when the
 receive was posted, or the end of the previous compute if later, until the compute that
 consumed it started) and instants for the sends.  The engine's stage class feeds the
-recorder (:mod:`parallel.stagewrap`); recording is off unless :meth:`TimelineRecorder.enable`
+recorder (:mod:`parallel.runtime.stagewrap`); recording is off unless
+:meth:`TimelineRecorder.enable`
 was called, so the training hot path pays one attribute check per call.
 
 :func:`gather_and_write` collects every rank's events on rank 0 and writes ``timeline.json``

@@ -11,7 +11,7 @@ balanced cut into one number of chunks C (``best_uniform_chunks``), the issue's
 
 GNMT's stages are not equal (barriers, a heavier attention stage, placements with several
 layers per device), so the planner (``plan_wavefront``) simulates candidate placements with
-``parallel.wavefront_sim``.  The chain splits into phases that run one after another
+``parallel.planning.wavefront_sim``.  The chain splits into phases that run one after another
 (``waves``: the bidirectional layer; the other encoder layers; the decoder from the attention
 on), so devices are free to be reused across phases.  Each phase is cut into 1..``devices``
 contiguous groups (``compositions``) placed by ``label`` (a phase's first group on the device
@@ -28,10 +28,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from parallel.costs import CostTable
 from parallel.errors import PlacementError
-from parallel.simulate import Link
-from parallel.wavefront_sim import (
+from parallel.planning.costs import CostTable
+from parallel.planning.links import Link
+from parallel.planning.wavefront_sim import (
     ChunkOverhead,
     WaveLayer,
     WaveResult,

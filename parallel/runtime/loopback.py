@@ -4,7 +4,7 @@ torch's c10d rendezvous creates its ``TCPStore`` servers (the rendezvous store a
 bootstrap store) listening on every interface, whatever host it is given. Here both are created
 on a socket we bind to 127.0.0.1 first (``TCPStore(master_listen_fd=...)``), so a local
 pipelined run opens no port that another machine can reach. Registered as the rendezvous
-backend ``pipenmt-local`` (used by :func:`parallel.launch.launch`).
+backend ``pipenmt-local`` (used by :func:`parallel.runtime.launch.launch`).
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from parallel.errors import PlacementError
-from parallel.faults import report_failure, short_error
-from parallel.loopback import register as register_loopback
+from parallel.runtime.faults import report_failure, short_error
+from parallel.runtime.loopback import register as register_loopback
 
 T = TypeVar("T")
 

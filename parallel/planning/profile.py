@@ -1,4 +1,4 @@
-"""Stage profiler: a measured :class:`parallel.costs.CostTable` for one shape bucket.
+"""Stage profiler: a measured :class:`parallel.planning.costs.CostTable` for one shape bucket.
 
 :func:`profile_stages` runs the stage list as the single-device model does
 (``x = stage(*x)``, the loss on the last stage's first output) on one micro-batch and
@@ -10,13 +10,14 @@ measures, per stage:
   stage: the backward runs stage by stage from the last one, feeding each stage the
   gradients its successor left on those leaves (zeros for a float output nobody used, as
   the engine sends).  The loss belongs to the last stage (forward and backward).  GPU
-  times are taken between ``torch.cuda.synchronize`` calls.
+  times are taken between ``torch.cuda.synchronize`` calls (the pass itself:
+  :mod:`parallel.planning.profile_pass`).
 * ``fwd_floor_ms`` / ``bwd_floor_ms``: the same at micro-batch 1 (the latency floor that
   :meth:`CostTable.at_micro_batch` scales against), capped by the measured time.
 * ``param_bytes`` / ``grad_bytes`` / ``optimizer_bytes``: the stage's distinct parameters,
   those that train, and ``optimizer_states`` (Adam: 2) copies of the latter.  A parameter
   held by stage 0 and the last stage (the tied embedding) counts in both, and its size is
-  the table's ``tied_param_bytes`` (the convention of :mod:`parallel.costs`).
+  the table's ``tied_param_bytes`` (the convention of :mod:`parallel.planning.costs`).
 * ``act_bytes_per_mb``: bytes alive from the forward until the backward: the stage's inputs
   plus every tensor autograd saves for the backward (``saved_tensors_hooks``), each storage
   once, parameters excluded.  ``act_bytes_per_mb_recompute``: the inputs alone (what
@@ -31,8 +32,6 @@ gradients and the global RNG state are left as they were.
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,10 +39,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from parallel.costs import COST_TABLE_KIND, COST_TABLE_VERSION, CostTable, StageCost
 from parallel.errors import PlacementError
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
+from parallel.planning.costs import COST_TABLE_KIND, COST_TABLE_VERSION, CostTable, StageCost
+from parallel.planning.profile_pass import LossFn, median_ms, one_pass
 
 __all__ = [
     "LossFn",
@@ -57,50 +55,12 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class _Pass:
-    """One forward+backward pass: seconds per stage, and (first pass only) bytes."""
-
-    fwd_s: tuple[float, ...]
-    bwd_s: tuple[float, ...]
-    act_bytes: tuple[int, ...]
-    in_bytes: tuple[int, ...]
-    out_bytes: tuple[int, ...]
-
-
-@dataclass(frozen=True)
 class StaticBytes:
     """Parameter, gradient and optimizer-state bytes of one stage."""
 
     param: int
     grad: int
     optimizer: int
-
-
-class _SavedBytes:
-    """``saved_tensors_hooks`` pack hook that sums distinct storages (params excluded)."""
-
-    def __init__(self, exclude: set[int]) -> None:
-        self.exclude = exclude
-        self.seen: set[int] = set()
-        self.total = 0
-
-    def add(self, t: Tensor) -> None:
-        try:
-            storage = t.untyped_storage()
-            key, nbytes = storage.data_ptr(), storage.nbytes()
-        except (RuntimeError, NotImplementedError, TypeError):  # no storage (e.g. sparse)
-            return
-        if key and key not in self.exclude and key not in self.seen:
-            self.seen.add(key)
-            self.total += nbytes
-
-    def pack(self, t: Tensor) -> Tensor:
-        self.add(t)
-        return t
-
-    @staticmethod
-    def unpack(t: Tensor) -> Tensor:
-        return t
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -111,26 +71,6 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return str(torch.cuda.get_device_name(device))
     return f"{device.type}-{torch.get_num_threads()}t"
-
-
-def _as_tuple(out: object) -> tuple[Tensor, ...]:
-    if isinstance(out, Tensor):
-        return (out,)
-    if isinstance(out, (tuple, list)) and all(isinstance(t, Tensor) for t in out):
-        return tuple(out)
-    raise PlacementError(
-        f"a stage must return a tensor or a tuple of tensors, got {type(out).__name__}"
-    )
-
-
-def _leaf(t: Tensor) -> Tensor:
-    if t.is_floating_point():
-        return t.detach().requires_grad_(True)
-    return t
-
-
-def _nbytes(ts: Sequence[Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in ts)
 
 
 def _batch_size(inputs: Sequence[Tensor], dims: Sequence[int]) -> int:
@@ -195,117 +135,6 @@ def _sync_fn(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def _zero_grads(stages: Sequence[nn.Module]) -> None:
-    for s in stages:
-        for p in s.parameters():
-            p.grad = None
-
-
-# ----------------------------------------------------------------------------- one pass
-
-
-def _forward(
-    stages: Sequence[nn.Module],
-    inputs: tuple[Tensor, ...],
-    target: Tensor,
-    loss_fn: LossFn,
-    sync: Callable[[], None],
-    exclude: set[int] | None,
-) -> tuple[list[tuple[Tensor, ...]], list[tuple[Tensor, ...]], Tensor, list[float], list[int]]:
-    """Forward stage by stage: leaf inputs, outputs, the loss, seconds, saved bytes."""
-    x = inputs
-    leaves: list[tuple[Tensor, ...]] = []
-    outs: list[tuple[Tensor, ...]] = []
-    secs: list[float] = []
-    act: list[int] = []
-    loss: Tensor | None = None
-    last = len(stages) - 1
-    for i, stage in enumerate(stages):
-        xin = tuple(_leaf(t) for t in x)
-        saved = _SavedBytes(exclude or set())
-        for t in xin:
-            saved.add(t)
-        sync()
-        t0 = time.perf_counter()
-        if exclude is None:
-            out = _as_tuple(stage(*xin))
-            loss = loss_fn(out[0], target) if i == last else None
-        else:
-            with torch.autograd.graph.saved_tensors_hooks(saved.pack, saved.unpack):
-                out = _as_tuple(stage(*xin))
-                loss = loss_fn(out[0], target) if i == last else None
-        sync()
-        secs.append(time.perf_counter() - t0)
-        leaves.append(xin)
-        outs.append(out)
-        act.append(saved.total)
-        x = out
-    if loss is None:  # pragma: no cover - stages is never empty here
-        raise PlacementError("no stages to profile")
-    return leaves, outs, loss, secs, act
-
-
-def _backward_args(
-    out: tuple[Tensor, ...], nxt: tuple[Tensor, ...]
-) -> tuple[list[Tensor], list[Tensor]]:
-    """(outputs, their gradients) of a stage from its successor's leaf inputs."""
-    tensors: list[Tensor] = []
-    grads: list[Tensor] = []
-    for o, leaf in zip(out, nxt, strict=True):
-        if not o.requires_grad:
-            continue
-        tensors.append(o)
-        grads.append(leaf.grad if leaf.grad is not None else torch.zeros_like(o))
-    return tensors, grads
-
-
-def _one_pass(
-    stages: Sequence[nn.Module],
-    inputs: tuple[Tensor, ...],
-    target: Tensor,
-    loss_fn: LossFn,
-    sync: Callable[[], None],
-    exclude: set[int] | None = None,
-) -> _Pass:
-    """One timed forward + backward; with ``exclude`` (parameter storages) also bytes."""
-    _zero_grads(stages)
-    leaves, outs, loss, fwd, act = _forward(stages, inputs, target, loss_fn, sync, exclude)
-    n = len(stages)
-    bwd = [0.0] * n
-    for i in reversed(range(n)):
-        if i == n - 1:
-            tensors, grads = [loss], [torch.ones_like(loss)]
-        else:
-            tensors, grads = _backward_args(outs[i], leaves[i + 1])
-        sync()
-        t0 = time.perf_counter()
-        if tensors:
-            torch.autograd.backward(tensors, grads)
-        sync()
-        bwd[i] = time.perf_counter() - t0
-    out_bytes = [_nbytes(o) for o in outs[:-1]] + [0]
-    return _Pass(tuple(fwd), tuple(bwd), tuple(act), tuple(_nbytes(x) for x in leaves),
-                 tuple(out_bytes))  # fmt: skip
-
-
-def _median_ms(
-    stages: Sequence[nn.Module],
-    inputs: tuple[Tensor, ...],
-    target: Tensor,
-    loss_fn: LossFn,
-    sync: Callable[[], None],
-    repeats: int,
-    warmup: int,
-) -> tuple[list[float], list[float]]:
-    for _ in range(warmup):
-        _one_pass(stages, inputs, target, loss_fn, sync)
-    runs = [_one_pass(stages, inputs, target, loss_fn, sync) for _ in range(repeats)]
-    n = len(stages)
-    fwd = [1e3 * statistics.median(r.fwd_s[i] for r in runs) for i in range(n)]
-    bwd = [1e3 * statistics.median(r.bwd_s[i] for r in runs) for i in range(n)]
-    return fwd, bwd
-
-
 # ----------------------------------------------------------------------------- public
 
 
@@ -355,12 +184,12 @@ def profile_stages(
         static, tied = static_costs(stages, optimizer_states)
         params = {p.untyped_storage().data_ptr() for s in stages for p in s.parameters()}
         xs, ts = _slice(inputs, dims, tgt, target_batch_dim, micro_batch)
-        sizes = _one_pass(stages, xs, ts, loss_fn, sync, exclude=params)
-        fwd, bwd = _median_ms(stages, xs, ts, loss_fn, sync, repeats, max(warmup - 1, 0))
+        sizes = one_pass(stages, xs, ts, loss_fn, sync, exclude=params)
+        fwd, bwd = median_ms(stages, xs, ts, loss_fn, sync, repeats, max(warmup - 1, 0))
         fwd_floor, bwd_floor = fwd, bwd
         if floor and micro_batch > 1:
             x1, t1 = _slice(inputs, dims, tgt, target_batch_dim, 1)
-            f1, b1 = _median_ms(stages, x1, t1, loss_fn, sync, repeats, 1)
+            f1, b1 = median_ms(stages, x1, t1, loss_fn, sync, repeats, 1)
             fwd_floor = [min(a, b) for a, b in zip(f1, fwd, strict=True)]
             bwd_floor = [min(a, b) for a, b in zip(b1, bwd, strict=True)]
     labels = list(names) if names is not None else [_stage_name(s) for s in stages]
@@ -414,7 +243,8 @@ def _dtype_name(stages: Sequence[nn.Module]) -> str:
 
 
 def cost_tables_json(tables: Sequence[CostTable]) -> str:
-    """The cost-table file's text (the format of :func:`parallel.costs.save_cost_tables`)."""
+    """The cost-table file's text (the format of
+    :func:`parallel.planning.costs.save_cost_tables`)."""
     doc = {
         "kind": COST_TABLE_KIND,
         "version": COST_TABLE_VERSION,

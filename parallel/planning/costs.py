@@ -250,7 +250,7 @@ def _gnmt_work(layers: int, hidden: int, vocab: int, ts: int, tt: int, b: int) -
     work.append(
         _Work(
             "Dec1+Attention", 8 * h * (h + h) * nt + attn_flops, 6 * tt,
-            _lstm_params(h, h) + 2 * h * h + 2 * h,
+            _lstm_params(h, h) + 2 * h * h + 2 * h + 1,
             nt * (7 * h + 2 * ts + 2 * h) + ns * h, ns * h + nt * h, 2 * nt * h,
         )
     )  # fmt: skip

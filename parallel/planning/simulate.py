@@ -7,7 +7,8 @@ stage's ``B`` follows its own ``F``).  A message between ranks takes
 ``latency + bytes / bandwidth`` (sends are asynchronous, links do not contend); on one rank
 it is free.  After its last backward a rank all-reduces the tied embedding/generator
 gradient with the other rank holding it (if any) and, with ``dp > 1``, its gradients
-across the data-parallel replicas (ring all-reduce on the same link model).
+across the data-parallel replicas (ring all-reduce on the same link model,
+:mod:`parallel.planning.links`).
 
 Schedule ``greedy`` is a dynamic dataflow executor (like TensorFlow's, the environment of
 the learned placer): any placement; a free rank runs the ready backward with the lowest
@@ -18,15 +19,15 @@ per-rank orders are returned, so a runtime that takes explicit orders can replay
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
-from parallel.costs import CostTable
 from parallel.errors import PlacementError
+from parallel.planning.costs import CostTable
+from parallel.planning.links import Link, allreduce_ms
 from parallel.schedules import (
     BACKWARD,
     FORWARD,
@@ -37,51 +38,6 @@ from parallel.schedules import (
 )
 
 ALL_SCHEDULES: tuple[str, ...] = (*SCHEDULES, "greedy")
-
-
-@dataclass(frozen=True)
-class Link:
-    name: str
-    bandwidth_bytes_per_s: float
-    latency_s: float
-
-    def transfer_ms(self, nbytes: int) -> float:
-        if nbytes <= 0:
-            return 0.0
-        return (self.latency_s + nbytes / self.bandwidth_bytes_per_s) * 1e3
-
-    @property
-    def spec(self) -> str:
-        if self.name in LINK_PRESETS or self.name == "zero":
-            return self.name
-        return f"custom:{self.bandwidth_bytes_per_s / 1e9:g}:{self.latency_s * 1e6:g}"
-
-
-LINK_PRESETS: dict[str, Link] = {
-    "nvlink": Link("nvlink", 300e9, 5e-6),
-    "pcie": Link("pcie", 25e9, 10e-6),
-    "eth100": Link("eth100", 12.5e9, 30e-6),
-}
-ZERO_LINK = Link("zero", math.inf, 0.0)
-
-
-def parse_link(spec: str) -> Link:
-    """``nvlink`` | ``pcie`` | ``eth100`` | ``zero`` | ``custom:GB_PER_S:LATENCY_US``."""
-    if spec in LINK_PRESETS:
-        return LINK_PRESETS[spec]
-    if spec == "zero":
-        return ZERO_LINK
-    parts = spec.split(":")
-    if len(parts) == 3 and parts[0] == "custom":
-        try:
-            gbps, lat_us = float(parts[1]), float(parts[2])
-        except ValueError:
-            gbps = lat_us = -1.0
-        if gbps > 0 and lat_us >= 0 and math.isfinite(gbps) and math.isfinite(lat_us):
-            return Link(spec, gbps * 1e9, lat_us * 1e-6)
-    raise PlacementError(
-        f"bad link {spec!r}: use {', '.join(LINK_PRESETS)}, zero or custom:GB_PER_S:LATENCY_US"
-    )
 
 
 class Event(NamedTuple):
@@ -325,13 +281,6 @@ def _peaks(pipe: Pipeline, prep: _Prep, static: Sequence[int]) -> list[int]:
     return out
 
 
-def _allreduce_ms(link: Link, nbytes: int, parties: int) -> float:
-    if parties < 2 or nbytes <= 0:
-        return 0.0
-    steps = 2 * (parties - 1)
-    return (steps * link.latency_s + steps / parties * nbytes / link.bandwidth_bytes_per_s) * 1e3
-
-
 def simulate(
     costs: CostTable,
     placement: Sequence[int],
@@ -426,13 +375,13 @@ def _result(
     done, comm = list(finish), [0.0] * k
     a, b = placement[0], placement[-1]
     if table.tied_param_bytes and a != b:
-        comm[a] = comm[b] = _allreduce_ms(link, table.tied_param_bytes, 2)
+        comm[a] = comm[b] = allreduce_ms(link, table.tied_param_bytes, 2)
         done[a] = done[b] = max(finish[a], finish[b]) + comm[a]
     static = static_bytes(table, placement, k)
     grads = [0] * k
     for s, r in zip(table.stages, placement, strict=True):
         grads[r] += s.grad_bytes
-    dp_ms = [_allreduce_ms(link, g, dp) for g in grads]
+    dp_ms = [allreduce_ms(link, g, dp) for g in grads]
     step = max(d + x for d, x in zip(done, dp_ms, strict=True))
     return SimResult(
         step_ms=step,

@@ -4,7 +4,8 @@ One runner per process.  Every process builds the *full* stage list (same seed, 
 copies of tied parameters start equal) and passes it with the placement; the runner keeps
 this rank's stages, wraps each virtual stage in torch's manual ``PipelineStage`` and runs a
 ``torch.distributed.pipelining`` schedule (``ScheduleGPipe``, ``Schedule1F1B``,
-``ScheduleInterleaved1F1B``, ``ScheduleLoopedBFS``).
+``ScheduleInterleaved1F1B``, ``ScheduleLoopedBFS``; by name in
+:mod:`parallel.runtime.torchsched`).
 
 Semantics of :meth:`PipelineRunner.step` (``inputs``, ``target``, ``normaliser``):
 
@@ -14,17 +15,16 @@ Semantics of :meth:`PipelineRunner.step` (``inputs``, ``target``, ``normaliser``
   divides it by the normaliser summed over the data-parallel replicas, and sums gradients
   over replicas, so any micro-batch count and any ``dp`` gives the single-device gradient of
   ``sum(loss) / sum(normaliser)`` (schedules built with ``scale_grads=False``);
-* tied parameters' gradients are summed over the ranks holding a copy (:mod:`parallel.ties`);
+* tied parameters' gradients are summed over the ranks holding a copy
+(:mod:`parallel.runtime.ties`);
 * shapes are static per bucket: one set of stages + schedule per input-shape key, cached
   (LRU); the ranks of a pipeline check they agree on the key every step, and every stage
-  checks its outputs against the bucket's (:class:`parallel.stagewrap.ShapeGuardError`);
+  checks its outputs against the bucket's (:class:`parallel.runtime.stagewrap.ShapeGuardError`);
 * gradients already present (accumulation) are kept and added to.
 """
 
 from __future__ import annotations
 
-import inspect
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,38 +34,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.pipelining import (
-    Schedule1F1B,
-    ScheduleGPipe,
-    ScheduleInterleaved1F1B,
-    ScheduleLoopedBFS,
-)
 
-from parallel.distenv import DistContext
 from parallel.errors import PlacementError
-from parallel.faults import failure_guard
 from parallel.placement import Placement, check_batch, check_pipeline
-from parallel.stagewrap import PipeStage, ShapeGuardError, StageChunk
-from parallel.stepsync import GradStash, agree, gather_state_dict, total_loss
-from parallel.ties import TieSync, all_reduce_grads, find_ties
-from parallel.timeline import TimelineRecorder, TimelineSummary, gather_and_write
+from parallel.runtime.distenv import DistContext
+from parallel.runtime.faults import failure_guard
+from parallel.runtime.stagewrap import PipeStage, ShapeGuardError, StageChunk
+from parallel.runtime.stepsync import GradStash, agree, gather_state_dict, total_loss
+from parallel.runtime.ties import TieSync, all_reduce_grads, find_ties
+from parallel.runtime.timeline import TimelineRecorder, TimelineSummary, gather_and_write
+from parallel.runtime.torchsched import HAS_RETURN_OUTPUTS, check_torch, make_schedule
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-_HAS_RETURN_OUTPUTS = "return_outputs" in inspect.signature(ScheduleGPipe.step).parameters
-_TORCH = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
-
-
-def _check_torch() -> None:
-    if _TORCH < (2, 13):
-        warnings.warn(
-            f"parallel.pipeline needs torch >= 2.13 (found {torch.__version__}): older "
-            "pipelining infers shapes by running stages on zero tensors (GNMT's "
-            "pack_padded_sequence rejects src_len=0) and breaks with several stages per rank",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
 ShapeKey = tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]
 
 
@@ -79,16 +59,6 @@ class _Bucket:
 def default_batch_dims(inputs: Sequence[Tensor]) -> tuple[int, ...]:
     """Time-major convention: batch is dim 1 of 2-D+ tensors, dim 0 of 1-D ones."""
     return tuple(1 if x.dim() >= 2 else 0 for x in inputs)
-
-
-# torch schedule class per name, and whether it takes this rank's list of stages (several
-# stages per rank) or one stage
-RUNTIME_SCHEDULES: dict[str, tuple[Any, bool]] = {
-    "gpipe": (ScheduleGPipe, False),
-    "1f1b": (Schedule1F1B, False),
-    "interleaved_1f1b": (ScheduleInterleaved1F1B, True),
-    "looped_bfs": (ScheduleLoopedBFS, True),
-}
 
 
 class PipelineRunner:
@@ -121,7 +91,7 @@ class PipelineRunner:
                 pp=ctx.pp,
             )
         check_pipeline(placement, schedule, microbatches)
-        _check_torch()
+        check_torch()
         self.ctx = ctx
         self.placement = placement
         self.schedule = schedule
@@ -358,15 +328,7 @@ class PipelineRunner:
     def _make_schedule(self, stages: list[PipeStage], m: int, training: bool) -> Any:
         # forward only: fill-drain over this rank's chunk(s)
         fill_drain = "gpipe" if len(stages) == 1 else "looped_bfs"
-        name = self.schedule if training else fill_drain
-        kw: dict[str, Any] = {"loss_fn": self._loss, "scale_grads": False}
-        if name not in RUNTIME_SCHEDULES:
-            raise PlacementError(
-                f"unknown schedule {name!r}; choose from {', '.join(RUNTIME_SCHEDULES)}",
-                schedule=name,
-            )
-        kind, multi = RUNTIME_SCHEDULES[name]
-        return kind(list(stages) if multi else stages[0], m, **kw)
+        return make_schedule(self.schedule if training else fill_drain, stages, m, self._loss)
 
     def _loss(self, output: Tensor, target_mb: Tensor) -> Tensor:
         tgt = target_mb.movedim(0, self.target_batch_dim).contiguous()
@@ -396,7 +358,7 @@ class PipelineRunner:
         self._loss_calls = 0
         self.timeline.begin_step()
         kw: dict[str, Any] = {"target": tgt, "losses": losses}
-        if _HAS_RETURN_OUTPUTS:  # do not keep the last stage's outputs (torch >= 2.8)
+        if HAS_RETURN_OUTPUTS:  # do not keep the last stage's outputs (torch >= 2.8)
             kw["return_outputs"] = False
         if training:
             bucket.schedule.step(*args, **kw)

@@ -10,8 +10,8 @@ for the first micro-batch to reach it + ``M`` x its load + the backward chain be
 simulated until the bound passes the best simulated time.  Cut sets above
 ``enumeration_limit`` per ``V`` fall back to the min-max dynamic program plus neighbours.
 
-The learned alternative, a REINFORCE placer, is in :mod:`parallel.reinforce`; plan files only
-hold torch-runnable results.
+The learned alternative, a REINFORCE placer, is in :mod:`parallel.planning.reinforce`; plan
+files only hold torch-runnable results.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from parallel.costs import CostTable, digest
 from parallel.errors import PlacementError
 from parallel.partition import balanced_runs
+from parallel.planning.costs import CostTable, digest
+from parallel.planning.links import Link
+from parallel.planning.simulate import placement_runs, simulate, static_bytes
 from parallel.schedules import (
     MULTI_STAGE_SCHEDULES,
     SCHEDULES,
@@ -38,7 +40,6 @@ from parallel.schedules import (
     looped_placement,
     validate_schedule,
 )
-from parallel.simulate import Link, placement_runs, simulate, static_bytes
 
 PLAN_KIND = "pipenmt-plan"
 PLAN_VERSION = 1

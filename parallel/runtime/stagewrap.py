@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.distributed.pipelining import PipelineStage
 from torch.utils.checkpoint import checkpoint
 
-from parallel.timeline import TimelineRecorder
+from parallel.runtime.timeline import TimelineRecorder
 
 
 class ShapeGuardError(RuntimeError):

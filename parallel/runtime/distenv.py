@@ -22,7 +22,7 @@ from torch._C._distributed_c10d import HashStore, PrefixStore, Store, TCPStore
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from parallel.errors import PlacementError
-from parallel.faults import Heartbeat
+from parallel.runtime.faults import Heartbeat
 
 
 @dataclass

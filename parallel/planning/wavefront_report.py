@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from parallel.costs import CostTable
 from parallel.errors import PlacementError
-from parallel.plan import single_device_ms
-from parallel.simulate import LINK_PRESETS, Link
-from parallel.wavefront_plan import overhead_budget, plan_gnmt_wavefront
-from parallel.wavefront_sim import ChunkOverhead, gnmt_wave_layers
+from parallel.planning.costs import CostTable
+from parallel.planning.links import LINK_PRESETS, Link
+from parallel.planning.plan import single_device_ms
+from parallel.planning.wavefront_plan import overhead_budget, plan_gnmt_wavefront
+from parallel.planning.wavefront_sim import ChunkOverhead, gnmt_wave_layers
 
 # (GNMT layers, devices) -> simulated speedup over one device asked for by issue 12
 GOALS: dict[tuple[int, int], float] = {(4, 4): 1.8, (8, 8): 3.0}

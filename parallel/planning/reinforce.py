@@ -15,11 +15,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parallel.costs import CostTable
 from parallel.errors import PlacementError
-from parallel.plan import Candidate, SearchSpace, evaluate, fits, schedule_combos, single_device_ms
+from parallel.planning.costs import CostTable
+from parallel.planning.links import Link
+from parallel.planning.plan import (
+    Candidate,
+    SearchSpace,
+    evaluate,
+    fits,
+    schedule_combos,
+    single_device_ms,
+)
 from parallel.schedules import group_virtual_stages
-from parallel.simulate import Link
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from parallel.distenv import DistContext
-from parallel.stagewrap import ShapeGuardError
+from parallel.runtime.distenv import DistContext
+from parallel.runtime.stagewrap import ShapeGuardError
 
 
 def agree(ctx: DistContext, key: Any, normaliser: float) -> float:

@@ -1,6 +1,6 @@
-"""``python -m parallel.plan_cli``: search the placements of a cost table and write a plan file
-(the command line of :mod:`parallel.plan`; kept apart so that the planner and the REINFORCE
-placer, which builds on it, do not import each other)."""
+"""``python -m parallel.planning.plan_cli``: search the placements of a cost table and write a
+plan file (the command line of :mod:`parallel.planning.plan`; kept apart so that the planner
+and the REINFORCE placer, which builds on it, do not import each other)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import math
 import sys
 from collections.abc import Sequence
 
-from parallel.costs import load_cost_tables
 from parallel.errors import PlacementError
-from parallel.plan import (
+from parallel.planning.costs import load_cost_tables
+from parallel.planning.links import parse_link
+from parallel.planning.plan import (
     Candidate,
     SearchSpace,
     best_of,
@@ -21,7 +22,6 @@ from parallel.plan import (
     single_device_ms,
 )
 from parallel.schedules import SCHEDULES, gnmt_placement, validate_schedule
-from parallel.simulate import parse_link
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -36,9 +36,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m parallel.plan_cli", description=__doc__.split("\n")[0]
+        prog="python -m parallel.planning.plan_cli", description=__doc__.split("\n")[0]
     )
-    ap.add_argument("--costs", required=True, help="cost table JSON (parallel.costs)")
+    ap.add_argument("--costs", required=True, help="cost table JSON (parallel.planning.costs)")
     ap.add_argument("--devices", type=int, required=True)
     ap.add_argument("--link", default="nvlink", help="nvlink|pcie|eth100|custom:GBps:us")
     ap.add_argument("--out", required=True)
@@ -79,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
             found.append(("exact", res.best))
         print(f"exact: {res.considered} candidates, {res.simulated} simulated")
     if args.method in ("reinforce", "both"):
-        from parallel.reinforce import reinforce  # it builds on this module
+        from parallel.planning.reinforce import reinforce  # it builds on this module
 
         ms = [x for x in space.microbatches if all(t.batch % x == 0 for t in tables)]
         m = found[0][1].microbatches if found else max(ms, default=1)
