@@ -110,9 +110,16 @@ def render_card(f: dict[str, Any]) -> str:
 def _card_head(f: dict[str, Any]) -> str:
     m, d, meta = f["config"]["model"], f["config"]["data"], f["meta"]
     spec = ModelSpec.from_config(m)
+    dirs = d.get("directions") or []
+    pairs = (
+        f"multilingual ({', '.join(str(x) for x in dirs)}; the target language is chosen with "
+        f"`decode.target_lang`)"
+        if dirs
+        else f"{d['src_lang']} -> {d['tgt_lang']}"
+    )
     return (
         f"# {f['name']}\n\n"
-        f"{arch.get(spec).describe(spec)}; {d['src_lang']} -> {d['tgt_lang']}, trained with "
+        f"{arch.get(spec).describe(spec)}; {pairs}, trained with "
         f"pipenmt; {'tied' if m['tie_embeddings'] else 'separate'} input/output embeddings; "
         f"{meta.get('params', 0):,} parameters; a joint sentencepiece {d['spm_model_type']} "
         f"vocabulary of {f['vocab']:,} pieces. The weights are stored in "

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -325,3 +326,24 @@ def test_demo_summary_prints_two_aligned_lines(tmp_path: Path) -> None:
     report.write_text(json.dumps(demo))
     missing = summary.summary(summary.read_report(report), None, REAL)
     assert missing[1].endswith("no nmt-eval report (not evaluated)")
+
+
+def test_card_names_every_direction_of_a_multilingual_model() -> None:
+    from nmt.model_card import _card_head
+
+    f: dict[str, Any] = {
+        "name": "multi",
+        "config": {
+            "model": {"arch": "gnmt", "hidden": 16, "enc_layers": 2, "dec_layers": 2,
+                      "tie_embeddings": True},
+            "data": {"src_lang": "en", "tgt_lang": "de", "directions": ["en-de", "de-fr"],
+                     "spm_model_type": "unigram"},
+        },
+        "meta": {"params": 10, "weights_dtype": "fp16"},
+        "vocab": 100,
+        "bytes": 1000,
+    }  # fmt: skip
+    head = _card_head(f)
+    assert "multilingual (en-de, de-fr;" in head and "en -> de" not in head
+    f["config"]["data"]["directions"] = []
+    assert "en -> de, trained with" in _card_head(f)
