@@ -2,11 +2,11 @@
 
 For gnmt4 and gnmt8 on 2/4/8 devices and each link preset: the single-device step time,
 the best expert (``gnmt`` placement, best schedule and M) and the planned placement
-(exact search, ``parallel.planning.plan``), plus the REINFORCE placer on NVLink at 4 and 8 devices.
-Cost tables are analytic (``parallel.planning.costs.analytic_gnmt_costs``) scaled by this machine's
-measured matmul throughput and launch latency, and/or files given with ``--costs`` (the
-profiler's).  Writes ``plan_report.md``, ``placement_speedup.png`` and the cost tables to
-``--out-dir``; prints the table and, last, one JSON line with the goals.
+(exact search, ``parallel.planning.plan``), plus the REINFORCE placer on NVLink at 4 and 8
+devices. Cost tables are analytic (``parallel.planning.costs.analytic_gnmt_costs``) scaled by
+this machine's measured matmul throughput and launch latency, and/or files given with
+``--costs`` (the profiler's).  Writes ``plan_report.md``, ``placement_speedup.png`` and the
+cost tables to ``--out-dir``; prints the table and, last, one JSON line with the goals.
 
     python scripts/plan_report.py --out-dir docs/results/plan_report
     python scripts/plan_report.py --measure-only --device cuda --out-dir DIR  # GPU tables
@@ -33,13 +33,12 @@ The batch, lengths and micro-batch of measured tables are the profiler's (``data
 ``parallel.microbatches``), not this script's ``--batch``/``--src-len`` (analytic tables only);
 ``scripts/validate_simulator.py`` checks the simulator against measured step times.
 
-Wavefront rows (issue 12; ``--wavefront 4:4 8:8``, ``parallel.planning.wavefront_report``): gnmt4
-on 4
-and gnmt8 on 8 devices cut along time into C chunks, placement and C planned together, next to
-the micro-batch planner's speedup; written to the report and to ``wavefront.json``.  The
-per-chunk overhead comes from ``--chunk-overhead`` files (``scripts/chunk_overhead.py``) for the
-device they name, else it is estimated from the launch latency and labelled so.  The committed
-run (H200 rates recovered by ``scripts/h200_rates.py``)::
+Wavefront rows (issue 12; ``--wavefront 4:4 8:8``, ``parallel.planning.wavefront_report``):
+gnmt4 on 4 and gnmt8 on 8 devices cut along time into C chunks, placement and C planned
+together, next to the micro-batch planner's speedup; written to the report and to
+``wavefront.json``.  The per-chunk overhead comes from ``--chunk-overhead`` files
+(``scripts/chunk_overhead.py``) for the device they name, else it is estimated from the launch
+latency and labelled so.  The committed run (H200 rates recovered by ``scripts/h200_rates.py``)::
 
     python scripts/plan_report.py --measure-only --device cpu --out-dir docs/results/plan_report
     python scripts/plan_report.py --out-dir docs/results/plan_report --vocab 8000 \
