@@ -266,9 +266,10 @@ FIVE_DE = [
     "Dies ist ein Übergangspaket. Es kann sicher entfernt werden.",
 ]
 # (name, five source sentences, the bar on the first 200 test sentences). Measured 2026-12-02
-# (torch 2.13 CPU, beam 5 with pruning rp 0.3): en-de 23.94 (the bar 25 is not reached,
-# MODEL.md), de-en 31.87. The margins cover float differences between machines.
-SHIPPED = [(REAL, FIVE, 21.5), ("gnmt-debian-de-en", FIVE_DE, 29.5)]
+# (torch 2.13 CPU, beam 5 with pruning rp 0.3): en-de 24.91 after its fourth phase (the issue's
+# bar 25 is not quite reached, MODEL.md), de-en 31.87. The margins cover float differences
+# between machines (bf16 where the CPU has it, fp32 elsewhere).
+SHIPPED = [(REAL, FIVE, 23.5), ("gnmt-debian-de-en", FIVE_DE, 29.5)]
 
 
 @pytest.mark.parametrize("name,five,bar", SHIPPED, ids=[s[0] for s in SHIPPED])
