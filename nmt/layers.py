@@ -230,6 +230,20 @@ class Generator(nn.Module):
         self.name = "Generator"
         self.proj = nn.Linear(hidden, vocab_size)
 
+    def start(self, prior: Tensor | None, embedding: nn.Embedding | None) -> None:
+        """After the init: the bias at ``prior`` (``[V]`` log-probabilities, the unigram prior)
+        when given; with ``embedding`` the weight *is* that Parameter (tied, one object)."""
+        if prior is not None:
+            if prior.shape != (self.proj.out_features,):
+                raise ValueError(
+                    f"output_prior has shape {tuple(prior.shape)}, expected "
+                    f"({self.proj.out_features},)"
+                )
+            with torch.no_grad():
+                self.proj.bias.copy_(prior)
+        if embedding is not None:
+            self.proj.weight = embedding.weight
+
     def shortlisted(self, ids: Tensor) -> tuple[Tensor, Tensor]:
         """Output weights and biases of per-sentence id lists ``ids[B,S]`` (-1 = padding):
         ``(weight[B,S,H], bias[B,S])``, the padding's bias -inf (decoding with a shortlist,

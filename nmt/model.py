@@ -76,16 +76,9 @@ def build_stages(
             for m in stage.modules():
                 if isinstance(m, BahdanauAttention):
                     m.reset_normalization()
-        if output_prior is not None:
-            if output_prior.shape != (vocab_size,):
-                raise ValueError(
-                    f"output_prior has shape {tuple(output_prior.shape)}, expected ({vocab_size},)"
-                )
-            generator.proj.bias.copy_(output_prior)
-    if tie_embeddings:
-        embed = stages[0]
-        assert isinstance(embed, EmbedEncoder1)
-        generator.proj.weight = embed.embedding.weight
+    embed = stages[0]
+    assert isinstance(embed, EmbedEncoder1)
+    generator.start(output_prior, embed.embedding if tie_embeddings else None)
     return stages
 
 
@@ -208,14 +201,7 @@ def stage_names(spec: ModelSpec) -> list[str]:
 
 def problems(spec: ModelSpec) -> list[str]:
     """What makes ``spec`` impossible for GNMT (one phrase each)."""
-    out = [
-        f"model.{k}={getattr(spec, k)} must be >= {low}"
-        for k, low in (("hidden", 1), ("enc_layers", 2), ("dec_layers", 1))
-        if int(getattr(spec, k)) < low
-    ]
-    if not 0.0 <= spec.dropout < 1.0:
-        out.append(f"model.dropout={spec.dropout} must be in [0, 1)")
-    return out
+    return spec.below(hidden=1, enc_layers=2, dec_layers=1)
 
 
 def stages_from_spec(

@@ -83,6 +83,18 @@ class ModelSpec:
             kw["dropout"] = dropout
         return cls(**kw)
 
+    def below(self, **low: int) -> list[str]:
+        """One phrase per size under its minimum (``hidden=1, ...``), and a dropout outside
+        [0, 1): what every architecture's ``problems`` starts from."""
+        out = [
+            f"model.{k}={getattr(self, k)} must be >= {m}"
+            for k, m in low.items()
+            if int(getattr(self, k)) < m
+        ]
+        if not 0.0 <= self.dropout < 1.0:
+            out.append(f"model.dropout={self.dropout} must be in [0, 1)")
+        return out
+
     @property
     def ffn_size(self) -> int:
         return self.ffn or 4 * self.hidden

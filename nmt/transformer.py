@@ -105,16 +105,9 @@ def build_stages(
     with torch.no_grad():
         for stage in stages:
             init_weights(stage, pad_id)
-        if output_prior is not None:
-            if output_prior.shape != (vocab_size,):
-                raise ValueError(
-                    f"output_prior has shape {tuple(output_prior.shape)}, expected ({vocab_size},)"
-                )
-            generator.proj.bias.copy_(output_prior)
-    if tie_embeddings:
-        embed = stages[0]
-        assert isinstance(embed, EmbedEncoder1)
-        generator.proj.weight = embed.embedding.weight
+    embed = stages[0]
+    assert isinstance(embed, EmbedEncoder1)
+    generator.start(output_prior, embed.embedding if tie_embeddings else None)
     return stages
 
 
@@ -224,17 +217,11 @@ def stage_names(spec: ModelSpec) -> list[str]:
 
 def problems(spec: ModelSpec) -> list[str]:
     """What makes ``spec`` impossible for the Transformer (one phrase each)."""
-    out = [
-        f"model.{k}={getattr(spec, k)} must be >= 1"
-        for k in ("hidden", "enc_layers", "dec_layers", "heads")
-        if int(getattr(spec, k)) < 1
-    ]
+    out = spec.below(hidden=1, enc_layers=1, dec_layers=1, heads=1)
     if spec.ffn < 0:
         out.append(f"model.ffn={spec.ffn} must be >= 0 (0 = 4 x hidden)")
     if spec.heads >= 1 and spec.hidden % spec.heads:
         out.append(f"model.hidden={spec.hidden} must be divisible by model.heads={spec.heads}")
-    if not 0.0 <= spec.dropout < 1.0:
-        out.append(f"model.dropout={spec.dropout} must be in [0, 1)")
     return out
 
 

@@ -267,6 +267,27 @@ def _gnmt_work(layers: int, hidden: int, vocab: int, ts: int, tt: int, b: int) -
     return work
 
 
+def work_cost(w: _Work, flops_per_s: float, launch_s: float, act: int, out: int) -> StageCost:
+    """The roofline cost of one stage's forward work ``w``: time = max(FLOPs / ``flops_per_s``,
+    launches * ``launch_s``), backward 2x both; fp32 parameters and gradients, Adam state 2x;
+    activations at ``act`` bytes per element, the boundary tensors at ``out``."""
+    floor_ms = w.launches * launch_s * 1e3
+    fwd_ms = max(floor_ms, w.flops / flops_per_s * 1e3)
+    return StageCost(
+        name=w.name,
+        fwd_ms=fwd_ms,
+        bwd_ms=2 * fwd_ms,
+        param_bytes=4 * w.params,
+        grad_bytes=4 * w.params,
+        optimizer_bytes=8 * w.params,
+        act_bytes_per_mb=act * w.act,
+        act_bytes_per_mb_recompute=act * w.act_recompute,
+        out_bytes_per_mb=out * w.out + w.out_extra_bytes,
+        fwd_floor_ms=floor_ms,
+        bwd_floor_ms=2 * floor_ms,
+    )
+
+
 def analytic_gnmt_costs(
     layers: int,
     hidden: int,
@@ -297,25 +318,8 @@ def analytic_gnmt_costs(
             f"flops_per_s={flops_per_s}"
         )
     ab = DTYPE_BYTES[dtype]
-    stages = []
-    for w in _gnmt_work(layers, hidden, vocab, src_len, tgt_len, micro_batch):
-        floor_ms = w.launches * launch_s * 1e3
-        fwd_ms = max(floor_ms, w.flops / flops_per_s * 1e3)
-        stages.append(
-            StageCost(
-                name=w.name,
-                fwd_ms=fwd_ms,
-                bwd_ms=2 * fwd_ms,
-                param_bytes=4 * w.params,
-                grad_bytes=4 * w.params,
-                optimizer_bytes=8 * w.params,
-                act_bytes_per_mb=ab * w.act,
-                act_bytes_per_mb_recompute=ab * w.act_recompute,
-                out_bytes_per_mb=ab * w.out + w.out_extra_bytes,
-                fwd_floor_ms=floor_ms,
-                bwd_floor_ms=2 * floor_ms,
-            )
-        )
+    work = _gnmt_work(layers, hidden, vocab, src_len, tgt_len, micro_batch)
+    stages = [work_cost(w, flops_per_s, launch_s, ab, ab) for w in work]
     return CostTable(
         model=f"gnmt{layers}",
         device=device,

@@ -15,7 +15,7 @@ Stage boundaries (what ``out_bytes_per_mb`` counts): encoder stages send ``h[Ts,
 from __future__ import annotations
 
 from parallel.errors import PlacementError
-from parallel.planning.costs import DTYPE_BYTES, CostTable, StageCost, _Work
+from parallel.planning.costs import DTYPE_BYTES, CostTable, _Work, work_cost
 
 # Forward kernel launches of one layer in eager PyTorch (bias fused into the GEMMs, fused
 # scaled-dot-product attention).  A layer is parallel over time: the count does not grow with
@@ -177,30 +177,12 @@ def analytic_transformer_costs(
             f"hidden={hidden} is not divisible by heads={heads}", hidden=hidden, heads=heads
         )
     ab = DTYPE_BYTES[dtype]
-    stages = []
     work = _transformer_work(
         enc_layers, dec_layers, hidden, heads, ffn, vocab, src_len, tgt_len, micro_batch
     )
-    for w in work:
-        floor_ms = w.launches * launch_s * 1e3
-        fwd_ms = max(floor_ms, w.flops / flops_per_s * 1e3)
-        stages.append(
-            StageCost(
-                name=w.name,
-                fwd_ms=fwd_ms,
-                bwd_ms=2 * fwd_ms,
-                param_bytes=4 * w.params,
-                grad_bytes=4 * w.params,
-                optimizer_bytes=8 * w.params,
-                act_bytes_per_mb=ab * w.act,
-                act_bytes_per_mb_recompute=ab * w.act_recompute,
-                # the residual stream stays fp32 under autocast (x + bf16 branch = fp32), so
-                # what crosses a boundary is fp32 whatever ``dtype`` the matmuls use
-                out_bytes_per_mb=4 * w.out + w.out_extra_bytes,
-                fwd_floor_ms=floor_ms,
-                bwd_floor_ms=2 * floor_ms,
-            )
-        )
+    # the residual stream stays fp32 under autocast (x + bf16 branch = fp32), so what crosses a
+    # boundary is fp32 whatever ``dtype`` the matmuls use
+    stages = [work_cost(w, flops_per_s, launch_s, ab, 4) for w in work]
     return CostTable(
         model=f"transformer{enc_layers}x{dec_layers}",
         device=device,
