@@ -65,7 +65,7 @@ demo: install
 
 # Peer comparison against Joey NMT 2.3.0 (RNN) on this machine: same corpus, sentencepiece model,
 # token batch, threads and wall-clock budget (BENCH_MINUTES per system; ~30-35 min in all with 8).
-# Joey NMT gets its own venv in ~/.cache/pipenmt/peer-venv. Results: outputs/bench/.
+# Joey NMT gets its own venv in ~/.cache/pipenmt/peer-venv. Results: docs/results/bench_peer/.
 BENCH_MINUTES ?= 8
 bench: install
 	$(PY) scripts/bench_peer.py --minutes $(BENCH_MINUTES) --out outputs/bench

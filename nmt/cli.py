@@ -227,18 +227,36 @@ def _train_main(cfg: DictConfig) -> float:
     return float("nan") if bleu is None else float(bleu)
 
 
+def _tuned_decode(cfg: DictConfig) -> DictConfig:
+    """A model folder's ``decode.yaml`` (settings tuned for it, :func:`nmt.shipped.tuned_decode`)
+    fills ``cfg.decode`` except the keys the command line sets (``decode.KEY=...``; the
+    ``decode=`` groups only pick the beam size)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from nmt.shipped import resolve_checkpoint, tuned_decode
+
+    if not cfg.get("checkpoint"):
+        return cfg
+    given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+    path, _ = resolve_checkpoint(str(cfg.checkpoint))
+    for key, value in tuned_decode(path, set(cfg.decode.keys())).items():
+        if f"decode.{key}" not in given:
+            cfg.decode[key] = value
+    return cfg
+
+
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
 def _translate_main(cfg: DictConfig) -> None:
     from nmt.translate import translate_cli
 
-    _guarded(translate_cli, cfg, "nmt-translate")
+    _guarded(lambda c: translate_cli(_tuned_decode(c)), cfg, "nmt-translate")
 
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
 def _eval_main(cfg: DictConfig) -> None:
     from nmt.evaluate import eval_cli
 
-    _guarded(eval_cli, cfg, "nmt-eval")
+    _guarded(lambda c: eval_cli(_tuned_decode(c)), cfg, "nmt-eval")
 
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)

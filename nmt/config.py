@@ -137,10 +137,10 @@ class DecodeConfig:
     max_len_b: int = 10
     nbest: int = 1
     batch_tokens: int = 4000
-    # none | int8 (CPU; 1.4-1.9x the fp32 speed, BLEU within 0.2, but a line's output then
-    # depends on its batch: activations are quantized per batch) | auto (int8 on the CPU unless
-    # decode.dtype asks for bf16, none on a GPU; nmt/inference.py: inference_setup)
-    quantize: str = "none"
+    # auto (int8 on the CPU unless decode.dtype asks for bf16, none on a GPU) | none | int8
+    # (CPU: linear layers and decoder LSTMs, weights per channel, activations per row, so a
+    # line's output does not depend on its batch; nmt/int8.py, nmt/inference.py)
+    quantize: str = "auto"
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     # search over the model's vocabulary shortlist when it carries one (nmt/shortlist.py); off
     # by default: measured slower than the full vocabulary here (docs/results/bench_translate.json)

@@ -69,7 +69,7 @@ def score_files(hyp: str, ref: str) -> dict[str, Any]:
 def _load(cfg: Any) -> dict[str, Any]:
     """The checkpoint (path or shipped name), its model and tokenizer on the decode device."""
     from nmt.checkpoint import load, require_single_device
-    from nmt.inference import inference_setup, model_from_checkpoint
+    from nmt.inference import DTYPE_NAMES, inference_setup, model_from_checkpoint
     from nmt.shipped import eval_stem, resolve_checkpoint
     from nmt.translate import check_decode
 
@@ -88,7 +88,9 @@ def _load(cfg: Any) -> dict[str, Any]:
     d = cfg.decode
     default = DecodeConfig()
     tag = f"{split}.beam{d.beam_size}"  # + what differs from the defaults
-    tag += "" if d.quantize == default.quantize else ".int8" if quantize == "int8" else ".float"
+    resolved = inference_setup(DecodeConfig(device=str(d.device)))
+    if (device, dtype, quantize) != resolved:  # arithmetic other than the default's
+        tag += ".int8" if quantize == "int8" else "." + DTYPE_NAMES[dtype]
     if int(d.beam_size) > 1:  # pruning changes nothing at beam 1; names say non-defaults
         rel, ab = float(d.prune_relative), float(d.prune_absolute)
         tag += f".rp{rel:g}" if rel != default.prune_relative else ""

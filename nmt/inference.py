@@ -1,6 +1,6 @@
 """A model ready to translate: loaded from a checkpoint or a shipped model's name, on the
 device and in the dtype that ``decode.device`` / ``decode.dtype`` ask for (impossible
-combinations are one-line errors), optionally dynamic int8, with its vocabulary shortlist.
+combinations are one-line errors), optionally int8 (:mod:`nmt.int8`), with its vocabulary shortlist.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def load_for_inference(
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 def cpu_has_bf16() -> bool:
@@ -47,13 +48,11 @@ def cpu_has_bf16() -> bool:
 def inference_setup(dcfg: Any) -> tuple[str, torch.dtype, str]:
     """(device, dtype, quantize) of ``decode.device`` / ``decode.dtype`` / ``decode.quantize``;
     impossible ones are one-line errors (a GPU asked for where there is none, fp16 or int8 on
-    the wrong device). ``quantize=auto`` is int8 on the CPU unless a float dtype other than
-    fp32 is asked for (docs/results/bench_translate.json: 1.4-1.9x the fp32 speed, BLEU within
-    0.2; not the default because dynamic int8 quantizes activations per batch, so a line's
-    output depends on the lines batched with it), none on a GPU; with int8 ``dtype=auto`` is
-    fp32 (int8 runs in fp32)."""
+    the wrong device). ``quantize=auto`` (the default) is int8 on the CPU unless a float dtype
+    other than fp32 is asked for (:mod:`nmt.int8`; docs/results/bench_translate.json), none on
+    a GPU; with int8 ``dtype=auto`` is fp32 (int8 runs in fp32)."""
     name, dtype = str(getattr(dcfg, "device", "cpu")), str(getattr(dcfg, "dtype", "fp32"))
-    quantize = str(getattr(dcfg, "quantize", "none"))
+    quantize = str(getattr(dcfg, "quantize", "auto"))
     if quantize not in ("auto", "none", "int8"):
         raise UserError(f"decode.quantize={quantize!r}: expected auto, none or int8")
     if name == "auto":

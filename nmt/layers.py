@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.attention import AttentionMemory, BahdanauAttention
+from nmt.int8 import Int8LSTM
 
 LSTMState = tuple[Tensor, Tensor]  # (h, c), each [B, H]
 
@@ -19,14 +20,15 @@ LSTMState = tuple[Tensor, Tensor]  # (h, c), each [B, H]
 def lstm_step(lstm: nn.Module, x: Tensor, state: LSTMState) -> LSTMState:
     """One time step of a single-layer unidirectional LSTM: ``x[B,in]``, (h, c)[B,H] -> (h, c).
 
-    Float ``nn.LSTM``: the fused ``torch.lstm_cell`` (no per-call weight repacking);
-    anything else (e.g. a dynamic int8 LSTM) is called as a module on a length-1 sequence.
+    Float ``nn.LSTM``: the fused ``torch.lstm_cell`` (no per-call weight repacking); an
+    :class:`nmt.int8.Int8LSTM`: its own ``step``.
     """
-    if isinstance(lstm, nn.LSTM):
-        w_ih, w_hh, b_ih, b_hh = lstm.all_weights[0]
-        return torch.lstm_cell(x, state, w_ih, w_hh, b_ih, b_hh)
-    _, (h, c) = lstm(x.unsqueeze(0), (state[0].unsqueeze(0), state[1].unsqueeze(0)))
-    return h.squeeze(0), c.squeeze(0)
+    if isinstance(lstm, Int8LSTM):
+        return lstm.step(x, state)
+    if not isinstance(lstm, nn.LSTM):
+        raise TypeError(f"lstm_step: expected nn.LSTM or Int8LSTM, got {type(lstm).__name__}")
+    w_ih, w_hh, b_ih, b_hh = lstm.all_weights[0]
+    return torch.lstm_cell(x, state, w_ih, w_hh, b_ih, b_hh)
 
 
 def reversal_index(lengths: Tensor, total: int) -> Tensor:
@@ -83,8 +85,8 @@ class EmbedEncoder1(nn.Module):
       -> (h[Ts,B,2H], src_len, emb_tgt[Tt,B,H])
 
     A float ``nn.LSTM`` on CPU runs dense (:func:`bilstm_dense`, oneDNN kernels); otherwise
-    (another device, the dynamic int8 LSTM of ``quantize_int8``, or ``packed = True``) the
-    LSTM runs over a PackedSequence. Both give the same result (zeros at padded positions).
+    (another device, or ``packed = True``) the LSTM runs over a PackedSequence. Both give the
+    same result (zeros at padded positions).
     """
 
     packed: bool = False  # True: always the PackedSequence path (benchmarks, comparisons)
@@ -249,9 +251,7 @@ class Generator(nn.Module):
         ``(weight[B,S,H], bias[B,S])``, the padding's bias -inf (decoding with a shortlist,
         :mod:`nmt.shortlist`)."""
         flat = ids.clamp(min=0).reshape(-1)
-        full, full_bias = self.proj.weight, self.proj.bias
-        if callable(full):  # a dynamically quantized Linear (int8): its weights in float
-            full, full_bias = full().dequantize(), self.proj.bias()
+        full, full_bias = self.proj.weight, self.proj.bias  # Int8Linear: dequantized
         weight = full.index_select(0, flat).view(*ids.shape, -1)
         bias = full_bias.index_select(0, flat).view(ids.shape)
         return weight, bias.masked_fill(ids < 0, float("-inf"))

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from data.errors import DataError
 from nmt import arch
 from nmt.checkpoint import load
+from nmt.config import DecodeConfig
 from nmt.errors import UserError
 from nmt.seq2seq import ModelSpec
-from nmt.shipped import MODEL_FILE
+from nmt.shipped import MODEL_FILE, tuned_decode
 
 CARD_FILE = "MODEL.md"
 NOTES_FILE = "NOTES.md"
@@ -50,6 +52,7 @@ def card_facts(
         "provenance": _provenance(config["data"]),
         "eval": report,
         "notes": _notes(model_dir / NOTES_FILE),
+        "tuned": tuned_decode(model_dir / MODEL_FILE, {f.name for f in fields(DecodeConfig)}),
     }
 
 
@@ -133,10 +136,21 @@ def _card_use(f: dict[str, Any]) -> str:
         "## Use\n\n"
         "```bash\n"
         f"nmt-translate checkpoint={name} input=in.txt output=out.txt   # one line per line\n"
-        f"nmt-eval checkpoint={name} split=test decode=beam5\n"
+        f"nmt-eval checkpoint={name} split=test\n"
         "```\n\n"
         "`checkpoint=NAME` finds `models/NAME/model.pt`; the file is loaded like any checkpoint "
         "(`weights_only=True`, shapes checked against the config, weights digest checked).\n"
+        + _card_tuned(f.get("tuned") or {})
+    )
+
+
+def _card_tuned(tuned: dict[str, Any]) -> str:
+    if not tuned:
+        return ""
+    settings = ", ".join(f"`decode.{k}={v}`" for k, v in tuned.items())
+    return (
+        f"\n`decode.yaml` holds decoding settings tuned for this model on its dev split "
+        f"({settings}); they apply by default, and `decode.KEY=...` on the command line wins.\n"
     )
 
 
@@ -237,7 +251,9 @@ def _card_files(f: dict[str, Any]) -> str:
         "## Files\n\n"
         f"- `model.pt`: weights ({meta['weights_dtype']}), resolved config, sentencepiece model, "
         f"metadata; weights sha256 `{meta['weights_sha256']}`\n"
-        "- `spm.model`: the sentencepiece model; `config.yaml`: the resolved config\n"
+        "- `spm.model`: the sentencepiece model; `config.yaml`: the resolved config"
+        + ("; `decode.yaml`: tuned decoding settings" if f.get("tuned") else "")
+        + "\n"
         f"- exported {meta['exported_at']} with pipenmt {versions.get('pipenmt', '?')}, torch "
         f"{versions.get('torch', '?')} by `scripts/export_model.py`\n"
     )

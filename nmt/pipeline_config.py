@@ -23,6 +23,13 @@ def n_stages(cfg: Any) -> int:
 def resolve_placement(cfg: Any) -> tuple[Any, str, int]:
     """Placement, schedule and micro-batch count, checked before any process starts."""
     pc, m = cfg.parallel, cfg.model
+    model_arch = check_model_config(m).arch
+    if str(pc.placement) == "gnmt" and model_arch != "gnmt":
+        raise UserError(
+            f"parallel.placement=gnmt is GNMT's expert layer-per-device placement, not for "
+            f"model.arch={model_arch}; use placement=contiguous, parallel.balance=[...] or "
+            "placement=auto with a plan"
+        )
     return resolve(
         str(pc.placement),
         n_stages=n_stages(cfg),

@@ -22,7 +22,6 @@ from it by ``spec.arch``. Nothing outside a model's own module knows which one i
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nmt.int8 import quantize_modules
 from nmt.layers import Generator
 from nmt.loss import label_smoothed_nll
 
@@ -267,19 +267,12 @@ def log_unigram_prior(seqs: Sequence[Sequence[int]], vocab_size: int, eos_id: in
 
 
 def quantize_int8(model: Seq2Seq) -> Seq2Seq:
-    """Dynamic int8 copy of ``model`` for CPU inference (``nn.LSTM`` and ``nn.Linear``).
-
-    Weights are quantized per tensor ahead of time, activations per batch at run time (so a
-    sentence's output depends on the batch it decodes in). Modules that check for a float
-    ``nn.LSTM`` take their int8 path (GNMT's bidirectional layer runs packed). The tied
-    generator becomes a quantized copy of the embedding matrix; the embedding itself stays
-    fp32. The input model is not modified.
+    """Int8 copy of ``model`` for CPU inference (:mod:`nmt.int8`): every ``nn.Linear`` and
+    the decoder's LSTMs; weights per output channel, activations per row, so a sentence
+    translates the same alone and in any batch. The encoder's LSTMs, the embedding and the
+    gates' arithmetic stay float32; the tied generator becomes an int8 copy of the embedding
+    matrix. The input model is not modified.
     """
-    from torch.ao.quantization import quantize_dynamic
-
-    fp32 = copy.deepcopy(model).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-        quantize_dynamic(fp32, {nn.LSTM, nn.Linear}, dtype=torch.qint8, inplace=True)  # type: ignore[no-untyped-call]
-    return fp32
+    qmodel = copy.deepcopy(model).eval()
+    quantize_modules(qmodel)
+    return qmodel

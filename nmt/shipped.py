@@ -22,9 +22,35 @@ from nmt.errors import UserError
 
 MODELS_ENV = "PIPENMT_MODELS_DIR"  # overrides where shipped models are looked up (tests)
 MODEL_FILE = "model.pt"
+DECODE_FILE = "decode.yaml"  # decoding settings tuned for the model (on its dev split)
 MAX_MODEL_BYTES = 25_000_000  # a shipped model.pt must stay below this (25 MB)
 WEIGHT_DTYPES = ("fp16", "int8")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def tuned_decode(path: Path, known: set[str]) -> dict[str, Any]:
+    """The ``decode.yaml`` beside a model folder's ``model.pt`` (``{}`` when there is none):
+    decoding settings tuned for that model, ``key: value`` per line, every key one of
+    ``known`` (``decode.*``); anything else is a one-line error naming the file."""
+    import yaml
+
+    file = path.parent / DECODE_FILE
+    if path.name != MODEL_FILE or not file.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserError(f"{file}: not readable YAML ({str(err).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{file}: expected 'key: value' lines (decode settings)")
+    for key, value in data.items():
+        if key not in known:
+            raise UserError(f"{file}: unknown key {key!r}; expected decode keys: {sorted(known)}")
+        if not isinstance(value, (int, float, str, bool)):
+            raise UserError(f"{file}: {key} must be a number, string or boolean, not {value!r}")
+    return {str(k): v for k, v in data.items()}
 
 
 def models_dir() -> Path:

@@ -14,7 +14,8 @@ the last ``Dec`` stage: -> (x[Tt,B,H], enc_out) (what :class:`nmt.layers.Generat
 The last encoder stage ends with the encoder's final LayerNorm, the last decoder stage with the
 decoder's. Besides ``forward`` (whole sequences, training) the decoder stages have ``step``
 (one position against self-attention caches and precomputed cross-attention keys/values; no
-dropout). Linear layers are called as modules so dynamic int8 quantization applies to them.
+dropout). Linear layers are called as modules so that int8 quantization (:mod:`nmt.int8`)
+applies to them.
 """
 
 from __future__ import annotations

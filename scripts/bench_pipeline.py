@@ -10,9 +10,10 @@ Runs, on the GNMT stage list (``nmt.model.build_stages``, dropout 0):
 * ``ws1-K2``    one process, the stages cut into 2 virtual stages (looped_bfs, M micro-batches);
 * ``pp2``       2 processes (gloo, launched through torch's elastic agent), gpipe and 1f1b.
 
-Timelines are recorded for a few steps of each pipelined run (``--out``: timeline.json /
-timeline.png of the pp2 1f1b run).  Every process uses one intra-op thread.  The last
-line of output is one JSON object with the numbers and the machine.
+Timelines are recorded for a few steps of each pipelined run; ``--out`` (default
+``docs/results/bench_pipeline/``, committed) gets them and ``bench_pipeline.json``. Every
+process uses one intra-op thread. The last line of output is the same JSON object (the numbers
+and the machine).
 
 No speedup is expected here: these machines have 2 vCPUs, so 2 pipeline processes share
 the cores a single process would use, and gloo over loopback adds the transfers.
@@ -26,7 +27,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -216,10 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--micro", type=int, default=4, help="micro-batches of the pipelined runs")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=None, help="where timelines go")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "bench_pipeline",
+                    help="bench_pipeline.json and the timelines (committed)")  # fmt: skip
     ap.add_argument("--skip-pp2", action="store_true")
     args = ap.parse_args(argv)
-    out = args.out or Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     print(f"bench_pipeline: {NOTE}", flush=True)
     res: dict[str, Any] = {"config": {k: v for k, v in vars(args).items() if k != "out"}}
@@ -242,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"(theory {r['theory_bubble_fraction']:.2f})",
                 flush=True,
             )
-    res["timelines"] = str(out)
+    res["timelines"] = (
+        str(out.resolve().relative_to(REPO)) if out.resolve().is_relative_to(REPO) else str(out)
+    )
     res["note"] = NOTE
     res["machine"] = {
         "cpus": os.cpu_count(),
@@ -252,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "processor": platform.processor() or platform.machine(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
+    (out / "bench_pipeline.json").write_text(json.dumps(res, indent=1) + "\n")
     print(json.dumps(res))
     return 0
 

@@ -1,11 +1,13 @@
 """Translation speed and BLEU on the test split, every decoding variant side by side in one run:
-beam 1 and 5 x (fp32, bf16 weights, dynamic int8) x (full vocabulary, the model's shortlist,
-beam pruning with each ``--prune`` threshold pair), and ``nmt-translate`` with its defaults.
+beam 1 and 5 x (fp32, bf16 weights, int8: ``nmt/int8.py``) x (full vocabulary, the model's
+shortlist, beam pruning with each ``--prune`` threshold pair), and ``nmt-translate`` with its
+defaults.
 
     python scripts/bench_translate.py --checkpoint gnmt-debian-en-de --limit 1000 --threads 2 \
         --prune 0.2,0 --prune 0.3,0 --cli [--out docs/results/bench_translate.json]
 
-Every variant sets pruning explicitly (none unless ``--prune``), whatever the default is.
+Every variant sets pruning explicitly (none unless ``--prune``), whatever the default is; the
+length and coverage penalties are the model's (its ``decode.yaml`` when it has one).
 
 For each variant: sentences/s, target tokens/s (sentencepiece tokens of the output), BLEU and
 chrF (sacrebleu) of the same sentences; speed-ups and BLEU differences against fp32 with the
@@ -16,6 +18,7 @@ Prints a final JSON line with the machine and writes it to ``--out`` when given.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,16 +34,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nmt.checkpoint import load  # noqa: E402
-from nmt.config import dict_to_config  # noqa: E402
+from nmt.config import DecodeConfig, dict_to_config  # noqa: E402
 from nmt.corpus import load_text  # noqa: E402
 from nmt.inference import load_for_inference  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
-from nmt.shipped import resolve_checkpoint  # noqa: E402
+from nmt.shipped import resolve_checkpoint, tuned_decode  # noqa: E402
 from nmt.translate import translate_lines  # noqa: E402
 
 
 class Decode:
-    """The shipped model's decode settings but the variant's beam, shortlist and pruning."""
+    """The model's decode settings but the variant's beam, shortlist and pruning (``main``
+    sets alpha and beta from the model folder's ``decode.yaml``)."""
 
     alpha, beta, max_len_a, max_len_b, nbest, batch_tokens = 0.6, 0.1, 1.5, 10, 1, 4000
 
@@ -127,7 +131,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dcfg = dict_to_config(load(resolve_checkpoint(args.checkpoint)[0])["config"]["data"])
+    path = resolve_checkpoint(args.checkpoint)[0]
+    tuned = tuned_decode(path, {f.name for f in dataclasses.fields(DecodeConfig)})
+    Decode.alpha = float(tuned.get("alpha", DecodeConfig.alpha))
+    Decode.beta = float(tuned.get("beta", DecodeConfig.beta))
+    dcfg = dict_to_config(load(path)["config"]["data"])
     pairs = load_text(dcfg, (args.split,))[args.split][: args.limit or None]
     src, refs = [s for s, _ in pairs], [t for _, t in pairs]
     has_shortlist = "shortlist" in load(resolve_checkpoint(args.checkpoint)[0])
@@ -155,7 +163,7 @@ def main() -> None:
     for r in results:
         r["speedup"] = round(r["sent_per_s"] / base[r["beam"]]["sent_per_s"], 2)
         r["bleu_diff"] = round(r["bleu"] - base[r["beam"]]["bleu"], 2)
-    summary: dict = {"baseline": ref_kind}
+    summary: dict = {"baseline": ref_kind, "alpha": Decode.alpha, "beta": Decode.beta}
     if 5 in base:
         best = max((r for r in results if r["beam"] == 5 and r["bleu_diff"] >= -0.5),
                    key=lambda r: r["sent_per_s"])  # fmt: skip

@@ -43,6 +43,7 @@ from nmt.errors import UserError  # noqa: E402
 from nmt.inference import load_for_inference, model_from_checkpoint  # noqa: E402
 from nmt.model_card import NOTES_FILE, write_card  # noqa: E402
 from nmt.shipped import (  # noqa: E402
+    DECODE_FILE,
     MAX_MODEL_BYTES,
     MODEL_FILE,
     encode_weights,
@@ -84,8 +85,9 @@ def export_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder))
     try:
         _write_folder(tmp, payload, max_bytes)
-        if (target / NOTES_FILE).is_file():  # a person's notes survive a re-export
-            shutil.copy2(target / NOTES_FILE, tmp / NOTES_FILE)
+        for keep in (NOTES_FILE, DECODE_FILE):  # notes and tuned decoding survive a re-export
+            if (target / keep).is_file():
+                shutil.copy2(target / keep, tmp / keep)
         write_card(tmp, eval_json, name=name)
         _install(tmp, target)
     finally:

@@ -33,7 +33,8 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=150)
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32",
+                    help="int8: nmt/int8.py weights (fp32 arithmetic elsewhere)")  # fmt: skip
     ap.add_argument("--prune", type=float, default=0.0, help="decode.prune_relative")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -42,7 +43,8 @@ def main() -> None:
     data = dict_to_config(load(path)["config"]["data"])
     src = [s for s, _ in load_text(data, ("test",))["test"][: args.sentences]]
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    model, tok = load_for_inference(args.checkpoint, "none", "cpu", dtype)
+    quantize = "int8" if args.dtype == "int8" else "none"
+    model, tok = load_for_inference(args.checkpoint, quantize, "cpu", dtype)
     d = SimpleNamespace(beam_size=args.beam, alpha=0.6, beta=0.1, max_len_a=1.5, max_len_b=10,
                         nbest=1, batch_tokens=4000, shortlist=False,
                         prune_relative=args.prune)  # fmt: skip

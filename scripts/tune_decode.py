@@ -6,8 +6,10 @@
 Translates the first ``--sentences`` dev sentences of the checkpoint's own corpus once per
 (alpha, beta) of GNMT's length penalty ``((5 + |Y|) / 6) ** alpha`` and coverage penalty
 ``beta``, scores each with sacrebleu (BLEU, chrF, brevity penalty, length ratio) in the same
-run, and writes ``docs/results/decode_tuning.json`` (with the machine). The best alpha/beta
-by dev BLEU are what ``decode=beam5`` should use for that model.
+run, and writes ``docs/results/decode_tuning.json`` (with the machine). Decoding is
+``nmt-translate``'s default on the CPU (int8, beam pruning; ``--plain``: fp32, no pruning).
+The best alpha/beta by dev BLEU are the model's own settings: ``--decode-yaml
+models/NAME/decode.yaml`` writes them where ``nmt-translate checkpoint=NAME`` reads them.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nmt.checkpoint import load, require_single_device  # noqa: E402
-from nmt.config import dict_to_config  # noqa: E402
+from nmt.config import DecodeConfig, dict_to_config  # noqa: E402
 from nmt.corpus import load_text  # noqa: E402
-from nmt.inference import model_from_checkpoint  # noqa: E402
+from nmt.inference import inference_setup, model_from_checkpoint  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
 from nmt.shipped import resolve_checkpoint  # noqa: E402
 from nmt.translate import translate_texts  # noqa: E402
@@ -40,33 +42,37 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def decode_cfg(beam: int, alpha: float, beta: float) -> SimpleNamespace:
-    return SimpleNamespace(
-        name=f"beam{beam}",
-        beam_size=beam,
-        alpha=alpha,
-        beta=beta,
-        max_len_a=1.5,
-        max_len_b=10,
-        nbest=1,
-        batch_tokens=4000,
-        quantize="none",
-    )
+def decode_cfg(beam: int, alpha: float, beta: float, plain: bool) -> SimpleNamespace:
+    """``nmt-translate``'s defaults (DecodeConfig, on the CPU) with this beam, alpha and beta;
+    ``plain``: fp32 weights, no beam pruning."""
+    d = SimpleNamespace(**vars(DecodeConfig(device="cpu")))
+    d.name, d.beam_size, d.alpha, d.beta = f"beam{beam}", beam, alpha, beta
+    if plain:
+        d.quantize, d.dtype, d.prune_relative, d.prune_absolute = "none", "fp32", 0.0, 0.0
+    return d
 
 
 def tune(
-    checkpoint: str, sentences: int, alphas: list[float], betas: list[float], beam: int
+    checkpoint: str,
+    sentences: int,
+    alphas: list[float],
+    betas: list[float],
+    beam: int,
+    plain: bool = False,
 ) -> dict[str, Any]:
     path, name = resolve_checkpoint(checkpoint)
     ckpt = require_single_device(load(path), str(path))
-    model, tok = model_from_checkpoint(ckpt, str(path))
+    device, dtype, quantize = inference_setup(decode_cfg(beam, 0.0, 0.0, plain))
+    model, tok = model_from_checkpoint(ckpt, str(path), quantize, device, dtype)
+    decoding = {"device": device, "dtype": str(dtype).removeprefix("torch."), "quantize": quantize,
+                "prune_relative": decode_cfg(beam, 0.0, 0.0, plain).prune_relative}  # fmt: skip
     pairs = load_text(dict_to_config(ckpt["config"]["data"]), ("dev",))["dev"][:sentences]
     srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
     rows = []
     for alpha in alphas:
         for beta in betas:
             start = time.perf_counter()
-            hyps = translate_texts(model, tok, srcs, decode_cfg(beam, alpha, beta))
+            hyps = translate_texts(model, tok, srcs, decode_cfg(beam, alpha, beta, plain))
             b = sacrebleu.metrics.BLEU().corpus_score(hyps, [refs])
             c = sacrebleu.metrics.CHRF().corpus_score(hyps, [refs])
             row = {
@@ -82,7 +88,8 @@ def tune(
             rows.append(row)
     best = max(rows, key=lambda r: (r["bleu"], r["chrf"]))
     return {"checkpoint": checkpoint, "model_name": name, "split": "dev", "sentences": len(srcs),
-            "beam": beam, "machine": machine(), "rows": rows, "best": best}  # fmt: skip
+            "beam": beam, "decoding": decoding, "machine": machine(), "rows": rows,
+            "best": best}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,15 +101,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--plain", action="store_true", help="fp32, no pruning (default: the CLI's)")
+    ap.add_argument(
+        "--decode-yaml",
+        type=Path,
+        help="also write the best alpha/beta here "
+        "(a model folder's decode.yaml: nmt-translate's settings for that model)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = tune(args.checkpoint, args.sentences, args.alpha, args.beta, args.beam)
+    result = tune(args.checkpoint, args.sentences, args.alpha, args.beta, args.beam, args.plain)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(args.out)
     print(f"best: {result['best']}; wrote {args.out}")
+    if args.decode_yaml:
+        best = result["best"]
+        text = (f"# tuned on the first {result['sentences']} dev sentences, beam {args.beam}, "
+                f"by scripts/tune_decode.py: {args.out}\nalpha: {best['alpha']}\n"
+                f"beta: {best['beta']}\n")  # fmt: skip
+        tmp = args.decode_yaml.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(args.decode_yaml)
+        print(f"wrote {args.decode_yaml}")
     return 0
 
 

@@ -292,6 +292,16 @@ def test_train_impossible_placement(
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_train_gnmt_placement_of_a_transformer(
+    run_cmd: Any, tiny_corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    args = train_args(tiny_corpus, tmp_path / "cache", tmp_path / "run", "parallel=pipe2",
+                      "model=transformer_small", "parallel.placement=gnmt")  # fmt: skip
+    r = run_cmd("train_main", *args)
+    assert_user_error(r, "train_main", "parallel.placement=gnmt", "model.arch=transformer")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_train_balance_that_does_not_sum(
     run_cmd: Any, tiny_corpus: dict[str, Path], tmp_path: Path
 ) -> None:

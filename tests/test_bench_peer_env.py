@@ -23,10 +23,10 @@ def test_peer_venv_sees_the_building_venvs_packages(tmp_path: Path) -> None:
     (site / "pipenmt_marker.py").write_text("WHERE = 'project venv'\n")
     peer = tmp_path / "peer"
     build = (
-        f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import bench_peer, subprocess; "
+        f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import peer_joey, subprocess; "
         f"subprocess.run([sys.executable, '-m', 'venv', '--without-pip', "
         f"'--system-site-packages', {str(peer)!r}], check=True); "
-        f"bench_peer.link_parent_site(__import__('pathlib').Path({str(peer)!r}))"
+        f"peer_joey.link_parent_site(__import__('pathlib').Path({str(peer)!r}))"
     )
     r = subprocess.run([str(project_py), "-c", build], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

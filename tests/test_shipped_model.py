@@ -3,8 +3,10 @@ and corrupted files (one line, exit 2), and the real shipped model's quality bar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -158,6 +160,36 @@ def test_eval_by_name_scores_the_test_split_and_feeds_the_card(
     card = export_model.write_card(models / NAME, report_path).read_text()
     assert f"| {report['bleu']:.2f} | {report['chrf']:.2f} |" in card
     assert report["bleu_signature"] in card and "states no test scores" not in card
+
+
+def test_tuned_decode_settings_apply_unless_the_command_line_sets_them(
+    models: Path, tmp_path: Path
+) -> None:
+    """``models/NAME/decode.yaml`` fills decode.* for nmt-eval and nmt-translate by name; a key
+    given on the command line wins; the same settings given by hand translate identically."""
+    tuned = tmp_path / "models"
+    shutil.copytree(models / NAME, tuned / NAME)
+    (tuned / NAME / "decode.yaml").write_text("# tuned on dev\nalpha: 1.3\nbeta: 0.2\n")
+    report = tmp_path / "outputs" / "eval" / f"{NAME}.test.beam2.lim6.hyp.eval.json"
+    for extra, want in (([], (1.3, 0.2)), (["decode.alpha=0.6"], (0.6, 0.2))):
+        r = run_cli("eval_main", f"checkpoint={NAME}", "split=test", "limit=6",
+                    "decode.beam_size=2", *extra, cwd=tmp_path, models=tuned)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        dec = json.loads(report.read_text())["decode"]
+        assert (dec["alpha"], dec["beta"]) == want, extra
+    stdin = "\n".join(SOURCES) + "\n"
+    plain = tmp_path / "plain.pt"
+    shutil.copy(tuned / NAME / "model.pt", plain)  # not in a model folder: no decode.yaml
+    by_name = run_cli("translate_main", f"checkpoint={NAME}", "decode.nbest=2", cwd=tmp_path,
+                      models=tuned, stdin=stdin)  # fmt: skip
+    by_hand = run_cli("translate_main", f"checkpoint={plain}", "decode.nbest=2",
+                      "decode.alpha=1.3", "decode.beta=0.2", cwd=tmp_path, stdin=stdin)  # fmt: skip
+    assert by_name.returncode == 0 and by_hand.returncode == 0, by_name.stderr + by_hand.stderr
+    assert by_name.stdout == by_hand.stdout
+    (tuned / NAME / "decode.yaml").write_text("alfa: 1.3\n")
+    r = run_cli("translate_main", f"checkpoint={NAME}", cwd=tmp_path, models=tuned, stdin=stdin)
+    line = one_error_line(r)
+    assert "decode.yaml" in line and "'alfa'" in line
 
 
 @pytest.mark.parametrize("entry", ["translate_main", "eval_main"])
@@ -348,3 +380,29 @@ def test_card_names_every_direction_of_a_multilingual_model() -> None:
     assert "multilingual (en-de, de-fr;" in head and "en -> de" not in head
     f["config"]["data"]["directions"] = []
     assert "en -> de, trained with" in _card_head(f)
+
+
+def test_tune_decode_writes_the_best_into_a_decode_yaml(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """scripts/tune_decode.py: one row per (alpha, beta) on dev, the best by BLEU written as a
+    decode.yaml that nmt.shipped.tuned_decode accepts."""
+    from nmt.config import DecodeConfig
+    from nmt.shipped import tuned_decode
+
+    tune = load_script("tune_decode")
+    monkeypatch.setenv(MODELS_ENV, str(models))
+    out, yaml_path = tmp_path / "tune.json", tmp_path / "decode.yaml"
+    argv = ["--checkpoint", NAME, "--sentences", "6", "--alpha", "0.6", "1.2", "--beta", "0.0",
+            "--beam", "2", "--out", str(out), "--decode-yaml", str(yaml_path)]  # fmt: skip
+    assert tune.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert [(r["alpha"], r["beta"]) for r in result["rows"]] == [(0.6, 0.0), (1.2, 0.0)]
+    assert result["decoding"]["quantize"] == "int8" and result["sentences"] == 6
+    best = max(result["rows"], key=lambda r: (r["bleu"], r["chrf"]))
+    model_pt = tmp_path / "m" / "model.pt"
+    model_pt.parent.mkdir()
+    model_pt.write_bytes(b"")
+    shutil.copy(yaml_path, model_pt.parent / "decode.yaml")
+    known = {f.name for f in dataclasses.fields(DecodeConfig)}
+    assert tuned_decode(model_pt, known) == {"alpha": best["alpha"], "beta": best["beta"]}

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from omegaconf import OmegaConf
 
+from nmt.config import DecodeConfig
 from nmt.errors import UserError
 from nmt.evaluate import score_files
 from nmt.inference import load_for_inference
@@ -98,8 +100,17 @@ def test_overlong_line_is_translated_in_chunks(
     assert len(out) == 2 and max(seen) <= 10 and len(seen) >= 4
 
 
-def test_translate_order_and_batch_independence(checkpoint: Path) -> None:
-    model, tok = load_for_inference(str(checkpoint), "none")
+LINES = [
+    "the cat",
+    "a big red dog sleeps",
+    "window opens",
+    "the file closes and the menu opens",
+]
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_translate_order_and_batch_independence(checkpoint: Path, quantize: str) -> None:
+    model, tok = load_for_inference(str(checkpoint), quantize)
 
     class D:
         beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens = (
@@ -112,15 +123,22 @@ def test_translate_order_and_batch_independence(checkpoint: Path) -> None:
             64,
         )
 
-    lines = [
-        "the cat",
-        "a big red dog sleeps",
-        "window opens",
-        "the file closes and the menu opens",
-    ]
-    together = [h[0][0] for h in translate_lines(model, tok, lines, D)]
-    alone = [translate_lines(model, tok, [x], D)[0][0][0] for x in lines]
+    together = [h[0][0] for h in translate_lines(model, tok, LINES, D)]
+    alone = [translate_lines(model, tok, [x], D)[0][0][0] for x in LINES]
     assert together == alone
+
+
+def test_cli_default_int8_translates_each_line_as_alone(checkpoint: Path, tmp_path: Path) -> None:
+    """nmt-translate's defaults on the CPU (int8, per-row activations): every line of a file
+    comes out as the same line translated alone."""
+    src, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text("\n".join(LINES) + "\n")
+    r = run_cli("translate_main", f"checkpoint={checkpoint}", f"input={src}", f"output={out}")
+    assert r.returncode == 0, r.stderr.decode()
+    model, tok = load_for_inference(str(checkpoint), "int8")
+    dcfg = OmegaConf.structured(DecodeConfig)
+    alone = [translate_lines(model, tok, [x], dcfg)[0][0][0] for x in LINES]
+    assert out.read_text().splitlines() == alone
 
 
 def test_translate_stdin_stdout_and_nbest(checkpoint: Path) -> None:
@@ -210,18 +228,19 @@ def test_eval_checkpoint_split(checkpoint: Path) -> None:
     hyp = checkpoint.with_suffix("").as_posix() + ".test.beam2.hyp"
     report: dict[str, Any] = json.loads(Path(hyp + ".eval.json").read_text())
     assert report["lines"] == 40 and 0.0 <= report["bleu"] <= 100.0
-    assert report["decode"]["quantize"] == "none"  # the default: the float model
-    # decode.quantize=auto is the int8 model in fp32 on the CPU: the same output as int8
-    texts = {}
-    for q, tag in (("int8", ".int8"), ("auto", ".int8")):
+    # the default (decode.quantize=auto) is the int8 model in fp32 on the CPU
+    assert (report["decode"]["quantize"], report["decode"]["dtype"]) == ("int8", "float32")
+    texts = {"auto": Path(hyp).read_text()}
+    for q, tag in (("int8", ""), ("none", ".fp32")):  # names say non-default arithmetic
         r = run_cli("eval_main", f"checkpoint={checkpoint}", "split=test", "decode.beam_size=2",
-                    f"decode.quantize={q}")  # fmt: skip
+                    f"decode.quantize={q}", "decode.dtype=fp32")  # fmt: skip
         assert r.returncode == 0, r.stderr.decode()
         stem = checkpoint.with_suffix("").as_posix() + f".test.beam2{tag}.hyp"
         dec = json.loads(Path(stem + ".eval.json").read_text())["decode"]
-        assert (dec["quantize"], dec["dtype"]) == ("int8", "float32")
+        assert dec["quantize"] == ("int8" if q == "int8" else "none")
         texts[q] = Path(stem).read_text()
     assert texts["int8"] == texts["auto"]
+    assert len(texts["none"].splitlines()) == len(texts["auto"].splitlines()) == 40
 
 
 def test_decode_quantize_auto_resolves_per_device_and_dtype(monkeypatch: Any) -> None:
