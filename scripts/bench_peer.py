@@ -361,8 +361,8 @@ def main() -> None:
     ckpt = ours.pop("_ckpt")
     data = export_data(ckpt, out, args.dev_limit, args.test_limit)
     del ckpt
-    splits = data.pop("splits")
     peer, cfg_path = run_joey(args, out, data)  # 2. Joey: same data, spm, tokens, budget
+    splits = data.pop("splits")
     refs = translate_both(args, out, ours, peer, cfg_path, splits)  # 3. both translate
 
     ratios = {
