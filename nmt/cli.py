@@ -239,7 +239,7 @@ def _tuned_decode(cfg: DictConfig) -> DictConfig:
         return cfg
     given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
     path, _ = resolve_checkpoint(str(cfg.checkpoint))
-    for key, value in tuned_decode(path, set(cfg.decode.keys())).items():
+    for key, value in tuned_decode(path).items():
         if f"decode.{key}" not in given:
             cfg.decode[key] = value
     return cfg

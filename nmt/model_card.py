@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from data.errors import DataError
 from nmt import arch
 from nmt.checkpoint import load
-from nmt.config import DecodeConfig
 from nmt.errors import UserError
 from nmt.seq2seq import ModelSpec
 from nmt.shipped import MODEL_FILE, tuned_decode
@@ -52,7 +50,7 @@ def card_facts(
         "provenance": _provenance(config["data"]),
         "eval": report,
         "notes": _notes(model_dir / NOTES_FILE),
-        "tuned": tuned_decode(model_dir / MODEL_FILE, {f.name for f in fields(DecodeConfig)}),
+        "tuned": tuned_decode(model_dir / MODEL_FILE),
     }
 
 

@@ -28,11 +28,17 @@ WEIGHT_DTYPES = ("fp16", "int8")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def tuned_decode(path: Path, known: set[str]) -> dict[str, Any]:
+def tuned_decode(path: Path) -> dict[str, Any]:
     """The ``decode.yaml`` beside a model folder's ``model.pt`` (``{}`` when there is none):
-    decoding settings tuned for that model, ``key: value`` per line, every key one of
-    ``known`` (``decode.*``); anything else is a one-line error naming the file."""
+    decoding settings tuned for that model, ``key: value`` per line, every key a field of
+    ``DecodeConfig`` (``decode.*``); anything else is a one-line error naming the file."""
+    from dataclasses import fields
+
     import yaml
+
+    from nmt.config import DecodeConfig
+
+    known = {f.name for f in fields(DecodeConfig)}
 
     file = path.parent / DECODE_FILE
     if path.name != MODEL_FILE or not file.is_file():

@@ -183,36 +183,6 @@ def translate_ours(
     return hyps, time.perf_counter() - t
 
 
-# --------------------------------------------------------------------------- Joey NMT
-
-
-def export_data(ckpt: dict, out: Path, dev_limit: int, test_limit: int) -> dict:
-    """Plain-text splits (one file per language) and the sentencepiece model + Joey vocab."""
-    import sentencepiece as sp
-
-    from nmt.config import dict_to_config
-    from nmt.corpus import load_text
-
-    d = out / "data"
-    d.mkdir(parents=True, exist_ok=True)
-    dcfg = dict_to_config(ckpt["config"]["data"])
-    splits = load_text(dcfg, ("train", "dev", "test"))
-    splits["dev"] = splits["dev"][: dev_limit or None]
-    splits["test"] = splits["test"][: test_limit or None]
-    sl, tl = ckpt["config"]["data"]["src_lang"], ckpt["config"]["data"]["tgt_lang"]
-    for name, pairs in splits.items():
-        (d / f"{name}.{sl}").write_text("".join(s.replace("\n", " ") + "\n" for s, _ in pairs))
-        (d / f"{name}.{tl}").write_text("".join(t.replace("\n", " ") + "\n" for _, t in pairs))
-    (d / "spm.model").write_bytes(ckpt["spm"])
-    m = sp.SentencePieceProcessor(model_proto=ckpt["spm"])
-    special = {"<pad>", "<unk>", "<s>", "</s>"}
-    pieces = [m.id_to_piece(i) for i in range(m.get_piece_size())]
-    (d / "vocab.txt").write_text("".join(p + "\n" for p in pieces if p not in special))
-    return {"dir": d, "src": sl, "tgt": tl, "splits": splits}
-
-    print(sum(p.numel() for p in m.parameters()))
-
-
 # --------------------------------------------------------------------------- scoring + plots
 
 
@@ -359,7 +329,7 @@ def main() -> None:
 
     ours = train_ours(args, out)  # 1. ours: train for the budget
     ckpt = ours.pop("_ckpt")
-    data = export_data(ckpt, out, args.dev_limit, args.test_limit)
+    data = peer_joey.export_data(ckpt, out, args.dev_limit, args.test_limit)
     del ckpt
     peer, cfg_path = run_joey(args, out, data)  # 2. Joey: same data, spm, tokens, budget
     splits = data.pop("splits")

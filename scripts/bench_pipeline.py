@@ -243,9 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"(theory {r['theory_bubble_fraction']:.2f})",
                 flush=True,
             )
-    res["timelines"] = (
-        str(out.resolve().relative_to(REPO)) if out.resolve().is_relative_to(REPO) else str(out)
-    )
+    where = out.resolve()
+    res["timelines"] = str(where.relative_to(REPO) if where.is_relative_to(REPO) else where)
     res["note"] = NOTE
     res["machine"] = {
         "cpus": os.cpu_count(),

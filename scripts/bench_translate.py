@@ -18,7 +18,6 @@ Prints a final JSON line with the machine and writes it to ``--out`` when given.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -132,13 +131,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     path = resolve_checkpoint(args.checkpoint)[0]
-    tuned = tuned_decode(path, {f.name for f in dataclasses.fields(DecodeConfig)})
+    tuned = tuned_decode(path)
     Decode.alpha = float(tuned.get("alpha", DecodeConfig.alpha))
     Decode.beta = float(tuned.get("beta", DecodeConfig.beta))
-    dcfg = dict_to_config(load(path)["config"]["data"])
+    ckpt = load(path)
+    dcfg = dict_to_config(ckpt["config"]["data"])
     pairs = load_text(dcfg, (args.split,))[args.split][: args.limit or None]
     src, refs = [s for s, _ in pairs], [t for _, t in pairs]
-    has_shortlist = "shortlist" in load(resolve_checkpoint(args.checkpoint)[0])
+    has_shortlist = "shortlist" in ckpt
+    del ckpt
     shortlists = (False, True) if has_shortlist and not args.no_shortlist else (False,)
     prunes = [tuple(float(x) for x in p.split(",")) for p in args.prune]
     if any(len(p) != 2 for p in prunes):

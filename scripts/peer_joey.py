@@ -5,7 +5,9 @@ inside it.
     python scripts/peer_joey.py --joey-test CFG CKPT THREADS OUT RESULT_JSON     (in the venv)
     python scripts/peer_joey.py --joey-params CFG                               (in the venv)
 
-The environment, ``~/.cache/pipenmt/peer-venv``, is built on first use from the running
+``export_data`` writes the shared data for Joey NMT (plain-text splits, our sentencepiece model,
+its vocabulary file); it runs in the project's environment. The environment,
+``~/.cache/pipenmt/peer-venv``, is built on first use from the running
 interpreter with ``--system-site-packages`` plus a ``.pth`` file naming the running
 interpreter's own site-packages (so it shares this torch, also from inside a project venv):
 ``pip install --no-deps joeynmt==2.3.0`` and the packages it imports on these paths.
@@ -103,6 +105,31 @@ def ensure_venv() -> str:
         print(f"[peer] cannot use the Joey NMT environment in {VENV}: {why}", file=sys.stderr)
         sys.exit(3)
     return why
+
+
+def export_data(ckpt: dict, out: Path, dev_limit: int, test_limit: int) -> dict:
+    """Plain-text splits (one file per language) and the sentencepiece model + Joey vocab."""
+    import sentencepiece as sp
+
+    from nmt.config import dict_to_config
+    from nmt.corpus import load_text
+
+    d = out / "data"
+    d.mkdir(parents=True, exist_ok=True)
+    dcfg = dict_to_config(ckpt["config"]["data"])
+    splits = load_text(dcfg, ("train", "dev", "test"))
+    splits["dev"] = splits["dev"][: dev_limit or None]
+    splits["test"] = splits["test"][: test_limit or None]
+    sl, tl = ckpt["config"]["data"]["src_lang"], ckpt["config"]["data"]["tgt_lang"]
+    for name, pairs in splits.items():
+        (d / f"{name}.{sl}").write_text("".join(s.replace("\n", " ") + "\n" for s, _ in pairs))
+        (d / f"{name}.{tl}").write_text("".join(t.replace("\n", " ") + "\n" for _, t in pairs))
+    (d / "spm.model").write_bytes(ckpt["spm"])
+    m = sp.SentencePieceProcessor(model_proto=ckpt["spm"])
+    special = {"<pad>", "<unk>", "<s>", "</s>"}
+    pieces = [m.id_to_piece(i) for i in range(m.get_piece_size())]
+    (d / "vocab.txt").write_text("".join(p + "\n" for p in pieces if p not in special))
+    return {"dir": d, "src": sl, "tgt": tl, "splits": splits}
 
 
 def joey_config(args: argparse.Namespace, data: dict, model_dir: Path) -> str:

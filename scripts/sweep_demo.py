@@ -32,9 +32,8 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # nmt (cpu_model) without an editable install
 OUT = ROOT / "docs" / "results"
 
 

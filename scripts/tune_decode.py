@@ -62,10 +62,11 @@ def tune(
 ) -> dict[str, Any]:
     path, name = resolve_checkpoint(checkpoint)
     ckpt = require_single_device(load(path), str(path))
-    device, dtype, quantize = inference_setup(decode_cfg(beam, 0.0, 0.0, plain))
+    setup = decode_cfg(beam, 0.0, 0.0, plain)
+    device, dtype, quantize = inference_setup(setup)
     model, tok = model_from_checkpoint(ckpt, str(path), quantize, device, dtype)
     decoding = {"device": device, "dtype": str(dtype).removeprefix("torch."), "quantize": quantize,
-                "prune_relative": decode_cfg(beam, 0.0, 0.0, plain).prune_relative}  # fmt: skip
+                "prune_relative": setup.prune_relative}  # fmt: skip
     pairs = load_text(dict_to_config(ckpt["config"]["data"]), ("dev",))["dev"][:sentences]
     srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
     rows = []
