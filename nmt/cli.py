@@ -197,6 +197,9 @@ def _check_run_dir(args: list[str], config_name: str, name: str, multirun: bool)
 
 def _entry(hydra_main: Callable[[], None], config_name: str, name: str) -> Callable[[], None]:
     def main() -> None:
+        from nmt import hostmem
+
+        hostmem.tune()  # glibc keeps freed buffers for the next step (nmt/hostmem.py)
         _precheck(config_name, name)
         hydra_main()
 

@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from data.batching import Batch, Batcher
 from data.tokenizer import PAD_ID
-from nmt import arch, shards
+from nmt import arch, hostmem, shards
 from nmt import checkpoint as ckpt_io
 from nmt.config import config_to_dict, dict_to_config
 from nmt.corpus import Corpus, prepare_corpus
@@ -305,6 +305,7 @@ class SmoothedLoss:
 
 
 def _worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    hostmem.tune()  # a spawned process starts with glibc's defaults
     cfg = dict_to_config(cfg_dict)
     pc = cfg.parallel
     ctx = init_distributed(

@@ -22,6 +22,7 @@ from data.atomic import atomic_open
 from data.batching import inference_batches
 from data.errors import DataError
 from data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nmt import hostmem
 from nmt.errors import UserError
 from nmt.inference import DTYPES, inference_setup, load_for_inference
 from nmt.search import Hypothesis, Pruning, beam_search
@@ -274,6 +275,7 @@ def _translate_shard(
     checkpoint: str, quantize: str, dcfg: dict[str, Any], lines: list[str], threads: int
 ) -> list[str]:
     """Worker of ``parallel.nproc > 1``: translate this rank's contiguous share of ``lines``."""
+    hostmem.tune()  # a spawned process starts with glibc's defaults
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if threads:
         torch.set_num_threads(threads)

@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="label runs by their multirun folder (+ the overrides varied inside it)",
     )
+    ap.add_argument(
+        "--label-by-name", action="store_true", help="label runs by their own folder's name"
+    )
     args = ap.parse_args(argv)
     missing = [str(p) for p in args.paths if not p.is_dir()]
     if missing:
@@ -236,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs = [summarize(f) for f in folders]
     label_runs(runs, args.label_by_folder)
+    if args.label_by_name:
+        for r in runs:
+            r["recipe"] = Path(r["run"]).name
     doc = {"machine": machine(), "runs": runs}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
