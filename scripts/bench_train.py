@@ -7,7 +7,9 @@
 MFU = model FLOPs/s / peak matmul FLOP/s measured in the same run on the same device.
 Model FLOPs count the matmuls of a training step (forward + backward = 3 x forward):
 LSTM 8*(in+H)*H per token per direction, attention, generator 2*H*V per target token.
-Prints a final JSON line with the machine.
+Prints a final JSON line with the machine and writes it to ``--out``
+(``docs/results/bench_train.json`` by default; ``--out -`` writes nothing). Runs with the
+allocator settings every command line entry point uses (``nmt/hostmem.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nmt import hostmem  # noqa: E402
 from nmt.loss import label_smoothed_nll  # noqa: E402
+from nmt.metrics import cpu_model  # noqa: E402
 from nmt.model import build_model  # noqa: E402
 
 MODELS = {"gnmt_small": (256, 4, 4), "gnmt4": (1024, 4, 4), "gnmt8": (1024, 8, 8)}
@@ -148,7 +152,9 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=8000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default="docs/results/bench_train.json", help="'-': none")
     args = ap.parse_args()
+    allocator = hostmem.tune()
     device = torch.device(args.device)
     names = args.model or (["gnmt_small", "gnmt4"] if device.type == "cuda" else ["gnmt_small"])
     results = []
@@ -165,9 +171,17 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_model(),
+        "allocator": allocator,
     }
-    print(json.dumps({"bench": "train", "results": results, "machine": machine}))
+    doc = {"bench": "train", "command": " ".join(["python", *sys.argv]), "results": results,
+           "machine": machine}  # fmt: skip
+    print(json.dumps(doc))
+    if args.out != "-":
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".tmp").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        out.with_suffix(".tmp").replace(out)
 
 
 if __name__ == "__main__":

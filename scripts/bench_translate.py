@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nmt import hostmem  # noqa: E402
 from nmt.checkpoint import load  # noqa: E402
 from nmt.config import DecodeConfig, dict_to_config  # noqa: E402
 from nmt.corpus import load_text  # noqa: E402
@@ -113,6 +114,7 @@ def cli_defaults(ckpt: str, src: list[str], threads: int) -> dict:
 
 
 def main() -> None:
+    allocator = hostmem.tune()  # as every command line entry point does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--split", default="test")
@@ -181,6 +183,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "allocator": allocator,  # nmt/hostmem.py settings in effect ({}: glibc's defaults)
     }
     doc = {
         "bench": "translate",

@@ -7,12 +7,15 @@ Trains a tiny checkpoint on a generated toy corpus, writes input files of short 
 runs the real command (greedy decoding) on each in a fresh process, and reports the peak RSS
 (``VmHWM`` of that process) plus RSS samples over the run: a
 streaming translator's memory does not grow with the input (it reads, translates and writes
-``CHUNK_LINES`` lines at a time).
+``CHUNK_LINES`` lines at a time). Writes the rows and the machine to ``--out``
+(``docs/results/translate_memory.json``; ``-``: none).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import shutil
 import subprocess
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULT = ROOT / "docs" / "results" / "translate_memory.json"
 for p in (ROOT, ROOT / "scripts"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
@@ -146,8 +150,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, nargs="+", default=[20_000, 200_000])
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--out", default=str(RESULT), help="the result JSON ('-': none)")
     a = ap.parse_args(argv)
     rows = run(a.lines, a.workdir)
+    if a.out != "-":
+        from nmt.metrics import cpu_model
+
+        command = " ".join(["python", "scripts/translate_memory.py", *(argv or sys.argv[1:])])
+        machine = {"cpu": cpu_model(), "cores": os.cpu_count()}
+        doc = {"command": command, "machine": machine, "rows": rows}
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".tmp").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        out.with_suffix(".tmp").replace(out)
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         print(
