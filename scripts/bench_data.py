@@ -6,7 +6,8 @@ Usage:
 
 ``--corpus`` is a folder (all ``*.train.*``/``*.dev.*``/``*.test.*`` corpus files in it) or a
 comma-separated list of files (the first is the training split). Prints one line per step and a
-final JSON line with the numbers and machine info. Caches go to a temp folder (cold timings).
+final JSON line with the numbers and machine info, also written to ``--out``
+(``docs/results/bench_data.json``; ``-``: none). Caches go to a temp folder (cold timings).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pad-multiple", type=int, default=8)
     ap.add_argument("--max-len", type=int, default=100, help="subword tokens, either side")
     ap.add_argument("--max-ratio", type=float, default=2.5)
+    ap.add_argument("--out", default="docs/results/bench_data.json", help="'-': none")
     args = ap.parse_args(argv)
 
     files = find_files(args.corpus)
@@ -159,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
     }
     print(json.dumps(result, sort_keys=True))
+    if args.out != "-":
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".tmp").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        out.with_suffix(".tmp").replace(out)
     return 0
 
 

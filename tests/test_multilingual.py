@@ -106,8 +106,12 @@ def language_share(text: str, vocab: set[str]) -> float:
 def test_translates_into_the_requested_language(trained: Path) -> None:
     lines = "the cat runs\na small red house and the window\n\nthe dog sleeps\n"
     out = {}
+    # Plain beam search: with the default pruning (rp 0.3) this tiny model's eos can fall below
+    # 0.3 x a looping continuation ("fenêtrtrtr..." on the Xeon box) and a pruned eos never
+    # finishes; this test is about the target-language tag, not about pruning.
     for lang in ("de", "fr"):
-        r = run("translate", [f"checkpoint={trained}", f"decode.target_lang={lang}"], lines)
+        args = [f"checkpoint={trained}", f"decode.target_lang={lang}", "decode.prune_relative=0"]
+        r = run("translate", args, lines)
         assert r.returncode == 0, r.stderr[-2000:]
         out[lang] = r.stdout.split("\n")
         assert len(out[lang]) == 5 and out[lang][2] == ""  # lines in == lines out
