@@ -4,10 +4,11 @@ PyTorch on the CPU frees and allocates the same large buffers at every step (act
 gates, logits: 2-60 MB at the demo's batch size). glibc serves a request above its mmap
 threshold (128 KiB, adapting up to 32 MiB) with fresh pages from ``mmap`` and unmaps them on
 ``free``, so every step page-faults its working set in again and the kernel zero-fills each
-page: measured on the 2-vCPU dev box, a third of a demo training step was system time
-(``make demo``'s recipe, bf16, 2 threads: 352 ms/step, 26 s of 88 s CPU in the kernel).
-With the thresholds raised, freed memory stays in the heap and is reused: 262 ms/step, the
-same numbers bit for bit (``docs/results/hostmem.json``, ``python scripts/bench_hostmem.py``).
+page: measured on the 2-vCPU Xeon dev box, about 30% of a demo training step's CPU time was
+system time (``make demo``'s recipe, bf16, 2 threads: 360.7 ms/step, 27.8 of 91.4 CPU seconds
+per 100 steps in the kernel). With the thresholds raised, freed memory stays in the heap and is
+reused: 246.8 ms/step, the same numbers bit for bit (``docs/results/hostmem.json``,
+``python scripts/bench_hostmem.py``).
 The cost is resident memory: the process keeps its peak heap (demo training: peak RSS 3.7 GB
 instead of 2.3 GB).
 

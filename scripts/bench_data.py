@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data.atomic import atomic_write_text  # noqa: E402
 from data.batching import Batcher, round_up  # noqa: E402
 from data.corpus import load_split  # noqa: E402
 from data.filtering import filter_pairs  # noqa: E402
@@ -162,10 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(result, sort_keys=True))
     if args.out != "-":
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".tmp").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-        out.with_suffix(".tmp").replace(out)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(result, indent=1, sort_keys=True) + "\n")
     return 0
 
 

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,15 +37,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "results" / "hostmem.json"
+from data.atomic import atomic_write_text  # noqa: E402
+from nmt.inference import cpu_has_bf16  # noqa: E402
+
 MODES = {"system": {"PIPENMT_MALLOC": "system"}, "tuned": {}}
-
-
-def native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def timed(cmd: list[str], env_extra: dict[str, str]) -> dict[str, float]:
@@ -68,7 +64,7 @@ def timed(cmd: list[str], env_extra: dict[str, str]) -> dict[str, float]:
 
 def train_round(mode: str, steps: int, tmp: Path) -> dict[str, Any]:
     run = tmp / f"train_{mode}"
-    precision = "bf16" if native_bf16() else "fp32"
+    precision = "bf16" if cpu_has_bf16() else "fp32"
     cmd = ["nmt-train", "model=gnmt_demo", "train=demo", f"train.precision={precision}",
            "data.batch_tokens=2048", "train.max_minutes=0", f"train.max_steps={steps}",
            "train.eval_every=1000000", "train.eval_bleu=false", f"hydra.run.dir={run}"]  # fmt: skip
@@ -77,7 +73,7 @@ def train_round(mode: str, steps: int, tmp: Path) -> dict[str, Any]:
     steps_ms = [r["ms_per_step"] for r in recs if "ms_per_step" in r and r["step"] > 20]
     out["ms_per_step"] = statistics.median(steps_ms)
     out["final_loss"] = [r["loss"] for r in recs if "loss" in r][-1]
-    subprocess.run(["rm", "-rf", str(run)], check=True)
+    shutil.rmtree(run)
     return out
 
 
@@ -143,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": res,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
     keys = ("summary", "train_speedup", "translate_speedup", "same_loss", "same_translations")
     print(json.dumps({k: doc[k] for k in keys}, indent=1))
     return 0

@@ -28,6 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from data.atomic import atomic_write_text  # noqa: E402
 from nmt import hostmem  # noqa: E402
 from nmt.loss import label_smoothed_nll  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
@@ -178,10 +179,8 @@ def main() -> None:
            "machine": machine}  # fmt: skip
     print(json.dumps(doc))
     if args.out != "-":
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".tmp").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        out.with_suffix(".tmp").replace(out)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ for p in (ROOT, ROOT / "scripts"):
 
 from fault_train import overrides, write_corpus  # noqa: E402
 
+from data.atomic import atomic_write_text  # noqa: E402
 from data.synthetic import WORDS  # noqa: E402
 
 # Peak RSS of the translating process itself: VmHWM (getrusage's ru_maxrss would also count
@@ -159,10 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         command = " ".join(["python", "scripts/translate_memory.py", *(argv or sys.argv[1:])])
         machine = {"cpu": cpu_model(), "cores": os.cpu_count()}
         doc = {"command": command, "machine": machine, "rows": rows}
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".tmp").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        out.with_suffix(".tmp").replace(out)
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(a.out, json.dumps(doc, indent=1) + "\n")
     if len(rows) > 1:
         first, last = rows[0], rows[-1]
         print(
