@@ -200,6 +200,8 @@ def _entry(hydra_main: Callable[[], None], config_name: str, name: str) -> Calla
         from nmt import hostmem
 
         hostmem.tune()  # glibc keeps freed buffers for the next step (nmt/hostmem.py)
+        if name == "nmt-train":
+            hostmem.cap_onednn_cache()  # bf16 training's kernel cache grew by GBs
         _precheck(config_name, name)
         hydra_main()
 

@@ -36,6 +36,9 @@ class DataConfig:
     # one pair, src_lang -> tgt_lang. zero_shot: directions evaluated, never trained.
     directions: list[str] = field(default_factory=list)
     zero_shot: list[str] = field(default_factory=list)
+    # multilingual: the target also starts with its <2xx> tag, so the decoder reads the target
+    # language from its first input instead of finding it through attention (nmt/corpus.py)
+    target_tag: bool = False
     cache_dir: str = "~/.cache/pipenmt"
     # filtering
     min_len: int = 1

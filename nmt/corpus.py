@@ -191,6 +191,8 @@ def prepare_multi(dcfg: Any, seed: int = 1, tokenizer: Tokenizer | None = None) 
             tgt = tokenizer.encode([t for _, t in pairs])
             if split == "train":
                 src, tgt, pairs = drop_long(src, tgt, pairs, int(dcfg.max_len), tags=1)
+            if bool(getattr(dcfg, "target_tag", False)):  # the decoder's first input names it
+                tgt = _tag(tgt, tokenizer.tag_id(d[1]))
             start = len(corpus.text[split])
             corpus.text[split].extend(pairs)
             corpus.ids[split][0].extend(src)

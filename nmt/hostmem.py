@@ -25,9 +25,11 @@ import ctypes
 import os
 import platform
 
-__all__ = ["ENV", "tune"]
+__all__ = ["ENV", "ONEDNN_CACHE", "cap_onednn_cache", "tune"]
 
 ENV = "PIPENMT_MALLOC"  # "system": leave the allocator alone
+ONEDNN_CACHE = "ONEDNN_PRIMITIVE_CACHE_CAPACITY"
+ONEDNN_CACHE_DEFAULT = "32"
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
@@ -57,3 +59,20 @@ def tune() -> dict[str, int]:
     if mallopt(_M_TOP_PAD, 64 << 20) == 1:
         applied["top_pad"] = 64 << 20
     return applied
+
+
+def cap_onednn_cache() -> str:
+    """Cap oneDNN's primitive cache at 32 entries unless ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is
+    set; -> the capacity in effect. Training entry points call it before the first bf16
+    operation (oneDNN reads the variable when it creates its first primitive).
+
+    CPU bf16 matmuls and LSTMs run through oneDNN, which keeps every primitive it builds, one
+    per operation and shape, up to 1,024 of them. Training batches come in many (source length,
+    target length, batch) shapes, so bf16 CPU training kept growing (4,000-step runs reached
+    9.4-11.4 GB and one was OOM-killed) while the Python-visible tensors stayed constant and fp32
+    runs stayed flat. ``make demo``'s model after 300 steps on one thread: 4,812 MB resident
+    with the default cache, 2,708 MB capped at 32, the same loss
+    (``docs/results/train_memory.json``, ``python scripts/train_memory.py``). Decoding keeps
+    oneDNN's default: a beam search's shapes change every step, and 32 entries cost its bf16
+    speed ~10% in a quick check, one run not kept (BENCHMARKS.md, "oneDNN's kernel cache")."""
+    return os.environ.setdefault(ONEDNN_CACHE, ONEDNN_CACHE_DEFAULT)

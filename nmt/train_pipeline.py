@@ -306,6 +306,7 @@ class SmoothedLoss:
 
 def _worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     hostmem.tune()  # a spawned process starts with glibc's defaults
+    hostmem.cap_onednn_cache()
     cfg = dict_to_config(cfg_dict)
     pc = cfg.parallel
     ctx = init_distributed(

@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,7 @@ def main() -> int:
                     help="scripts/chunk_overhead.py JSON for the device it names (repeatable)")
     # fmt: on
     args = ap.parse_args()
+    start = time.perf_counter()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sources: list[tuple[str, str, list[CostTable]]] = []
@@ -348,7 +350,8 @@ def main() -> int:
                "model": {"hidden": args.hidden, "vocab": args.vocab, "batch": args.batch,
                          "src_len": args.src_len, "tgt_len": args.tgt_len},
                "files": [str(out / "plan_report.md"), str(out / "wavefront.json"),
-                         str(out / "placement_speedup.png")]}  # fmt: skip
+                         str(out / "placement_speedup.png")],
+               "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     print(json.dumps(verdict))
     return 0
 

@@ -65,3 +65,37 @@ def test_tune_is_a_no_op_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv(hostmem.ENV, "system")
     assert hostmem.tune() == {}
+
+
+def test_training_caps_onednn_cache_unless_the_user_set_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bf16 CPU training kept every oneDNN primitive (one per op and shape, up to 1,024) and
+    grew by GBs; nmt-train caps the cache, a user's own setting wins."""
+    from nmt import hostmem
+
+    monkeypatch.delenv(hostmem.ONEDNN_CACHE, raising=False)
+    assert hostmem.cap_onednn_cache() == "32" == os.environ[hostmem.ONEDNN_CACHE]
+    monkeypatch.setenv(hostmem.ONEDNN_CACHE, "512")
+    assert hostmem.cap_onednn_cache() == "512"
+
+
+def test_nmt_train_sets_the_cap_and_nmt_translate_does_not() -> None:
+    """The entry points' wrapper (``nmt/cli.py: _entry``) with a stand-in command body."""
+    code = (
+        "import os; from unittest import mock; import nmt.cli as c\n"
+        "with mock.patch.object(c, '_precheck'):\n"
+        "    c._entry(lambda: None, 'tool', '{name}')()\n"
+        "print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY', 'unset'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    env["PYTHONPATH"] = str(ROOT)
+    got = {}
+    for name in ("nmt-train", "nmt-translate"):
+        src = code.format(name=name)
+        out = subprocess.run(
+            [sys.executable, "-c", src], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        got[name] = out.stdout.strip().splitlines()[-1]
+    assert got == {"nmt-train": "32", "nmt-translate": "unset"}

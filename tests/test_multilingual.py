@@ -72,6 +72,41 @@ def test_tags_are_reserved_pieces_and_start_every_source(cache: Path, tmp_path: 
     assert corpus.parts["dev"].keys() == {"en-de", "de-en", "en-fr", "fr-en"}
 
 
+def test_target_tag_starts_every_target_and_only_there(cache: Path, tmp_path: Path) -> None:
+    """``data.target_tag=true``: each target starts with its language's tag (the decoder's
+    first input names the language); sources and the rest of every target are unchanged."""
+    plain = prepare_corpus(
+        compose_config([*overrides(cache, tmp_path), "data.target_tag=false"]).data
+    )
+    tagged = prepare_corpus(
+        compose_config([*overrides(cache, tmp_path), "data.target_tag=true"]).data
+    )
+    tok = tagged.tokenizer
+    for split in ("train", "dev", "test"):
+        assert tagged.ids[split][0] == plain.ids[split][0]
+        tgt, ref = tagged.ids[split][1], plain.ids[split][1]
+        for direction, (a, b) in tagged.parts[split].items():
+            tag = tok.tags[direction.split("-")[1]]
+            assert all(t == [tag, *r] for t, r in zip(tgt[a:b], ref[a:b], strict=True))
+    assert tok.decode([tagged.ids["dev"][1][0]]) == tok.decode([plain.ids["dev"][1][0]])
+
+
+def test_target_tag_model_translates_without_tags_in_the_output(
+    cache: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = [*overrides(cache, out), "data.target_tag=true", "train.max_steps=20"]
+    r = run("train", args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = "the cat runs\n\nthe dog sleeps\n"
+    ckpt = out / "checkpoints" / "last.pt"
+    r = run("translate", [f"checkpoint={ckpt}", "decode.target_lang=fr"], lines)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = r.stdout.split("\n")
+    assert len(got) == 4 and got[1] == ""  # lines in == lines out
+    assert not any("<2" in line for line in got)
+
+
 def test_batches_mix_directions_in_proportion(cache: Path, tmp_path: Path) -> None:
     """Over an epoch every pair comes once; already the first half of the epoch's batches holds
     each direction in its share of the data (batches are not grouped by direction)."""
