@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from data.atomic import atomic_write_text  # noqa: E402
 from nmt.config import compose_config  # noqa: E402
 from nmt.evaluate import eval_cli  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
@@ -163,9 +164,7 @@ def main() -> None:
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
     plot(doc, args.out.with_suffix(".png"))
     print(json.dumps({"dev_bleu": dev, "zero_shot_vs_pivot": zs}))
 

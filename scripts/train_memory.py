@@ -25,9 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data.atomic import atomic_write_text  # noqa: E402
+from nmt.hostmem import ONEDNN_CACHE, ONEDNN_CACHE_DEFAULT  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
 
-VARIANTS = {"onednn_default_1024": "1024", "capped_32": ""}
+# name -> ONEDNN_PRIMITIVE_CACHE_CAPACITY (oneDNN's own default; "" = what nmt-train sets)
+VARIANTS = {"onednn_default_1024": "1024", f"capped_{ONEDNN_CACHE_DEFAULT}": ""}
 
 
 def rss_mb(pid: int) -> float:
@@ -36,9 +38,9 @@ def rss_mb(pid: int) -> float:
 
 
 def run(steps: int, capacity: str, out: Path) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    env = {k: v for k, v in os.environ.items() if k != ONEDNN_CACHE}
     if capacity:
-        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = capacity
+        env[ONEDNN_CACHE] = capacity
     env["PYTHONPATH"] = str(ROOT)
     code = "import sys; from nmt.cli import train_main; sys.argv[0] = 'nmt-train'; train_main()"
     args = [sys.executable, "-c", code, "model=gnmt_demo", "train=demo", "train.max_minutes=0",
@@ -59,7 +61,7 @@ def run(steps: int, capacity: str, out: Path) -> dict[str, object]:
     steps_rows = [r for r in rows if "ms_per_step" in r]
     ms = [r["ms_per_step"] for r in steps_rows[len(steps_rows) // 5 :]]
     return {
-        "onednn_cache": capacity or "pipenmt default (32)",
+        "onednn_cache": capacity or f"pipenmt default ({ONEDNN_CACHE_DEFAULT})",
         "rss_mb_last": samples[-1][1] if samples else None,
         "rss_mb_peak": max(s[1] for s in samples) if samples else None,
         "ms_per_step": round(sum(ms) / len(ms), 1),
