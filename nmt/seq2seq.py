@@ -8,7 +8,8 @@ runs them in order on one device and adds incremental decoding:
 
 - ``encode(src, src_len) -> enc_out[Ts,B,H]``;
 - ``prepare_memory(enc_out, src_len) -> Memory`` (what every decoding step reads; batch-first,
-  with ``mask[B,Ts]`` True at padded source positions and ``index_select(index)``);
+  with ``mask[B,Ts]`` True at padded source positions, ``index_select(index)`` and
+  ``for_rows(rows)``);
 - ``init_state(batch) -> state`` and ``reorder_state(state, index[N']) -> state``;
 - ``step_logits(y_prev[N], state, memory, vocab) -> (logits[N,V], state, attn[N,Ts])``, where
   memory rows ``b*r .. b*r+r-1`` of N = B*r belong to sentence b (beams);
@@ -47,6 +48,11 @@ class Memory(Protocol):
 
     def index_select(self, index: Tensor) -> Memory:
         """Keep sentences ``index[B']`` (long)."""
+        ...
+
+    def for_rows(self, rows: Tensor) -> Memory:
+        """For query rows of sentences ``rows[N]`` (long, non-decreasing), any number per
+        sentence (a plain ``index_select(rows)`` is a correct implementation)."""
         ...
 
 

@@ -64,6 +64,10 @@ class TransformerMemory(NamedTuple):
             self.mask.index_select(0, index),
         )
 
+    def for_rows(self, rows: Tensor) -> TransformerMemory:
+        """For query rows of sentences ``rows[N]``: the rows' copies (``index_select``)."""
+        return self.index_select(rows)
+
 
 class DecoderCache(NamedTuple):
     """Self-attention keys/values of the positions decoded so far, per decoder layer:

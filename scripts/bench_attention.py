@@ -43,7 +43,7 @@ def median_ms(fn: Callable[[], object], reps: int = 15) -> float:
 def tanh_form(att: BahdanauAttention, query: Tensor, memory: AttentionMemory) -> Tensor:
     """The formula as written: ``g (v/||v||) . tanh(W_q q + W_k k + b)``, softmax, context
     (``memory.keys`` hold ``2 (W_k k + b)``, hence the halving)."""
-    keys, values, mask = memory
+    keys, values, mask = memory.keys, memory.values, memory.mask
     batch, ts, hidden = keys.shape
     bq, m, _ = query.shape
     q = att.linear_q(query).view(batch, (bq // batch) * m, 1, hidden)

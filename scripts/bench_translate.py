@@ -11,8 +11,12 @@ length and coverage penalties are the model's (its ``decode.yaml`` when it has o
 
 For each variant: sentences/s, target tokens/s (sentencepiece tokens of the output), BLEU and
 chrF (sacrebleu) of the same sentences; speed-ups and BLEU differences against fp32 with the
-full vocabulary. Shortlist variants run only for a model that carries one (shipped models).
-Prints a final JSON line with the machine and writes it to ``--out`` when given.
+full vocabulary. The variants run ``--repeats`` times in rounds, each kind of weights in a
+fresh process per round (the kinds and the variants in another order each round), and the
+median time counts: with one run each in one process, a variant's speed depended on its
+place in the order and on the kinds run before it. Shortlist variants run only for
+a model that carries one (shipped models). Prints a final JSON line with the machine and
+writes it to ``--out`` when given.
 """
 
 from __future__ import annotations
@@ -21,17 +25,20 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import sacrebleu
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from data.atomic import atomic_write_text  # noqa: E402
 from nmt import hostmem  # noqa: E402
 from nmt.checkpoint import load  # noqa: E402
 from nmt.config import DecodeConfig, dict_to_config  # noqa: E402
@@ -59,23 +66,73 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 Variant = tuple[str, bool, int, tuple[float, float]]
 
 
-def run(ckpt: str, variant: Variant, src: list[str], refs: list[str]) -> dict:
-    kind, shortlist, beam, prune = variant
-    quantize = "int8" if kind == "int8" else "none"
-    model, tok = load_for_inference(ckpt, quantize, "cpu", DTYPES.get(kind, torch.float32))
+def timed(model: Any, tok: Any, variant: Variant, src: list[str]) -> dict:
+    """Seconds to translate ``src`` with ``variant`` (after a 50-sentence warm-up), the
+    translations and their number of target tokens."""
+    _, shortlist, beam, prune = variant
     translate_lines(model, tok, src[:50], Decode(beam, shortlist, prune))  # warm-up
     t = time.perf_counter()
     hyps = [h[0][0] for h in translate_lines(model, tok, src, Decode(beam, shortlist, prune))]
     sec = time.perf_counter() - t
-    ntok = sum(len(x) for x in tok.encode(hyps))
+    return {"seconds": sec, "hyps": hyps, "tokens": sum(len(x) for x in tok.encode(hyps))}
+
+
+def worker(ckpt: str, variants: list[Variant], src: list[str], out: Path) -> None:
+    """One process: load the variants' kind of weights, time each variant once, write JSON."""
+    kind = variants[0][0]
+    quantize = "int8" if kind == "int8" else "none"
+    model, tok = load_for_inference(ckpt, quantize, "cpu", DTYPES.get(kind, torch.float32))
+    atomic_write_text(out, json.dumps([timed(model, tok, v, src) for v in variants]))
+
+
+def rotated(items: list, r: int, repeats: int) -> list:
+    k = r * len(items) // repeats
+    return items[k:] + items[:k]
+
+
+def rounds(args: argparse.Namespace, variants: list[Variant], n: int) -> list[dict]:
+    """Every variant ``args.repeats`` times, each kind of weights in a fresh process per round
+    (as users run one kind; in one process a variant was slower after other kinds), the
+    kinds and the variants in another order each round: per variant the times, translations
+    (the same every round: decoding is deterministic) and target tokens."""
+    runs: list[dict] = [{"times": [], "hyps": None, "tokens": 0} for _ in variants]
+    kinds = list(dict.fromkeys(v[0] for v in variants))
+    for r in range(args.repeats):
+        for kind in rotated(kinds, r, args.repeats):
+            idx = rotated([i for i, v in enumerate(variants) if v[0] == kind], r, args.repeats)
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "worker.json"
+                cmd = [sys.executable, __file__, "--checkpoint", args.checkpoint, "--split",
+                       args.split, "--limit", str(args.limit), "--threads", str(args.threads),
+                       "--worker", json.dumps([variants[i] for i in idx]), "--worker-out",
+                       str(out)]  # fmt: skip
+                subprocess.run(cmd, check=True)
+                results = json.loads(out.read_text())
+            for i, res in zip(idx, results, strict=True):
+                run = runs[i]
+                if run["hyps"] is not None and run["hyps"] != res["hyps"]:
+                    raise SystemExit(f"variant {variants[i]} translated differently in round {r}")
+                run["hyps"], run["tokens"] = res["hyps"], res["tokens"]
+                run["times"].append(res["seconds"])
+                print(f"round {r} {variants[i]}: {n / res['seconds']:7.1f} sent/s", flush=True)
+    return runs
+
+
+def row(variant: Variant, run: dict, refs: list[str]) -> dict:
+    """The JSON row of a variant: median speed over its rounds, BLEU/chrF of its output."""
+    kind, shortlist, beam, prune = variant
+    times, hyps = run["times"], run["hyps"]
+    sec = statistics.median(times)
+    ntok = run["tokens"]
     return {
         "weights": kind,
         "shortlist": shortlist,
         "beam": beam,
         "prune": list(prune),
-        "sentences": len(src),
+        "sentences": len(hyps),
         "seconds": round(sec, 2),
-        "sent_per_s": round(len(src) / sec, 1),
+        "seconds_each_round": [round(t, 2) for t in times],
+        "sent_per_s": round(len(hyps) / sec, 1),
         "tgt_tok_per_s": round(ntok / sec, 1),
         "bleu": round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2),
         "chrf": round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2),
@@ -127,6 +184,9 @@ def main() -> None:
         help="also run beam pruning with these thresholds (repeatable; beam > 1, full vocabulary)",
     )  # fmt: skip
     ap.add_argument("--no-shortlist", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds over all variants (median)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # JSON variants of one kind: time them
+    ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cli", action="store_true", help="also time nmt-translate's defaults")
     ap.add_argument("--out", type=Path, help="also write the JSON here (docs/results/...)")
     args = ap.parse_args()
@@ -142,24 +202,30 @@ def main() -> None:
     src, refs = [s for s, _ in pairs], [t for _, t in pairs]
     has_shortlist = "shortlist" in ckpt
     del ckpt
+    if args.worker:
+        variants_ = [(k, bool(sl), int(b), (float(p[0]), float(p[1])))
+                     for k, sl, b, p in json.loads(args.worker)]  # fmt: skip
+        worker(args.checkpoint, variants_, src, args.worker_out)
+        return
     shortlists = (False, True) if has_shortlist and not args.no_shortlist else (False,)
     prunes = [tuple(float(x) for x in p.split(",")) for p in args.prune]
     if any(len(p) != 2 for p in prunes):
         ap.error(f"--prune takes REL,ABS (two numbers), got {args.prune}")
-    results = []
+    variants: list[Variant] = []
     for beam in (int(b) for b in args.beams.split(",")):
         for kind in args.weights.split(","):
-            variants: list[Variant] = [(kind, sl, beam, (0.0, 0.0)) for sl in shortlists]
+            variants += [(kind, sl, beam, (0.0, 0.0)) for sl in shortlists]
             variants += [(kind, False, beam, (p[0], p[1])) for p in prunes if beam > 1]
-            for v in variants:
-                r = run(args.checkpoint, v, src, refs)
-                print(
-                    f"{kind} {'shortlist' if v[1] else 'full     '} beam {beam} prune {v[3]}: "
-                    f"{r['sent_per_s']:7.1f} sent/s {r['tgt_tok_per_s']:8.1f} tok/s  "
-                    f"BLEU {r['bleu']:.2f}  chrF {r['chrf']:.2f}",
-                    flush=True,
-                )
-                results.append(r)
+    results = []
+    for v, run in zip(variants, rounds(args, variants, len(src)), strict=True):
+        r = row(v, run, refs)
+        print(
+            f"{v[0]} {'shortlist' if v[1] else 'full     '} beam {v[2]} prune {v[3]}: "
+            f"{r['sent_per_s']:7.1f} sent/s {r['tgt_tok_per_s']:8.1f} tok/s  "
+            f"BLEU {r['bleu']:.2f}  chrF {r['chrf']:.2f}",
+            flush=True,
+        )
+        results.append(r)
     plain = [r for r in results if not r["shortlist"] and r["prune"] == [0.0, 0.0]]
     ref_kind = "fp32" if any(r["weights"] == "fp32" for r in plain) else plain[0]["weights"]
     base = {r["beam"]: r for r in plain if r["weights"] == ref_kind}
@@ -189,6 +255,7 @@ def main() -> None:
         "bench": "translate",
         "checkpoint": args.checkpoint,
         "split": args.split,
+        "repeats": args.repeats,
         "results": results,
         **summary,
         "machine": machine,
@@ -196,9 +263,7 @@ def main() -> None:
     print(json.dumps(doc))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(args.out)
+        atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from nmt import arch
 from nmt import checkpoint as ckpt_io
 from nmt.config import compose_config
 from nmt.errors import UserError
-from nmt.search import beam_search
+from nmt.search import Pruning, beam_search
 from nmt.seq2seq import ModelSpec, Seq2Seq
 from nmt.trainer import check_model_config
 from tests.conftest import tiny_overrides
@@ -151,6 +151,32 @@ def test_nbest_scores_are_teacher_forced_log_probabilities(name: str) -> None:
             checked += 1
     torch.set_grad_enabled(True)
     assert checked == 9
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_pruned_batch_equals_each_sentence_alone(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beam pruning leaves sentences with different numbers of rows, so the memory is laid out
+    per row (``Memory.for_rows``): each sentence still gets exactly its translation alone."""
+    model = tiny(name, seed=4)
+    lengths = [6, 2, 7, 4, 5]
+    src, src_len = source(lengths, seed=9)
+    prune = Pruning(0.3, 0.0)
+    memory_type = type(model.prepare_memory(model.encode(src, src_len), src_len))
+    laid_out: list[int] = []
+    for_rows = memory_type.for_rows
+    monkeypatch.setattr(
+        memory_type, "for_rows", lambda m, rows: laid_out.append(rows.numel()) or for_rows(m, rows)
+    )
+    args = (4, 0.6, 0.0, 1.0, 4, 2)
+    hyps = beam_search(model, src, src_len, *args, prune=prune)
+    assert laid_out, "pruning never gave sentences different row counts"
+    for b, n in enumerate(lengths):
+        alone = beam_search(model, src[:n, b : b + 1], src_len[b : b + 1], *args, prune=prune)
+        assert [h.tokens for h in hyps[b]] == [h.tokens for h in alone[0]], b
+        for x, y in zip(hyps[b], alone[0], strict=True):
+            assert x.logprob == pytest.approx(y.logprob, abs=1e-5)
 
 
 # ------------------------------------------------------------------ through the commands

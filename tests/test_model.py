@@ -285,3 +285,27 @@ def test_attention_equals_the_tanh_formula() -> None:
     ref = torch.softmax(scores, dim=-1)
     torch.testing.assert_close(probs, ref.view(4, 3, 5), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ctx, (ref @ values).view(4, 3, 6), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_attention_for_rows_equals_each_row_with_its_own_sentence(m: int) -> None:
+    """Rows of any number per sentence (beam search after pruning; one sentence has none):
+    each row's context and probabilities are those of the row alone against its sentence."""
+    torch.manual_seed(5)
+    att = BahdanauAttention(6).double()
+    with torch.no_grad():
+        att.b.uniform_(-0.5, 0.5)
+    enc = torch.randn(7, 4, 6, dtype=torch.double)
+    src_len = torch.tensor([7, 2, 5, 3])
+    rows = torch.tensor([0, 0, 0, 2, 3, 3, 3, 3, 3])  # sentence 1: no rows
+    query = torch.randn(rows.numel(), m, 6, dtype=torch.double)
+    memory = att.memory(enc, src_len)
+    with torch.no_grad():
+        ctx, probs = att(query, memory.for_rows(rows))
+        for n, b in enumerate(rows.tolist()):
+            one = att.memory(enc[:, b : b + 1], src_len[b : b + 1])
+            c1, p1 = att(query[n : n + 1], one)
+            torch.testing.assert_close(ctx[n : n + 1], c1, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(probs[n : n + 1], p1, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="select sentences first"):
+        memory.for_rows(rows).index_select(torch.tensor([0]))

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from nmt.model import GNMT, build_model, quantize_int8
-from nmt.search import Hypothesis, beam_search, greedy, length_penalty
+from nmt.search import Hypothesis, beam_search, greedy, length_penalty, row_topk
 
 V, H = 30, 16
 PAD, BOS, EOS = 0, 2, 3
@@ -183,3 +183,20 @@ def test_int8_beam_search_mostly_agrees_with_fp32() -> None:
         same_tokens += sum(x == y for x, y in zip(a, b, strict=False))
         total += max(len(a), len(b), 1)
     assert same_tokens / total >= 0.7
+
+
+@pytest.mark.parametrize("n,v,k", [(7, 8000, 10), (3, 2000, 2), (5, 8001, 10), (4, 50, 10)])
+def test_row_topk_equals_topk(n: int, v: int, k: int) -> None:
+    """Two-stage top-k == ``topk`` (values; indices point at those values), with ties, -inf
+    (masked ids) and rows with fewer than k finite values; other sizes fall back to topk."""
+    g = torch.Generator().manual_seed(v + k)
+    x = torch.randn(n, v, generator=g).mul_(4).round_()  # many ties
+    x[0, : v // 2] = float("-inf")
+    x[1] = float("-inf")
+    x[1, 7] = 0.0  # one finite value
+    values, index = row_topk(x, k)
+    ref_values, _ = x.topk(k, dim=1)
+    assert torch.equal(values, ref_values)
+    assert torch.equal(x.gather(1, index), values)
+    finite = values > float("-inf")
+    assert all(len(set(r[f].tolist())) == int(f.sum()) for r, f in zip(index, finite, strict=True))
