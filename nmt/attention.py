@@ -56,6 +56,8 @@ class AttentionMemory(NamedTuple):
         """The memory for query rows of sentences ``rows[N]`` (long, non-decreasing: rows
         grouped by sentence, any number per sentence), without copying keys or values: the
         attention gathers what it needs (beam search after pruning)."""
+        if bool((rows[1:] < rows[:-1]).any()):
+            raise ValueError("for_rows: rows must be grouped by sentence (non-decreasing)")
         counts = torch.bincount(rows, minlength=self.keys.size(0))
         first = counts.cumsum(0) - counts
         slots = torch.arange(rows.numel(), device=rows.device) - first.index_select(0, rows)
@@ -116,7 +118,8 @@ class BahdanauAttention(nn.Module):
 
     def _forward_rows(self, query: Tensor, memory: AttentionMemory) -> tuple[Tensor, Tensor]:
         """:meth:`forward` for rows of any number per sentence: the keys are gathered per row
-        straight into the energy buffer (added to in place), the values are not gathered (the
+        straight into the energy buffer (the query added in place when M = 1, a beam search
+        step), the values are not gathered (the
         context is one product per sentence over its rows' probabilities, padded to the
         largest group)."""
         keys, values, mask, rows, slots, width = memory

@@ -176,7 +176,8 @@ class AttentionDecoder1(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, LSTMState]:
         """One step: ``emb[N,H]`` -> (``x[N,H]``, ``ctx[N,H]``, ``probs[N,Ts]``, new state).
 
-        N = memory batch * beams per sentence (rows grouped by sentence).
+        N = memory batch * beams per sentence (rows grouped by sentence), or any number per
+        sentence for a memory laid out by ``AttentionMemory.for_rows``.
         """
         x, c = lstm_step(self.lstm, emb, state)
         ctx, probs = self.attention(x.unsqueeze(1), memory)

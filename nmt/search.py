@@ -28,7 +28,8 @@ this step, neither finishes (eos) nor continues, except that the best ``nbest - 
 continuations always go on and every hypothesis finishes at the max length (so ``nbest``
 hypotheses still come back). With rp = 1 only the best
 candidate survives: greedy decoding. A sentence then keeps 1..K hypothesis rows; rows are
-grouped by sentence and the attention memory is gathered per row when the counts differ. With
+grouped by sentence and the memory is laid out per row when the counts differ
+(``Memory.for_rows``). With
 pruning off every sentence keeps K rows (step 0: one row, the K beams would be identical).
 """
 
@@ -288,12 +289,13 @@ def _search(
 
 def row_topk(x: Tensor, k: int, chunk: int = 100) -> tuple[Tensor, Tensor]:
     """``x.topk(k, dim=1)`` for ``x[N,V]`` (values sorted, the indices of equal values in any
-    order), in two stages when ``chunk`` divides V and V >= 20 k: each chunk's maximum, the k
-    chunks with the largest ones (they hold the k largest values: a chunk without any of them
-    has a maximum below each), then the top k of those k x chunk values: one pass of ``amax``
-    instead of a partial sort of every row (faster on the CPU; docs/results/decode_rows/)."""
+    order), in two stages when ``chunk`` divides V into at least 2k chunks: each chunk's
+    maximum, the k chunks with the largest ones (they hold the k largest values: a chunk without
+    any of them has a maximum below each), then the top k of those k x chunk values: one pass of
+    ``amax`` instead of a partial sort of every row (faster on the CPU; docs/results/decode_rows/).
+    """
     n, v = x.shape
-    if v % chunk or v < 20 * k or n == 0:
+    if v % chunk or v // chunk < 2 * k or n == 0:
         return x.topk(k, dim=1)
     blocks = x.reshape(n, v // chunk, chunk)
     _, best = blocks.amax(dim=2).topk(k, dim=1)  # [N, k] chunk numbers

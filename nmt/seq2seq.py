@@ -12,7 +12,8 @@ runs them in order on one device and adds incremental decoding:
   ``for_rows(rows)``);
 - ``init_state(batch) -> state`` and ``reorder_state(state, index[N']) -> state``;
 - ``step_logits(y_prev[N], state, memory, vocab) -> (logits[N,V], state, attn[N,Ts])``, where
-  memory rows ``b*r .. b*r+r-1`` of N = B*r belong to sentence b (beams);
+  rows ``b*r .. b*r+r-1`` of N = B*r belong to sentence b of the memory (beams), or, for a
+  memory from ``for_rows(rows)``, row n to sentence ``rows[n]``;
 - ``input_embedding()`` (device and dtype of the model), ``shortlisted(ids)`` (the output
   layer restricted to per-sentence vocabularies).
 

@@ -86,7 +86,8 @@ def worker(ckpt: str, variants: list[Variant], src: list[str], out: Path) -> Non
 
 
 def rotated(items: list, r: int, repeats: int) -> list:
-    k = r * len(items) // repeats
+    """``items`` starting at another one in each of ``repeats`` rounds (``r``)."""
+    k = r * len(items) // repeats if len(items) >= repeats else r % max(len(items), 1)
     return items[k:] + items[:k]
 
 
@@ -190,6 +191,8 @@ def main() -> None:
     ap.add_argument("--cli", action="store_true", help="also time nmt-translate's defaults")
     ap.add_argument("--out", type=Path, help="also write the JSON here (docs/results/...)")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
     path = resolve_checkpoint(args.checkpoint)[0]

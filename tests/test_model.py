@@ -249,6 +249,7 @@ def test_attention_gradcheck() -> None:
     torch.manual_seed(0)
     att = BahdanauAttention(4).double()
     with torch.no_grad():
+        att.v.uniform_(-1, 1)  # torch.empty until the model's init
         att.g.fill_(0.7)
         att.b.uniform_(-0.5, 0.5)
     enc = torch.randn(5, 2, 4, dtype=torch.double, requires_grad=True)
@@ -294,6 +295,7 @@ def test_attention_for_rows_equals_each_row_with_its_own_sentence(m: int) -> Non
     torch.manual_seed(5)
     att = BahdanauAttention(6).double()
     with torch.no_grad():
+        att.v.uniform_(-1, 1)  # torch.empty until the model's init
         att.b.uniform_(-0.5, 0.5)
     enc = torch.randn(7, 4, 6, dtype=torch.double)
     src_len = torch.tensor([7, 2, 5, 3])
@@ -309,3 +311,5 @@ def test_attention_for_rows_equals_each_row_with_its_own_sentence(m: int) -> Non
             torch.testing.assert_close(probs[n : n + 1], p1, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="select sentences first"):
         memory.for_rows(rows).index_select(torch.tensor([0]))
+    with pytest.raises(ValueError, match="grouped by sentence"):
+        memory.for_rows(torch.tensor([1, 0, 1]))

@@ -185,7 +185,11 @@ def test_int8_beam_search_mostly_agrees_with_fp32() -> None:
     assert same_tokens / total >= 0.7
 
 
-@pytest.mark.parametrize("n,v,k", [(7, 8000, 10), (3, 2000, 2), (5, 8001, 10), (4, 50, 10)])
+@pytest.mark.parametrize(
+    "n,v,k",
+    [(7, 8000, 10), (3, 2000, 2), (4, 2000, 10), (5, 8001, 10), (4, 50, 10), (3, 500, 10),
+     (2, 100, 2), (3, 300, 2)],
+)  # fmt: skip
 def test_row_topk_equals_topk(n: int, v: int, k: int) -> None:
     """Two-stage top-k == ``topk`` (values; indices point at those values), with ties, -inf
     (masked ids) and rows with fewer than k finite values; other sizes fall back to topk."""
