@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One short check for a lent single GPU (run from the repository root; ~3 minutes):
+# One short check for a lent single GPU (run from the repository root; ~4 minutes):
 # the pipeline equivalence tests on CUDA, gnmt4 bf16 training throughput and MFU (plain),
-# and plain vs pipelined-on-one-GPU tokens/s with the pipelined run's timeline.
+# plain vs pipelined-on-one-GPU tokens/s with the pipelined run's timeline, and beam-5
+# decoding of a 128-sentence batch (gnmt_small, gnmt4; bf16).
 set -u
 export PYTHONUNBUFFERED=1
 out=${OUT:-gpu_out}
@@ -13,3 +14,5 @@ timeout 90 python3 scripts/bench_train.py --model gnmt4 --batch 128 --len 32 --r
   2>&1 | tail -n 3 | tee "$out/bench_train.txt"
 timeout 120 python3 scripts/bench_pipeline_gpu.py --model gnmt4 --out "$out" \
   2>&1 | tail -n 5 | tee "$out/bench_pipeline_gpu.txt"
+timeout 120 python3 scripts/bench_decode_gpu.py --out "$out/bench_decode.json" \
+  2>&1 | tail -n 3 | tee "$out/bench_decode.txt"

@@ -1,0 +1,138 @@
+"""Beam-search speed of one batch on a device (issue 13's GPU goal): sentences/s and target
+tokens/s of beam 5 over a batch of 128 sentences, for gnmt_small and gnmt4.
+
+    python scripts/bench_decode_gpu.py --out docs/gpu/bench_decode.json        # on a GPU
+    python scripts/bench_decode_gpu.py --device cpu --dtype fp32 --size 16,2,2 --sentences 4
+
+Each model has random weights (seeded; its sizes from ``--model`` or ``--size H,ENC,DEC``, an
+8,000-piece vocabulary) and decodes ``--sentences`` random sources of ``--src-len`` tokens with
+the beam search of ``nmt-translate`` (``nmt/search.py``; no pruning, length penalty 0.6, no
+coverage penalty, max length 1.5 x source + 10). An untrained model seldom emits eos, so most
+hypotheses run to the max length: per sentence this is the slowest case, and the tokens/s count
+the tokens of every sentence's best hypothesis (eos included) as generated. One warm-up batch,
+then ``--repeats`` batches, the median (the device synchronised around each). NVIDIA's GNMT v2
+anchor (28.2k target tok/s, beam 5, one A100) is on real data with a trained model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from data.atomic import atomic_write_text  # noqa: E402
+from nmt.model import build_model  # noqa: E402
+from nmt.search import beam_search  # noqa: E402
+
+MODELS = {"gnmt_small": (256, 4, 4), "gnmt4": (1024, 4, 4), "gnmt8": (1024, 8, 8)}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+VOCAB, PAD, BOS, EOS = 8000, 0, 2, 3
+
+
+def sources(batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``src[length, batch]`` of random pieces (ids 4..V-1) ending in eos, ``src_len[batch]``."""
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, VOCAB, (length, batch), generator=g)
+    src[-1] = EOS
+    return src, torch.full((batch,), length)
+
+
+def bench(size: tuple[int, int, int], args: argparse.Namespace, device: torch.device) -> dict:
+    """Median seconds of one batch's beam search and the target tokens it produced."""
+    hidden, enc, dec = size
+    torch.manual_seed(args.seed)
+    model = build_model(VOCAB, hidden, enc, dec, 0.0, True, 0.1, PAD).eval()
+    model = model.to(device=device, dtype=DTYPES[args.dtype])
+    src, src_len = sources(args.sentences, args.src_len, args.seed)
+
+    def run() -> list[list[int]]:
+        hyps = beam_search(model, src, src_len, args.beam, 0.6, 0.0, 1.5, 10, 1, BOS, EOS, PAD)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return [h[0].tokens for h in hyps]
+
+    run()  # warm-up
+    times, tokens = [], 0
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - t)
+        tokens = sum(len(toks) + 1 for toks in out)
+    sec = statistics.median(times)
+    return {
+        "hidden": hidden,
+        "enc_layers": enc,
+        "dec_layers": dec,
+        "params": sum(p.numel() for p in model.parameters()),
+        "seconds": round(sec, 4),
+        "seconds_each": [round(t, 4) for t in times],
+        "sent_per_s": round(args.sentences / sec, 1),
+        "tgt_tokens": tokens,
+        "tgt_tok_per_s": round(tokens / sec, 1),
+        "max_len": int(1.5 * args.src_len + 10),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", choices=sorted(MODELS))
+    ap.add_argument("--size", action="append", default=[], metavar="H,ENC,DEC")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    ap.add_argument("--sentences", type=int, default=128)
+    ap.add_argument("--src-len", type=int, default=30)
+    ap.add_argument("--beam", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"bench_decode_gpu: --device {args.device}: no CUDA device here", file=sys.stderr)
+        raise SystemExit(2)
+    if args.repeats < 1 or args.sentences < 1 or args.src_len < 2:
+        ap.error("need --repeats >= 1, --sentences >= 1, --src-len >= 2")
+    try:
+        sizes = {s: tuple(int(x) for x in s.split(",")) for s in args.size}
+    except ValueError:
+        ap.error(f"--size takes H,ENC,DEC (three integers), got {args.size}")
+    if any(len(v) != 3 for v in sizes.values()):
+        ap.error(f"--size takes H,ENC,DEC (three integers), got {args.size}")
+    names = args.model or ([] if sizes else ["gnmt_small", "gnmt4"])
+    runs = {**{n: MODELS[n] for n in names}, **sizes}
+    results = []
+    for name, size in runs.items():
+        r = {"model": name, **bench(size, args, device)}  # type: ignore[arg-type]
+        print(f"{name}: {r['sent_per_s']} sent/s, {r['tgt_tok_per_s']} target tok/s", flush=True)
+        results.append(r)
+    doc = {
+        "bench": "decode_gpu",
+        "command": " ".join(["python", "scripts/bench_decode_gpu.py", *sys.argv[1:]]),
+        "beam": args.beam,
+        "sentences": args.sentences,
+        "src_len": args.src_len,
+        "dtype": args.dtype,
+        "results": results,
+        "machine": {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+    }
+    print(json.dumps(doc))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
