@@ -6,6 +6,7 @@ Readers never see a half-written file: either the old content or the complete ne
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -84,6 +85,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
     """Atomically replace ``path`` with ``text`` (written verbatim, no newline translation)."""
     with atomic_open(path, "w", encoding=encoding) as fh:
         fh.write(text)
+
+
+def write_json_result(path: str | os.PathLike[str], doc: object) -> None:
+    """A result file: ``doc`` as indented JSON with a final newline, written atomically to
+    ``path`` (its folder created)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from data.atomic import atomic_write_text  # noqa: E402
+from data.atomic import write_json_result  # noqa: E402
 from nmt.model import build_model  # noqa: E402
 from nmt.search import beam_search  # noqa: E402
 
@@ -130,8 +130,7 @@ def main() -> None:
     }
     print(json.dumps(doc))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
+        write_json_result(args.out, doc)
 
 
 if __name__ == "__main__":

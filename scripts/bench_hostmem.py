@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "results" / "hostmem.json"
-from data.atomic import atomic_write_text  # noqa: E402
+from data.atomic import write_json_result  # noqa: E402
 from nmt.inference import cpu_has_bf16  # noqa: E402
 
 MODES = {"system": {"PIPENMT_MALLOC": "system"}, "tuned": {}}
@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         == 1,
         "rounds": res,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
+    write_json_result(args.out, doc)
     keys = ("summary", "train_speedup", "translate_speedup", "same_loss", "same_translations")
     print(json.dumps({k: doc[k] for k in keys}, indent=1))
     return 0

@@ -28,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.atomic import atomic_write_text  # noqa: E402
+from data.atomic import write_json_result  # noqa: E402
 from nmt import hostmem  # noqa: E402
 from nmt.loss import label_smoothed_nll  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
@@ -179,8 +179,7 @@ def main() -> None:
            "machine": machine}  # fmt: skip
     print(json.dumps(doc))
     if args.out != "-":
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
+        write_json_result(args.out, doc)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.atomic import atomic_write_text  # noqa: E402
+from data.atomic import atomic_write_text, write_json_result  # noqa: E402
 from nmt import hostmem  # noqa: E402
 from nmt.checkpoint import load  # noqa: E402
 from nmt.config import DecodeConfig, dict_to_config  # noqa: E402
@@ -265,8 +265,7 @@ def main() -> None:
     }
     print(json.dumps(doc))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
+        write_json_result(args.out, doc)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.atomic import atomic_write_text  # noqa: E402
+from data.atomic import write_json_result  # noqa: E402
 from nmt.config import compose_config  # noqa: E402
 from nmt.evaluate import eval_cli  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
@@ -163,8 +163,7 @@ def main() -> None:
             "torch": torch.__version__,
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(doc, indent=1) + "\n")
+    write_json_result(args.out, doc)
     plot(doc, args.out.with_suffix(".png"))
     print(json.dumps({"dev_bleu": dev, "zero_shot_vs_pivot": zs}))
 

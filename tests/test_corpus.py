@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data.atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from data.atomic import atomic_open, atomic_write_bytes, atomic_write_text, write_json_result
 from data.corpus import load_hub, load_split, load_split_counted, load_text_pair
 from data.errors import DataError
 from data.filtering import FilterStats, filter_pairs
@@ -42,6 +42,14 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     atomic_write_bytes(tmp_path / "b.bin", b"\x00\xff")
     assert (tmp_path / "b.bin").read_bytes() == b"\x00\xff"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin", "out.txt"]
+
+
+def test_result_json_creates_its_folder(tmp_path: Path) -> None:
+    target = tmp_path / "docs" / "results" / "r.json"
+    write_json_result(target, {"bleu": 31.12, "rows": [1, 2]})
+    text = target.read_text()
+    assert json.loads(text) == {"bleu": 31.12, "rows": [1, 2]} and text.endswith("}\n")
+    assert [p.name for p in target.parent.iterdir()] == ["r.json"]
 
 
 def test_atomic_open_exception_keeps_old_content(tmp_path: Path) -> None:
