@@ -56,6 +56,14 @@ def split_paths(dcfg: Any) -> dict[str, str]:
     raise UserError(f"data.source={dcfg.source!r} has no files (known: debian, files, hub)")
 
 
+def checkpoint_split(ckpt: dict[str, Any], split: str) -> list[Pair]:
+    """The (source, target) pairs of ``split`` of the data a checkpoint was trained on (its
+    saved ``config.data``)."""
+    from nmt.config import dict_to_config
+
+    return load_text(dict_to_config(ckpt["config"]["data"]), (split,))[split]
+
+
 def load_text(
     dcfg: Any, splits: tuple[str, ...] = ("train", "dev", "test")
 ) -> dict[str, list[Pair]]:

@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data.atomic import write_json_result  # noqa: E402
+from nmt.inference import DTYPES  # noqa: E402
 from nmt.model import build_model  # noqa: E402
 from nmt.search import beam_search  # noqa: E402
+from scripts.bench_train import MODELS  # noqa: E402
 
-MODELS = {"gnmt_small": (256, 4, 4), "gnmt4": (1024, 4, 4), "gnmt8": (1024, 8, 8)}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 VOCAB, PAD, BOS, EOS = 8000, 0, 2, 3
 
 

@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data.atomic import atomic_write_text, write_json_result  # noqa: E402
 from nmt import hostmem  # noqa: E402
 from nmt.checkpoint import load  # noqa: E402
-from nmt.config import DecodeConfig, dict_to_config  # noqa: E402
-from nmt.corpus import load_text  # noqa: E402
+from nmt.config import DecodeConfig  # noqa: E402
+from nmt.corpus import checkpoint_split  # noqa: E402
 from nmt.inference import load_for_inference  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
 from nmt.shipped import resolve_checkpoint, tuned_decode  # noqa: E402
@@ -200,8 +200,7 @@ def main() -> None:
     Decode.alpha = float(tuned.get("alpha", DecodeConfig.alpha))
     Decode.beta = float(tuned.get("beta", DecodeConfig.beta))
     ckpt = load(path)
-    dcfg = dict_to_config(ckpt["config"]["data"])
-    pairs = load_text(dcfg, (args.split,))[args.split][: args.limit or None]
+    pairs = checkpoint_split(ckpt, args.split)[: args.limit or None]
     src, refs = [s for s, _ in pairs], [t for _, t in pairs]
     has_shortlist = "shortlist" in ckpt
     del ckpt

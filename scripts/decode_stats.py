@@ -32,8 +32,8 @@ from data.atomic import atomic_write_text  # noqa: E402
 from data.batching import inference_batches  # noqa: E402
 from nmt import hostmem  # noqa: E402
 from nmt.checkpoint import load  # noqa: E402
-from nmt.config import DecodeConfig, dict_to_config  # noqa: E402
-from nmt.corpus import load_text  # noqa: E402
+from nmt.config import DecodeConfig  # noqa: E402
+from nmt.corpus import checkpoint_split  # noqa: E402
 from nmt.inference import load_for_inference  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
 from nmt.shipped import resolve_checkpoint, tuned_decode  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
     Decode.alpha = float(tuned.get("alpha", Decode.alpha))
     Decode.beta = float(tuned.get("beta", Decode.beta))
     ckpt = load(path)
-    pairs = load_text(dict_to_config(ckpt["config"]["data"]), (args.split,))[args.split]
+    pairs = checkpoint_split(ckpt, args.split)
     model, tok = load_for_inference(args.checkpoint, "none", "cpu", torch.float32)
     src_ids = tok.encode([s for s, _ in pairs])
     ref_lens = [len(x) for x in tok.encode([t for _, t in pairs])]

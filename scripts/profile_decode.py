@@ -19,8 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nmt.checkpoint import load  # noqa: E402
-from nmt.config import dict_to_config  # noqa: E402
-from nmt.corpus import load_text  # noqa: E402
+from nmt.corpus import checkpoint_split  # noqa: E402
 from nmt.inference import load_for_inference  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
 from nmt.shipped import resolve_checkpoint  # noqa: E402
@@ -40,8 +39,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path, _ = resolve_checkpoint(args.checkpoint)
-    data = dict_to_config(load(path)["config"]["data"])
-    src = [s for s, _ in load_text(data, ("test",))["test"][: args.sentences]]
+    src = [s for s, _ in checkpoint_split(load(path), "test")[: args.sentences]]
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     quantize = "int8" if args.dtype == "int8" else "none"
     model, tok = load_for_inference(args.checkpoint, quantize, "cpu", dtype)

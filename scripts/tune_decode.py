@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nmt.checkpoint import load, require_single_device  # noqa: E402
-from nmt.config import DecodeConfig, dict_to_config  # noqa: E402
-from nmt.corpus import load_text  # noqa: E402
+from nmt.config import DecodeConfig  # noqa: E402
+from nmt.corpus import checkpoint_split  # noqa: E402
 from nmt.inference import inference_setup, model_from_checkpoint  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
 from nmt.shipped import resolve_checkpoint  # noqa: E402
@@ -67,7 +67,7 @@ def tune(
     model, tok = model_from_checkpoint(ckpt, str(path), quantize, device, dtype)
     decoding = {"device": device, "dtype": str(dtype).removeprefix("torch."), "quantize": quantize,
                 "prune_relative": setup.prune_relative}  # fmt: skip
-    pairs = load_text(dict_to_config(ckpt["config"]["data"]), ("dev",))["dev"][:sentences]
+    pairs = checkpoint_split(ckpt, "dev")[:sentences]
     srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
     rows = []
     for alpha in alphas:
