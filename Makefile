@@ -28,7 +28,7 @@ VENV_PY :=
 endif
 PIP := $(PY) -m pip
 
-.PHONY: install test test-slow demo lint bench
+.PHONY: install test test-avx2 test-slow demo lint bench
 
 # torch first: on machines that carry the torch 2.13.0 CPU wheel (pip is pointed at it),
 # `pip install torch==2.13.0` takes it; elsewhere the package's own `torch` requirement applies.
@@ -40,6 +40,16 @@ install: $(VENV_PY)
 test: install
 	$(PY) -m pytest -q
 
+# The AVX2 class of CPU (no AVX-512, VNNI or AMX: most laptops, AMD before Zen 4) forced on any
+# x86-64 CPU, for the tests whose kernels differ by class: precision and its calibration, bf16,
+# int8, training and decoding.
+AVX2_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+KERNEL_TESTS := tests/test_calibrate.py tests/test_train_trust.py tests/test_train.py \
+	tests/test_model.py tests/test_fast_paths.py tests/test_search.py tests/test_pruning.py \
+	tests/test_pruned_eos.py tests/test_translate_eval.py tests/test_shipped_model.py
+test-avx2: install
+	$(AVX2_ENV) $(PY) -m pytest -q $(KERNEL_TESTS)
+
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
@@ -50,11 +60,11 @@ lint: install
 # translate the test split with beam 5 and print BLEU and chrF; then score the shipped model
 # (models/$(SHIPPED)) on the same split and print both results, one line each.
 SHIPPED_REPORT := outputs/eval/$(SHIPPED).test.beam5.hyp.eval.json
-# bf16 autocast where the CPU computes bf16 natively (AVX512-BF16, AMX): ~15% more steps in the
-# budget, same loss per step (BENCHMARKS.md); fp32 elsewhere, where emulated bf16 is slow.
-DEMO_PRECISION ?= $(shell grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)
+# train.precision and the decoding arithmetic are auto: measured on this machine at the first
+# run (bf16 autocast where it trains faster, int8 or bf16 decoding where they decode faster,
+# fp32 otherwise; nmt/calibrate.py), cached in ~/.cache/pipenmt/calibration.json.
 demo: install
-	$(BIN)nmt-train model=gnmt_demo train=demo train.precision=$(DEMO_PRECISION) data.batch_tokens=2048 data.max_dev_sentences=300 hydra.run.dir=$(DEMO_DIR)
+	$(BIN)nmt-train model=gnmt_demo train=demo data.batch_tokens=2048 data.max_dev_sentences=300 hydra.run.dir=$(DEMO_DIR)
 	$(BIN)nmt-eval checkpoint=$(DEMO_DIR)/checkpoints/best.pt split=test decode=beam5
 	@rm -f $(SHIPPED_REPORT)
 	@if [ -f models/$(SHIPPED)/model.pt ]; then \

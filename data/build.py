@@ -3,7 +3,8 @@
 ``debian_de_en`` (shipped under ``data/corpus/``): DDTP package descriptions + LibreOffice help.
 ``debian_de_en_full``: the same plus gettext catalogs of the packages in ``GETTEXT_PACKAGES``.
 Splits hold out whole groups (package / help page / catalog): ``crc32(group) % 25 == 0`` is
-test, ``== 1`` is dev; dev/test pairs whose English side also occurs in train are dropped.
+test, ``== 1`` is dev; dev/test pairs whose English or German side occurs on the same side in
+train under ``dedup_key.dedup_key`` (NFKC, casefold, digits, punctuation) are dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from data.atomic import atomic_write_bytes, atomic_write_text
 from data.debian import FetchedFile, download_package, extract, update_indexes
+from data.dedup_key import RULE, seen, side_keys
 from data.errors import DataError
 from data.sources import ddtp, gettext_mo, lohelp
 from data.sources.text import clean_pairs
@@ -66,15 +68,16 @@ def split_of(group: str) -> str:
 
 
 def assign_splits(sources: dict[str, list[Triple]]) -> tuple[dict[str, list[Triple]], Counter[str]]:
-    """Split every source by group; drop dev/test pairs whose English occurs in train."""
+    """Split every source by group; drop dev/test pairs whose English key or German key
+    (``dedup_key``) occurs on the same side in train."""
     by_split: dict[str, list[Triple]] = {s: [] for s in SPLITS}
     counts: Counter[str] = Counter()
     for source, triples in sources.items():
         for group, en, de in triples:
             by_split[split_of(group)].append((source, en, de))
-    train_en = {en for _, en, _ in by_split["train"]}
+    keys = [side_keys(t[i] for t in by_split["train"]) for i in (1, 2)]
     for split in ("dev", "test"):
-        kept = [t for t in by_split[split] if t[1] not in train_en]
+        kept = [t for t in by_split[split] if not seen(t[1:], keys)]
         counts[f"{split}_dropped_overlap"] = len(by_split[split]) - len(kept)
         by_split[split] = kept
     return by_split, counts
@@ -148,6 +151,7 @@ def build_corpus(name: str, cache_dir: Path, log: Log = print) -> BuiltCorpus:
         "licences": {k: v for k, v in LICENCES.items() if k in sources},
         "command": f"nmt-prepare data={name}",
         "split_rule": "crc32(group) % 25: 0 -> test, 1 -> dev, else train",
+        "overlap_rule": RULE,
         "counts": counts,
         "dropped_overlap": dict(dropped),
         "files": files,

@@ -7,11 +7,14 @@ Files in ``<cache>/corpora/debian_multi/``: ``debian_multi.<a>-<b>.<split>.tsv.g
 dev/test only; ``debian_multi.provenance.json`` is written last (it marks a complete build).
 
 Splits follow ``build.split_of`` on the same groups (package / help page) for every language,
-so a group is in one split in every language. ``en-xx`` is built exactly like
-``debian_de_en`` (clean, split, drop dev/test pairs whose English occurs in ``en-xx`` train):
-``en-de`` equals that corpus. ``xx-yy`` pairs join an ``en-xx`` and an ``en-yy`` unit with the
-same (group, key, aligned English text) from dev/test groups only, and drop those whose English
-occurs in any ``en-*`` train pair.
+so a group is in one split in every language. ``en-xx`` is built like ``debian_de_en`` (clean,
+split, drop dev/test pairs whose English or xx key, ``dedup_key``, occurs on that side of
+``en-xx`` train), then drops the dev/test pairs whose English key occurs in any other ``en-*``
+train pair: a multilingual model trains on every pair, so a sentence counts as seen in any of
+them (``en-de`` is ``debian_de_en`` less those pairs). ``xx-yy`` pairs join an ``en-xx`` and an
+``en-yy`` unit with the same (group, key, aligned English text) from dev/test groups only, and
+drop those whose English, xx or yy key occurs in that language's text of any ``en-*`` train
+pair.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from data.build import (
     tsv_gz,
 )
 from data.debian import FetchedFile, download_package, extract, update_indexes
+from data.dedup_key import RULE, seen, side_keys
 from data.errors import DataError
 from data.sources import ddtp, lohelp
 from data.sources.text import Unit, clean_pairs
@@ -120,12 +124,34 @@ def pivot_splits(units: SourceUnits) -> tuple[dict[str, list[Row]], dict[str, in
     return by_split, {s: dropped[f"{s}_dropped_overlap"] for s in EVAL_SPLITS}
 
 
+def train_keys(rows: dict[PairKey, dict[str, list[Row]]]) -> dict[str, set[str]]:
+    """Language -> the ``dedup_key`` of its text in every ``en-*`` train pair."""
+    keys: dict[str, set[str]] = {PIVOT: set()}
+    for (a, b), by_split in rows.items():
+        if a == PIVOT:
+            keys[PIVOT] |= side_keys(en for _, en, _ in by_split["train"])
+            keys[b] = side_keys(xx for _, _, xx in by_split["train"])
+    return keys
+
+
+def drop_seen(by_split: dict[str, list[Row]], keys: Sequence[set[str]]) -> dict[str, int]:
+    """Drop (in place) the dev/test rows with a side whose key is in that side's ``keys``;
+    return how many per split."""
+    dropped = {}
+    for split in EVAL_SPLITS:
+        kept = [r for r in by_split[split] if not seen(r[1:], keys)]
+        dropped[split] = len(by_split[split]) - len(kept)
+        by_split[split] = kept
+    return dropped
+
+
 def zero_shot_splits(
-    units_a: SourceUnits, units_b: SourceUnits, train_en: set[str]
+    units_a: SourceUnits, units_b: SourceUnits, keys: Sequence[set[str]]
 ) -> tuple[dict[str, list[Row]], dict[str, int]]:
     """``a-b`` dev/test rows: an ``en-a`` and an ``en-b`` unit of the same source with the same
-    (group, key, English text), from dev/test groups; dropped when that English is in
-    ``train_en``; then cleaned like every pair (per source)."""
+    (group, key, English text), from dev/test groups; dropped when the English, a or b text's
+    key is in ``keys`` (English, a, b: each language's train keys); then cleaned like every
+    pair (per source)."""
     by_split: dict[str, list[Row]] = {s: [] for s in EVAL_SPLITS}
     dropped = dict.fromkeys(EVAL_SPLITS, 0)
     for source, a_units in units_a.items():
@@ -137,7 +163,7 @@ def zero_shot_splits(
             split, xb = split_of(u.group), b_text.get((u.group, u.key, u.en))
             if split == "train" or xb is None:
                 continue
-            if u.en in train_en:
+            if seen((u.en, u.xx, xb), keys):
                 dropped[split] += 1
                 continue
             candidates.append((u.group, u.xx, xb))
@@ -152,9 +178,13 @@ def assemble(units: dict[str, SourceUnits], langs: Sequence[str] = MULTI_LANGS) 
     dropped: dict[str, dict[str, int]] = {}
     for x in langs:
         rows[(PIVOT, x)], dropped[f"{PIVOT}-{x}"] = pivot_splits(units[x])
-    train_en = {en for x in langs for _, en, _ in rows[(PIVOT, x)]["train"]}
+    keys = train_keys(rows)
+    for x in langs:
+        more = drop_seen(rows[(PIVOT, x)], (keys[PIVOT], set()))
+        dropped[f"{PIVOT}-{x}"] = {s: n + more[s] for s, n in dropped[f"{PIVOT}-{x}"].items()}
     for a, b in itertools.combinations(langs, 2):
-        rows[(a, b)], dropped[f"{a}-{b}"] = zero_shot_splits(units[a], units[b], train_en)
+        trio = (keys[PIVOT], keys[a], keys[b])
+        rows[(a, b)], dropped[f"{a}-{b}"] = zero_shot_splits(units[a], units[b], trio)
     return MultiSplits(rows, dropped)
 
 
@@ -229,8 +259,9 @@ def write_multi(
         "name (ddtp) / help page path (lohelp), the same for every language",
         "zero_shot_rule": "xx-yy pairs (dev/test only) join the en-xx and en-yy units with the "
         "same group, key (description md5 / help paragraph id) and aligned English text",
-        "overlap_rule": "en-xx dev/test pairs whose English occurs in en-xx train are dropped; "
-        "xx-yy pairs whose English occurs in any en-* train pair are dropped",
+        "overlap_rule": f"{RULE}; a language's train keys are those of its text in every en-* "
+        "train pair (en-xx: the xx key against en-xx train, the English key against every en-* "
+        "train; xx-yy: the English, xx and yy keys)",
         "counts": counts,
         "dropped_overlap": splits.dropped,
         "files": files,

@@ -102,7 +102,9 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = torch default
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast on GPU only)
+    # auto | fp32 | bf16 | fp16 (GPU only). auto: bf16 autocast on a GPU; on a CPU bf16 where it
+    # trains this model faster than fp32, measured once per machine (nmt/calibrate.py)
+    precision: str = "auto"
     max_steps: int = 0  # 0 = unbounded
     max_epochs: int = 0
     max_minutes: float = 0.0
@@ -140,9 +142,10 @@ class DecodeConfig:
     max_len_b: int = 10
     nbest: int = 1
     batch_tokens: int = 4000
-    # auto (int8 on the CPU unless decode.dtype asks for bf16, none on a GPU) | none | int8
-    # (CPU: linear layers and decoder LSTMs, weights per channel, activations per row, so a
-    # line's output does not depend on its batch; nmt/int8.py, nmt/inference.py)
+    # auto | none | int8 (CPU: linear layers and decoder LSTMs, weights per channel,
+    # activations per row, so a line's output does not depend on its batch; nmt/int8.py).
+    # auto on a CPU: whichever of fp32, int8 and bf16 (where it runs) decodes this model
+    # fastest here, measured once per machine and model shape (nmt/calibrate.py); none on a GPU
     quantize: str = "auto"
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     # search over the model's vocabulary shortlist when it carries one (nmt/shortlist.py); off
@@ -156,8 +159,8 @@ class DecodeConfig:
     prune_absolute: float = 0.0
     # a multilingual model: the language to translate into (its tag <2xx> starts the source)
     target_lang: str = ""
-    # fp32 | bf16 | fp16 (GPU only) | auto (bf16 on a GPU or a CPU with native bf16, else
-    # fp32); the search accumulates scores in fp32
+    # fp32 | bf16 (a CPU without a bf16 LSTM kernel refuses it) | fp16 (GPU only) | auto (bf16
+    # on a GPU; on a CPU calibrated with decode.quantize); the search accumulates in fp32
     dtype: str = "auto"
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import sacrebleu
+from tqdm import tqdm
 
 from data.atomic import atomic_write_text
+from nmt.calibrate import announce
 from nmt.config import DecodeConfig, dict_to_config
 from nmt.errors import UserError
 from nmt.multilingual import is_multilingual
@@ -69,7 +71,7 @@ def score_files(hyp: str, ref: str) -> dict[str, Any]:
 def _load(cfg: Any) -> dict[str, Any]:
     """The checkpoint (path or shipped name), its model and tokenizer on the decode device."""
     from nmt.checkpoint import load, require_single_device
-    from nmt.inference import DTYPE_NAMES, inference_setup, model_from_checkpoint
+    from nmt.inference import load_for_decoding
     from nmt.shipped import eval_stem, resolve_checkpoint
     from nmt.translate import check_decode
 
@@ -80,17 +82,15 @@ def _load(cfg: Any) -> dict[str, Any]:
     if int(cfg.limit) < 0:
         raise UserError(f"limit={cfg.limit}: must be >= 0 (0 = the whole split)")
     check_decode(cfg.decode)
-    device, dtype, quantize = inference_setup(cfg.decode)
     ckpt = require_single_device(load(ckpt_path), str(ckpt_path))
-    model, tok = model_from_checkpoint(ckpt, str(ckpt_path), quantize, device, dtype)
     if not isinstance(ckpt["config"].get("data"), dict):
         raise UserError(f"checkpoint {ckpt_path} does not name its data (no data config)")
+    model, tok, arith = load_for_decoding(str(ckpt_path), cfg.decode, ckpt)
     d = cfg.decode
     default = DecodeConfig()
     tag = f"{split}.beam{d.beam_size}"  # + what differs from the defaults
-    resolved = inference_setup(DecodeConfig(device=str(d.device)))
-    if (device, dtype, quantize) != resolved:  # arithmetic other than the default's
-        tag += ".int8" if quantize == "int8" else "." + DTYPE_NAMES[dtype]
+    if (str(d.quantize), str(d.dtype)) != (default.quantize, default.dtype):
+        tag += f".{arith.name}"  # arithmetic asked for, not the calibrated default
     if int(d.beam_size) > 1:  # pruning changes nothing at beam 1; names say non-defaults
         rel, ab = float(d.prune_relative), float(d.prune_absolute)
         tag += f".rp{rel:g}" if rel != default.prune_relative else ""
@@ -98,10 +98,11 @@ def _load(cfg: Any) -> dict[str, Any]:
     tag += f".lim{int(cfg.limit)}" if int(cfg.limit) else ""
     stem = eval_stem(name) if name else ckpt_path.with_suffix("")
     _make_folder(stem.parent)
+    announce(arith.choice)
     return {
         "model": model, "tok": tok, "data": dict_to_config(ckpt["config"]["data"]),
         "split": split, "stem": stem, "tag": tag,
-        "info": _run_info(cfg, ckpt, ckpt_path, name, device, dtype, quantize),
+        "info": _run_info(cfg, ckpt, ckpt_path, name, arith.record()),
     }  # fmt: skip
 
 
@@ -112,7 +113,9 @@ def _translate_split(cfg: Any, run: dict[str, Any]) -> tuple[str, str]:
 
     split = run["split"]
     pairs = load_text(run["data"], (split,))[split][: int(cfg.limit) or None]
-    hyps = translate_texts(run["model"], run["tok"], [s for s, _ in pairs], cfg.decode)
+    with tqdm(total=len(pairs), unit="sent", file=sys.stderr, disable=None, desc=split) as bar:
+        hyps = translate_texts(run["model"], run["tok"], [s for s, _ in pairs], cfg.decode,
+                               progress=bar)  # fmt: skip
     lim = f".lim{int(cfg.limit)}" if int(cfg.limit) else ""
     hyp_path = Path(f"{run['stem']}.{run['tag']}.hyp")
     ref_path = Path(f"{run['stem']}.{split}{lim}.ref")
@@ -194,9 +197,7 @@ def _run_info(
     ckpt: dict[str, Any],
     path: Path,
     name: str | None,
-    device: str,
-    dtype: Any,
-    quantize: str,
+    arithmetic: dict[str, Any],
 ) -> dict[str, Any]:
     """What ``nmt-eval checkpoint=`` scored: the checkpoint, its step and training time, the
     split and data, the decoding settings (recorded in the JSON report)."""
@@ -227,9 +228,7 @@ def _run_info(
                     "prune_absolute",
                 )  # fmt: skip
             },
-            "quantize": quantize,
-            "device": device,
-            "dtype": str(dtype).removeprefix("torch."),
+            **arithmetic,
             "shortlist": bool(d.shortlist) and "shortlist" in ckpt,
         },
     }

@@ -1,17 +1,22 @@
 """A model ready to translate: loaded from a checkpoint or a shipped model's name, on the
-device and in the dtype that ``decode.device`` / ``decode.dtype`` ask for (impossible
-combinations are one-line errors), optionally int8 (:mod:`nmt.int8`), with its vocabulary shortlist.
+device and in the arithmetic that ``decode.device`` / ``decode.dtype`` / ``decode.quantize`` ask
+for (impossible combinations are one-line errors; ``auto`` is measured on this machine,
+:mod:`nmt.calibrate`): fp32, bf16, fp16 (GPU) or int8 (:mod:`nmt.int8`), with its vocabulary
+shortlist.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from data.tokenizer import PAD_ID, Tokenizer
 from nmt import arch
+from nmt.calibrate import Choice, choose, decoding_workload
+from nmt.capability import bf16_lstm_runs, require_bf16
 from nmt.errors import UserError
 from nmt.seq2seq import ModelSpec, Seq2Seq, quantize_int8
 from nmt.shortlist import Shortlist
@@ -34,49 +39,122 @@ def load_for_inference(
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# the arithmetic a decoder may run: name -> (weights' dtype, quantize)
+ARITHMETIC = {
+    "fp32": (torch.float32, "none"),
+    "int8": (torch.float32, "int8"),
+    "bf16": (torch.bfloat16, "none"),
+    "fp16": (torch.float16, "none"),
+}
 
 
-def cpu_has_bf16() -> bool:
-    """Does this CPU do bf16 arithmetic natively (AVX512-BF16 or AMX)? From /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+@dataclass(frozen=True)
+class Arithmetic:
+    """How a model decodes: ``device`` and one of :data:`ARITHMETIC`; ``choice`` when a
+    calibration picked it (:mod:`nmt.calibrate`)."""
+
+    device: str
+    name: str
+    choice: Choice | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return ARITHMETIC[self.name][0]
+
+    @property
+    def quantize(self) -> str:
+        return ARITHMETIC[self.name][1]
+
+    def record(self) -> dict[str, Any]:
+        """What the eval JSON says: device, dtype, quantize and the calibration, if any."""
+        doc: dict[str, Any] = {
+            "device": self.device,
+            "dtype": DTYPE_NAMES[self.dtype],
+            "quantize": self.quantize,
+        }
+        return doc | ({"calibration": self.choice.record()} if self.choice else {})
 
 
-def inference_setup(dcfg: Any) -> tuple[str, torch.dtype, str]:
-    """(device, dtype, quantize) of ``decode.device`` / ``decode.dtype`` / ``decode.quantize``;
-    impossible ones are one-line errors (a GPU asked for where there is none, fp16 or int8 on
-    the wrong device). ``quantize=auto`` (the default) is int8 on the CPU unless a float dtype
-    other than fp32 is asked for (:mod:`nmt.int8`; docs/results/bench_translate.json), none on
-    a GPU; with int8 ``dtype=auto`` is fp32 (int8 runs in fp32)."""
-    name, dtype = str(getattr(dcfg, "device", "cpu")), str(getattr(dcfg, "dtype", "fp32"))
-    quantize = str(getattr(dcfg, "quantize", "auto"))
-    if quantize not in ("auto", "none", "int8"):
-        raise UserError(f"decode.quantize={quantize!r}: expected auto, none or int8")
+def _device(dcfg: Any) -> str:
+    name = str(getattr(dcfg, "device", "cpu"))
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name != "cpu" and not name.startswith("cuda"):
         raise UserError(f"decode.device={name}: expected auto, cpu, cuda or cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"decode.device={name} but no CUDA device is available")
-    if quantize == "auto":
-        quantize = "int8" if name == "cpu" and dtype in ("auto", "fp32") else "none"
-    if dtype == "auto" and quantize == "int8":
-        dtype = "fp32"
-    if dtype == "auto":  # bf16 where the hardware computes it natively, else fp32
-        dtype = "bf16" if name != "cpu" or cpu_has_bf16() else "fp32"
-    if dtype not in DTYPES:
+    return name
+
+
+def decode_candidates(dcfg: Any) -> tuple[str, list[str]]:
+    """(device, the arithmetic ``decode.quantize`` / ``decode.dtype`` allow, fp32 first).
+
+    One name when the settings fix it; on a CPU ``auto`` leaves fp32, int8 and (where this
+    torch runs a bf16 LSTM) bf16 to a calibration. On a GPU ``auto`` is bf16, never int8.
+    Impossible combinations are one-line errors (a GPU that is not there, fp16 or int8 on the
+    wrong device, bf16 on a CPU without a bf16 LSTM kernel)."""
+    device, dtype = _device(dcfg), str(getattr(dcfg, "dtype", "auto"))
+    quantize = str(getattr(dcfg, "quantize", "auto"))
+    if quantize not in ("auto", "none", "int8"):
+        raise UserError(f"decode.quantize={quantize!r}: expected auto, none or int8")
+    if dtype != "auto" and dtype not in DTYPES:
         raise UserError(f"decode.dtype={dtype}: expected auto, {', '.join(DTYPES)}")
-    if dtype == "fp16" and name == "cpu":
+    if device != "cpu":
+        if quantize == "int8":
+            raise UserError(f"decode.quantize=int8 runs on the CPU, not decode.device={device}")
+        return device, ["bf16" if dtype == "auto" else dtype]
+    if dtype == "fp16":
         raise UserError("decode.dtype=fp16 needs a CUDA device; on CPU use bf16 or fp32")
-    if quantize == "int8" and (name != "cpu" or dtype != "fp32"):
-        raise UserError(
-            f"decode.quantize=int8 runs on the CPU in fp32, not decode.device={name} "
-            f"decode.dtype={dtype}"
-        )
-    return name, DTYPES[dtype], quantize
+    if quantize == "int8" and dtype not in ("auto", "fp32"):
+        raise UserError(f"decode.quantize=int8 runs in fp32, not decode.dtype={dtype}")
+    if dtype == "bf16":
+        require_bf16("decode.dtype")
+        return device, ["bf16"]
+    names = {"int8": ["int8"], "none": ["fp32"], "auto": ["fp32", "int8"]}[quantize]
+    if dtype == "auto" and quantize != "int8" and bf16_lstm_runs():
+        names.append("bf16")
+    return device, names
+
+
+def _as(model: Seq2Seq, name: str, device: str, copy_first: bool) -> Seq2Seq:
+    """``model`` (fp32, eval) in arithmetic ``name`` on ``device``."""
+    dtype, quantize = ARITHMETIC[name]
+    if quantize == "int8":
+        return quantize_int8(model)  # a copy
+    base = copy.deepcopy(model) if copy_first else model
+    return base.to(device=device, dtype=dtype)
+
+
+def choose_arithmetic(
+    model: Seq2Seq, dcfg: Any, shape: dict[str, Any]
+) -> tuple[Seq2Seq, Arithmetic]:
+    """``model`` (fp32, eval, on the CPU) in the arithmetic ``dcfg`` asks for; where several
+    are allowed, the fastest on this machine (:func:`nmt.calibrate.choose`)."""
+    device, names = decode_candidates(dcfg)
+    choice = None
+    if len(names) > 1:
+        workloads = {n: (lambda n=n: decoding_workload(_as(model, n, device, True))) for n in names}
+        choice = choose("decode", shape, workloads)
+        names = [choice.name]
+    return _as(model, names[0], device, False), Arithmetic(device, names[0], choice)
+
+
+def load_for_decoding(
+    checkpoint: str, dcfg: Any, ckpt: dict[str, Any] | None = None
+) -> tuple[Seq2Seq, Tokenizer, Arithmetic]:
+    """Model (eval mode) and tokenizer of a checkpoint path or shipped model's name (or of the
+    already loaded ``ckpt``), in the arithmetic of ``dcfg`` (:func:`choose_arithmetic`)."""
+    from nmt.checkpoint import load, require_single_device
+    from nmt.shipped import resolve_checkpoint
+
+    decode_candidates(dcfg)  # bad settings fail before the checkpoint loads
+    if ckpt is None:
+        path, _ = resolve_checkpoint(checkpoint)
+        ckpt = require_single_device(load(path), checkpoint)
+    model, tok = model_from_checkpoint(ckpt, checkpoint)
+    shape = {"model": ckpt["config"]["model"], "vocab": tok.vocab_size}
+    model, arith = choose_arithmetic(model, dcfg, shape)
+    return model, tok, arith
 
 
 def check_quantize(quantize: str) -> None:

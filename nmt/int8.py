@@ -8,10 +8,16 @@ and activations per row at run time; the int8 product accumulates exactly in int
 the rounding error is smaller than with one scale per tensor.
 
 ``y[N,out] = (int8(x)[N,in] @ int8(W)^T[in,out]) * s_x[N,1] * s_w[1,out] + b``,
-``s_x = max|x_row| / 127``, ``s_w = max|W_col| / 127``.
+``s_x = max|x_row| / 127``, ``s_w = max|W_col| / L``, with ``L`` = :func:`weight_levels`:
+127 where ``torch._int_mm`` is exact over the whole int8 range, 63 where it is not. Without
+VNNI (the AVX2 class), oneDNN's kernel adds pairs of u8 x s8 products in int16 with
+saturation (the s8 activations shifted to u8 by +128), so full-range weights give wrong sums;
+with |w| <= 63 a pair is at most 2 * 255 * 63 = 32,130 and every product is exact again.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor, nn
@@ -35,10 +41,22 @@ def int8_matmul(x: Tensor, w_t: Tensor, w_scale: Tensor, bias: Tensor | None = N
     return y.mul_(w_scale) if bias is None else torch.addcmul(bias, y, w_scale)
 
 
-def _quantize_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """``weight[M,K]`` float -> (``w_t[K,M]`` int8, contiguous; ``scale[M]``)."""
-    wq, scale = quantize_rows(weight.detach().to(torch.float32))
-    return wq.t().contiguous(), scale.squeeze(1)
+@functools.cache
+def weight_levels() -> int:
+    """The largest |int8 weight| for which ``torch._int_mm`` is exact here: 127, or 63 where a
+    worst case (every activation 127, every weight 127) comes out wrong. Probed once."""
+    a = torch.full((32, 64), 127, dtype=torch.int8)
+    b = torch.full((64, 32), 127, dtype=torch.int8)
+    exact = torch.full((32, 32), 64 * 127 * 127, dtype=torch.int32)
+    return 127 if torch.equal(torch._int_mm(a, b), exact) else 63
+
+
+def _quantize_weight(weight: Tensor, levels: int) -> tuple[Tensor, Tensor]:
+    """``weight[M,K]`` float -> (``w_t[K,M]`` int8 in [-levels, levels], contiguous;
+    ``scale[M]``)."""
+    w = weight.detach().to(torch.float32)
+    scale = w.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / float(levels)
+    return torch.round(w / scale).to(torch.int8).t().contiguous(), scale.squeeze(1)
 
 
 class Int8Linear(nn.Module):
@@ -48,10 +66,10 @@ class Int8Linear(nn.Module):
     w_scale: Tensor  # [out]
     bias: Tensor | None  # [out]
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, levels: int = 127) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        w_t, scale = _quantize_weight(linear.weight)
+        w_t, scale = _quantize_weight(linear.weight, levels)
         self.register_buffer("w_t", w_t)
         self.register_buffer("w_scale", scale)
         bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).clone()
@@ -82,13 +100,13 @@ class Int8LSTM(nn.Module):
     w_scale: Tensor  # [4H]
     bias: Tensor  # [4H], b_ih + b_hh
 
-    def __init__(self, lstm: nn.LSTM) -> None:
+    def __init__(self, lstm: nn.LSTM, levels: int = 127) -> None:
         super().__init__()
         if lstm.num_layers != 1 or lstm.bidirectional or not lstm.bias or lstm.proj_size:
             raise ValueError("Int8LSTM needs a single-layer unidirectional LSTM with biases")
         self.input_size, self.hidden_size = lstm.input_size, lstm.hidden_size
         w_ih, w_hh, b_ih, b_hh = (t.detach() for t in lstm.all_weights[0])
-        w_t, scale = _quantize_weight(torch.cat((w_ih, w_hh), dim=1))  # [in+H, 4H]
+        w_t, scale = _quantize_weight(torch.cat((w_ih, w_hh), dim=1), levels)  # [in+H, 4H]
         self.register_buffer("w_t", w_t)
         self.register_buffer("w_scale", scale)
         self.register_buffer("bias", (b_ih + b_hh).to(torch.float32))
@@ -117,14 +135,15 @@ class Int8LSTM(nn.Module):
         return out, (h.unsqueeze(0), c.unsqueeze(0))
 
 
-def quantize_modules(root: nn.Module) -> None:
+def quantize_modules(root: nn.Module, levels: int | None = None) -> None:
     """Replace in place every ``nn.Linear`` under ``root`` by :class:`Int8Linear`, and every
     unidirectional ``nn.LSTM`` whose owner has a ``step`` method (a decoder stage: it runs once
     per output token and beam) by :class:`Int8LSTM`. Encoder LSTMs stay float: they run once
     per sentence, on the fused kernel."""
+    levels = weight_levels() if levels is None else levels
     for owner in list(root.modules()):
         for name, child in list(owner.named_children()):
             if type(child) is nn.Linear:
-                setattr(owner, name, Int8Linear(child))
+                setattr(owner, name, Int8Linear(child, levels))
             elif type(child) is nn.LSTM and not child.bidirectional and hasattr(owner, "step"):
-                setattr(owner, name, Int8LSTM(child))
+                setattr(owner, name, Int8LSTM(child, levels))

@@ -22,12 +22,13 @@ no continuation. Finished sentences are dropped from the batch. pad and bos are 
 generated.
 
 Beam pruning (Freitag & Al-Onaizan 2017, "Beam Search Strategies for Neural Machine
-Translation"): a candidate whose log P is below ``log P(best) + log(rp)`` (relative threshold)
-or ``log P(best) - ap`` (absolute threshold), where best is the sentence's best candidate of
-this step, neither finishes (eos) nor continues, except that the best ``nbest - finished``
-continuations always go on and every hypothesis finishes at the max length (so ``nbest``
-hypotheses still come back). With rp = 1 only the best
-candidate survives: greedy decoding. A sentence then keeps 1..K hypothesis rows; rows are
+Translation"): a continuation whose log P is below ``log P(best) + log(rp)`` (relative
+threshold) or ``log P(best) - ap`` (absolute threshold), where best is the sentence's best
+candidate of this step, does not go on, except that the best ``nbest - finished``
+continuations always do (so ``nbest`` hypotheses still come back). Eos candidates among the
+first K finish whatever their log P: a finished hypothesis costs no further step, and a
+pruned eos would let a looping hypothesis run to the max length. With rp = 1 only the best
+continuation goes on. A sentence then keeps 1..K hypothesis rows; rows are
 grouped by sentence and the memory is laid out per row when the counts differ
 (``Memory.for_rows``). With
 pruning off every sentence keeps K rows (step 0: one row, the K beams would be identical).
@@ -243,8 +244,9 @@ def _search(
         is_eos = tok == eos_id
         floor = prune.floor(top_s[:, 0]).unsqueeze(1)  # [ba, 1]: pruned below
 
+        # an eos candidate among the first k finishes whatever the pruning floor: finishing
+        # costs no further step, and dropping it lets a looping hypothesis run to the cap
         fin = is_eos[:, :k] & (top_s[:, :k] > float("-inf"))
-        fin &= (top_s[:, :k] >= floor) | force.unsqueeze(1)  # at the last step, all finish
         if bool(fin.any()):
             _finalize(
                 fin, top_s, parent, step, alpha, beta, cov, real, hist, sent_ids,

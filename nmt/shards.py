@@ -77,7 +77,8 @@ def incomplete_sets(folder: Path, world: int) -> list[str]:
 
 def prune(folder: Path, keep_last: int) -> None:
     """Keep the manifest's set and the ``keep_last - 1`` complete sets before it; delete
-    older sets and any set newer than the manifest (rank 0, after the manifest is written)."""
+    older sets, any set newer than the manifest and the temp files of shard writes that a kill
+    interrupted, up to the manifest's step (rank 0, after the manifest is written)."""
     doc = read_manifest(folder)
     if doc is None:
         return
@@ -88,3 +89,7 @@ def prune(folder: Path, keep_last: int) -> None:
         if step not in keep:
             for path in files:
                 path.unlink(missing_ok=True)
+    for temp in folder.glob(".step_*.pt.*.tmp"):  # a write killed mid-way, at or before done
+        found = re.match(r"\.step_(\d+)\.", temp.name)
+        if found and int(found.group(1)) <= done:
+            temp.unlink(missing_ok=True)

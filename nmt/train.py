@@ -16,13 +16,14 @@ from typing import Any
 import torch
 
 from nmt import checkpoint as ckpt_io
+from nmt.calibrate import announce
 from nmt.corpus import prepare_corpus
 from nmt.loop import make_run_dir, resume_path, run_loop
 from nmt.lr import schedule_from_config
 from nmt.metrics import MetricsLog
 from nmt.pipeline_config import apply_plan
 from nmt.train_pipeline import train_pipelined
-from nmt.trainer import Trainer, seed_everything
+from nmt.trainer import Trainer, autocast_dtype, pick_device, resolve_precision, seed_everything
 
 log = logging.getLogger("nmt.train")
 
@@ -31,6 +32,7 @@ def train(cfg: Any) -> dict[str, Any]:
     """Train per ``cfg`` (a Hydra DictConfig or an equivalent object); returns final metrics."""
     schedule_from_config(cfg.train, 0)  # bad schedule settings fail before data preparation
     apply_plan(cfg)  # parallel=auto: the ranks come from the plan
+    autocast_dtype(str(cfg.train.precision), pick_device(str(cfg.train.device)))  # fail fast
     if int(cfg.parallel.pp) * int(cfg.parallel.dp) > 1:
         return train_pipelined(cfg)
     tc = cfg.train
@@ -39,7 +41,10 @@ def train(cfg: Any) -> dict[str, Any]:
     if int(tc.threads):
         torch.set_num_threads(int(tc.threads))
     corpus = prepare_corpus(cfg.data, int(tc.seed))
-    seed_everything(int(tc.seed))  # model init independent of what data prep consumed
+    choice = resolve_precision(cfg)  # train.precision=auto on a CPU: measured here
+    if choice is not None:
+        cfg.train.precision = choice.name
+    seed_everything(int(tc.seed))  # model init independent of data prep and calibration
     t = Trainer(cfg, corpus, out_dir)
     if ckpt_io.remove_stale_temp(t.ckpt_dir):  # left by a run killed while saving
         log.info("removed unfinished checkpoint temp files in %s", t.ckpt_dir)
@@ -48,4 +53,7 @@ def train(cfg: Any) -> dict[str, Any]:
         t.resume(start_from)
         print(f"resumed from {start_from} at step {t.step}", file=sys.stderr)
     metrics = MetricsLog(out_dir, t.step if start_from is not None else None)
+    if choice is not None:  # train.precision=auto: what was chosen, and why
+        announce(choice)
+        metrics.write({"step": t.step, "precision": choice.name, "calibration": choice.record()})
     return run_loop(t, metrics)

@@ -26,6 +26,7 @@ from data.batching import Batch, Batcher
 from data.tokenizer import PAD_ID
 from nmt import arch, hostmem, shards
 from nmt import checkpoint as ckpt_io
+from nmt.calibrate import announce
 from nmt.config import config_to_dict, dict_to_config
 from nmt.corpus import Corpus, prepare_corpus
 from nmt.errors import UserError
@@ -37,6 +38,7 @@ from nmt.seq2seq import ModelSpec, Seq2Seq
 from nmt.trainer import (
     Trainer,
     poison_if_injected,
+    resolve_precision,
     seed_everything,
 )
 from nmt.validate import dev_bleu_report
@@ -357,6 +359,10 @@ def train_pipelined(cfg: Any) -> dict[str, Any]:
     out_dir = Path(str(cfg.train.out_dir or "runs/latest")).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     prepare_corpus(cfg.data, int(cfg.train.seed))  # trains/caches the tokenizer once
+    choice = resolve_precision(cfg)  # train.precision=auto on a CPU: every rank takes it
+    if choice is not None:
+        cfg.train.precision = choice.name
+        announce(choice)
     cfg_dict = config_to_dict(cfg)
     cfg_dict["train"]["out_dir"] = str(out_dir)
     nproc = int(cfg.parallel.pp) * int(cfg.parallel.dp)

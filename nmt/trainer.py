@@ -10,6 +10,7 @@ import math
 import os
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from data.batching import Batch, Batcher
 from data.tokenizer import EOS_ID, PAD_ID
 from nmt import arch
 from nmt import checkpoint as ckpt_io
+from nmt.calibrate import Choice, choose, training_workload
+from nmt.capability import bf16_lstm_runs, require_bf16
 from nmt.config import config_to_dict
 from nmt.corpus import Corpus
 from nmt.errors import UserError
@@ -47,15 +50,45 @@ def pick_device(name: str) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``train.precision``: ``auto`` = bf16 on GPU, fp32 on CPU; ``bf16``
-    also on CPU (torch's CPU autocast); ``fp16`` (with a loss scaler) on GPU only."""
+    """The autocast dtype of ``train.precision``: ``auto`` = bf16 on GPU, fp32 on CPU (where
+    :func:`resolve_precision` has not measured it); ``bf16`` also on CPU (torch's CPU autocast,
+    where this CPU has a bf16 LSTM kernel); ``fp16`` (with a loss scaler) on GPU only."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UserError(f"train.precision={precision!r}: expected auto, fp32, bf16 or fp16")
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "fp16" and device.type != "cuda":
         raise UserError("train.precision=fp16 needs a CUDA device; on CPU use bf16 or fp32")
+    if precision == "bf16":
+        require_bf16("train.precision", device.type)
     return torch.float16 if precision == "fp16" else torch.bfloat16
+
+
+def resolve_precision(cfg: Any) -> Choice | None:
+    """``train.precision=auto`` on a CPU: fp32 or bf16 autocast, whichever trains this model's
+    batches faster here (:func:`nmt.calibrate.choose`; bf16 only where it runs at all). None
+    when nothing is left to measure (an explicit precision, a GPU)."""
+    tc = cfg.train
+    device = pick_device(str(tc.device))
+    autocast_dtype(str(tc.precision), device)  # bad values fail here
+    if str(tc.precision) != "auto" or device.type != "cpu":
+        return None
+    if not bf16_lstm_runs(device.type):
+        return Choice("train", "fp32", key="no bf16 LSTM")
+    names = ["fp32", "bf16"]
+    if int(tc.threads):
+        torch.set_num_threads(int(tc.threads))
+    vocab, tokens = int(cfg.data.vocab_size), int(cfg.data.batch_tokens)
+    amp = {"fp32": None, "bf16": torch.bfloat16}
+    shape = {"model": config_to_dict(cfg)["model"], "vocab": vocab, "batch_tokens": tokens}
+    models: list[Seq2Seq] = []  # built once, and only when the cache cannot answer
+
+    def workload(name: str) -> Callable[[], object]:
+        if not models:
+            models.append(build_from_config(cfg.model, vocab))
+        return training_workload(models[0], amp[name], tokens)
+
+    return choose("train", shape, {n: (lambda n=n: workload(n)) for n in names})
 
 
 def check_accumulate(tc: Any) -> int:

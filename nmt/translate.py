@@ -9,27 +9,32 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import IO, Any
 
 import torch
 from tqdm import tqdm
 
-from data.atomic import atomic_open
 from data.batching import inference_batches
 from data.errors import DataError
 from data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from nmt import hostmem
+from nmt.calibrate import announce
 from nmt.errors import UserError
-from nmt.inference import DTYPES, inference_setup, load_for_inference
+from nmt.inference import ARITHMETIC, decode_candidates, load_for_decoding, load_for_inference
+from nmt.line_files import (
+    check_input,
+    check_output,
+    count_lines,
+    input_chunks,
+    open_input,
+    open_output,
+)
 from nmt.search import Hypothesis, Pruning, beam_search
 from nmt.seq2seq import Seq2Seq
 
 MAX_SRC_TOKENS = 200  # longer sources are split into chunks of this many subwords
-CHUNK_LINES = 2000  # lines read, translated and written at a time (flat memory)
 # Characters that some readers take as line breaks (str.splitlines, Unicode line/paragraph
 # separators, NEL): never written inside an output line, so one input line is one output line.
 _LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
@@ -160,81 +165,6 @@ def translate_lines(
     return result
 
 
-def _read_lines(stream: IO[bytes], name: str, on_bad_utf8: str) -> Iterator[list[str]]:
-    """Yield chunks of decoded lines (without newline), naming file:line on bad UTF-8."""
-    chunk: list[str] = []
-    for number, raw in enumerate(_raw_lines(stream, name), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            if on_bad_utf8 != "replace":
-                raise UserError(
-                    f"{name}:{number}: invalid UTF-8 ({err.reason} at byte {err.start})"
-                ) from None
-            line = raw.decode("utf-8", errors="replace")
-        chunk.append(line.rstrip("\r\n"))
-        if len(chunk) == CHUNK_LINES:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _raw_lines(stream: IO[bytes], name: str) -> Iterator[bytes]:
-    """The lines of ``stream`` (split on ``\\n`` only); a read failure is a user error."""
-    lines = iter(stream)
-    while True:
-        try:
-            raw = next(lines)
-        except StopIteration:
-            return
-        except OSError as err:
-            raise UserError(f"cannot read input {name}: {err.strerror or err}") from None
-        yield raw
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    except OSError:
-        return False
-
-
-@contextmanager
-def _open_output(path: str, input_path: str) -> Iterator[IO[str]]:
-    """The output stream; a file is written atomically (on any error the old file stays)."""
-    if path == "-":
-        yield sys.stdout
-        sys.stdout.flush()
-        return
-    out = Path(path).expanduser()
-    if input_path != "-" and _same_file(out, Path(input_path).expanduser()):
-        raise UserError(f"output={path} is the input file; choose another output path")
-    if out.is_dir():
-        raise UserError(f"output={path} is a folder; give a file path")
-    if not out.parent.is_dir():
-        what = "is not a folder" if out.parent.exists() else "does not exist"
-        raise UserError(f"output folder {out.parent} {what}")
-    try:
-        with atomic_open(out, "w") as fh:
-            yield fh
-    except OSError as err:  # disk full, quota, I/O error: the old output file is untouched
-        raise UserError(f"cannot write output {path}: {err.strerror or err}") from None
-
-
-@contextmanager
-def _open_input(path: str) -> Iterator[IO[bytes]]:
-    if path == "-":
-        yield sys.stdin.buffer
-        return
-    p = Path(path).expanduser()
-    if not p.is_file():
-        what = "is a folder, not a file" if p.is_dir() else "does not exist"
-        raise UserError(f"input file {path} {what}")
-    with p.open("rb") as fh:
-        yield fh
-
-
 def translate_stream(
     model: Seq2Seq,
     tok: Tokenizer,
@@ -251,7 +181,7 @@ def translate_stream(
     if nbest > 1:
         out.write("line\trank\tscore\thypothesis\n")
     with tqdm(total=total, unit="sent", file=sys.stderr, disable=None, desc="translate") as bar:
-        for lines in _read_lines(src, name, on_bad_utf8):
+        for lines in input_chunks(src, name, on_bad_utf8):
             for i, hyps in enumerate(translate_lines(model, tok, lines, dcfg, bar)):
                 if nbest > 1:
                     for rank, (text, score) in enumerate(hyps, start=1):
@@ -264,15 +194,8 @@ def translate_stream(
     return written
 
 
-def _count_lines(path: str) -> int | None:
-    if path == "-":
-        return None
-    with open(os.path.expanduser(path), "rb") as f:
-        return sum(1 for _ in f)
-
-
 def _translate_shard(
-    checkpoint: str, quantize: str, dcfg: dict[str, Any], lines: list[str], threads: int
+    checkpoint: str, arithmetic: str, dcfg: dict[str, Any], lines: list[str], threads: int
 ) -> list[str]:
     """Worker of ``parallel.nproc > 1``: translate this rank's contiguous share of ``lines``."""
     hostmem.tune()  # a spawned process starts with glibc's defaults
@@ -280,7 +203,7 @@ def _translate_shard(
     if threads:
         torch.set_num_threads(threads)
     start, stop = rank * len(lines) // world, (rank + 1) * len(lines) // world
-    dtype = DTYPES[str(dcfg.get("dtype", "fp32"))]
+    dtype, quantize = ARITHMETIC[arithmetic]
     model, tok = load_for_inference(checkpoint, quantize, "cpu", dtype)
     hyps = translate_lines(model, tok, lines[start:stop], SimpleNamespace(**dcfg))
     if dcfg["nbest"] > 1:
@@ -292,14 +215,15 @@ def _translate_shard(
     return [one_line(h[0][0]) for h in hyps]
 
 
-def translate_sharded(cfg: Any, nproc: int) -> int:
-    """Shard the input lines over ``nproc`` processes; write the outputs in input order."""
+def translate_sharded(cfg: Any, nproc: int, arithmetic: str) -> int:
+    """Shard the input lines over ``nproc`` processes, each decoding in ``arithmetic`` (one of
+    :data:`nmt.inference.ARITHMETIC`); write the outputs in input order."""
     from parallel.runtime.engine import launch
 
-    with _open_input(str(cfg.input)) as src:
+    with open_input(str(cfg.input)) as src:
         lines = [
             x
-            for chunk in _read_lines(src, str(cfg.input), str(cfg.data.on_bad_utf8))
+            for chunk in input_chunks(src, str(cfg.input), str(cfg.data.on_bad_utf8))
             for x in chunk
         ]
     d = cfg.decode
@@ -307,23 +231,21 @@ def translate_sharded(cfg: Any, nproc: int) -> int:
         k: d[k]
         for k in (
             "beam_size", "alpha", "beta", "max_len_a", "max_len_b", "nbest", "batch_tokens",
-            "dtype", "shortlist", "prune_relative", "prune_absolute", "target_lang",
+            "shortlist", "prune_relative", "prune_absolute", "target_lang",
         )
     }  # fmt: skip
-    _, dtype, quantize = inference_setup(cfg.decode)
-    dcfg["dtype"] = {v: k for k, v in DTYPES.items()}[dtype]
-    threads = int(cfg.train.threads) or max(1, (os.cpu_count() or 1) // nproc)
+    threads = _threads(cfg, nproc)
     results = launch(
         _translate_shard,
         str(cfg.checkpoint),
-        quantize,
+        arithmetic,
         dcfg,
         lines,
         threads,
         nproc=nproc,
         timeout_s=float(cfg.parallel.timeout_s),
     )
-    with _open_output(str(cfg.output), str(cfg.input)) as out:
+    with open_output(str(cfg.output), str(cfg.input)) as out:
         if int(d.nbest) > 1:
             out.write("line\trank\tscore\thypothesis\n")
         for rank in sorted(results):
@@ -331,28 +253,38 @@ def translate_sharded(cfg: Any, nproc: int) -> int:
     return len(lines)
 
 
+def _threads(cfg: Any, nproc: int) -> int:
+    """Threads per decoding process: ``train.threads``, else the cores shared out."""
+    if int(cfg.train.threads):
+        return int(cfg.train.threads)
+    return torch.get_num_threads() if nproc == 1 else max(1, (os.cpu_count() or 1) // nproc)
+
+
 def translate_cli(cfg: Any) -> dict[str, Any]:
     """``nmt-translate``: checkpoint + input -> output (one line per input line)."""
     if not cfg.checkpoint:
         raise UserError("checkpoint=PATH is required (a checkpoint file or a shipped model name)")
     check_decode(cfg.decode)
-    device, dtype, quantize = inference_setup(cfg.decode)
+    device, _ = decode_candidates(cfg.decode)
     nproc = int(cfg.parallel.nproc)
     if nproc > 1 and device != "cpu":
         raise UserError(
             f"parallel.nproc={nproc} shards the input over CPU processes; with "
             f"decode.device={device} use parallel.nproc=1 (or decode.device=cpu)"
         )
+    if str(cfg.input) != "-":  # bad paths fail before the model loads and is calibrated
+        check_input(str(cfg.input))
+    if str(cfg.output) != "-":
+        check_output(str(cfg.output), str(cfg.input))
+    torch.set_num_threads(_threads(cfg, nproc))  # what each process runs with, calibrated so
+    model, tok, arith = load_for_decoding(str(cfg.checkpoint), cfg.decode)
+    source_prefix(tok, str(cfg.decode.target_lang))  # fail before reading any input
     if nproc > 1:
-        _, tok = load_for_inference(str(cfg.checkpoint), "none")  # fail fast
-        source_prefix(tok, str(cfg.decode.target_lang))
-        n = translate_sharded(cfg, nproc)
+        n = translate_sharded(cfg, nproc, arith.name)
+        announce(arith.choice)  # once all went well: a user error stays one line
         print(f"nmt-translate: {n} lines over {nproc} processes -> {cfg.output}", file=sys.stderr)
         return {"lines": n}
-    torch.set_num_threads(int(cfg.train.threads) or torch.get_num_threads())
-    model, tok = load_for_inference(str(cfg.checkpoint), quantize, device, dtype)
-    source_prefix(tok, str(cfg.decode.target_lang))  # fail before reading any input
-    with _open_input(str(cfg.input)) as src, _open_output(str(cfg.output), str(cfg.input)) as out:
+    with open_input(str(cfg.input)) as src, open_output(str(cfg.output), str(cfg.input)) as out:
         n = translate_stream(
             model,
             tok,
@@ -361,18 +293,25 @@ def translate_cli(cfg: Any) -> dict[str, Any]:
             out,
             cfg.decode,
             str(cfg.data.on_bad_utf8),
-            _count_lines(str(cfg.input)),
+            count_lines(str(cfg.input)),
         )
+    announce(arith.choice)  # once all went well: a user error (bad UTF-8, ...) stays one line
     if cfg.output != "-":
         print(f"nmt-translate: {n} lines -> {cfg.output}", file=sys.stderr)
     return {"lines": n}
 
 
 def translate_texts(
-    model: Seq2Seq, tok: Tokenizer, texts: Sequence[str], dcfg: Any, target_lang: str | None = None
+    model: Seq2Seq,
+    tok: Tokenizer,
+    texts: Sequence[str],
+    dcfg: Any,
+    target_lang: str | None = None,
+    progress: tqdm | None = None,
 ) -> list[str]:
     """Best translation of each text (in memory; used by validation and nmt-eval);
-    ``target_lang`` overrides ``dcfg.target_lang`` (a multilingual model)."""
+    ``target_lang`` overrides ``dcfg.target_lang`` (a multilingual model); ``progress``
+    advances by the sentences done."""
     best = SimpleNamespace(
         shortlist=getattr(dcfg, "shortlist", False),
         prune_relative=getattr(dcfg, "prune_relative", 0.0),
@@ -386,5 +325,5 @@ def translate_texts(
         nbest=1,
         batch_tokens=dcfg.batch_tokens,
     )
-    hyps = translate_lines(model, tok, [one_line(t) for t in texts], best)
+    hyps = translate_lines(model, tok, [one_line(t) for t in texts], best, progress)
     return [one_line(h[0][0]) for h in hyps]

@@ -9,7 +9,7 @@ the bidirectional bottom encoder layer needs the whole source, and the attention
 encoder output before the decoder starts; the decoder layers and the generator (with the
 loss) wave after it.
 
-One process drives every layer's device (route 1 of issue 12): :meth:`Wavefront.loss` issues
+One process drives every layer's device: :meth:`Wavefront.loss` issues
 the forward in diagonal order (wave step d runs chunk d-l of layer l), layer l on
 ``devices[l % len(devices)]``; autograd runs the backward, through the carried states in
 reverse chunk order (on several GPUs its per-device threads give the backward wavefront).

@@ -1,4 +1,4 @@
-"""Beam-search speed of one batch on a device (issue 13's GPU goal): sentences/s and target
+"""Beam-search speed of one batch on a device: sentences/s and target
 tokens/s of beam 5 over a batch of 128 sentences, for gnmt_small and gnmt4.
 
     python scripts/bench_decode_gpu.py --out docs/gpu/bench_decode.json        # on a GPU

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "results" / "hostmem.json"
 from data.atomic import write_json_result  # noqa: E402
-from nmt.inference import cpu_has_bf16  # noqa: E402
+from nmt.capability import bf16_lstm_runs  # noqa: E402
 
 MODES = {"system": {"PIPENMT_MALLOC": "system"}, "tuned": {}}
 
@@ -64,7 +64,7 @@ def timed(cmd: list[str], env_extra: dict[str, str]) -> dict[str, float]:
 
 def train_round(mode: str, steps: int, tmp: Path) -> dict[str, Any]:
     run = tmp / f"train_{mode}"
-    precision = "bf16" if cpu_has_bf16() else "fp32"
+    precision = "bf16" if bf16_lstm_runs() else "fp32"
     cmd = ["nmt-train", "model=gnmt_demo", "train=demo", f"train.precision={precision}",
            "data.batch_tokens=2048", "train.max_minutes=0", f"train.max_steps={steps}",
            "train.eval_every=1000000", "train.eval_bleu=false", f"hydra.run.dir={run}"]  # fmt: skip

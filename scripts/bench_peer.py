@@ -162,21 +162,21 @@ def _ours_result(run_dir: Path, proc: dict, eval_every: int) -> dict:
 def translate_ours(
     ckpt: str, src: list[str], threads: int, defaults: bool
 ) -> tuple[list[str], float]:
-    """Beam 5 over ``src``: ``nmt-translate``'s defaults (``DecodeConfig``: int8 on the CPU,
-    beam pruning) or, ``defaults=False``, the plain fp32 beam search (no pruning), as Joey's."""
+    """Beam 5 over ``src``: ``nmt-translate``'s defaults (``DecodeConfig``: the arithmetic
+    calibrated for this CPU, beam pruning) or, ``defaults=False``, the plain fp32 beam search
+    (no pruning), as Joey's."""
     import torch
     from omegaconf import OmegaConf
 
     from nmt.config import DecodeConfig
-    from nmt.inference import inference_setup, load_for_inference
+    from nmt.inference import load_for_decoding
     from nmt.translate import translate_lines
 
     torch.set_num_threads(threads)
     dcfg = OmegaConf.structured(DecodeConfig(device="cpu"))
     if not defaults:
         dcfg.quantize, dcfg.dtype, dcfg.prune_relative = "none", "fp32", 0.0
-    device, dtype, quantize = inference_setup(dcfg)
-    model, tok = load_for_inference(ckpt, quantize, device, dtype)
+    model, tok, _ = load_for_decoding(ckpt, dcfg)
     translate_lines(model, tok, src[:20], dcfg)  # warm-up
     t = time.perf_counter()
     hyps = [h[0][0] for h in translate_lines(model, tok, src, dcfg)]

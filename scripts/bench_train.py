@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.atomic import write_json_result  # noqa: E402
 from nmt import hostmem  # noqa: E402
+from nmt.capability import machine_record  # noqa: E402
 from nmt.loss import label_smoothed_nll  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
 from nmt.model import build_model  # noqa: E402
@@ -167,6 +168,7 @@ def main() -> None:
               "GFLOP/s)")  # fmt: skip
         results.append(r)
     machine = {
+        **machine_record(),  # CPU class (amx / avx2), flags, forced ISA variables
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),

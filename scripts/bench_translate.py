@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.atomic import atomic_write_text, write_json_result  # noqa: E402
 from nmt import hostmem  # noqa: E402
+from nmt.capability import machine_record  # noqa: E402
 from nmt.checkpoint import load  # noqa: E402
 from nmt.config import DecodeConfig  # noqa: E402
 from nmt.corpus import checkpoint_split  # noqa: E402
 from nmt.inference import load_for_inference  # noqa: E402
-from nmt.metrics import cpu_model  # noqa: E402
 from nmt.shipped import resolve_checkpoint, tuned_decode  # noqa: E402
 from nmt.translate import translate_lines  # noqa: E402
 
@@ -155,13 +155,15 @@ def cli_defaults(ckpt: str, src: list[str], threads: int) -> dict:
         args += [f"train.threads={threads}"] if threads else []
         env = {**os.environ, "PYTHONPATH": str(root)}
         t = time.perf_counter()
-        subprocess.run(args, check=True, env=env, capture_output=True)
+        subprocess.run(args, check=True, env=env, capture_output=True)  # calibrates, if due
         startup = time.perf_counter() - t
         inp.write_text("".join(s + "\n" for s in src))
         t = time.perf_counter()
-        subprocess.run(args, check=True, env=env, capture_output=True)
+        run = subprocess.run(args, check=True, env=env, capture_output=True, text=True)
         sec = time.perf_counter() - t
+    chosen = [x for x in run.stderr.splitlines() if x.startswith("decode: ")]
     return {
+        "arithmetic": chosen[0].removeprefix("decode: ") if chosen else None,
         "command": f"nmt-translate checkpoint={ckpt} input=... output=...",
         "sentences": len(src),
         "seconds": round(sec, 2),
@@ -246,7 +248,7 @@ def main() -> None:
         summary["nmt_translate_defaults"] = cli_defaults(args.checkpoint, src, args.threads)
         print(json.dumps(summary["nmt_translate_defaults"]), flush=True)
     machine = {
-        "cpu": cpu_model(),
+        **machine_record(),  # CPU class (amx / avx2), flags, forced ISA variables
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),

@@ -1,4 +1,4 @@
-"""Per-chunk overhead of an LSTM layer call with its state passed in (wavefront, issue 12).
+"""Per-chunk overhead of an LSTM layer call with its state passed in (wavefront).
 
 A wavefront cuts a batch along time into C chunks and calls each layer once per chunk,
 carrying (h, c) from chunk to chunk.  This times one ``nn.LSTM(H, H)`` over ``T`` steps as

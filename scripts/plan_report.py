@@ -33,7 +33,7 @@ The batch, lengths and micro-batch of measured tables are the profiler's (``data
 ``parallel.microbatches``), not this script's ``--batch``/``--src-len`` (analytic tables only);
 ``scripts/validate_simulator.py`` checks the simulator against measured step times.
 
-Wavefront rows (issue 12; ``--wavefront 4:4 8:8``, ``parallel.planning.wavefront_report``):
+Wavefront rows (``--wavefront 4:4 8:8``, ``parallel.planning.wavefront_report``):
 gnmt4 on 4 and gnmt8 on 8 devices cut along time into C chunks, placement and C planned
 together, next to the micro-batch planner's speedup; written to the report and to
 ``wavefront.json``.  The per-chunk overhead comes from ``--chunk-overhead`` files

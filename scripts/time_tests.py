@@ -1,6 +1,8 @@
 """The default test suite's wall time on this machine, for the README's `make test` line.
 
-    python scripts/time_tests.py --out docs/results/test_suite.json
+    python scripts/time_tests.py --out docs/results/cpu_class/amx/test_suite.json
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python scripts/time_tests.py --out docs/results/cpu_class/avx2/test_suite.json
 
 Runs ``python -m pytest -q`` (the command ``make test`` runs, with the project's addopts:
 slow tests deselected) from the repository root and writes its counts, wall time and the
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import re
 import subprocess
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data.atomic import atomic_write_text  # noqa: E402
-from nmt.metrics import cpu_model  # noqa: E402
+from nmt.capability import machine_record  # noqa: E402
 
 
 def counts(tail: str) -> dict[str, int]:
@@ -49,9 +50,12 @@ def main() -> int:
         "command": "python -m pytest -q",
         "returncode": proc.returncode,
         "summary": last,
+        "failed_tests": [
+            x.split(" ")[1] for x in proc.stdout.splitlines() if x.startswith("FAILED ")
+        ],
         **counts(last),
         "seconds": round(seconds, 1),
-        "machine": {"cpu": cpu_model(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {**machine_record(), "platform": platform.platform()},
     }
     text = json.dumps(doc, indent=1) + "\n"
     print(text, end="")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nmt.checkpoint import load, require_single_device  # noqa: E402
 from nmt.config import DecodeConfig  # noqa: E402
 from nmt.corpus import checkpoint_split  # noqa: E402
-from nmt.inference import inference_setup, model_from_checkpoint  # noqa: E402
+from nmt.inference import load_for_decoding  # noqa: E402
 from nmt.metrics import cpu_model  # noqa: E402
 from nmt.shipped import resolve_checkpoint  # noqa: E402
 from nmt.translate import translate_texts  # noqa: E402
@@ -63,10 +63,8 @@ def tune(
     path, name = resolve_checkpoint(checkpoint)
     ckpt = require_single_device(load(path), str(path))
     setup = decode_cfg(beam, 0.0, 0.0, plain)
-    device, dtype, quantize = inference_setup(setup)
-    model, tok = model_from_checkpoint(ckpt, str(path), quantize, device, dtype)
-    decoding = {"device": device, "dtype": str(dtype).removeprefix("torch."), "quantize": quantize,
-                "prune_relative": setup.prune_relative}  # fmt: skip
+    model, tok, arith = load_for_decoding(str(path), setup, ckpt)
+    decoding = arith.record() | {"prune_relative": setup.prune_relative}
     pairs = checkpoint_split(ckpt, "dev")[:sentences]
     srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
     rows = []

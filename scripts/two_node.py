@@ -8,7 +8,8 @@ step, ``train.resume=auto``, one run folder). Run 1 goes to the end. Run 2 SIGKI
 rank 0 logged step ``--kill-at``, starts a fresh node-2 agent once node 1's agent restarted its
 worker, and finishes: ``last.pt`` and every shard must equal run 1's (``torch.equal``). Agents get
 ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (unless set): with torch's default shared store the
-re-formed job hangs 60 s and fails (no ``MASTER_ADDR`` published for the new round).
+re-formed job hangs 60 s and fails (no ``MASTER_ADDR`` published for the new round). Heartbeats
+every second (``keep_alive_interval=1``): the killed node expires after ``KEEP_ALIVE_MAX`` s.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ RESTART = re.compile(r"Worker group (FAILED|UNHEALTHY)\. \d+/\d+ attempts left|D
 STEP = re.compile(r"^step (\d+) \| loss", re.M)
 SHARE = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 JOB_BUDGET_S = 300.0  # the most one job may take (each wait below is also bounded)
+# a node that missed this many 1 s heartbeats is dead (torch's default, 3 of 5 s, kept the
+# re-formed job waiting 15 s for the killed node to expire)
+KEEP_ALIVE_MAX = 5
 ENV = {SHARE: os.environ.get(SHARE, "1"), "GLOO_SOCKET_IFNAME": "lo", "LOGLEVEL": "INFO"}
 
 
@@ -67,7 +71,8 @@ class Agent:
         cmd = [
             sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
             "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id,
-            "--rdzv-conf", f"is_host={int(node == 1)},join_timeout=90,last_call_timeout=1",
+            "--rdzv-conf", f"is_host={int(node == 1)},join_timeout=90,last_call_timeout=1,"
+            f"keep_alive_interval=1,keep_alive_max_attempt={KEEP_ALIVE_MAX}",
             "--max-restarts", "3", "--monitor-interval", "0.2", "--local-addr", "127.0.0.1",
             "--master-addr", "127.0.0.1", "--no-python", train, *args,
         ]  # fmt: skip

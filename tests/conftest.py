@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,15 @@ from typing import Any
 import pytest
 
 from data.synthetic import write_corpus
+
+
+@pytest.fixture(scope="session", autouse=True)
+def calibration_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Calibrated choices (``nmt.calibrate``) go to a file of this session, not the user's
+    cache; subprocesses inherit the variable, so every command of the session agrees."""
+    path = tmp_path_factory.mktemp("calibration") / "calibration.json"
+    os.environ["PIPENMT_CALIBRATION"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +42,7 @@ def tiny_overrides(corpus: dict[str, Path], cache: Path, out_dir: Path) -> list[
         "model.enc_layers=2",
         "model.dec_layers=2",
         "train.threads=1",
+        "train.precision=fp32",  # the reference arithmetic (auto is measured: test_calibrate)
         "train.log_every=1",
         "train.eval_every=0",
         "train.lr=0.01",

@@ -479,7 +479,7 @@ def test_translate_pickle_checkpoint_carrying_code(
         ),
         pytest.param(
             ["decode.quantize=int8", "decode.dtype=bf16"],
-            ("int8 runs on the CPU in fp32",),
+            ("decode.quantize=int8 runs in fp32, not decode.dtype=bf16",),
             id="int8_bf16",
         ),
     ],

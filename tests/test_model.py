@@ -222,6 +222,19 @@ def test_quantize_int8() -> None:
             torch.testing.assert_close(log_probs, lp_ref[t], atol=2e-2, rtol=0)
 
 
+def test_int8_products_are_exact_on_this_cpu() -> None:
+    """The int32 products of the int8 weights are exact integer arithmetic on this CPU (on the
+    AVX2 class, full-range weights saturate oneDNN's int16 pair sums: 7-bit weights there)."""
+    from nmt.int8 import Int8Linear, quantize_rows, weight_levels
+
+    torch.manual_seed(0)
+    layer = Int8Linear(torch.nn.Linear(512, 256), weight_levels())
+    xq, _ = quantize_rows(torch.randn(40, 512))
+    exact = xq.double() @ layer.w_t.double()
+    assert torch.equal(torch._int_mm(xq, layer.w_t).double(), exact)
+    assert int(layer.w_t.abs().max()) == weight_levels()
+
+
 def test_int8_rows_are_batch_independent() -> None:
     """A row's int8 result is a function of that row alone, bit for bit (per-row scales,
     exact int32 accumulation): decoding sentence 1 alone == decoding it in the batch."""

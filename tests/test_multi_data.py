@@ -274,15 +274,26 @@ def test_fixture_zero_shot_pairs(tmp_path: Path) -> None:
     assert ("Wählen Sie eine Farbe.", "Elija un color.") in de_es
     assert len(multi.rows[("fr", "es")]["test"]) == 3 + 2
     # Dev: clean_pairs keeps the first copy of an (en, xx) pair, here pkg45's (dev) before
-    # pkg0's (train); p6's "Print Preview" loses to p0's (train) in de and fr, not in es.
+    # pkg0's (train); p6's "Print Preview" loses to p0's (train) in de and fr; in es (no p0)
+    # its English key is in en-de / en-fr train, so a multilingual model has seen it.
     assert [(a, b) for _, a, b in de_fr["dev"]] == [
         ("Betrachter für Bilder", "visionneuse d'images"),
         ("Zeigt Bilder in einem Fenster.", "Affiche des images dans une fenêtre."),
         ("Klicken zum Drucken.", "Cliquez pour imprimer."),
     ]
-    assert ("lohelp", "Print Preview", "Vista previa") in multi.rows[("en", "es")]["dev"]
+    assert [r[1] for r in multi.rows[("en", "es")]["dev"]] == ["Click to print."]
+    assert multi.dropped["en-es"]["dev"] == 1
     assert len(multi.rows[("de", "es")]["dev"]) == 1
     assert multi.dropped["de-fr"] == {"dev": 0, "test": 0}
+
+
+SPELL = str.maketrans("0123456789", "ABCDEFGHIJ")
+UNSPELL = str.maketrans("ABCDEFGHIJ", "0123456789")
+
+
+def spelt(text: str) -> str:
+    """``text`` with its digits as letters (``dedup_key`` folds digits: g1 and g2 would clash)."""
+    return text.translate(SPELL)
 
 
 def synthetic_units(n_groups: int = 300) -> dict[str, SourceUnits]:
@@ -295,16 +306,17 @@ def synthetic_units(n_groups: int = 300) -> dict[str, SourceUnits]:
         g = f"g{i}"
         for x in LANGS:
             for k in ("k1", "k2"):
-                en = f"sentence {k} of {g}"
+                en = spelt(f"sentence {k} of {g}")
                 if x == "fr" and g == test_g and k == "k2":
-                    en = f"sentence {k} of {g} and more"  # another alignment: no zero-shot pair
-                units[x]["ddtp"].append(Unit(g, k, en, f"{words[x]} {k} {g}"))
-            units[x]["ddtp"].append(Unit(g, "k3", "shared boilerplate", f"{words[x]} k3 {g}"))
+                    en = spelt(f"sentence {k} of {g} and more")  # no zero-shot pair
+                units[x]["ddtp"].append(Unit(g, k, en, spelt(f"{words[x]} {k} {g}")))
+            boilerplate = Unit(g, "k3", "shared boilerplate", spelt(f"{words[x]} k3 {g}"))
+            units[x]["ddtp"].append(boilerplate)
     return units
 
 
 def group_of(text: str) -> str:
-    return text.split()[-1]
+    return text.split()[-1].translate(UNSPELL)
 
 
 def test_every_language_puts_a_group_in_one_split() -> None:
@@ -339,11 +351,11 @@ def test_zero_shot_pairs_come_from_held_out_groups_and_one_english_key() -> None
             ua, ub = by_text[a][ta], by_text[b][tb]
             assert (ua.group, ua.key, ua.en) == (ub.group, ub.key, ub.en)
             assert split_of(ua.group) in ("dev", "test")
-        assert all(not t.endswith("k3 " + group_of(t)) for _, t, _ in rows)  # boilerplate
+        assert all(not t.endswith(spelt(f"k3 {group_of(t)}")) for _, t, _ in rows)
     test_g = next(g for g in (f"g{i}" for i in range(300)) if split_of(g) == "test")
     de_fr = {ta for _, ta, _ in multi.rows[("de", "fr")]["test"]}
-    assert f"Satz k1 {test_g}" in de_fr and f"Satz k2 {test_g}" not in de_fr
-    assert f"Satz k2 {test_g}" in {ta for _, ta, _ in multi.rows[("de", "es")]["test"]}
+    assert spelt(f"Satz k1 {test_g}") in de_fr and spelt(f"Satz k2 {test_g}") not in de_fr
+    assert spelt(f"Satz k2 {test_g}") in {ta for _, ta, _ in multi.rows[("de", "es")]["test"]}
     n_dev = sum(split_of(f"g{i}") == "dev" for i in range(300))
     assert multi.dropped["de-fr"]["dev"] == n_dev  # one boilerplate unit per dev group
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from nmt.model import GNMT
-from nmt.search import Hypothesis, Pruning, beam_search, coverage_penalty, greedy, length_penalty
+from nmt.search import Hypothesis, Pruning, beam_search, coverage_penalty, length_penalty
 from tests.test_search import BOS, EOS, LENGTHS, PAD, V, column, make_src, sequence_logprob, tiny
 
 NEG = float("-inf")
@@ -49,7 +49,7 @@ def reference_beam(
             cands = cands[: 2 * k]
             floor = float(prune.floor(torch.tensor([cands[0][0]], dtype=torch.double))[0])
             for score, t, toks, _, cov in cands[:k]:
-                if t == EOS and (score >= floor or step == max_len):
+                if t == EOS:  # a finished hypothesis finishes, pruned or not
                     norm = score / float(length_penalty(torch.tensor(step + 1), alpha))
                     norm += float(coverage_penalty(cov, real, beta)[0]) if beta else 0.0
                     done.append(Hypothesis(list(toks), norm, score))
@@ -67,6 +67,19 @@ def reference_beam(
 
 def src_dtype(model: GNMT) -> torch.dtype:
     return model.embed_stage.embedding.weight.dtype
+
+
+def count_rows(model: GNMT, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of hypothesis rows of every ``model.step`` call from now on."""
+    rows: list[int] = []
+    step = model.step
+
+    def counting_step(y: Tensor, *args: object) -> object:
+        rows.append(y.numel())
+        return step(y, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model, "step", counting_step)
+    return rows
 
 
 PRUNINGS = [Pruning(), Pruning(0.6, 2.5), Pruning(0.3, 0.0), Pruning(0.0, 1.0)]
@@ -90,13 +103,22 @@ def test_batched_search_equals_unbatched_reference(
 
 
 @pytest.mark.parametrize("seed,src_seed", [(4, 7), (1, 51), (5, 55)])
-def test_relative_threshold_one_is_greedy(seed: int, src_seed: int) -> None:
-    """rp = 1 keeps only the best candidate (eos candidates included): beam 5 is greedy."""
+def test_relative_threshold_one_continues_one_row(
+    seed: int, src_seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rp = 1 continues only the best candidate: one row per active sentence at every step
+    (eos candidates still finish), and the result is the reference search's."""
     model = tiny(seed, init_range=1.0).double()
     src, src_len = make_src(LENGTHS, seed=src_seed)
-    pruned = beam_search(model, src, src_len, 5, 0.6, 0.0, 1.5, 3, 1, BOS, EOS, PAD,
-                         prune=Pruning(1.0, 0.0))  # fmt: skip
-    assert [h[0].tokens for h in pruned] == greedy(model, src, src_len, 1.5, 3, BOS, EOS, PAD)
+    rows = count_rows(model, monkeypatch)
+    rp1 = Pruning(1.0, 0.0)
+    out = beam_search(model, src, src_len, 5, 0.6, 0.0, 1.5, 3, 1, BOS, EOS, PAD, prune=rp1)
+    assert rows[0] == len(LENGTHS) and all(0 < n <= len(LENGTHS) for n in rows)
+    monkeypatch.undo()
+    for b in range(len(LENGTHS)):
+        s, sl = column(src, src_len, b)
+        ref = reference_beam(model, s, sl, 5, 0.6, 0.0, 1.5, 3, 1, rp1)
+        assert out[b][0].tokens == ref[0].tokens, f"sentence {b}"
 
 
 @pytest.mark.parametrize("seed", [1, 4])
@@ -122,14 +144,7 @@ def test_pruned_scores_are_true_model_scores() -> None:
 def test_pruning_evaluates_fewer_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny(6, init_range=1.0).double()
     src, src_len = make_src(LENGTHS * 3, seed=9)
-    rows: list[int] = []
-    step = model.step
-
-    def counting_step(y: Tensor, *args: object) -> object:
-        rows.append(y.numel())
-        return step(y, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(model, "step", counting_step)
+    rows = count_rows(model, monkeypatch)
     full = beam_search(model, src, src_len, 5, 0.6, 0.0, 1.5, 3, 1, BOS, EOS, PAD)
     full_rows, rows[:] = sum(rows), []
     beam_search(model, src, src_len, 5, 0.6, 0.0, 1.5, 3, 1, BOS, EOS, PAD, prune=Pruning(0.6, 2.5))
@@ -179,14 +194,14 @@ def _translate(args: list[str], lines: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_nmt_translate_with_pruning() -> None:
-    """Through the real command and the shipped model: rp = 1 with beam 5 is greedy, lines in
+    """Through the real command and the shipped model: beam 1 with pruning is greedy, lines in
     == lines out; a threshold out of range is a one-line error, exit 2."""
     lines = (
         "This package contains the documentation.\n\nOpen the file menu and choose Save.\n"
         "A library for reading and writing images.\n"
     )
     greedy_out = _translate(["decode=greedy"], lines)
-    pruned = _translate(["decode=beam5", "decode.prune_relative=1.0"], lines)
+    pruned = _translate(["decode.beam_size=1", "decode.prune_relative=0.5"], lines)
     assert greedy_out.returncode == 0 and pruned.returncode == 0, pruned.stderr
     assert pruned.stdout == greedy_out.stdout
     assert len(pruned.stdout.split("\n")) == 5 and pruned.stdout.split("\n")[1] == ""

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
+from nmt.capability import bf16_lstm_runs
 from nmt.config import DecodeConfig
 from nmt.errors import UserError
 from nmt.evaluate import score_files
@@ -228,40 +229,58 @@ def test_eval_checkpoint_split(checkpoint: Path) -> None:
     hyp = checkpoint.with_suffix("").as_posix() + ".test.beam2.hyp"
     report: dict[str, Any] = json.loads(Path(hyp + ".eval.json").read_text())
     assert report["lines"] == 40 and 0.0 <= report["bleu"] <= 100.0
-    # the default (decode.quantize=auto) is the int8 model in fp32 on the CPU
-    assert (report["decode"]["quantize"], report["decode"]["dtype"]) == ("int8", "float32")
+    # the default (auto) is the arithmetic calibrated on this machine, recorded in the report
+    calibration = report["decode"]["calibration"]
+    chosen = calibration["chosen"]
+    assert chosen in calibration["ms"] and {"fp32", "int8"} <= set(calibration["ms"])
+    ms = calibration["ms"]
+    if chosen != "fp32":  # the fastest, and faster than fp32 by the margin
+        assert ms[chosen] == min(ms.values()) and ms[chosen] * 1.05 <= ms["fp32"]
+    else:  # nothing beat fp32 by the margin
+        assert all(ms["fp32"] <= t * 1.05 for t in ms.values())
     texts = {"auto": Path(hyp).read_text()}
-    for q, tag in (("int8", ""), ("none", ".fp32")):  # names say non-default arithmetic
+    for q, d in (("int8", "fp32"), ("none", "fp32")):  # names say the asked-for arithmetic
         r = run_cli("eval_main", f"checkpoint={checkpoint}", "split=test", "decode.beam_size=2",
-                    f"decode.quantize={q}", "decode.dtype=fp32")  # fmt: skip
+                    f"decode.quantize={q}", f"decode.dtype={d}")  # fmt: skip
         assert r.returncode == 0, r.stderr.decode()
-        stem = checkpoint.with_suffix("").as_posix() + f".test.beam2{tag}.hyp"
+        name = "int8" if q == "int8" else d
+        stem = checkpoint.with_suffix("").as_posix() + f".test.beam2.{name}.hyp"
         dec = json.loads(Path(stem + ".eval.json").read_text())["decode"]
-        assert dec["quantize"] == ("int8" if q == "int8" else "none")
-        texts[q] = Path(stem).read_text()
-    assert texts["int8"] == texts["auto"]
-    assert len(texts["none"].splitlines()) == len(texts["auto"].splitlines()) == 40
+        assert dec["quantize"] == q and "calibration" not in dec
+        texts[name] = Path(stem).read_text()
+    if chosen in texts:
+        assert texts[chosen] == texts["auto"]
+    assert len(texts["fp32"].splitlines()) == len(texts["auto"].splitlines()) == 40
 
 
-def test_decode_quantize_auto_resolves_per_device_and_dtype(monkeypatch: Any) -> None:
+def test_decode_settings_leave_candidates_to_calibrate(monkeypatch: Any) -> None:
     from types import SimpleNamespace
-
-    import torch
 
     from nmt import inference
 
-    def setup(**kw: str) -> tuple[str, Any, str]:
-        return inference.inference_setup(SimpleNamespace(**({"device": "cpu"} | kw)))
+    def cands(**kw: str) -> list[str]:
+        return inference.decode_candidates(SimpleNamespace(**({"device": "cpu"} | kw)))[1]
 
     for bf16 in (True, False):
-        monkeypatch.setattr(inference, "cpu_has_bf16", lambda b=bf16: b)
-        assert setup(quantize="auto", dtype="auto") == ("cpu", torch.float32, "int8")
-        assert setup(quantize="auto", dtype="fp32") == ("cpu", torch.float32, "int8")
-        assert setup(quantize="auto", dtype="bf16") == ("cpu", torch.bfloat16, "none")
-        floor = torch.bfloat16 if bf16 else torch.float32
-        assert setup(quantize="none", dtype="auto") == ("cpu", floor, "none")
+        monkeypatch.setattr(inference, "bf16_lstm_runs", lambda b=bf16: b)
+        more = ["bf16"] if bf16 else []
+        assert cands(quantize="auto", dtype="auto") == ["fp32", "int8", *more]
+        assert cands(quantize="auto", dtype="fp32") == ["fp32", "int8"]
+        assert cands(quantize="none", dtype="auto") == ["fp32", *more]
+        assert cands(quantize="int8", dtype="auto") == ["int8"]
+        assert cands(quantize="none", dtype="fp32") == ["fp32"]
+    monkeypatch.setattr(inference, "bf16_lstm_runs", lambda: True)
+    monkeypatch.setattr(inference, "require_bf16", lambda key: None)
+    assert cands(quantize="auto", dtype="bf16") == ["bf16"]
+    monkeypatch.setattr(inference, "require_bf16", _refuse_bf16)
+    with pytest.raises(UserError, match="no bf16 LSTM"):
+        cands(quantize="auto", dtype="bf16")
     with pytest.raises(UserError, match="expected auto, none or int8"):
-        setup(quantize="int4", dtype="auto")
+        cands(quantize="int4", dtype="auto")
+
+
+def _refuse_bf16(key: str) -> None:
+    raise UserError(f"{key}=bf16: this CPU has no bf16 LSTM kernel")
 
 
 def test_sharded_translation_keeps_order(checkpoint: Path, tmp_path: Path) -> None:
@@ -276,6 +295,7 @@ def test_sharded_translation_keeps_order(checkpoint: Path, tmp_path: Path) -> No
     assert two.read_text() == one.read_text() and len(one.read_text().splitlines()) == len(lines)
 
 
+@pytest.mark.skipif(not bf16_lstm_runs(), reason="this CPU's torch runs no bf16 LSTM")
 def test_bf16_decoding_keeps_lines_and_scores_in_fp32(checkpoint: Path, tmp_path: Path) -> None:
     """``decode.dtype=bf16`` (the weights themselves in bf16) through the
     real command: one line out per line in; the search accumulates scores in fp32."""

@@ -1,4 +1,4 @@
-"""Choosing the time chunks C and the placement of a wavefront together (issue 12).
+"""Choosing the time chunks C and the placement of a wavefront together.
 
 TeraPipe (Li et al., ICML 2021) slices a sequence for a pipeline of ``K`` equal stages by
 dynamic programming: with ``t(n)`` the time of a slice of ``n`` steps on one stage, the

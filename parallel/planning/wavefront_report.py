@@ -1,4 +1,4 @@
-"""Wavefront rows of the placement report (``scripts/plan_report.py``; issue 12).
+"""Wavefront rows of the placement report (``scripts/plan_report.py``).
 
 For one cost table and device count: the best wavefront (``plan_gnmt_wavefront``: placement
 and time chunks C) with the given per-chunk overhead, the same at zero overhead, and how large
@@ -22,7 +22,7 @@ from parallel.planning.plan import single_device_ms
 from parallel.planning.wavefront_plan import overhead_budget, plan_gnmt_wavefront
 from parallel.planning.wavefront_sim import ChunkOverhead, gnmt_wave_layers
 
-# (GNMT layers, devices) -> simulated speedup over one device asked for by issue 12
+# (GNMT layers, devices) -> simulated speedup over one device that the wavefront aims at
 GOALS: dict[tuple[int, int], float] = {(4, 4): 1.8, (8, 8): 3.0}
 FWD_LAUNCHES, BWD_LAUNCHES = 2, 4  # one LSTM time step in the analytic model (fwd, bwd)
 

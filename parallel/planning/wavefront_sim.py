@@ -1,4 +1,4 @@
-"""Wavefront (time-chunk) simulation of one training step (issue 12; GNMT's own scheme).
+"""Wavefront (time-chunk) simulation of one training step (GNMT's own scheme).
 
 The batch is cut along time into C chunks (balanced lengths: the first ``T % C`` chunks are
 one step longer).  Every layer calls its kernel once per chunk and carries its recurrent
