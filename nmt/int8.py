@@ -25,9 +25,10 @@ from torch import Tensor, nn
 _EPS = 1e-12
 
 
-def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``x[N,K]`` float -> (``int8[N,K]``, ``scale[N,1]``): symmetric, one scale per row."""
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / 127.0
+def quantize_rows(x: Tensor, levels: int = 127) -> tuple[Tensor, Tensor]:
+    """``x[N,K]`` float -> (``int8[N,K]`` in [-levels, levels], ``scale[N,1]``): symmetric,
+    one scale per row."""
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / float(levels)
     return torch.round(x / scale).to(torch.int8), scale
 
 
@@ -54,9 +55,8 @@ def weight_levels() -> int:
 def _quantize_weight(weight: Tensor, levels: int) -> tuple[Tensor, Tensor]:
     """``weight[M,K]`` float -> (``w_t[K,M]`` int8 in [-levels, levels], contiguous;
     ``scale[M]``)."""
-    w = weight.detach().to(torch.float32)
-    scale = w.abs().amax(dim=-1, keepdim=True).clamp(min=_EPS) / float(levels)
-    return torch.round(w / scale).to(torch.int8).t().contiguous(), scale.squeeze(1)
+    wq, scale = quantize_rows(weight.detach().to(torch.float32), levels)
+    return wq.t().contiguous(), scale.squeeze(1)
 
 
 class Int8Linear(nn.Module):
