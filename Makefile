@@ -62,7 +62,7 @@ lint: install
 SHIPPED_REPORT := outputs/eval/$(SHIPPED).test.beam5.hyp.eval.json
 # train.precision and the decoding arithmetic are auto: measured on this machine at the first
 # run (bf16 autocast where it trains faster, int8 or bf16 decoding where they decode faster,
-# fp32 otherwise; nmt/calibrate.py), cached in ~/.cache/pipenmt/calibration.json.
+# fp32 otherwise; nmt/machine/calibrate.py), cached in ~/.cache/pipenmt/calibration.json.
 demo: install
 	$(BIN)nmt-train model=gnmt_demo train=demo data.batch_tokens=2048 data.max_dev_sentences=300 hydra.run.dir=$(DEMO_DIR)
 	$(BIN)nmt-eval checkpoint=$(DEMO_DIR)/checkpoints/best.pt split=test decode=beam5

@@ -197,9 +197,9 @@ def _check_run_dir(args: list[str], config_name: str, name: str, multirun: bool)
 
 def _entry(hydra_main: Callable[[], None], config_name: str, name: str) -> Callable[[], None]:
     def main() -> None:
-        from nmt import hostmem
+        from nmt.machine import hostmem
 
-        hostmem.tune()  # glibc keeps freed buffers for the next step (nmt/hostmem.py)
+        hostmem.tune()  # glibc keeps freed buffers for the next step (nmt/machine/hostmem.py)
         if name == "nmt-train":
             hostmem.cap_onednn_cache()  # bf16 training's kernel cache grew by GBs
         _precheck(config_name, name)
@@ -211,7 +211,7 @@ def _entry(hydra_main: Callable[[], None], config_name: str, name: str) -> Calla
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
 def _prepare_main(cfg: DictConfig) -> None:
-    from nmt.prepare import prepare
+    from nmt.prepare.command import prepare
 
     _guarded(prepare, cfg, "nmt-prepare")
 
@@ -223,7 +223,7 @@ def _train_main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from nmt.train import train
+    from nmt.train.run import train
 
     if not cfg.train.out_dir:
         with open_dict(cfg):
@@ -233,12 +233,13 @@ def _train_main(cfg: DictConfig) -> float:
 
 
 def _tuned_decode(cfg: DictConfig) -> DictConfig:
-    """A model folder's ``decode.yaml`` (settings tuned for it, :func:`nmt.shipped.tuned_decode`)
+    """A model folder's ``decode.yaml`` (settings tuned for it,
+    :func:`nmt.release.shipped.tuned_decode`)
     fills ``cfg.decode`` except the keys the command line sets (``decode.KEY=...``; the
     ``decode=`` groups only pick the beam size)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from nmt.shipped import resolve_checkpoint, tuned_decode
+    from nmt.release.shipped import resolve_checkpoint, tuned_decode
 
     if not cfg.get("checkpoint"):
         return cfg
@@ -252,21 +253,21 @@ def _tuned_decode(cfg: DictConfig) -> DictConfig:
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
 def _translate_main(cfg: DictConfig) -> None:
-    from nmt.translate import translate_cli
+    from nmt.decode.translate import translate_cli
 
     _guarded(lambda c: translate_cli(_tuned_decode(c)), cfg, "nmt-translate")
 
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
 def _eval_main(cfg: DictConfig) -> None:
-    from nmt.evaluate import eval_cli
+    from nmt.decode.evaluate import eval_cli
 
     _guarded(lambda c: eval_cli(_tuned_decode(c)), cfg, "nmt-eval")
 
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
 def _profile_main(cfg: DictConfig) -> None:
-    from nmt.profile import profile_cli
+    from nmt.train.stage_costs import profile_cli
 
     _guarded(profile_cli, cfg, "nmt-profile")
 

@@ -31,13 +31,13 @@ class DataConfig:
     hub_config: str | None = None
     src_lang: str = "en"
     tgt_lang: str = "de"
-    # multilingual (nmt/multilingual.py; data=debian_multi): the trained directions, e.g.
+    # multilingual (nmt/prepare/multilingual.py; data=debian_multi): the trained directions, e.g.
     # [en-de, de-en, en-fr, fr-en]; each source starts with its target's tag <2xx>. Empty:
     # one pair, src_lang -> tgt_lang. zero_shot: directions evaluated, never trained.
     directions: list[str] = field(default_factory=list)
     zero_shot: list[str] = field(default_factory=list)
     # multilingual: the target also starts with its <2xx> tag, so the decoder reads the target
-    # language from its first input instead of finding it through attention (nmt/corpus.py)
+    # language from its first input instead of finding it through attention (nmt/prepare/splits.py)
     target_tag: bool = False
     cache_dir: str = "~/.cache/pipenmt"
     # filtering
@@ -60,7 +60,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    arch: str = "gnmt"  # gnmt | transformer (nmt/arch.py)
+    arch: str = "gnmt"  # gnmt | transformer (nmt/models/registry.py)
     hidden: int = 256  # embedding size == hidden size (needed for tied output projection)
     enc_layers: int = 4
     dec_layers: int = 4
@@ -92,7 +92,7 @@ class ParallelConfig:
     phase_timeout_s: float = 3600.0
     backend: str = "auto"  # auto | gloo | nccl
     nproc: int = 1  # translation: shard input lines over this many processes
-    # GNMT's wavefront (nmt/wavefront.py): > 1 cuts each batch along time into this many
+    # GNMT's wavefront (nmt/train/wavefront.py): > 1 cuts each batch along time into this many
     # chunks; the layers wave over them (one process; exact)
     time_chunks: int = 1
 
@@ -103,7 +103,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = torch default
     # auto | fp32 | bf16 | fp16 (GPU only). auto: bf16 autocast on a GPU; on a CPU bf16 where it
-    # trains this model faster than fp32, measured once per machine (nmt/calibrate.py)
+    # trains this model faster than fp32, measured once per machine (nmt/machine/calibrate.py)
     precision: str = "auto"
     max_steps: int = 0  # 0 = unbounded
     max_epochs: int = 0
@@ -115,7 +115,7 @@ class TrainConfig:
     eval_bleu: bool = True
     resume: str = "none"  # none | auto | PATH
     lr: float = 2e-3
-    warmup_steps: int = 200  # capped at a tenth of the run (nmt/lr.py)
+    warmup_steps: int = 200  # capped at a tenth of the run (nmt/train/schedule.py)
     # LR decay over whatever bounds the run (max_steps, max_epochs, max_minutes: the first to
     # end): step (NVIDIA's halvings) | cosine | linear | inverse_sqrt | none
     decay: str = "step"
@@ -143,15 +143,17 @@ class DecodeConfig:
     nbest: int = 1
     batch_tokens: int = 4000
     # auto | none | int8 (CPU: linear layers and decoder LSTMs, weights per channel,
-    # activations per row, so a line's output does not depend on its batch; nmt/int8.py).
+    # activations per row, so a line's output does not depend on its batch; nmt/models/int8.py).
     # auto on a CPU: whichever of fp32, int8 and bf16 (where it runs) decodes this model
-    # fastest here, measured once per machine and model shape (nmt/calibrate.py); none on a GPU
+    # fastest here, measured once per machine and model shape (nmt/machine/calibrate.py); none on a
+    # GPU
     quantize: str = "auto"
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
-    # search over the model's vocabulary shortlist when it carries one (nmt/shortlist.py); off
+    # search over the model's vocabulary shortlist when it carries one (nmt/decode/shortlist.py);
+    # off
     # by default: measured slower than the full vocabulary here (docs/results/bench_translate.json)
     shortlist: bool = False
-    # beam pruning (nmt/search.py: Pruning; Freitag & Al-Onaizan 2017): a continuation below
+    # beam pruning (nmt/decode/search.py: Pruning; Freitag & Al-Onaizan 2017): a continuation below
     # relative * P(best candidate), or more than absolute nats below it, stops; 0 = off.
     # 0.3: shipped model's test BLEU 28.21 vs 28.31 unpruned (0.2: 28.36), beam 5 bf16 x1.23
     # faster on 2 threads (docs/results/bench_translate.json, BENCHMARKS.md)

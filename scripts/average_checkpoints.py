@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nmt import checkpoint as ckpt_io  # noqa: E402
+from nmt.checkpoint import files as ckpt_io  # noqa: E402
 from nmt.errors import UserError  # noqa: E402
 
 

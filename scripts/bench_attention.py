@@ -1,5 +1,6 @@
 """Why the additive attention goes through sigmoid: tanh vs sigmoid on this CPU, and GNMT's
-attention with the written-out tanh formula vs ``nmt.attention.BahdanauAttention``, in one run.
+attention with the written-out tanh formula vs ``nmt.models.attention.BahdanauAttention``, in one
+run.
 
     python scripts/bench_attention.py [--threads 1] [--out docs/results/bench_attention.json]
 
@@ -25,8 +26,8 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nmt.attention import AttentionMemory, BahdanauAttention  # noqa: E402
-from nmt.metrics import cpu_model  # noqa: E402
+from nmt.models.attention import AttentionMemory, BahdanauAttention  # noqa: E402
+from nmt.train.metrics import cpu_model  # noqa: E402
 
 
 def median_ms(fn: Callable[[], object], reps: int = 15) -> float:

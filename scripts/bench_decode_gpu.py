@@ -6,7 +6,7 @@ tokens/s of beam 5 over a batch of 128 sentences, for gnmt_small and gnmt4.
 
 Each model has random weights (seeded; its sizes from ``--model`` or ``--size H,ENC,DEC``, an
 8,000-piece vocabulary) and decodes ``--sentences`` random sources of ``--src-len`` tokens with
-the beam search of ``nmt-translate`` (``nmt/search.py``; no pruning, length penalty 0.6, no
+the beam search of ``nmt-translate`` (``nmt/decode/search.py``; no pruning, length penalty 0.6, no
 coverage penalty, max length 1.5 x source + 10). An untrained model seldom emits eos, so most
 hypotheses run to the max length: per sentence this is the slowest case, and the tokens/s count
 the tokens of every sentence's best hypothesis (eos included) as generated. One warm-up batch,
@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data.atomic import write_json_result  # noqa: E402
-from nmt.inference import DTYPES  # noqa: E402
-from nmt.model import build_model  # noqa: E402
-from nmt.search import beam_search  # noqa: E402
+from nmt.decode.inference import DTYPES  # noqa: E402
+from nmt.decode.search import beam_search  # noqa: E402
+from nmt.models.gnmt import build_model  # noqa: E402
 from scripts.bench_train import MODELS  # noqa: E402
 
 VOCAB, PAD, BOS, EOS = 8000, 0, 2, 3

@@ -1,10 +1,10 @@
-"""glibc malloc settings (``nmt/hostmem.py``) on and off, side by side in one run.
+"""glibc malloc settings (``nmt/machine/hostmem.py``) on and off, side by side in one run.
 
     python scripts/bench_hostmem.py [--steps 100] [--rounds 2] [--lines 500]
 
 Runs the real commands as subprocesses, alternating the two settings every round (so a drift
 in the machine's speed hits both alike): ``PIPENMT_MALLOC=system`` (glibc's defaults) and the
-default (``nmt.hostmem.tune``).
+default (``nmt.machine.hostmem.tune``).
 
 - training: ``make demo``'s ``nmt-train`` command (``model=gnmt_demo train=demo``, 2,048-token
   batches, bf16 autocast where the CPU has native bf16) for ``--steps`` steps without
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "results" / "hostmem.json"
 from data.atomic import write_json_result  # noqa: E402
-from nmt.capability import bf16_lstm_runs  # noqa: E402
+from nmt.machine.capability import bf16_lstm_runs  # noqa: E402
 
 MODES = {"system": {"PIPENMT_MALLOC": "system"}, "tuned": {}}
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lines", type=int, default=500)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    from nmt.metrics import cpu_model
+    from nmt.train.metrics import cpu_model
 
     res: dict[str, dict[str, list[dict[str, Any]]]] = {
         m: {"train": [], "translate": []} for m in MODES

@@ -2,7 +2,8 @@
 
     python scripts/bench_peer.py [--minutes 8] [--threads 2] [--test-limit 0] [--dev-limit 1000]
 
-Same machine, same run, one after the other: the embedded corpus (``nmt.corpus.load_text``), the
+Same machine, same run, one after the other: the embedded corpus
+(``nmt.prepare.splits.load_text``), the
 same sentencepiece model (exported from our checkpoint), the same token batch size, thread count
 and wall-clock training budget (validation included in both), matched model sizes (both counts
 reported). Measured: training target tokens/s (validation excluded), dev and test BLEU/chrF
@@ -138,7 +139,7 @@ def _ours_result(run_dir: Path, proc: dict, eval_every: int) -> dict:
             }
         )
     ckpt = run_dir / "checkpoints" / "best.pt"
-    from nmt.checkpoint import load
+    from nmt.checkpoint.files import load
 
     c = load(str(ckpt))
     # unique tensors: the tied embedding / output projection is stored once
@@ -169,8 +170,8 @@ def translate_ours(
     from omegaconf import OmegaConf
 
     from nmt.config import DecodeConfig
-    from nmt.inference import load_for_decoding
-    from nmt.translate import translate_lines
+    from nmt.decode.inference import load_for_decoding
+    from nmt.decode.translate import translate_lines
 
     torch.set_num_threads(threads)
     dcfg = OmegaConf.structured(DecodeConfig(device="cpu"))

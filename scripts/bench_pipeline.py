@@ -2,7 +2,7 @@
 
     python scripts/bench_pipeline.py [--hidden 128 --layers 2 --vocab 2000 --steps 8]
 
-Runs, on the GNMT stage list (``nmt.model.build_stages``, dropout 0):
+Runs, on the GNMT stage list (``nmt.models.gnmt.build_stages``, dropout 0):
 
 * ``plain``     the single-device step (forward through the stages, loss, backward);
 * ``ws1-K1``    the pipelined path in one process, all stages one virtual stage (gpipe) -
@@ -51,7 +51,7 @@ NOTE = (
 
 
 def build(args: argparse.Namespace) -> list[nn.Module]:
-    from nmt.model import build_stages
+    from nmt.models.gnmt import build_stages
 
     torch.manual_seed(0)
     return list(

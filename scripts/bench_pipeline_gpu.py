@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nmt.loss import label_smoothed_nll  # noqa: E402
-from nmt.model import build_model, build_stages  # noqa: E402
+from nmt.models.gnmt import build_model, build_stages  # noqa: E402
+from nmt.models.loss import label_smoothed_nll  # noqa: E402
 from parallel.placement import Placement, contiguous  # noqa: E402
 from parallel.runtime.engine import PipelineRunner, init_distributed  # noqa: E402
 

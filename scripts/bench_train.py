@@ -9,7 +9,7 @@ Model FLOPs count the matmuls of a training step (forward + backward = 3 x forwa
 LSTM 8*(in+H)*H per token per direction, attention, generator 2*H*V per target token.
 Prints a final JSON line with the machine and writes it to ``--out``
 (``docs/results/bench_train.json`` by default; ``--out -`` writes nothing). Runs with the
-allocator settings every command line entry point uses (``nmt/hostmem.py``).
+allocator settings every command line entry point uses (``nmt/machine/hostmem.py``).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.atomic import write_json_result  # noqa: E402
-from nmt import hostmem  # noqa: E402
-from nmt.capability import machine_record  # noqa: E402
-from nmt.loss import label_smoothed_nll  # noqa: E402
-from nmt.metrics import cpu_model  # noqa: E402
-from nmt.model import build_model  # noqa: E402
+from nmt.machine import hostmem  # noqa: E402
+from nmt.machine.capability import machine_record  # noqa: E402
+from nmt.models.gnmt import build_model  # noqa: E402
+from nmt.models.loss import label_smoothed_nll  # noqa: E402
+from nmt.train.metrics import cpu_model  # noqa: E402
 
 MODELS = {"gnmt_small": (256, 4, 4), "gnmt4": (1024, 4, 4), "gnmt8": (1024, 8, 8)}
 

@@ -1,5 +1,5 @@
 """Translation speed and BLEU on the test split, every decoding variant side by side in one run:
-beam 1 and 5 x (fp32, bf16 weights, int8: ``nmt/int8.py``) x (full vocabulary, the model's
+beam 1 and 5 x (fp32, bf16 weights, int8: ``nmt/models/int8.py``) x (full vocabulary, the model's
 shortlist, beam pruning with each ``--prune`` threshold pair), and ``nmt-translate`` with its
 defaults.
 
@@ -39,14 +39,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.atomic import atomic_write_text, write_json_result  # noqa: E402
-from nmt import hostmem  # noqa: E402
-from nmt.capability import machine_record  # noqa: E402
-from nmt.checkpoint import load  # noqa: E402
+from nmt.checkpoint.files import load  # noqa: E402
 from nmt.config import DecodeConfig  # noqa: E402
-from nmt.corpus import checkpoint_split  # noqa: E402
-from nmt.inference import load_for_inference  # noqa: E402
-from nmt.shipped import resolve_checkpoint, tuned_decode  # noqa: E402
-from nmt.translate import translate_lines  # noqa: E402
+from nmt.decode.inference import load_for_inference  # noqa: E402
+from nmt.decode.translate import translate_lines  # noqa: E402
+from nmt.machine import hostmem  # noqa: E402
+from nmt.machine.capability import machine_record  # noqa: E402
+from nmt.prepare.splits import checkpoint_split  # noqa: E402
+from nmt.release.shipped import resolve_checkpoint, tuned_decode  # noqa: E402
 
 
 class Decode:
@@ -253,7 +253,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "allocator": allocator,  # nmt/hostmem.py settings in effect ({}: glibc's defaults)
+        "allocator": allocator,  # nmt/machine/hostmem.py settings in effect ({}: glibc's defaults)
     }
     doc = {
         "bench": "translate",

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nmt.metrics import cpu_model  # noqa: E402
+from nmt.train.metrics import cpu_model  # noqa: E402
 
 Where = tuple[torch.device, torch.dtype]
 

@@ -5,11 +5,12 @@ how many translations run into the length cap, and how large the vocabulary shor
         --out docs/results/decode_stats.json
 
 - Length cap: the search stops a hypothesis at ``floor(max_len_a * src_len + max_len_b)``
-  generated tokens (``src_len`` counts the source's eos; ``nmt/search.py``). The script counts
+  generated tokens (``src_len`` counts the source's eos; ``nmt/decode/search.py``). The script
+  counts
   the 1-best translations that reach it, and the references (sentencepiece tokens) that are
   longer than it, i.e. that no search could produce. Decoding: beam 5, fp32, pruning rp 0.3,
   the model's own length and coverage penalties (its ``decode.yaml``).
-- Shortlist (``nmt/shortlist.py``, for a model that carries one): the number of target ids
+- Shortlist (``nmt/decode/shortlist.py``, for a model that carries one): the number of target ids
   each test sentence may produce, special ids included, out of the vocabulary; and the union
   over each decoding batch's sentences (a shortlist shared by the batch would keep that many).
 """
@@ -30,15 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.atomic import atomic_write_text  # noqa: E402
 from data.batching import inference_batches  # noqa: E402
-from nmt import hostmem  # noqa: E402
-from nmt.checkpoint import load  # noqa: E402
+from nmt.checkpoint.files import load  # noqa: E402
 from nmt.config import DecodeConfig  # noqa: E402
-from nmt.corpus import checkpoint_split  # noqa: E402
-from nmt.inference import load_for_inference  # noqa: E402
-from nmt.metrics import cpu_model  # noqa: E402
-from nmt.shipped import resolve_checkpoint, tuned_decode  # noqa: E402
-from nmt.shortlist import Shortlist  # noqa: E402
-from nmt.translate import translate_ids  # noqa: E402
+from nmt.decode.inference import load_for_inference  # noqa: E402
+from nmt.decode.shortlist import Shortlist  # noqa: E402
+from nmt.decode.translate import translate_ids  # noqa: E402
+from nmt.machine import hostmem  # noqa: E402
+from nmt.prepare.splits import checkpoint_split  # noqa: E402
+from nmt.release.shipped import resolve_checkpoint, tuned_decode  # noqa: E402
+from nmt.train.metrics import cpu_model  # noqa: E402
 
 
 class Decode:

@@ -2,7 +2,7 @@
 # The demo recipe at the demo's own budget (BENCHMARKS.md, "The demo recipe"): each recipe is
 # `make demo`'s training command (2 threads, bf16 autocast where native) with the overrides
 # given, one after the other on an otherwise idle machine, each scored on the test split with
-# beam 5 as `make demo` does. The first two ran before nmt/hostmem.py existed: they run with
+# beam 5 as `make demo` does. The first two ran before nmt/machine/hostmem.py existed: they run with
 # glibc's default allocator (PIPENMT_MALLOC=system) to reproduce them. Collect afterwards:
 #   python scripts/sweep_demo.py --label-by-name OUT/*/ \
 #     --json docs/results/demo_recipes/sweep.json --png docs/results/demo_recipes/sweep.png
@@ -24,7 +24,7 @@ PIPENMT_MALLOC=system run a_lr1e-2_9.5min model.dropout=0.2 train.lr=1e-2 train.
   train.eval_every=250
 # the shipped model's learning rate, and the training budget the demo's 15 minutes leave
 PIPENMT_MALLOC=system run b_lr5e-3_12min model.dropout=0.2 train.eval_every=400
-# b with the allocator settings of nmt/hostmem.py
+# b with the allocator settings of nmt/machine/hostmem.py
 run c_lr5e-3_12min_hostmem model.dropout=0.2
 # c with less dropout, and with none: today's `make demo` (conf/model/gnmt_demo.yaml)
 run d_lr5e-3_12min_hostmem_dropout0.1 model.dropout=0.1

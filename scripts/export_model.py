@@ -11,7 +11,8 @@ a digest of the weights), ``spm.model``, ``config.yaml`` and ``MODEL.md``. It is
 folder beside the target, loaded back through ``nmt-translate``'s loader, then renamed into place
 (``--force`` replaces an existing folder); a ``model.pt`` over 25 MB is refused.
 
-``MODEL.md`` is rendered by :func:`nmt.model_card.write_card` from files only: ``model.pt``'s
+``MODEL.md`` is rendered by :func:`nmt.release.model_card.write_card` from files only:
+``model.pt``'s
 metadata and config, the corpus provenance, an ``nmt-eval`` JSON report (``--eval-json``; in
 ``--card`` mode the default is where ``nmt-eval checkpoint=NAME split=test decode=beam5``
 writes it), and the ``NOTES.md`` a person wrote in the model folder (kept on ``--force``).
@@ -38,11 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.debian import sha256_file  # noqa: E402
 from data.errors import DataError  # noqa: E402
-from nmt.checkpoint import FORMAT, load, require_single_device  # noqa: E402
+from nmt.checkpoint.files import FORMAT, load, require_single_device  # noqa: E402
+from nmt.decode.inference import load_for_inference, model_from_checkpoint  # noqa: E402
+from nmt.decode.shortlist import shortlist_for  # noqa: E402
 from nmt.errors import UserError  # noqa: E402
-from nmt.inference import load_for_inference, model_from_checkpoint  # noqa: E402
-from nmt.model_card import NOTES_FILE, write_card  # noqa: E402
-from nmt.shipped import (  # noqa: E402
+from nmt.release.model_card import NOTES_FILE, write_card  # noqa: E402
+from nmt.release.shipped import (  # noqa: E402
     DECODE_FILE,
     MAX_MODEL_BYTES,
     MODEL_FILE,
@@ -52,7 +54,6 @@ from nmt.shipped import (  # noqa: E402
     models_dir,
     weights_digest,
 )
-from nmt.shortlist import shortlist_for  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------- export
@@ -68,7 +69,7 @@ def export_model(
     max_bytes: int = MAX_MODEL_BYTES,
     shortlist: tuple[int, int] | None = (50, 500),
 ) -> Path:
-    """Write ``<folder>/<name>/`` (default folder: :func:`nmt.shipped.models_dir`) from a
+    """Write ``<folder>/<name>/`` (default folder: :func:`nmt.release.shipped.models_dir`) from a
     single-device checkpoint; returns the model folder. ``run_dir`` defaults to the folder above
     ``checkpoints/``."""
     folder = models_dir() if folder is None else folder
@@ -78,7 +79,8 @@ def export_model(
     run = run_record(run_dir or checkpoint.resolve().parent.parent, command)
     payload = make_payload(ckpt, model.state_dict(), dtype, name, checkpoint, run)
     payload["metadata"]["params"] = sum(p.numel() for p in model.parameters())
-    if shortlist:  # decoding's vocabulary shortlist, from the training split (nmt/shortlist.py)
+    # decoding's vocabulary shortlist, from the training split (nmt/decode/shortlist.py)
+    if shortlist:
         payload["shortlist"] = shortlist_for(ckpt, *shortlist).to_state()
         payload["metadata"]["shortlist_sha256"] = weights_digest(payload["shortlist"], {})
         payload["metadata"]["shortlist"] = {"per_source": shortlist[0], "frequent": shortlist[1]}

@@ -101,7 +101,7 @@ def temp_files(ckpt_dir: Path) -> list[str]:
 
 def audit(ckpt_dir: Path) -> tuple[int | None, int, int]:
     """(step of last.pt or None, checkpoint files checked, files that do not load)."""
-    from nmt import checkpoint as ckpt_io
+    from nmt.checkpoint import files as ckpt_io
     from nmt.errors import UserError
 
     last_step, checked, bad = None, 0, 0
@@ -146,7 +146,7 @@ def same_state(a: Any, b: Any) -> bool:
 def run(kills: int = 20, steps: int | None = None, seed: int = 0, workdir: Path | None = None,
         verbose: bool = True) -> dict[str, Any]:  # fmt: skip
     """Reference run, ``kills`` killed runs, one final run; returns the summary."""
-    from nmt import checkpoint as ckpt_io
+    from nmt.checkpoint import files as ckpt_io
 
     def say(msg: str) -> None:
         if verbose:

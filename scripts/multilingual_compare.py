@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.atomic import write_json_result  # noqa: E402
 from nmt.config import compose_config  # noqa: E402
-from nmt.evaluate import eval_cli  # noqa: E402
-from nmt.metrics import cpu_model  # noqa: E402
+from nmt.decode.evaluate import eval_cli  # noqa: E402
+from nmt.train.metrics import cpu_model  # noqa: E402
 
 
 def single_curve(path: Path) -> dict[int, float]:

@@ -112,7 +112,7 @@ def export_data(ckpt: dict, out: Path, dev_limit: int, test_limit: int) -> dict:
     import sentencepiece as sp
 
     from nmt.config import dict_to_config
-    from nmt.corpus import load_text
+    from nmt.prepare.splits import load_text
 
     d = out / "data"
     d.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ cost tables to ``--out-dir``; prints the table and, last, one JSON line with the
     python scripts/plan_report.py --measure-only --device cuda --out-dir DIR  # GPU tables
     python scripts/plan_report.py --costs DIR/costs_cuda_gnmt4.json --costs ...
 
-Measured tables: ``nmt-profile`` (``nmt/profile.py``) times every stage of the real model on
+Measured tables: ``nmt-profile`` (``nmt/train/stage_costs.py``) times every stage of the real model
+on
 three shape buckets and writes a cost-table file that ``--costs`` takes as it is (one source
 per file; the label's ``V=`` comes from the table's notes).  To regenerate the report from
 measured tables (on the machine whose times you want; ``train.device=cuda`` on a GPU):

@@ -1,7 +1,8 @@
 """Why training sat at unigram perplexity: training NLL against target tokens, side by side.
 
 Each variant trains the same model (default: 2+2 layers x 256, the shipped corpus, 2,048-token
-batches, seed 1, one thread) for ``--steps`` optimizer steps through :class:`nmt.trainer.Trainer`
+batches, seed 1, one thread) for ``--steps`` optimizer steps through
+:class:`nmt.train.trainer.Trainer`
 and records the mean training NLL per 10 steps. The variants differ only in the overrides
 named; the first is the old default (NVIDIA GNMT v2: every weight, the generator bias
 included, U(-0.1, 0.1); Adam 2e-3). Writes ``docs/results/plateau.json`` and ``plateau.png``.
@@ -20,8 +21,8 @@ from typing import Any
 
 import torch
 
-from nmt.corpus import Corpus
-from nmt.metrics import cpu_model
+from nmt.prepare.splits import Corpus
+from nmt.train.metrics import cpu_model
 
 VARIANTS = {
     "NVIDIA init, lr 2e-3": ["model.output_bias=uniform", "train.lr=2e-3"],
@@ -42,8 +43,8 @@ BASE = [
 def load_corpus() -> Corpus:
     """The shipped corpus as every variant sees it (the variants differ in model/train keys)."""
     from nmt.config import compose_config
-    from nmt.corpus import prepare_corpus
-    from nmt.trainer import seed_everything
+    from nmt.prepare.splits import prepare_corpus
+    from nmt.train.trainer import seed_everything
 
     seed_everything(1)
     return prepare_corpus(compose_config(BASE).data, 1)
@@ -53,7 +54,7 @@ def run_variant(
     corpus: Corpus, overrides: list[str], steps: int, out_dir: Path
 ) -> list[dict[str, Any]]:
     from nmt.config import compose_config
-    from nmt.trainer import Trainer, seed_everything
+    from nmt.train.trainer import Trainer, seed_everything
 
     cfg = compose_config([*BASE, f"train.out_dir={out_dir}", *overrides])
     seed_everything(1)

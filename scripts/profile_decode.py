@@ -18,12 +18,12 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nmt.checkpoint import load  # noqa: E402
-from nmt.corpus import checkpoint_split  # noqa: E402
-from nmt.inference import load_for_inference  # noqa: E402
-from nmt.metrics import cpu_model  # noqa: E402
-from nmt.shipped import resolve_checkpoint  # noqa: E402
-from nmt.translate import translate_texts  # noqa: E402
+from nmt.checkpoint.files import load  # noqa: E402
+from nmt.decode.inference import load_for_inference  # noqa: E402
+from nmt.decode.translate import translate_texts  # noqa: E402
+from nmt.prepare.splits import checkpoint_split  # noqa: E402
+from nmt.release.shipped import resolve_checkpoint  # noqa: E402
+from nmt.train.metrics import cpu_model  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32",
-                    help="int8: nmt/int8.py weights (fp32 arithmetic elsewhere)")  # fmt: skip
+                    help="int8: nmt/models/int8.py weights, fp32 elsewhere")  # fmt: skip
     ap.add_argument("--prune", type=float, default=0.0, help="decode.prune_relative")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

@@ -14,7 +14,7 @@ machine hits them alike):
 
 A step = forward (to the loss) + backward + clip + Adam, timed per part. Realistic batches
 (default): the first ``--batches`` batches of epoch 0 of a ``Batcher`` (``batch_tokens`` 2048)
-over the shipped corpus (``nmt.config.compose_config`` + ``nmt.corpus.prepare_corpus``).
+over the shipped corpus (``nmt.config.compose_config`` + ``nmt.prepare.splits.prepare_corpus``).
 Reports, per variant, the mean over those batches of the median over ``--repeats`` steps by
 the wall clock and by process CPU time, and of the fastest repeat (the least disturbed on a
 shared machine), the ratios to ``old``, and a torch.profiler table of the top ops of ``old``
@@ -40,8 +40,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nmt.metrics import cpu_model  # noqa: E402
-from nmt.model import GNMT, build_model  # noqa: E402
+from nmt.models.gnmt import GNMT, build_model  # noqa: E402
+from nmt.train.metrics import cpu_model  # noqa: E402
 
 PAD, BOS, EOS = 0, 2, 3
 VARIANTS = {  # name -> (packed bi-LSTM, skip_pad)
@@ -57,7 +57,7 @@ def real_batches(n: int, batch_tokens: int, seed: int) -> tuple[list[Batch], int
     """The first ``n`` batches of epoch 0 over the shipped corpus, and the vocabulary size."""
     from data.batching import Batcher
     from nmt.config import compose_config
-    from nmt.corpus import prepare_corpus
+    from nmt.prepare.splits import prepare_corpus
 
     cfg = compose_config([])
     corpus = prepare_corpus(cfg.data, seed)

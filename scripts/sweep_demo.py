@@ -155,7 +155,7 @@ def label_runs(runs: list[dict[str, Any]], by_folder: bool = False) -> None:
 
 
 def machine() -> dict[str, Any]:
-    from nmt.metrics import cpu_model
+    from nmt.train.metrics import cpu_model
 
     cpu = cpu_model()
     try:

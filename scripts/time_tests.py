@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data.atomic import atomic_write_text  # noqa: E402
-from nmt.capability import machine_record  # noqa: E402
+from nmt.machine.capability import machine_record  # noqa: E402
 
 
 def counts(tail: str) -> dict[str, int]:

@@ -1,5 +1,5 @@
 """Resident memory of bf16 CPU training with oneDNN's primitive cache at its default size and
-capped (``nmt/hostmem.py: cap_onednn_cache``), side by side in one run.
+capped (``nmt/machine/hostmem.py: cap_onednn_cache``), side by side in one run.
 
     python scripts/train_memory.py --steps 300 --out docs/results/train_memory.json
 
@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data.atomic import atomic_write_text  # noqa: E402
-from nmt.hostmem import ONEDNN_CACHE, ONEDNN_CACHE_DEFAULT  # noqa: E402
-from nmt.metrics import cpu_model  # noqa: E402
+from nmt.machine.hostmem import ONEDNN_CACHE, ONEDNN_CACHE_DEFAULT  # noqa: E402
+from nmt.train.metrics import cpu_model  # noqa: E402
 
 # name -> ONEDNN_PRIMITIVE_CACHE_CAPACITY (oneDNN's own default; "" = what nmt-train sets)
 VARIANTS = {"onednn_default_1024": "1024", f"capped_{ONEDNN_CACHE_DEFAULT}": ""}

@@ -58,7 +58,7 @@ translate_main()
 
 def make_checkpoint(work: Path) -> Path:
     from nmt.config import compose_config
-    from nmt.train import train
+    from nmt.train.run import train
 
     corpus = write_corpus(work, {"train": 600, "dev": 40, "test": 40})
     args = [a for a in overrides(corpus, work / "cache", 40) if "save_every" not in a]
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     rows = run(a.lines, a.workdir)
     if a.out != "-":
-        from nmt.metrics import cpu_model
+        from nmt.train.metrics import cpu_model
 
         command = " ".join(["python", "scripts/translate_memory.py", *(argv or sys.argv[1:])])
         machine = {"cpu": cpu_model(), "cores": os.cpu_count()}

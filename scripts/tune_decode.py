@@ -27,13 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nmt.checkpoint import load, require_single_device  # noqa: E402
+from nmt.checkpoint.files import load, require_single_device  # noqa: E402
 from nmt.config import DecodeConfig  # noqa: E402
-from nmt.corpus import checkpoint_split  # noqa: E402
-from nmt.inference import load_for_decoding  # noqa: E402
-from nmt.metrics import cpu_model  # noqa: E402
-from nmt.shipped import resolve_checkpoint  # noqa: E402
-from nmt.translate import translate_texts  # noqa: E402
+from nmt.decode.inference import load_for_decoding  # noqa: E402
+from nmt.decode.translate import translate_texts  # noqa: E402
+from nmt.prepare.splits import checkpoint_split  # noqa: E402
+from nmt.release.shipped import resolve_checkpoint  # noqa: E402
+from nmt.train.metrics import cpu_model  # noqa: E402
 
 OUT = Path("docs/results/decode_tuning.json")
 

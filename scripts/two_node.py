@@ -123,7 +123,7 @@ def listening(pids: set[int]) -> list[str]:
 
 def on_disk(run_dir: Path) -> dict[str, int]:
     """The step of ``last.pt``, of each shard and of the shard manifest (if any)."""
-    from nmt import checkpoint as ckpt_io
+    from nmt.checkpoint import files as ckpt_io
 
     ck = run_dir / "checkpoints"
     files = [ck / "last.pt", *sorted((ck / "shards").glob("*.pt"))]
@@ -149,7 +149,7 @@ def same(a: Any, b: Any) -> bool:
 
 def compare(ref: Path, run: Path) -> dict[str, bool]:
     """Run 2 vs run 1: ``last.pt`` (model) and every shard (model and optimizer state)."""
-    from nmt import checkpoint as ckpt_io
+    from nmt.checkpoint import files as ckpt_io
 
     names = {p.name for d in (ref, run) for p in (d / "checkpoints/shards").glob("*.pt")}
     out = {}
@@ -256,7 +256,7 @@ def run(steps: int = 24, kill_at: int = 6, workdir: Path | None = None,
     """Run 1 (reference) and run 2 (node 2 killed and back); returns the summary."""
     import torch
 
-    from nmt.metrics import cpu_model
+    from nmt.train.metrics import cpu_model
 
     def say(msg: str) -> None:
         if verbose:

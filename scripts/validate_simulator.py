@@ -5,7 +5,7 @@ times.
 
 Every prediction uses stage costs measured in the same setting as the run it predicts, at the
 run's micro-batch size (no scaling), one intra-op thread per process, GNMT stages of
-``nmt.model.build_stages`` (dropout 0).  Measuring is interleaved: each round takes one
+``nmt.models.gnmt.build_stages`` (dropout 0).  Measuring is interleaved: each round takes one
 profile pass per micro-batch count and one step of every case, and medians are taken over
 the rounds, so a drift in the machine's speed hits predictions and measurements alike.
 
@@ -76,7 +76,7 @@ Inputs = tuple[tuple[Tensor, Tensor, Tensor], Tensor]
 
 
 def build(args: argparse.Namespace) -> list[nn.Module]:
-    from nmt.model import build_stages
+    from nmt.models.gnmt import build_stages
 
     torch.manual_seed(0)
     return list(build_stages(args.vocab, args.hidden, args.layers, args.layers, 0.0, True,

@@ -15,7 +15,7 @@ from data.synthetic import write_corpus
 
 @pytest.fixture(scope="session", autouse=True)
 def calibration_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Calibrated choices (``nmt.calibrate``) go to a file of this session, not the user's
+    """Calibrated choices (``nmt.machine.calibrate``) go to a file of this session, not the user's
     cache; subprocesses inherit the variable, so every command of the session agrees."""
     path = tmp_path_factory.mktemp("calibration") / "calibration.json"
     os.environ["PIPENMT_CALIBRATION"] = str(path)

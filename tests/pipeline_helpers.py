@@ -2,7 +2,7 @@
 (docs/DESIGN.md), a label-smoothed loss, deterministic batches, and a small multi-process
 harness (one process per rank, a TCPStore hosted by the test process, hard timeouts).
 
-The real GNMT stages (``nmt.model.build_stages``) are used when that module exists; the toy
+The real GNMT stages (``nmt.models.gnmt.build_stages``) are used when that module exists; the toy
 model keeps the properties the engine must cope with: int64 tensors passed between stages,
 a float input a stage passes through without using it (encoder stages forward ``emb_tgt``),
 a final stage that ignores one of its inputs (the generator ignores ``ctx``), and one
@@ -118,9 +118,10 @@ def toy_stages(
 def gnmt_stages(
     vocab: int = 40, hidden: int = 16, enc_layers: int = 2, dec_layers: int = 2, seed: int = 0
 ) -> list[nn.Module] | None:
-    """The real GNMT stage list (dropout 0) when ``nmt.model.build_stages`` exists, else None."""
+    """The real GNMT stage list (dropout 0) when ``nmt.models.gnmt.build_stages`` exists, else
+    None."""
     try:
-        from nmt.model import build_stages
+        from nmt.models.gnmt import build_stages
     except ImportError:
         return None
     torch.manual_seed(seed)

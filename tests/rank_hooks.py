@@ -1,7 +1,7 @@
 """nmt-train ranks with a test hook, started by torchrun (``run_hooked``).
 
 ``python -m torch.distributed.run --nproc_per_node N -m tests.rank_hooks HOOK ARG OVERRIDE...``
-runs ``nmt.train.train`` as each rank (``parallel.runtime.launch`` sees ``RANK``) after
+runs ``nmt.train.run.train`` as each rank (``parallel.runtime.launch`` sees ``RANK``) after
 installing ``HOOK`` in that rank's process:
 
 * ``tokens RECORD``: after every update a rank takes, ``RECORD.rank<R>.json`` gets the target
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 def record_trained_tokens(record: str) -> None:
     """Wrap ``PipeTrainer.train_step``: after every update taken, write this replica's tokens."""
     from data.batching import Batch
-    from nmt.train_pipeline import PipeTrainer
+    from nmt.train.pipelined import PipeTrainer
 
     original = PipeTrainer.train_step
     tokens: list[int] = []
@@ -52,11 +52,12 @@ def record_trained_tokens(record: str) -> None:
 
 
 def kill_inside_shard_write(step: str) -> None:
-    """Wrap ``nmt.checkpoint.save``: rank 1's shard of ``step`` is cut short by a SIGKILL."""
+    """Wrap ``nmt.checkpoint.files.save``: rank 1's shard of ``step`` is cut short by a SIGKILL."""
     import torch
 
     from data.atomic import atomic_open
-    from nmt import checkpoint, shards
+    from nmt.checkpoint import files as checkpoint
+    from nmt.checkpoint import shards
 
     original = checkpoint.save
 
@@ -113,7 +114,7 @@ def run_hooked(
 
 def main(argv: Sequence[str]) -> None:
     from nmt.config import compose_config
-    from nmt.train import train
+    from nmt.train.run import train
 
     HOOKS[argv[0]](argv[1])
     train(compose_config(list(argv[2:])))

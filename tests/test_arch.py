@@ -1,4 +1,5 @@
-"""The model interface (nmt/seq2seq.py, nmt/arch.py), the same checks for every registered
+"""The model interface (nmt/models/seq2seq.py, nmt/models/registry.py), the same checks for every
+registered
 architecture: config, stage contract, search against a full-recompute reference, n-best scores
 against teacher forcing, pipelined training against one device, export and re-place, and
 translation through ``nmt-translate``."""
@@ -16,13 +17,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from nmt import arch
-from nmt import checkpoint as ckpt_io
+from nmt.checkpoint import files as ckpt_io
 from nmt.config import compose_config
+from nmt.decode.search import Pruning, beam_search
 from nmt.errors import UserError
-from nmt.search import Pruning, beam_search
-from nmt.seq2seq import ModelSpec, Seq2Seq
-from nmt.trainer import check_model_config
+from nmt.models import registry as arch
+from nmt.models.seq2seq import ModelSpec, Seq2Seq
+from nmt.train.trainer import check_model_config
 from tests.conftest import tiny_overrides
 
 ARCHS = sorted(arch.ARCHS)

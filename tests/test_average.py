@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from nmt import checkpoint as ckpt_io
-from nmt.inference import load_for_inference
-from nmt.train import train
+from nmt.checkpoint import files as ckpt_io
+from nmt.decode.inference import load_for_inference
+from nmt.train.run import train
 from tests.conftest import load_script
 
 average_checkpoints = load_script("average_checkpoints")

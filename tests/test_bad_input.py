@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import torch
 
-from nmt import checkpoint as ckpt_io
+from nmt.checkpoint import files as ckpt_io
 from nmt.config import compose_config
-from nmt.train import train
+from nmt.train.run import train
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,9 +76,9 @@ def run_cmd(capsys: pytest.CaptureFixture[str]) -> Any:
     """Faster ``run_main`` for valid configs: compose, then the CLI's error guard around the
     command function (what ``*_main`` does after Hydra; ``hydra.run.dir`` -> train.out_dir)."""
     from nmt.cli import _guarded
-    from nmt.evaluate import eval_cli
-    from nmt.prepare import prepare
-    from nmt.translate import translate_cli
+    from nmt.decode.evaluate import eval_cli
+    from nmt.decode.translate import translate_cli
+    from nmt.prepare.command import prepare
 
     commands = {"prepare_main": prepare, "train_main": train, "translate_main": translate_cli,
                 "eval_main": eval_cli}  # fmt: skip

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import torch
 
-from nmt import calibrate
-from nmt import checkpoint as ckpt_io
-from nmt.capability import bf16_lstm_runs
+from nmt.checkpoint import files as ckpt_io
+from nmt.machine import calibrate
+from nmt.machine.capability import bf16_lstm_runs
 from tests.conftest import tiny_overrides
 
 # what makes an AMX or AVX-512 box run the AVX2 class of kernels (no bf16 LSTM in oneDNN)
@@ -123,8 +123,8 @@ def test_auto_precision_takes_the_calibrated_choice(
 ) -> None:
     """A cached choice of bf16 is what an auto run trains with, recorded in its metrics."""
     from nmt.config import compose_config
-    from nmt.train import train
-    from nmt.trainer import resolve_precision
+    from nmt.train.run import train
+    from nmt.train.trainer import resolve_precision
 
     base = tiny_overrides(tiny_corpus, tmp_path / "cache", tmp_path / "run")
     auto = [x for x in base if not x.startswith("train.precision")]  # the default: auto
@@ -147,7 +147,7 @@ def test_auto_precision_takes_the_calibrated_choice(
 
 
 def test_the_probe_leaves_the_rng_alone() -> None:
-    from nmt import capability
+    from nmt.machine import capability
 
     capability.bf16_lstm_runs.cache_clear()
     torch.manual_seed(0)

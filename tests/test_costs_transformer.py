@@ -137,10 +137,10 @@ def test_params_equal_torch_modules() -> None:
 
 @pytest.mark.parametrize(("enc", "dec"), [(3, 3), (1, 2)])
 def test_params_equal_the_project_transformer_stages(enc: int, dec: int) -> None:
-    """Stage by stage, the parameters of nmt.transformer's own stages (the tied embedding
+    """Stage by stage, the parameters of nmt.models.transformer's own stages (the tied embedding
     counted in Embed+Enc1 and in the Generator, as the cost table does)."""
-    from nmt.seq2seq import ModelSpec
-    from nmt.transformer import stages_from_spec
+    from nmt.models.seq2seq import ModelSpec
+    from nmt.models.transformer import stages_from_spec
 
     spec = ModelSpec(arch="transformer", hidden=H, heads=HEADS, ffn=FFN, enc_layers=enc,
                      dec_layers=dec)  # fmt: skip
@@ -173,10 +173,10 @@ def test_memory_and_boundaries() -> None:
 
 
 def test_boundary_bytes_are_what_the_project_stages_send_under_bf16_autocast() -> None:
-    """The bytes each nmt.transformer stage actually outputs under CPU bf16 autocast (the
+    """The bytes each nmt.models.transformer stage actually outputs under CPU bf16 autocast (the
     pipelined-training setting) equal the table's ``out_bytes_per_mb``."""
-    from nmt.seq2seq import ModelSpec
-    from nmt.transformer import stages_from_spec
+    from nmt.models.seq2seq import ModelSpec
+    from nmt.models.transformer import stages_from_spec
 
     b, ts, tt = 4, 8, 10
     spec = ModelSpec(arch="transformer", hidden=H, heads=HEADS, ffn=FFN, enc_layers=3,

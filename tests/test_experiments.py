@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from nmt.config import compose_config
-from nmt.pipeline_config import resolve_placement
-from nmt.train import train
+from nmt.train.placement import resolve_placement
+from nmt.train.run import train
 
 RECIPES = {"gnmt4_wmt16": ("wmt16_de_en", "gnmt4", 4), "gnmt8_wmt14": ("wmt14_de_en", "gnmt8", 8)}
 

@@ -8,10 +8,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from nmt import layers
-from nmt.layers import EmbedEncoder1, bilstm_dense, reversal_index
-from nmt.loss import label_smoothed_nll
-from nmt.model import GNMT, build_model, quantize_int8
+from nmt.models import gnmt_layers as layers
+from nmt.models.gnmt import GNMT, build_model, quantize_int8
+from nmt.models.gnmt_layers import EmbedEncoder1, bilstm_dense, reversal_index
+from nmt.models.loss import label_smoothed_nll
 
 V, H = 40, 16
 PAD, BOS, EOS = 0, 2, 3

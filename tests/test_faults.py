@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-import nmt.trainer as train_mod
-from nmt import checkpoint as ckpt_io
+import nmt.train.trainer as train_mod
+from nmt.checkpoint import files as ckpt_io
 from nmt.errors import UserError
-from nmt.train import train
+from nmt.train.run import train
 from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,7 +103,7 @@ def test_nonfinite_loss_does_not_touch_the_weights(
     tiny_cfg: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A skipped step leaves weights and optimizer exactly as they were."""
-    from nmt.corpus import prepare_corpus
+    from nmt.prepare.splits import prepare_corpus
 
     cfg = tiny_cfg("train.max_steps=1")
     corpus = prepare_corpus(cfg.data, 1)
@@ -190,7 +190,7 @@ def test_disk_full_while_translating_keeps_the_old_output(
     tiny_cfg: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from nmt.config import compose_config
-    from nmt.translate import translate_cli
+    from nmt.decode.translate import translate_cli
 
     cfg = tiny_cfg("train.max_steps=1")
     train(cfg)
@@ -213,7 +213,7 @@ def test_disk_full_while_writing_the_eval_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from nmt.config import compose_config
-    from nmt.evaluate import eval_cli
+    from nmt.decode.evaluate import eval_cli
 
     hyp, ref = tmp_path / "hyp.txt", tmp_path / "ref.txt"
     hyp.write_text("das Haus\n")

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from data.batching import EOS_ID, PAD_ID, Batcher, inference_batches
 from data.synthetic import WORDS
-from nmt.inference import load_for_inference
-from nmt.train import train
-from nmt.translate import _LINE_BREAKS, translate_stream
+from nmt.decode.inference import load_for_inference
+from nmt.decode.translate import _LINE_BREAKS, translate_stream
+from nmt.train.run import train
 from tests.conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +104,7 @@ def test_translations_with_line_breaks_stay_one_line(
 ) -> None:
     """Whatever text the model produces (a vocabulary can hold \\r, U+2028 ...), the writer
     keeps it on one line (and one TSV field)."""
-    import nmt.translate as tr
+    import nmt.decode.translate as tr
 
     def fake(model: Any, tok: Any, lines: Any, dcfg: Any, progress: Any = None) -> Any:
         return [[(texts[i % len(texts)], -1.0)] * nbest for i in range(len(lines))]

@@ -1,4 +1,4 @@
-"""glibc malloc settings (nmt/hostmem.py): freed large buffers stay in the process for reuse
+"""glibc malloc settings (nmt/machine/hostmem.py): freed large buffers stay in the process for reuse
 (the reference: the same allocation pattern under glibc's defaults returns them), and
 ``PIPENMT_MALLOC=system`` leaves the allocator alone."""
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # the process kept afterwards.
 PROBE = """
 import json, os, sys
-from nmt import hostmem
+from nmt.machine import hostmem
 def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -61,7 +61,7 @@ def test_tuned_allocator_keeps_freed_buffers_and_system_returns_them() -> None:
 
 
 def test_tune_is_a_no_op_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nmt import hostmem
+    from nmt.machine import hostmem
 
     monkeypatch.setenv(hostmem.ENV, "system")
     assert hostmem.tune() == {}
@@ -72,7 +72,7 @@ def test_training_caps_onednn_cache_unless_the_user_set_it(
 ) -> None:
     """bf16 CPU training kept every oneDNN primitive (one per op and shape, up to 1,024) and
     grew by GBs; nmt-train caps the cache, a user's own setting wins."""
-    from nmt import hostmem
+    from nmt.machine import hostmem
 
     monkeypatch.delenv(hostmem.ONEDNN_CACHE, raising=False)
     assert hostmem.cap_onednn_cache() == "32" == os.environ[hostmem.ONEDNN_CACHE]

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.loss import label_smoothed_nll
-from nmt.model import build_model
+from nmt.models.gnmt import build_model
+from nmt.models.loss import label_smoothed_nll
 
 PAD = 0
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from nmt.attention import BahdanauAttention
-from nmt.int8 import Int8Linear, Int8LSTM
-from nmt.layers import Generator
-from nmt.model import GNMT, build_model, build_stages, quantize_int8
+from nmt.models.attention import BahdanauAttention
+from nmt.models.gnmt import GNMT, build_model, build_stages, quantize_int8
+from nmt.models.gnmt_layers import Generator
+from nmt.models.int8 import Int8Linear, Int8LSTM
 
 V, H = 40, 16
 PAD, BOS, EOS = 0, 2, 3
@@ -225,7 +225,7 @@ def test_quantize_int8() -> None:
 def test_int8_products_are_exact_on_this_cpu() -> None:
     """The int32 products of the int8 weights are exact integer arithmetic on this CPU (on the
     AVX2 class, full-range weights saturate oneDNN's int16 pair sums: 7-bit weights there)."""
-    from nmt.int8 import Int8Linear, quantize_rows, weight_levels
+    from nmt.models.int8 import Int8Linear, quantize_rows, weight_levels
 
     torch.manual_seed(0)
     layer = Int8Linear(torch.nn.Linear(512, 256), weight_levels())

@@ -14,7 +14,7 @@ import pytest
 from data.batching import Batcher
 from data.synthetic import FR, WORDS, write_multi_corpus
 from nmt.config import compose_config
-from nmt.corpus import prepare_corpus
+from nmt.prepare.splits import prepare_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 DIRS = "[en-de,de-en,en-fr,fr-en]"
@@ -175,7 +175,7 @@ def test_eval_reports_directions_zero_shot_and_pivot(trained: Path) -> None:
 
 
 def test_pivot_needs_both_legs_through_english() -> None:
-    from nmt.evaluate import _pivot
+    from nmt.decode.evaluate import _pivot
 
     trained = [("en", "de"), ("de", "en"), ("en", "fr")]  # no fr-en
     skip = _pivot(None, {}, ("fr", "de"), trained, ["x"], ["y"])
@@ -218,7 +218,7 @@ def test_one_pair_tokenizer_has_no_tags_and_refuses_target_lang(tmp_path: Path) 
     r = run("translate", ["checkpoint=gnmt-debian-en-de", "decode.target_lang=de"], "a\n")
     assert r.returncode == 2
     assert "this model has no language tags" in r.stderr.strip().splitlines()[-1]
-    from nmt.inference import load_for_inference
+    from nmt.decode.inference import load_for_inference
 
     _, tok = load_for_inference("gnmt-debian-en-de", "none")
     assert tok.tags == {}

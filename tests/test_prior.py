@@ -7,8 +7,8 @@ from collections import Counter
 
 import torch
 
-from nmt.loss import label_smoothed_nll
-from nmt.model import build_model, log_unigram_prior
+from nmt.models.gnmt import build_model, log_unigram_prior
+from nmt.models.loss import label_smoothed_nll
 
 V, H, PAD, BOS, EOS = 50, 16, 0, 2, 3
 

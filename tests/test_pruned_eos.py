@@ -5,7 +5,7 @@ one only), built so that eos always falls just below the relative pruning floor 
 the best candidate. A rule that drops pruned eos candidates never finishes a hypothesis before
 the length cap ("B A A A A A A"); the best translation under the GNMT score is "B". The
 reference enumerates every sequence up to the cap and scores it with the formula of
-:mod:`nmt.search`'s docstring: no beam, no pruning, no code shared with the search.
+:mod:`nmt.decode.search`'s docstring: no beam, no pruning, no code shared with the search.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from nmt.search import Pruning, beam_search
+from nmt.decode.search import Pruning, beam_search
 
 PAD, UNK, BOS, EOS, A, B, C = range(7)
 # P(next | previous): eos is 0.2 after A or B, just below 0.3 x P(A) = 0.21 (and, on the
@@ -42,7 +42,7 @@ class _Memory:
 
 
 class MarkovModel(torch.nn.Module):
-    """Just enough of :class:`nmt.seq2seq.Seq2Seq` for the search: ``step`` returns the
+    """Just enough of :class:`nmt.models.seq2seq.Seq2Seq` for the search: ``step`` returns the
     log-probabilities of :data:`NEXT` for each row's previous token."""
 
     def __init__(self) -> None:

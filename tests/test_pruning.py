@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from nmt.model import GNMT
-from nmt.search import Hypothesis, Pruning, beam_search, coverage_penalty, length_penalty
+from nmt.decode.search import Hypothesis, Pruning, beam_search, coverage_penalty, length_penalty
+from nmt.models.gnmt import GNMT
 from tests.test_search import BOS, EOS, LENGTHS, PAD, V, column, make_src, sequence_logprob, tiny
 
 NEG = float("-inf")
@@ -24,7 +24,7 @@ def reference_beam(
     a: float, b: int, nbest: int, prune: Pruning,
 ) -> list[Hypothesis]:  # fmt: skip
     """One sentence; hypotheses are Python tuples, each row through ``model.step`` alone.
-    The rules are the module docstring's of :mod:`nmt.search`, written out plainly."""
+    The rules are the module docstring's of :mod:`nmt.decode.search`, written out plainly."""
     with torch.no_grad():
         memory = model.prepare_memory(model.encode(src, src_len), src_len)
         real = torch.ones(1, src.size(0), dtype=torch.bool)

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import torch
 
-import nmt.loop as train_mod
-from nmt import checkpoint as ckpt_io
+import nmt.train.loop as train_mod
+from nmt.checkpoint import files as ckpt_io
 from nmt.errors import UserError
-from nmt.lr import Schedule, schedule_from_config
-from nmt.train import train
+from nmt.train.run import train
+from nmt.train.schedule import Schedule, schedule_from_config
 from tests.conftest import tiny_overrides
 from tests.test_cli import cli
 

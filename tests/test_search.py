@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from nmt.model import GNMT, build_model, quantize_int8
-from nmt.search import Hypothesis, beam_search, greedy, length_penalty, row_topk
+from nmt.decode.search import Hypothesis, beam_search, greedy, length_penalty, row_topk
+from nmt.models.gnmt import GNMT, build_model, quantize_int8
 
 V, H = 30, 16
 PAD, BOS, EOS = 0, 2, 3

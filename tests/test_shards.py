@@ -1,4 +1,5 @@
-"""Shard sets as one unit (nmt/shards.py): only a set named by a complete manifest resumes,
+"""Shard sets as one unit (nmt/checkpoint/shards.py): only a set named by a complete manifest
+resumes,
 also after a pipelined run is killed in the middle of writing its set."""
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from nmt import checkpoint as ckpt_io
-from nmt import shards
+from nmt.checkpoint import files as ckpt_io
+from nmt.checkpoint import shards
 from tests.conftest import tiny_overrides
 from tests.rank_hooks import run_hooked
 
@@ -79,7 +80,7 @@ def test_run_killed_while_writing_its_shard_set_resumes_exactly(
     disk, no manifest): train.resume=auto goes on from step 2's set and ends with the weights,
     optimizer state and losses of the uninterrupted run."""
     from nmt.config import compose_config
-    from nmt.train import train
+    from nmt.train.run import train
 
     def args(name: str, *extra: str) -> list[str]:
         return [*tiny_overrides(tiny_corpus, tmp_path / "cache", tmp_path / name), *extra]

@@ -17,9 +17,9 @@ import pytest
 import torch
 import yaml
 
-from nmt import checkpoint as ckpt_io
+from nmt.checkpoint import files as ckpt_io
 from nmt.errors import UserError
-from nmt.shipped import MODELS_ENV, available_models, resolve_checkpoint
+from nmt.release.shipped import MODELS_ENV, available_models, resolve_checkpoint
 from tests.test_faults import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture(scope="module")
 def trained(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     from nmt.config import compose_config
-    from nmt.train import train
+    from nmt.train.run import train
     from tests.conftest import tiny_overrides
 
     tmp = tmp_path_factory.mktemp("shipped-run")
@@ -262,8 +262,8 @@ def test_int8_export_is_close_and_translates(
     trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from nmt.config import DecodeConfig
-    from nmt.inference import load_for_inference
-    from nmt.translate import translate_texts
+    from nmt.decode.inference import load_for_inference
+    from nmt.decode.translate import translate_texts
 
     export_model.export_model(trained, NAME, tmp_path, dtype="int8")
     raw = torch.load(tmp_path / NAME / "model.pt", weights_only=True)
@@ -308,10 +308,10 @@ def test_real_shipped_model_translates_and_scores_on_the_test_head(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, five: list[str], bar: float
 ) -> None:
     from nmt.config import DecodeConfig, dict_to_config
-    from nmt.corpus import load_text
-    from nmt.evaluate import score
-    from nmt.inference import load_for_inference
-    from nmt.translate import translate_texts
+    from nmt.decode.evaluate import score
+    from nmt.decode.inference import load_for_inference
+    from nmt.decode.translate import translate_texts
+    from nmt.prepare.splits import load_text
 
     file = ROOT / "models" / name / "model.pt"
     if not file.is_file():
@@ -361,7 +361,7 @@ def test_demo_summary_prints_two_aligned_lines(tmp_path: Path) -> None:
 
 
 def test_card_names_every_direction_of_a_multilingual_model() -> None:
-    from nmt.model_card import _card_head
+    from nmt.release.model_card import _card_head
 
     f: dict[str, Any] = {
         "name": "multi",
@@ -385,8 +385,8 @@ def test_tune_decode_writes_the_best_into_a_decode_yaml(
     models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """scripts/tune_decode.py: one row per (alpha, beta) on dev, the best by BLEU written as a
-    decode.yaml that nmt.shipped.tuned_decode accepts."""
-    from nmt.shipped import tuned_decode
+    decode.yaml that nmt.release.shipped.tuned_decode accepts."""
+    from nmt.release.shipped import tuned_decode
 
     tune = load_script("tune_decode")
     monkeypatch.setenv(MODELS_ENV, str(models))

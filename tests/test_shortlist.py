@@ -1,4 +1,4 @@
-"""Vocabulary shortlist (nmt/shortlist.py): built from co-occurrence, always holding the
+"""Vocabulary shortlist (nmt/decode/shortlist.py): built from co-occurrence, always holding the
 special ids, and a greedy translation that lies inside it is unchanged."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import torch
 
 from data.batching import inference_batches
 from data.corpus import load_split
-from nmt.inference import load_for_inference
-from nmt.search import beam_search
-from nmt.shortlist import Shortlist, build_shortlist
-from nmt.train import train
+from nmt.decode.inference import load_for_inference
+from nmt.decode.search import beam_search
+from nmt.decode.shortlist import Shortlist, build_shortlist
+from nmt.train.run import train
 
 
 def test_table_ranks_cooccurring_targets_by_dice() -> None:
@@ -72,8 +72,8 @@ def test_greedy_inside_the_shortlist_is_unchanged(
 def test_checkpoint_shortlist_is_used_when_turned_on(trained: Path, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from nmt import checkpoint as ckpt_io
-    from nmt.translate import translate_lines
+    from nmt.checkpoint import files as ckpt_io
+    from nmt.decode.translate import translate_lines
 
     ck = ckpt_io.load(trained)
     tiny = Shortlist(
@@ -103,7 +103,7 @@ def test_nmt_translate_uses_the_shortlist_only_when_asked(
     import subprocess
     import sys
 
-    from nmt import checkpoint as ckpt_io
+    from nmt.checkpoint import files as ckpt_io
 
     ck = ckpt_io.load(trained)
     vocab = ck["model"]["stages.0.embedding.weight"].size(0)

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-import nmt.loop as train_mod
-from nmt import checkpoint as ckpt_io
+import nmt.train.loop as train_mod
+from nmt.checkpoint import files as ckpt_io
 from nmt.errors import UserError
-from nmt.train import train
+from nmt.train.run import train
 
 
 def losses(out_dir: Path) -> list[tuple[int, float]]:

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import torch
 
-from nmt import checkpoint as ckpt_io
-from nmt.errors import user_error_types
-from nmt.inference import load_for_inference
-from nmt.train import train
+from nmt.checkpoint import files as ckpt_io
+from nmt.decode.inference import load_for_inference
 
 # Constant learning rate (no warm-up/decay), so a run stopped at step 4 and resumed with
-from nmt.translate import translate_lines
+from nmt.decode.translate import translate_lines
+from nmt.errors import user_error_types
+from nmt.train.run import train
 
 # Constant learning rate (no warm-up/decay), so a run stopped at step 4 and resumed with
 # max_steps=8 follows exactly the straight 8-step run.

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import torch
 
-from nmt import checkpoint as ckpt_io
-from nmt.capability import bf16_lstm_runs
+from nmt.checkpoint import files as ckpt_io
 from nmt.errors import user_error_types
-from nmt.train import train
-from nmt.trainer import INJECT_ENV, Trainer
+from nmt.machine.capability import bf16_lstm_runs
+from nmt.train.run import train
+from nmt.train.trainer import INJECT_ENV, Trainer
 from tests.rank_hooks import run_hooked
 
 # constant lr, so every difference comes from the batches and the arithmetic

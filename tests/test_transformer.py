@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from nmt.layers import Generator
-from nmt.seq2seq import ModelSpec, quantize_int8
-from nmt.transformer import Transformer, describe, problems, stage_names, stages_from_spec
+from nmt.models.gnmt_layers import Generator
+from nmt.models.seq2seq import ModelSpec, quantize_int8
+from nmt.models.transformer import Transformer, describe, problems, stage_names, stages_from_spec
 
 V, H, HEADS = 30, 16, 4
 PAD, BOS, EOS = 0, 2, 3

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from nmt.capability import bf16_lstm_runs
 from nmt.config import DecodeConfig
+from nmt.decode.evaluate import score_files
+from nmt.decode.inference import load_for_inference
+from nmt.decode.translate import translate_lines
 from nmt.errors import UserError
-from nmt.evaluate import score_files
-from nmt.inference import load_for_inference
-from nmt.train import train
-from nmt.translate import translate_lines
+from nmt.machine.capability import bf16_lstm_runs
+from nmt.train.run import train
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_translate_keeps_one_line_per_input_line(checkpoint: Path, tmp_path: Pat
 def test_overlong_line_is_translated_in_chunks(
     checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import nmt.translate as tr
+    import nmt.decode.translate as tr
 
     model, tok = load_for_inference(str(checkpoint), "none")
     seen: list[int] = []
@@ -256,7 +256,7 @@ def test_eval_checkpoint_split(checkpoint: Path) -> None:
 def test_decode_settings_leave_candidates_to_calibrate(monkeypatch: Any) -> None:
     from types import SimpleNamespace
 
-    from nmt import inference
+    from nmt.decode import inference
 
     def cands(**kw: str) -> list[str]:
         return inference.decode_candidates(SimpleNamespace(**({"device": "cpu"} | kw)))[1]
@@ -303,8 +303,8 @@ def test_bf16_decoding_keeps_lines_and_scores_in_fp32(checkpoint: Path, tmp_path
 
     import torch
 
-    from nmt.inference import load_for_inference
-    from nmt.translate import translate_lines
+    from nmt.decode.inference import load_for_inference
+    from nmt.decode.translate import translate_lines
 
     lines = ["the cat runs", "", "a big red dog sleeps", "window"]
     src = tmp_path / "in.txt"

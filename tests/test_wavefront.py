@@ -1,4 +1,4 @@
-"""GNMT's wavefront over time chunks (nmt/wavefront.py) against the whole-sequence model:
+"""GNMT's wavefront over time chunks (nmt/train/wavefront.py) against the whole-sequence model:
 loss and every gradient equal for C in {1, 2, 3, 8} (T not divisible by C), the diagonal
 order, and ``nmt-train parallel=wavefront`` logging the same losses as ``parallel=none``,
 resuming exactly and exporting a checkpoint that translates."""
@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import torch
 
-import nmt.loop as loop_mod
-from nmt import checkpoint as ckpt_io
+import nmt.train.loop as loop_mod
+from nmt.checkpoint import files as ckpt_io
 from nmt.errors import user_error_types
-from nmt.model import build_model
-from nmt.train import train
-from nmt.wavefront import Wavefront, chunk_bounds, wave
+from nmt.models.gnmt import build_model
+from nmt.train.run import train
+from nmt.train.wavefront import Wavefront, chunk_bounds, wave
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,334 @@
+"""Translation: token-budget batches sorted by length, beam search, input order restored.
+
+``nmt-translate checkpoint=PATH|NAME input=FILE|- output=FILE|-``: exactly one output line per input
+line, in order (an empty line gives an empty line; a line longer than the model's maximum is
+translated in chunks). Output files are written atomically; ``-`` streams stdin/stdout.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import IO, Any
+
+import torch
+from tqdm import tqdm
+
+from data.batching import inference_batches
+from data.errors import DataError
+from data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nmt.decode.inference import (
+    ARITHMETIC,
+    decode_candidates,
+    load_for_decoding,
+    load_for_inference,
+)
+from nmt.decode.line_files import (
+    check_input,
+    check_output,
+    count_lines,
+    input_chunks,
+    open_input,
+    open_output,
+)
+from nmt.decode.search import Hypothesis, Pruning, beam_search
+from nmt.errors import UserError
+from nmt.machine import hostmem
+from nmt.machine.calibrate import announce
+from nmt.models.seq2seq import Seq2Seq
+
+MAX_SRC_TOKENS = 200  # longer sources are split into chunks of this many subwords
+# Characters that some readers take as line breaks (str.splitlines, Unicode line/paragraph
+# separators, NEL): never written inside an output line, so one input line is one output line.
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_ONE_LINE = str.maketrans(dict.fromkeys(_LINE_BREAKS, " "))
+_ONE_FIELD = str.maketrans(dict.fromkeys(_LINE_BREAKS + "\t", " "))
+
+
+def one_line(text: str, tsv: bool = False) -> str:
+    """``text`` with every line-break character (and, for a TSV field, tab) made a space."""
+    return text.translate(_ONE_FIELD if tsv else _ONE_LINE)
+
+
+def check_decode(dcfg: Any) -> None:
+    """Decoding settings a search can run with; a bad one is a one-line user error."""
+    beam, nbest = int(dcfg.beam_size), int(dcfg.nbest)
+    if beam < 1:
+        raise UserError(f"decode.beam_size={beam}: must be >= 1")
+    if not 1 <= nbest <= beam:
+        raise UserError(f"decode.nbest={nbest}: must be between 1 and decode.beam_size={beam}")
+    if int(dcfg.batch_tokens) < 1:
+        raise UserError(f"decode.batch_tokens={dcfg.batch_tokens}: must be >= 1")
+    rel, ab = (
+        float(getattr(dcfg, "prune_relative", 0.0)),
+        float(getattr(dcfg, "prune_absolute", 0.0)),
+    )
+    if not 0.0 <= rel <= 1.0:
+        raise UserError(f"decode.prune_relative={rel}: must be between 0 (off) and 1")
+    if ab < 0.0:
+        raise UserError(f"decode.prune_absolute={ab}: must be >= 0 (0 = off)")
+    if float(dcfg.max_len_a) < 0 or int(dcfg.max_len_b) < 0:
+        raise UserError(
+            f"decode.max_len_a={dcfg.max_len_a}, decode.max_len_b={dcfg.max_len_b}: must be >= 0"
+        )
+
+
+def pruning(dcfg: Any) -> Pruning:
+    """The beam pruning thresholds of decode settings (absent keys: off)."""
+    return Pruning(
+        float(getattr(dcfg, "prune_relative", 0.0)), float(getattr(dcfg, "prune_absolute", 0.0))
+    )
+
+
+def translate_ids(
+    model: Seq2Seq,
+    src_ids: Sequence[Sequence[int]],
+    dcfg: Any,
+    progress: tqdm | None = None,
+) -> list[list[Hypothesis]]:
+    """N-best hypotheses for each source (ids without eos), in input order.
+
+    ``dcfg`` carries beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens.
+    """
+    out: list[list[Hypothesis]] = [[] for _ in src_ids]
+    shortlist = (
+        getattr(model, "shortlist", None) if bool(getattr(dcfg, "shortlist", False)) else None
+    )
+    prune = pruning(dcfg)
+    for batch in inference_batches(src_ids, int(dcfg.batch_tokens), 8):
+        vocab_index = None if shortlist is None else shortlist.candidates(batch.src)
+        hyps = beam_search(
+            model,
+            batch.src,
+            batch.src_len,
+            int(dcfg.beam_size),
+            float(dcfg.alpha),
+            float(dcfg.beta),
+            float(dcfg.max_len_a),
+            int(dcfg.max_len_b),
+            int(dcfg.nbest),
+            BOS_ID,
+            EOS_ID,
+            PAD_ID,
+            vocab_index,
+            prune=prune,
+        )
+        for i, h in zip(batch.indices, hyps, strict=True):
+            out[i] = h
+        if progress is not None:
+            progress.update(len(batch.indices))
+    return out
+
+
+def source_prefix(tok: Tokenizer, target_lang: str) -> list[int]:
+    """What starts every source: ``[<2xx>]`` for a multilingual model, nothing otherwise."""
+    if not tok.tags:
+        if target_lang:
+            raise UserError(
+                f"decode.target_lang={target_lang}: this model has no language tags (one "
+                "language pair); leave decode.target_lang empty"
+            )
+        return []
+    if not target_lang:
+        raise UserError(
+            "this model is multilingual: set decode.target_lang (one of "
+            f"{', '.join(sorted(tok.tags))})"
+        )
+    try:
+        return [tok.tag_id(target_lang)]
+    except DataError as err:
+        raise UserError(f"decode.target_lang={target_lang}: {err}") from None
+
+
+def translate_lines(
+    model: Seq2Seq, tok: Tokenizer, lines: Sequence[str], dcfg: Any, progress: tqdm | None = None
+) -> list[list[tuple[str, float]]]:
+    """Detokenized n-best (text, score) per line; empty lines give [("", 0.0)]; sources longer
+    than ``MAX_SRC_TOKENS`` subwords are translated chunk by chunk and joined."""
+    ids = tok.encode([line.strip() for line in lines])
+    prefix = source_prefix(tok, str(getattr(dcfg, "target_lang", "") or ""))
+    pieces: list[list[int]] = []
+    owner: list[int] = []
+    for i, seq in enumerate(ids):
+        for start in range(0, len(seq), MAX_SRC_TOKENS):
+            pieces.append(prefix + seq[start : start + MAX_SRC_TOKENS])
+            owner.append(i)
+    hyps = translate_ids(model, pieces, dcfg, progress) if pieces else []
+    result: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
+    chunks: dict[int, list[list[Hypothesis]]] = {}
+    for i, h in zip(owner, hyps, strict=True):
+        chunks.setdefault(i, []).append(h)
+    for i, parts in chunks.items():
+        if len(parts) == 1:
+            texts = tok.decode([h.tokens for h in parts[0]])
+            result[i] = [(t, h.score) for t, h in zip(texts, parts[0], strict=True)]
+        else:  # chunked: best hypothesis of each chunk, joined
+            text = " ".join(tok.decode([p[0].tokens for p in parts]))
+            result[i] = [(text, sum(p[0].score for p in parts))]
+    return result
+
+
+def translate_stream(
+    model: Seq2Seq,
+    tok: Tokenizer,
+    src: IO[bytes],
+    name: str,
+    out: IO[str],
+    dcfg: Any,
+    on_bad_utf8: str = "error",
+    total: int | None = None,
+) -> int:
+    """Translate ``src`` chunk by chunk into ``out``; returns the number of lines written."""
+    written = 0
+    nbest = int(dcfg.nbest)
+    if nbest > 1:
+        out.write("line\trank\tscore\thypothesis\n")
+    with tqdm(total=total, unit="sent", file=sys.stderr, disable=None, desc="translate") as bar:
+        for lines in input_chunks(src, name, on_bad_utf8):
+            for i, hyps in enumerate(translate_lines(model, tok, lines, dcfg, bar)):
+                if nbest > 1:
+                    for rank, (text, score) in enumerate(hyps, start=1):
+                        text = one_line(text, tsv=True)
+                        out.write(f"{written + i + 1}\t{rank}\t{score:.4f}\t{text}\n")
+                else:
+                    out.write(one_line(hyps[0][0]) + "\n")
+            written += len(lines)
+            out.flush()
+    return written
+
+
+def _translate_shard(
+    checkpoint: str, arithmetic: str, dcfg: dict[str, Any], lines: list[str], threads: int
+) -> list[str]:
+    """Worker of ``parallel.nproc > 1``: translate this rank's contiguous share of ``lines``."""
+    hostmem.tune()  # a spawned process starts with glibc's defaults
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if threads:
+        torch.set_num_threads(threads)
+    start, stop = rank * len(lines) // world, (rank + 1) * len(lines) // world
+    dtype, quantize = ARITHMETIC[arithmetic]
+    model, tok = load_for_inference(checkpoint, quantize, "cpu", dtype)
+    hyps = translate_lines(model, tok, lines[start:stop], SimpleNamespace(**dcfg))
+    if dcfg["nbest"] > 1:
+        return [
+            f"{start + i + 1}\t{r}\t{score:.4f}\t{one_line(text, tsv=True)}"
+            for i, h in enumerate(hyps)
+            for r, (text, score) in enumerate(h, start=1)
+        ]
+    return [one_line(h[0][0]) for h in hyps]
+
+
+def translate_sharded(cfg: Any, nproc: int, arithmetic: str) -> int:
+    """Shard the input lines over ``nproc`` processes, each decoding in ``arithmetic`` (one of
+    :data:`nmt.decode.inference.ARITHMETIC`); write the outputs in input order."""
+    from parallel.runtime.engine import launch
+
+    with open_input(str(cfg.input)) as src:
+        lines = [
+            x
+            for chunk in input_chunks(src, str(cfg.input), str(cfg.data.on_bad_utf8))
+            for x in chunk
+        ]
+    d = cfg.decode
+    dcfg = {
+        k: d[k]
+        for k in (
+            "beam_size", "alpha", "beta", "max_len_a", "max_len_b", "nbest", "batch_tokens",
+            "shortlist", "prune_relative", "prune_absolute", "target_lang",
+        )
+    }  # fmt: skip
+    threads = _threads(cfg, nproc)
+    results = launch(
+        _translate_shard,
+        str(cfg.checkpoint),
+        arithmetic,
+        dcfg,
+        lines,
+        threads,
+        nproc=nproc,
+        timeout_s=float(cfg.parallel.timeout_s),
+    )
+    with open_output(str(cfg.output), str(cfg.input)) as out:
+        if int(d.nbest) > 1:
+            out.write("line\trank\tscore\thypothesis\n")
+        for rank in sorted(results):
+            out.writelines(x + "\n" for x in results[rank])
+    return len(lines)
+
+
+def _threads(cfg: Any, nproc: int) -> int:
+    """Threads per decoding process: ``train.threads``, else the cores shared out."""
+    if int(cfg.train.threads):
+        return int(cfg.train.threads)
+    return torch.get_num_threads() if nproc == 1 else max(1, (os.cpu_count() or 1) // nproc)
+
+
+def translate_cli(cfg: Any) -> dict[str, Any]:
+    """``nmt-translate``: checkpoint + input -> output (one line per input line)."""
+    if not cfg.checkpoint:
+        raise UserError("checkpoint=PATH is required (a checkpoint file or a shipped model name)")
+    check_decode(cfg.decode)
+    device, _ = decode_candidates(cfg.decode)
+    nproc = int(cfg.parallel.nproc)
+    if nproc > 1 and device != "cpu":
+        raise UserError(
+            f"parallel.nproc={nproc} shards the input over CPU processes; with "
+            f"decode.device={device} use parallel.nproc=1 (or decode.device=cpu)"
+        )
+    if str(cfg.input) != "-":  # bad paths fail before the model loads and is calibrated
+        check_input(str(cfg.input))
+    if str(cfg.output) != "-":
+        check_output(str(cfg.output), str(cfg.input))
+    torch.set_num_threads(_threads(cfg, nproc))  # what each process runs with, calibrated so
+    model, tok, arith = load_for_decoding(str(cfg.checkpoint), cfg.decode)
+    source_prefix(tok, str(cfg.decode.target_lang))  # fail before reading any input
+    if nproc > 1:
+        n = translate_sharded(cfg, nproc, arith.name)
+        announce(arith.choice)  # once all went well: a user error stays one line
+        print(f"nmt-translate: {n} lines over {nproc} processes -> {cfg.output}", file=sys.stderr)
+        return {"lines": n}
+    with open_input(str(cfg.input)) as src, open_output(str(cfg.output), str(cfg.input)) as out:
+        n = translate_stream(
+            model,
+            tok,
+            src,
+            str(cfg.input),
+            out,
+            cfg.decode,
+            str(cfg.data.on_bad_utf8),
+            count_lines(str(cfg.input)),
+        )
+    announce(arith.choice)  # once all went well: a user error (bad UTF-8, ...) stays one line
+    if cfg.output != "-":
+        print(f"nmt-translate: {n} lines -> {cfg.output}", file=sys.stderr)
+    return {"lines": n}
+
+
+def translate_texts(
+    model: Seq2Seq,
+    tok: Tokenizer,
+    texts: Sequence[str],
+    dcfg: Any,
+    target_lang: str | None = None,
+    progress: tqdm | None = None,
+) -> list[str]:
+    """Best translation of each text (in memory; used by validation and nmt-eval);
+    ``target_lang`` overrides ``dcfg.target_lang`` (a multilingual model); ``progress``
+    advances by the sentences done."""
+    best = SimpleNamespace(
+        shortlist=getattr(dcfg, "shortlist", False),
+        prune_relative=getattr(dcfg, "prune_relative", 0.0),
+        prune_absolute=getattr(dcfg, "prune_absolute", 0.0),
+        target_lang=getattr(dcfg, "target_lang", "") if target_lang is None else target_lang,
+        beam_size=dcfg.beam_size,
+        alpha=dcfg.alpha,
+        beta=dcfg.beta,
+        max_len_a=dcfg.max_len_a,
+        max_len_b=dcfg.max_len_b,
+        nbest=1,
+        batch_tokens=dcfg.batch_tokens,
+    )
+    hyps = translate_lines(model, tok, [one_line(t) for t in texts], best, progress)
+    return [one_line(h[0][0]) for h in hyps]
