@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from nmt.config import register_configs
+from nmt.config import AppConfig, register_configs, typed
 from nmt.errors import user_error_types
 
 register_configs()
@@ -27,9 +27,17 @@ _CONFIG_PATH = "pkg://conf"
 _VERSION = "1.3"
 
 
-def _guarded(fn: Callable[[DictConfig], Any], cfg: DictConfig, name: str) -> Any:
-    """Run ``fn(cfg)``; a user error becomes one line on stderr and exit status 2."""
+def _guarded(
+    fn: Callable[[AppConfig], Any],
+    cfg: DictConfig | AppConfig,
+    name: str,
+    adjust: Callable[[DictConfig], DictConfig] | None = None,
+) -> Any:
+    """Run ``fn`` on the typed config (a composed one goes through ``adjust`` and
+    :func:`nmt.config.typed`); a user error becomes one line on stderr and exit status 2."""
     try:
+        if isinstance(cfg, DictConfig):
+            cfg = typed(adjust(cfg) if adjust else cfg)
         return fn(cfg)
     except user_error_types() as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -255,14 +263,14 @@ def _tuned_decode(cfg: DictConfig) -> DictConfig:
 def _translate_main(cfg: DictConfig) -> None:
     from nmt.decode.translate import translate_cli
 
-    _guarded(lambda c: translate_cli(_tuned_decode(c)), cfg, "nmt-translate")
+    _guarded(translate_cli, cfg, "nmt-translate", _tuned_decode)
 
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
 def _eval_main(cfg: DictConfig) -> None:
     from nmt.decode.evaluate import eval_cli
 
-    _guarded(lambda c: eval_cli(_tuned_decode(c)), cfg, "nmt-eval")
+    _guarded(eval_cli, cfg, "nmt-eval", _tuned_decode)
 
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)

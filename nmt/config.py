@@ -7,11 +7,13 @@ Only this module and :mod:`nmt.cli` import Hydra/OmegaConf.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
@@ -188,6 +190,9 @@ class AppConfig:
     profile_out: str = "costs.json"
 
 
+Group = TypeVar("Group")
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="app_schema", node=AppConfig)
@@ -198,32 +203,60 @@ def register_configs() -> None:
     cs.store(group="decode", name="decode_schema", node=DecodeConfig)
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain, resolved dict of a config (DictConfig or dataclass) for checkpoints/logs."""
-    from dataclasses import asdict, is_dataclass
-
-    from omegaconf import DictConfig, OmegaConf
-
-    if isinstance(cfg, DictConfig):
-        out = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(out, dict)
-        return {str(k): v for k, v in out.items()}
-    if is_dataclass(cfg) and not isinstance(cfg, type):
-        return asdict(cfg)
-    raise TypeError(f"cannot convert {type(cfg).__name__} to a dict")
+def config_to_dict(cfg: object) -> dict[str, Any]:
+    """A plain dict of a typed config (or of one of its groups) for checkpoints and logs."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise TypeError(f"cannot convert {type(cfg).__name__} to a dict")
+    return dataclasses.asdict(cfg)
 
 
-def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> Any:
-    """Compose the config tree without the CLI (tests, scripts, notebooks)."""
-    from hydra import compose, initialize_config_module
+def typed(cfg: DictConfig) -> AppConfig:
+    """The composed config as the objects of the schema above (interpolations resolved);
+    what every function below the CLI receives."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nmt.errors import UserError
+
+    try:
+        out = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:  # e.g. a mandatory value left as ???
+        raise UserError(str(err).splitlines()[0]) from None
+    assert isinstance(out, AppConfig)
+    return out
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """The config tree as Hydra composes it, without the CLI (before :func:`typed`)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
 
     register_configs()
     with initialize_config_module(config_module="conf", version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides or []))
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
 
 
-def dict_to_config(d: dict[str, Any]) -> Any:
-    """A saved config dict (e.g. from a checkpoint) back as an attribute-access config."""
-    from omegaconf import OmegaConf
+def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> AppConfig:
+    """The typed config tree without the CLI (tests, scripts, notebooks)."""
+    return typed(compose(overrides, config_name))
 
-    return OmegaConf.create(d)
+
+def from_dict(schema: type[Group], saved: dict[str, Any]) -> Group:
+    """A saved config dict (a checkpoint's ``config`` or one of its groups) as ``schema``'s
+    object: keys the schema no longer has are dropped, keys it has since gained take their
+    defaults, so checkpoints written by earlier versions still load."""
+    node = OmegaConf.structured(schema)
+    out = OmegaConf.to_object(OmegaConf.merge(node, _known(schema, saved)))
+    assert isinstance(out, schema)
+    return out
+
+
+def _known(schema: type, saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` restricted to the fields of ``schema`` (recursively, through groups)."""
+    hints = typing.get_type_hints(schema)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        if f.name in saved:
+            value, kind = saved[f.name], hints[f.name]
+            nested = dataclasses.is_dataclass(kind) and isinstance(value, dict)
+            out[f.name] = _known(kind, value) if nested else value
+    return out

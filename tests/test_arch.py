@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,8 +17,8 @@ import torch
 from torch import Tensor
 
 from nmt.checkpoint import files as ckpt_io
-from nmt.config import compose_config
-from nmt.decode.search import Pruning, beam_search
+from nmt.config import ModelConfig, compose_config
+from nmt.decode.search import Pruning, SearchSettings, beam_search
 from nmt.errors import UserError
 from nmt.models import registry as arch
 from nmt.models.seq2seq import ModelSpec, Seq2Seq
@@ -82,11 +81,11 @@ def test_analytic_costs_have_the_model_stages(name: str) -> None:
 def test_unknown_or_impossible_models_are_one_line_errors() -> None:
     base = {"hidden": 16, "enc_layers": 2, "dec_layers": 2, "dropout": 0.1, "heads": 4}
     with pytest.raises(UserError, match=r"model.arch='rnn'.*gnmt, transformer"):
-        check_model_config(SimpleNamespace(arch="rnn", **base))
+        check_model_config(ModelConfig(name="x", arch="rnn", **base))
     with pytest.raises(UserError, match="divisible by model.heads=3"):
-        check_model_config(SimpleNamespace(arch="transformer", **(base | {"heads": 3})))
+        check_model_config(ModelConfig(name="x", arch="transformer", **(base | {"heads": 3})))
     with pytest.raises(UserError, match="enc_layers=1 must be >= 2"):
-        check_model_config(SimpleNamespace(arch="gnmt", **(base | {"enc_layers": 1})))
+        check_model_config(ModelConfig(name="x", arch="gnmt", **(base | {"enc_layers": 1})))
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -125,7 +124,12 @@ def test_beam_one_equals_full_recompute_greedy(name: str) -> None:
     model = tiny(name)
     lengths = [7, 4, 1, 5]
     src, src_len = source(lengths)
-    hyps = beam_search(model, src, src_len, 1, 0.0, 0.0, max_len_a=1.0, max_len_b=3)
+    hyps = beam_search(
+        model,
+        src,
+        src_len,
+        SearchSettings(beam_size=1, alpha=0.0, beta=0.0, max_len_a=1.0, max_len_b=3),
+    )
     for b, n in enumerate(lengths):
         ref = full_recompute_greedy(model, src[:n, b : b + 1], n, n + 3)
         assert hyps[b][0].tokens == ref, (b, hyps[b][0].tokens, ref)
@@ -138,7 +142,12 @@ def test_nbest_scores_are_teacher_forced_log_probabilities(name: str) -> None:
     model = tiny(name, seed=3)
     lengths = [6, 2, 4]
     src, src_len = source(lengths, seed=5)
-    hyps = beam_search(model, src, src_len, 4, 0.6, 0.0, max_len_a=1.0, max_len_b=4, nbest=3)
+    hyps = beam_search(
+        model,
+        src,
+        src_len,
+        SearchSettings(beam_size=4, alpha=0.6, beta=0.0, max_len_a=1.0, max_len_b=4, nbest=3),
+    )
     checked = 0
     torch.set_grad_enabled(False)
     for b, n in enumerate(lengths):
@@ -170,11 +179,11 @@ def test_pruned_batch_equals_each_sentence_alone(
     monkeypatch.setattr(
         memory_type, "for_rows", lambda m, rows: laid_out.append(rows.numel()) or for_rows(m, rows)
     )
-    args = (4, 0.6, 0.0, 1.0, 4, 2)
-    hyps = beam_search(model, src, src_len, *args, prune=prune)
+    settings = SearchSettings(4, 0.6, 0.0, 1.0, 4, 2, prune)
+    hyps = beam_search(model, src, src_len, settings)
     assert laid_out, "pruning never gave sentences different row counts"
     for b, n in enumerate(lengths):
-        alone = beam_search(model, src[:n, b : b + 1], src_len[b : b + 1], *args, prune=prune)
+        alone = beam_search(model, src[:n, b : b + 1], src_len[b : b + 1], settings)
         assert [h.tokens for h in hyps[b]] == [h.tokens for h in alone[0]], b
         for x, y in zip(hyps[b], alone[0], strict=True):
             assert x.logprob == pytest.approx(y.logprob, abs=1e-5)

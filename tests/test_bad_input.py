@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from nmt.checkpoint import files as ckpt_io
-from nmt.config import compose_config
+from nmt.config import compose, compose_config
 from nmt.train.run import train
 from tests.conftest import tiny_overrides
 
@@ -85,7 +85,7 @@ def run_cmd(capsys: pytest.CaptureFixture[str]) -> Any:
 
     def run(entry: str, *args: str) -> Result:
         overrides = [a.replace("hydra.run.dir=", "train.out_dir=", 1) for a in args]
-        cfg = compose_config(overrides, "config" if entry == "train_main" else "tool")
+        cfg = compose(overrides, "config" if entry == "train_main" else "tool")
         capsys.readouterr()
         code = 0
         try:

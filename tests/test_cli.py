@@ -42,8 +42,8 @@ def test_defaults_and_stable_keys() -> None:
         "eval_every",
         "resume",
     ):
-        assert key in cfg.train
-    assert "dropout" in cfg.model and "batch_tokens" in cfg.data
+        assert hasattr(cfg.train, key)
+    assert hasattr(cfg.model, "dropout") and hasattr(cfg.data, "batch_tokens")
     assert compose_config(["model=gnmt8"]).model.enc_layers == 8
 
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from data.batching import EOS_ID, PAD_ID, Batcher, inference_batches
 from data.synthetic import WORDS
+from nmt.config import DecodeConfig
 from nmt.decode.inference import load_for_inference
 from nmt.decode.translate import _LINE_BREAKS, translate_stream
 from nmt.train.run import train
@@ -56,11 +57,9 @@ def model_tok(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     return model, tok, tmp / "run" / "checkpoints" / "last.pt"
 
 
-class Decode:
-    def __init__(self, beam: int = 2, nbest: int = 1) -> None:
-        self.beam_size, self.nbest = beam, nbest
-        self.alpha, self.beta, self.max_len_a, self.max_len_b = 0.6, 0.1, 0.3, 4
-        self.batch_tokens = 512
+def Decode(beam: int = 2, nbest: int = 1) -> DecodeConfig:  # noqa: N802
+    return DecodeConfig(beam_size=beam, nbest=nbest, alpha=0.6, beta=0.1, max_len_a=0.3,
+                        max_len_b=4, batch_tokens=512, prune_relative=0.0)  # fmt: skip
 
 
 def expected_lines(data: bytes) -> int:
@@ -266,15 +265,9 @@ def test_training_batches_invariants(
 @pytest.mark.timeout(900)
 def test_streaming_translation_memory_is_flat(tmp_path: Path) -> None:
     """2k vs 20k lines through the real command: the peak RSS barely moves (streaming)."""
-    import importlib.util
+    from scripts.bench import translate_memory
 
-    spec = importlib.util.spec_from_file_location(
-        "translate_memory", ROOT / "scripts" / "translate_memory.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mem = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mem)
-    rows = mem.run([2_000, 20_000], workdir=tmp_path, verbose=False)
+    rows = translate_memory.run([2_000, 20_000], workdir=tmp_path, verbose=False)
     small, large = rows
     assert small["lines_out"] == 2_000 and large["lines_out"] == 20_000
     assert large["peak_rss_mb"] - small["peak_rss_mb"] < 40, rows

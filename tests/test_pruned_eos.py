@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from nmt.decode.search import Pruning, beam_search
+from nmt.decode.search import Pruning, SearchSettings, beam_search
 
 PAD, UNK, BOS, EOS, A, B, C = range(7)
 # P(next | previous): eos is 0.2 after A or B, just below 0.3 x P(A) = 0.21 (and, on the
@@ -103,8 +103,14 @@ def test_pruned_search_finds_the_exhaustive_best(prune: Pruning, k: int) -> None
     alpha, src_len = 0.6, 3
     max_len = math.floor(1.5 * src_len + 3)  # the search's cap for max_len_a=1.5, max_len_b=3
     src = torch.tensor([[4], [5], [EOS]])
-    out = beam_search(MarkovModel(), src, torch.tensor([src_len]), k, alpha, 0.0, 1.5, 3, 1,
-                      BOS, EOS, PAD, prune=prune)  # type: ignore[arg-type]  # fmt: skip
+    out = beam_search(
+        MarkovModel(),
+        src,
+        torch.tensor([src_len]),
+        SearchSettings(
+            beam_size=k, alpha=alpha, beta=0.0, max_len_a=1.5, max_len_b=3, nbest=1, prune=prune
+        ),
+    )  # type: ignore[arg-type]
     best = exhaustive_best(max_len, alpha)
     assert best == [B]
     assert out[0][0].tokens == best

@@ -12,7 +12,14 @@ import pytest
 import torch
 from torch import Tensor
 
-from nmt.decode.search import Hypothesis, Pruning, beam_search, coverage_penalty, length_penalty
+from nmt.decode.search import (
+    Hypothesis,
+    Pruning,
+    SearchSettings,
+    beam_search,
+    coverage_penalty,
+    length_penalty,
+)
 from nmt.models.gnmt import GNMT
 from tests.test_search import BOS, EOS, LENGTHS, PAD, V, column, make_src, sequence_logprob, tiny
 
@@ -92,7 +99,14 @@ def test_batched_search_equals_unbatched_reference(
 ) -> None:
     model = tiny(seed, init_range=1.0).double()
     src, src_len = make_src(LENGTHS, seed=seed + 20)
-    out = beam_search(model, src, src_len, k, 0.6, 0.2, 1.5, 3, nbest, BOS, EOS, PAD, prune=prune)
+    out = beam_search(
+        model,
+        src,
+        src_len,
+        SearchSettings(
+            beam_size=k, alpha=0.6, beta=0.2, max_len_a=1.5, max_len_b=3, nbest=nbest, prune=prune
+        ),
+    )
     for b in range(len(LENGTHS)):
         s, sl = column(src, src_len, b)
         ref = reference_beam(model, s, sl, k, 0.6, 0.2, 1.5, 3, nbest, prune)
@@ -112,7 +126,14 @@ def test_relative_threshold_one_continues_one_row(
     src, src_len = make_src(LENGTHS, seed=src_seed)
     rows = count_rows(model, monkeypatch)
     rp1 = Pruning(1.0, 0.0)
-    out = beam_search(model, src, src_len, 5, 0.6, 0.0, 1.5, 3, 1, BOS, EOS, PAD, prune=rp1)
+    out = beam_search(
+        model,
+        src,
+        src_len,
+        SearchSettings(
+            beam_size=5, alpha=0.6, beta=0.0, max_len_a=1.5, max_len_b=3, nbest=1, prune=rp1
+        ),
+    )
     assert rows[0] == len(LENGTHS) and all(0 < n <= len(LENGTHS) for n in rows)
     monkeypatch.undo()
     for b in range(len(LENGTHS)):
@@ -125,16 +146,40 @@ def test_relative_threshold_one_continues_one_row(
 def test_pruning_still_returns_nbest_hypotheses(seed: int) -> None:
     model = tiny(seed, init_range=2.0).double()
     src, src_len = make_src(LENGTHS, seed=seed + 3)
-    out = beam_search(model, src, src_len, 5, 0.6, 0.1, 1.5, 10, 5, BOS, EOS, PAD,
-                      prune=Pruning(0.2, 0.0))  # fmt: skip
+    out = beam_search(
+        model,
+        src,
+        src_len,
+        SearchSettings(
+            beam_size=5,
+            alpha=0.6,
+            beta=0.1,
+            max_len_a=1.5,
+            max_len_b=10,
+            nbest=5,
+            prune=Pruning(0.2, 0.0),
+        ),
+    )
     assert [len(h) for h in out] == [5] * len(LENGTHS)
 
 
 def test_pruned_scores_are_true_model_scores() -> None:
     model = tiny(5, init_range=1.0).double()
     src, src_len = make_src(LENGTHS, seed=8)
-    out = beam_search(model, src, src_len, 5, 0.6, 0.0, 1.5, 3, 2, BOS, EOS, PAD,
-                      prune=Pruning(0.5, 2.0))  # fmt: skip
+    out = beam_search(
+        model,
+        src,
+        src_len,
+        SearchSettings(
+            beam_size=5,
+            alpha=0.6,
+            beta=0.0,
+            max_len_a=1.5,
+            max_len_b=3,
+            nbest=2,
+            prune=Pruning(0.5, 2.0),
+        ),
+    )
     for b, hyps in enumerate(out):
         s, sl = column(src, src_len, b)
         for h in hyps:
@@ -145,9 +190,27 @@ def test_pruning_evaluates_fewer_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny(6, init_range=1.0).double()
     src, src_len = make_src(LENGTHS * 3, seed=9)
     rows = count_rows(model, monkeypatch)
-    full = beam_search(model, src, src_len, 5, 0.6, 0.0, 1.5, 3, 1, BOS, EOS, PAD)
+    full = beam_search(
+        model,
+        src,
+        src_len,
+        SearchSettings(beam_size=5, alpha=0.6, beta=0.0, max_len_a=1.5, max_len_b=3, nbest=1),
+    )
     full_rows, rows[:] = sum(rows), []
-    beam_search(model, src, src_len, 5, 0.6, 0.0, 1.5, 3, 1, BOS, EOS, PAD, prune=Pruning(0.6, 2.5))
+    beam_search(
+        model,
+        src,
+        src_len,
+        SearchSettings(
+            beam_size=5,
+            alpha=0.6,
+            beta=0.0,
+            max_len_a=1.5,
+            max_len_b=3,
+            nbest=1,
+            prune=Pruning(0.6, 2.5),
+        ),
+    )
     assert len(full) == 15 and sum(rows) < full_rows
 
 
@@ -164,11 +227,26 @@ def test_shortlists_with_pruning_equal_each_sentence_alone() -> None:
     width = max(len(r) for r in rows)
     ids = torch.tensor([r + [-1] * (width - len(r)) for r in rows])
     prune = Pruning(0.6, 2.5)
-    both = beam_search(model, src, src_len, 4, 0.6, 0.2, 1.5, 3, 2, BOS, EOS, PAD, ids, prune=prune)
+    both = beam_search(
+        model,
+        src,
+        src_len,
+        SearchSettings(
+            beam_size=4, alpha=0.6, beta=0.2, max_len_a=1.5, max_len_b=3, nbest=2, prune=prune
+        ),
+        ids,
+    )
     for b, row in enumerate(rows):
         s, sl = column(src, src_len, b)
-        alone = beam_search(model, s, sl, 4, 0.6, 0.2, 1.5, 3, 2, BOS, EOS, PAD,
-                            torch.tensor([row]), prune=prune)[0]  # fmt: skip
+        alone = beam_search(
+            model,
+            s,
+            sl,
+            SearchSettings(
+                beam_size=4, alpha=0.6, beta=0.2, max_len_a=1.5, max_len_b=3, nbest=2, prune=prune
+            ),
+            torch.tensor([row]),
+        )[0]
         assert [h.tokens for h in both[b]] == [h.tokens for h in alone]
         assert [h.score for h in both[b]] == pytest.approx([h.score for h in alone], abs=1e-9)
         assert all(set(h.tokens) <= set(row) for h in alone)

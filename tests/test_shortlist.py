@@ -10,8 +10,9 @@ import torch
 
 from data.batching import inference_batches
 from data.corpus import load_split
+from nmt.config import DecodeConfig
 from nmt.decode.inference import load_for_inference
-from nmt.decode.search import beam_search
+from nmt.decode.search import SearchSettings, beam_search
 from nmt.decode.shortlist import Shortlist, build_shortlist
 from nmt.train.run import train
 
@@ -57,8 +58,19 @@ def test_greedy_inside_the_shortlist_is_unchanged(
     inside = 0
     for b in inference_batches(tok.encode([s for s, _ in test]), 200, 8):
         ids = sl.candidates(b.src)
-        full = beam_search(model, b.src, b.src_len, 1, 0.0, 0.0, 1.5, 5, 1, 2, 3, 0)
-        short = beam_search(model, b.src, b.src_len, 1, 0.0, 0.0, 1.5, 5, 1, 2, 3, 0, ids)
+        full = beam_search(
+            model,
+            b.src,
+            b.src_len,
+            SearchSettings(beam_size=1, alpha=0.0, beta=0.0, max_len_a=1.5, max_len_b=5, nbest=1),
+        )
+        short = beam_search(
+            model,
+            b.src,
+            b.src_len,
+            SearchSettings(beam_size=1, alpha=0.0, beta=0.0, max_len_a=1.5, max_len_b=5, nbest=1),
+            ids,
+        )
         for row, f, s in zip(ids, full, short, strict=True):
             allowed = set(row[row >= 0].tolist())
             assert {0, 1, 2, 3} <= allowed  # pad, unk, bos, eos always
@@ -70,8 +82,6 @@ def test_greedy_inside_the_shortlist_is_unchanged(
 
 
 def test_checkpoint_shortlist_is_used_when_turned_on(trained: Path, tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
     from nmt.checkpoint import files as ckpt_io
     from nmt.decode.translate import translate_lines
 
@@ -84,8 +94,8 @@ def test_checkpoint_shortlist_is_used_when_turned_on(trained: Path, tmp_path: Pa
     path = tmp_path / "with_sl.pt"
     ckpt_io.save(path, ck)
     model, tok = load_for_inference(str(path), "none")
-    d = SimpleNamespace(beam_size=2, alpha=0.6, beta=0.0, max_len_a=1.5, max_len_b=5, nbest=1,
-                        batch_tokens=64, shortlist=True)  # fmt: skip
+    d = DecodeConfig(beam_size=2, alpha=0.6, beta=0.0, max_len_a=1.5, max_len_b=5, nbest=1,
+                     batch_tokens=64, shortlist=True, prune_relative=0.0)  # fmt: skip
     lines = ["the cat runs", "a big dog"]
     assert [h[0][0] for h in translate_lines(model, tok, lines, d)] == ["", ""]
     d.shortlist = False

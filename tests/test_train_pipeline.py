@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from nmt.checkpoint import files as ckpt_io
+from nmt.config import DecodeConfig
 from nmt.decode.inference import load_for_inference
 
 # Constant learning rate (no warm-up/decay), so a run stopped at step 4 and resumed with
@@ -96,9 +97,8 @@ def test_pipelined_resume_is_exact(runs: dict[str, Path]) -> None:
 
 
 def test_exported_checkpoint_translates_like_the_trained_model(runs: dict[str, Path]) -> None:
-    class D:
-        beam_size, alpha, beta, max_len_a, max_len_b, nbest = 3, 0.6, 0.1, 1.5, 5, 1
-        batch_tokens = 64
+    D = DecodeConfig(beam_size=3, alpha=0.6, beta=0.1, max_len_a=1.5, max_len_b=5, nbest=1,
+                     batch_tokens=64, prune_relative=0.0)  # fmt: skip
 
     lines = ["the cat runs", "a small red window opens", ""]
     a = translate_lines(*load_for_inference(str(runs["single"] / LAST), "none"), lines, D)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from omegaconf import OmegaConf
 
 from nmt.config import DecodeConfig
 from nmt.decode.evaluate import score_files
@@ -86,16 +85,16 @@ def test_overlong_line_is_translated_in_chunks(
     monkeypatch.setattr(tr, "translate_ids", spy)
     monkeypatch.setattr(tr, "MAX_SRC_TOKENS", 10)
 
-    class D:
-        beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens = (
-            2,
-            0.6,
-            0.1,
-            1.5,
-            5,
-            1,
-            64,
-        )
+    D = DecodeConfig(
+        beam_size=2,
+        alpha=0.6,
+        beta=0.1,
+        max_len_a=1.5,
+        max_len_b=5,
+        nbest=1,
+        batch_tokens=64,
+        prune_relative=0.0,
+    )
 
     out = tr.translate_lines(model, tok, ["the cat " * 12, "dog"], D)
     assert len(out) == 2 and max(seen) <= 10 and len(seen) >= 4
@@ -113,16 +112,16 @@ LINES = [
 def test_translate_order_and_batch_independence(checkpoint: Path, quantize: str) -> None:
     model, tok = load_for_inference(str(checkpoint), quantize)
 
-    class D:
-        beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens = (
-            4,
-            0.6,
-            0.1,
-            1.5,
-            5,
-            1,
-            64,
-        )
+    D = DecodeConfig(
+        beam_size=4,
+        alpha=0.6,
+        beta=0.1,
+        max_len_a=1.5,
+        max_len_b=5,
+        nbest=1,
+        batch_tokens=64,
+        prune_relative=0.0,
+    )
 
     together = [h[0][0] for h in translate_lines(model, tok, LINES, D)]
     alone = [translate_lines(model, tok, [x], D)[0][0][0] for x in LINES]
@@ -137,7 +136,7 @@ def test_cli_default_int8_translates_each_line_as_alone(checkpoint: Path, tmp_pa
     r = run_cli("translate_main", f"checkpoint={checkpoint}", f"input={src}", f"output={out}")
     assert r.returncode == 0, r.stderr.decode()
     model, tok = load_for_inference(str(checkpoint), "int8")
-    dcfg = OmegaConf.structured(DecodeConfig)
+    dcfg = DecodeConfig()
     alone = [translate_lines(model, tok, [x], dcfg)[0][0][0] for x in LINES]
     assert out.read_text().splitlines() == alone
 
@@ -254,12 +253,10 @@ def test_eval_checkpoint_split(checkpoint: Path) -> None:
 
 
 def test_decode_settings_leave_candidates_to_calibrate(monkeypatch: Any) -> None:
-    from types import SimpleNamespace
-
     from nmt.decode import inference
 
     def cands(**kw: str) -> list[str]:
-        return inference.decode_candidates(SimpleNamespace(**({"device": "cpu"} | kw)))[1]
+        return inference.decode_candidates(DecodeConfig(**({"device": "cpu"} | kw)))[1]
 
     for bf16 in (True, False):
         monkeypatch.setattr(inference, "bf16_lstm_runs", lambda b=bf16: b)
@@ -299,8 +296,6 @@ def test_sharded_translation_keeps_order(checkpoint: Path, tmp_path: Path) -> No
 def test_bf16_decoding_keeps_lines_and_scores_in_fp32(checkpoint: Path, tmp_path: Path) -> None:
     """``decode.dtype=bf16`` (the weights themselves in bf16) through the
     real command: one line out per line in; the search accumulates scores in fp32."""
-    from types import SimpleNamespace
-
     import torch
 
     from nmt.decode.inference import load_for_inference
@@ -316,8 +311,8 @@ def test_bf16_decoding_keeps_lines_and_scores_in_fp32(checkpoint: Path, tmp_path
     assert len(out.read_text().split("\n")[:-1]) == len(lines)
     model, tok = load_for_inference(str(checkpoint), "none", "cpu", torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    d = SimpleNamespace(beam_size=3, alpha=0.6, beta=0.1, max_len_a=1.5, max_len_b=5, nbest=1,
-                        batch_tokens=64)  # fmt: skip
+    d = DecodeConfig(beam_size=3, alpha=0.6, beta=0.1, max_len_a=1.5, max_len_b=5, nbest=1,
+                     batch_tokens=64, prune_relative=0.0)  # fmt: skip
     hyps = translate_lines(model, tok, lines, d)
     assert all(score == score and abs(score) < 1e4 for h in hyps for _, score in h)
 

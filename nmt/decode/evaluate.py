@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import sacrebleu
+from sacrebleu.metrics.bleu import BLEU
+from sacrebleu.metrics.chrf import CHRF
 from tqdm import tqdm
 
 from data.atomic import atomic_write_text
-from nmt.config import DecodeConfig, dict_to_config
+from nmt.config import AppConfig, DataConfig, DecodeConfig, config_to_dict, from_dict
 from nmt.errors import UserError
 from nmt.machine.calibrate import announce
 from nmt.prepare.multilingual import is_multilingual
@@ -46,7 +47,7 @@ def read_lines(path: str, what: str) -> list[str]:
 
 def score(hyps: list[str], refs: list[str]) -> dict[str, Any]:
     """Corpus BLEU and chrF (sacrebleu defaults: 13a tokenization, chrF2)."""
-    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    bleu, chrf = BLEU(), CHRF()
     b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
     return {
         "bleu": round(b.score, 4),
@@ -68,7 +69,7 @@ def score_files(hyp: str, ref: str) -> dict[str, Any]:
     return {"hyp": hyp, "ref": ref, **score(hyps, refs)}
 
 
-def _load(cfg: Any) -> dict[str, Any]:
+def _load(cfg: AppConfig) -> dict[str, Any]:
     """The checkpoint (path or shipped name), its model and tokenizer on the decode device."""
     from nmt.checkpoint.files import load, require_single_device
     from nmt.decode.inference import load_for_decoding
@@ -100,13 +101,13 @@ def _load(cfg: Any) -> dict[str, Any]:
     _make_folder(stem.parent)
     announce(arith.choice)
     return {
-        "model": model, "tok": tok, "data": dict_to_config(ckpt["config"]["data"]),
+        "model": model, "tok": tok, "data": from_dict(DataConfig, ckpt["config"]["data"]),
         "split": split, "stem": stem, "tag": tag,
         "info": _run_info(cfg, ckpt, ckpt_path, name, arith.record()),
     }  # fmt: skip
 
 
-def _translate_split(cfg: Any, run: dict[str, Any]) -> tuple[str, str]:
+def _translate_split(cfg: AppConfig, run: dict[str, Any]) -> tuple[str, str]:
     """Translate the checkpoint's data split; returns (hyp path, ref path)."""
     from nmt.decode.translate import one_line, translate_texts
     from nmt.prepare.splits import load_text
@@ -124,7 +125,7 @@ def _translate_split(cfg: Any, run: dict[str, Any]) -> tuple[str, str]:
     return str(hyp_path), str(ref_path)
 
 
-def _eval_multilingual(cfg: Any, run: dict[str, Any]) -> dict[str, Any]:
+def _eval_multilingual(cfg: AppConfig, run: dict[str, Any]) -> dict[str, Any]:
     """Every trained direction and every zero-shot one of a multilingual checkpoint, scored
     apart; with ``pivot=true`` each zero-shot direction also through English (X -> en -> Y)."""
     from nmt.decode.translate import one_line
@@ -163,7 +164,7 @@ def _eval_multilingual(cfg: Any, run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pivot(
-    cfg: Any,
+    cfg: AppConfig,
     run: dict[str, Any],
     d: tuple[str, str],
     trained: list[tuple[str, str]],
@@ -181,7 +182,7 @@ def _pivot(
     return _short(score(_into(cfg, run, _into(cfg, run, src, "en"), d[1]), refs))
 
 
-def _into(cfg: Any, run: dict[str, Any], texts: list[str], lang: str) -> list[str]:
+def _into(cfg: AppConfig, run: dict[str, Any], texts: list[str], lang: str) -> list[str]:
     """Translate ``texts`` into ``lang`` with the configured decoding."""
     from nmt.decode.translate import translate_texts
 
@@ -193,7 +194,7 @@ def _short(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_info(
-    cfg: Any,
+    cfg: AppConfig,
     ckpt: dict[str, Any],
     path: Path,
     name: str | None,
@@ -203,7 +204,7 @@ def _run_info(
     split and data, the decoding settings (recorded in the JSON report)."""
     meta = ckpt.get("metadata")
     meta = meta if isinstance(meta, dict) else {}
-    d = cfg.decode
+    decode = config_to_dict(cfg.decode)
     return {
         "checkpoint": str(cfg.checkpoint),
         "checkpoint_path": str(path),
@@ -217,7 +218,7 @@ def _run_info(
         "model": ckpt["config"]["model"].get("name"),
         "decode": {
             **{
-                k: d[k]
+                k: decode[k]
                 for k in (
                     "beam_size",
                     "alpha",
@@ -229,7 +230,7 @@ def _run_info(
                 )  # fmt: skip
             },
             **arithmetic,
-            "shortlist": bool(d.shortlist) and "shortlist" in ckpt,
+            "shortlist": cfg.decode.shortlist and "shortlist" in ckpt,
         },
     }
 
@@ -249,7 +250,7 @@ def _write(path: Path, text: str) -> None:
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
 
 
-def eval_cli(cfg: Any) -> dict[str, Any]:
+def eval_cli(cfg: AppConfig) -> dict[str, Any]:
     info: dict[str, Any] = {}
     if cfg.checkpoint:
         run = _load(cfg)

@@ -9,12 +9,15 @@ shortlist.
 from __future__ import annotations
 
 import copy
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from data.tokenizer import PAD_ID, Tokenizer
+from nmt.config import DecodeConfig
 from nmt.decode.shortlist import Shortlist
 from nmt.errors import UserError
 from nmt.machine.calibrate import Choice, choose, decoding_workload
@@ -76,8 +79,8 @@ class Arithmetic:
         return doc | ({"calibration": self.choice.record()} if self.choice else {})
 
 
-def _device(dcfg: Any) -> str:
-    name = str(getattr(dcfg, "device", "cpu"))
+def _device(dcfg: DecodeConfig) -> str:
+    name = dcfg.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name != "cpu" and not name.startswith("cuda"):
@@ -87,15 +90,15 @@ def _device(dcfg: Any) -> str:
     return name
 
 
-def decode_candidates(dcfg: Any) -> tuple[str, list[str]]:
+def decode_candidates(dcfg: DecodeConfig) -> tuple[str, list[str]]:
     """(device, the arithmetic ``decode.quantize`` / ``decode.dtype`` allow, fp32 first).
 
     One name when the settings fix it; on a CPU ``auto`` leaves fp32, int8 and (where this
     torch runs a bf16 LSTM) bf16 to a calibration. On a GPU ``auto`` is bf16, never int8.
     Impossible combinations are one-line errors (a GPU that is not there, fp16 or int8 on the
     wrong device, bf16 on a CPU without a bf16 LSTM kernel)."""
-    device, dtype = _device(dcfg), str(getattr(dcfg, "dtype", "auto"))
-    quantize = str(getattr(dcfg, "quantize", "auto"))
+    device, dtype = _device(dcfg), dcfg.dtype
+    quantize = dcfg.quantize
     if quantize not in ("auto", "none", "int8"):
         raise UserError(f"decode.quantize={quantize!r}: expected auto, none or int8")
     if dtype != "auto" and dtype not in DTYPES:
@@ -127,21 +130,25 @@ def _as(model: Seq2Seq, name: str, device: str, copy_first: bool) -> Seq2Seq:
 
 
 def choose_arithmetic(
-    model: Seq2Seq, dcfg: Any, shape: dict[str, Any]
+    model: Seq2Seq, dcfg: DecodeConfig, shape: dict[str, Any]
 ) -> tuple[Seq2Seq, Arithmetic]:
     """``model`` (fp32, eval, on the CPU) in the arithmetic ``dcfg`` asks for; where several
     are allowed, the fastest on this machine (:func:`nmt.machine.calibrate.choose`)."""
     device, names = decode_candidates(dcfg)
     choice = None
     if len(names) > 1:
-        workloads = {n: (lambda n=n: decoding_workload(_as(model, n, device, True))) for n in names}
+
+        def workload(name: str) -> Callable[[], object]:
+            return decoding_workload(_as(model, name, device, True))
+
+        workloads = {n: functools.partial(workload, n) for n in names}
         choice = choose("decode", shape, workloads)
         names = [choice.name]
     return _as(model, names[0], device, False), Arithmetic(device, names[0], choice)
 
 
 def load_for_decoding(
-    checkpoint: str, dcfg: Any, ckpt: dict[str, Any] | None = None
+    checkpoint: str, dcfg: DecodeConfig, ckpt: dict[str, Any] | None = None
 ) -> tuple[Seq2Seq, Tokenizer, Arithmetic]:
     """Model (eval mode) and tokenizer of a checkpoint path or shipped model's name (or of the
     already loaded ``ckpt``), in the arithmetic of ``dcfg`` (:func:`choose_arithmetic`)."""

@@ -36,6 +36,7 @@ pruning off every sentence keeps K rows (step 0: one row, the K beams would be i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -77,6 +78,35 @@ class Pruning:
         return floor
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything a search is told (``decode.*`` of the config, as
+    :func:`nmt.decode.translate.search_settings` converts it): beam size ``K``, the GNMT
+    length and coverage penalties ``alpha``/``beta``, the length cap
+    ``floor(max_len_a * src_len + max_len_b)``, ``nbest`` hypotheses per sentence,
+    :class:`Pruning`, and the special token ids."""
+
+    beam_size: int = 5
+    alpha: float = 0.6
+    beta: float = 0.1
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    nbest: int = 1
+    prune: Pruning = Pruning()
+    bos_id: int = 2
+    eos_id: int = 3
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.nbest <= self.beam_size:
+            raise ValueError(
+                f"need 1 <= nbest <= beam_size, got nbest={self.nbest}, beam={self.beam_size}"
+            )
+
+
+GREEDY = SearchSettings(beam_size=1, alpha=0.0, beta=0.0)
+
+
 def length_penalty(length: Tensor, alpha: float) -> Tensor:
     """GNMT lp = ((5 + |Y|) / 6)^alpha for ``length[...]`` (any shape) -> float tensor."""
     return ((5.0 + length.double()) / 6.0).pow(alpha)
@@ -114,78 +144,48 @@ def beam_search(
     model: Seq2Seq,
     src: Tensor,
     src_len: Tensor,
-    beam_size: int = 5,
-    alpha: float = 0.6,
-    beta: float = 0.1,
-    max_len_a: float = 1.5,
-    max_len_b: int = 10,
-    nbest: int = 1,
-    bos_id: int = 2,
-    eos_id: int = 3,
-    pad_id: int = 0,
+    settings: SearchSettings = SearchSettings(),
     vocab_index: Tensor | None = None,
-    *,
-    prune: Pruning | None = None,
 ) -> list[list[Hypothesis]]:
-    """Translate ``src[Ts,B]`` (``src_len[B]``); returns per sentence up to ``nbest``
+    """Translate ``src[Ts,B]`` (``src_len[B]``); returns per sentence up to ``settings.nbest``
     hypotheses sorted by score (best first). The model is put in eval mode for the search.
     ``vocab_index[B,S]`` (long, rows sorted, -1 = padding, the special ids in columns
     0..3): each sentence searches over its own target ids only (a shortlist,
-    :mod:`nmt.decode.shortlist`). ``prune``: beam pruning thresholds (:class:`Pruning`).
+    :mod:`nmt.decode.shortlist`).
     """
-    if not 1 <= nbest <= beam_size:
-        raise ValueError(f"need 1 <= nbest <= beam_size, got nbest={nbest}, beam={beam_size}")
     if src.size(1) == 0:
         return []
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            return _search(
-                model, src, src_len, beam_size, alpha, beta, max_len_a, max_len_b, nbest,
-                bos_id, eos_id, pad_id, vocab_index, prune or Pruning(),
-            )  # fmt: skip
+            return _search(model, src, src_len, settings, vocab_index)
     finally:
         model.train(was_training)
 
 
 def greedy(
-    model: Seq2Seq,
-    src: Tensor,
-    src_len: Tensor,
-    max_len_a: float = 1.5,
-    max_len_b: int = 10,
-    bos_id: int = 2,
-    eos_id: int = 3,
-    pad_id: int = 0,
+    model: Seq2Seq, src: Tensor, src_len: Tensor, max_len_a: float = 1.5, max_len_b: int = 10
 ) -> list[list[int]]:
     """Greedy decoding (argmax each step) = :func:`beam_search` with beam 1 -> token lists."""
-    hyps = beam_search(
-        model, src, src_len, 1, 0.0, 0.0, max_len_a, max_len_b, 1, bos_id, eos_id, pad_id
-    )
-    return [h[0].tokens for h in hyps]
+    settings = dataclasses.replace(GREEDY, max_len_a=max_len_a, max_len_b=max_len_b)
+    return [h[0].tokens for h in beam_search(model, src, src_len, settings)]
 
 
 def _search(
     model: Seq2Seq,
     src: Tensor,
     src_len: Tensor,
-    k: int,
-    alpha: float,
-    beta: float,
-    max_len_a: float,
-    max_len_b: int,
-    nbest: int,
-    bos_id: int,
-    eos_id: int,
-    pad_id: int,
+    settings: SearchSettings,
     vocab_index: Tensor | None,
-    prune: Pruning,
 ) -> list[list[Hypothesis]]:
     """The search proper (inference mode). Active sentences: ``ba``; each has ``counts[s]``
     (1..k) hypothesis rows, grouped by sentence (``row_sent[N]``). With ``vocab_index`` the
     columns of the log-probabilities are shortlist positions; the special ids keep their
     columns and tokens are mapped back to vocabulary ids."""
+    k, alpha, beta, nbest = settings.beam_size, settings.alpha, settings.beta, settings.nbest
+    max_len_a, max_len_b, prune = settings.max_len_a, settings.max_len_b, settings.prune
+    bos_id, eos_id, pad_id = settings.bos_id, settings.eos_id, settings.pad_id
     weight = model.input_embedding().weight
     device, dtype = weight.device, torch.promote_types(weight.dtype, torch.float32)
     src, src_len = src.to(device), src_len.to(device)

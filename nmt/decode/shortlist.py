@@ -75,11 +75,11 @@ def build_shortlist(
     """The shortlist of a corpus of id sequences (see the module docstring)."""
     pairs, c_src, c_tgt = [], np.zeros(vocab_size, np.int64), np.zeros(vocab_size, np.int64)
     tok_count = np.zeros(vocab_size, np.int64)
-    for s, t in zip(src_ids, tgt_ids, strict=True):
-        us, ut = np.unique(np.asarray(s, np.int64)), np.unique(np.asarray(t, np.int64))
+    for src, tgt in zip(src_ids, tgt_ids, strict=True):
+        us, ut = np.unique(np.asarray(src, np.int64)), np.unique(np.asarray(tgt, np.int64))
         c_src[us] += 1
         c_tgt[ut] += 1
-        np.add.at(tok_count, np.asarray(t, np.int64), 1)
+        np.add.at(tok_count, np.asarray(tgt, np.int64), 1)
         pairs.append((us[:, None] * vocab_size + ut[None, :]).reshape(-1))
     keys, counts = np.unique(
         np.concatenate(pairs) if pairs else np.zeros(0, np.int64), return_counts=True
@@ -101,7 +101,7 @@ def shortlist_for(ckpt: dict[str, Any], per_source: int = 50, frequent: int = 50
     """The shortlist of a single-device checkpoint: from the training split of the corpus its
     config names, tokenized with its own sentencepiece model."""
     from data.tokenizer import Tokenizer
-    from nmt.config import dict_to_config
+    from nmt.config import DataConfig, from_dict
     from nmt.prepare.splits import load_text
 
     tok = Tokenizer.from_bytes(ckpt["spm"])
@@ -110,7 +110,7 @@ def shortlist_for(ckpt: dict[str, Any], per_source: int = 50, frequent: int = 50
             "a multilingual model has no vocabulary shortlist (its targets mix languages); "
             "export it with --shortlist 0 0"
         )
-    pairs = load_text(dict_to_config(ckpt["config"]["data"]), ("train",))["train"]
+    pairs = load_text(from_dict(DataConfig, ckpt["config"]["data"]), ("train",))["train"]
     src = tok.encode([s for s, _ in pairs])
     tgt = tok.encode([t for _, t in pairs])
     return build_shortlist(src, tgt, tok.vocab_size, per_source, frequent)

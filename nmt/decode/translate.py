@@ -7,10 +7,10 @@ translated in chunks). Output files are written atomically; ``-`` streams stdin/
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import IO, Any
 
 import torch
@@ -19,6 +19,7 @@ from tqdm import tqdm
 from data.batching import inference_batches
 from data.errors import DataError
 from data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nmt.config import AppConfig, DecodeConfig, config_to_dict
 from nmt.decode.inference import (
     ARITHMETIC,
     decode_candidates,
@@ -33,7 +34,7 @@ from nmt.decode.line_files import (
     open_input,
     open_output,
 )
-from nmt.decode.search import Hypothesis, Pruning, beam_search
+from nmt.decode.search import Hypothesis, Pruning, SearchSettings, beam_search
 from nmt.errors import UserError
 from nmt.machine import hostmem
 from nmt.machine.calibrate import announce
@@ -52,7 +53,7 @@ def one_line(text: str, tsv: bool = False) -> str:
     return text.translate(_ONE_FIELD if tsv else _ONE_LINE)
 
 
-def check_decode(dcfg: Any) -> None:
+def check_decode(dcfg: DecodeConfig) -> None:
     """Decoding settings a search can run with; a bad one is a one-line user error."""
     beam, nbest = int(dcfg.beam_size), int(dcfg.nbest)
     if beam < 1:
@@ -61,10 +62,7 @@ def check_decode(dcfg: Any) -> None:
         raise UserError(f"decode.nbest={nbest}: must be between 1 and decode.beam_size={beam}")
     if int(dcfg.batch_tokens) < 1:
         raise UserError(f"decode.batch_tokens={dcfg.batch_tokens}: must be >= 1")
-    rel, ab = (
-        float(getattr(dcfg, "prune_relative", 0.0)),
-        float(getattr(dcfg, "prune_absolute", 0.0)),
-    )
+    rel, ab = dcfg.prune_relative, dcfg.prune_absolute
     if not 0.0 <= rel <= 1.0:
         raise UserError(f"decode.prune_relative={rel}: must be between 0 (off) and 1")
     if ab < 0.0:
@@ -75,17 +73,26 @@ def check_decode(dcfg: Any) -> None:
         )
 
 
-def pruning(dcfg: Any) -> Pruning:
-    """The beam pruning thresholds of decode settings (absent keys: off)."""
-    return Pruning(
-        float(getattr(dcfg, "prune_relative", 0.0)), float(getattr(dcfg, "prune_absolute", 0.0))
+def search_settings(dcfg: DecodeConfig) -> SearchSettings:
+    """What the search takes of the decode settings (checked by :func:`check_decode`)."""
+    return SearchSettings(
+        beam_size=dcfg.beam_size,
+        alpha=dcfg.alpha,
+        beta=dcfg.beta,
+        max_len_a=dcfg.max_len_a,
+        max_len_b=dcfg.max_len_b,
+        nbest=dcfg.nbest,
+        prune=Pruning(dcfg.prune_relative, dcfg.prune_absolute),
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        pad_id=PAD_ID,
     )
 
 
 def translate_ids(
     model: Seq2Seq,
     src_ids: Sequence[Sequence[int]],
-    dcfg: Any,
+    dcfg: DecodeConfig,
     progress: tqdm | None = None,
 ) -> list[list[Hypothesis]]:
     """N-best hypotheses for each source (ids without eos), in input order.
@@ -93,28 +100,11 @@ def translate_ids(
     ``dcfg`` carries beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens.
     """
     out: list[list[Hypothesis]] = [[] for _ in src_ids]
-    shortlist = (
-        getattr(model, "shortlist", None) if bool(getattr(dcfg, "shortlist", False)) else None
-    )
-    prune = pruning(dcfg)
+    shortlist = model.shortlist if dcfg.shortlist else None
+    settings = search_settings(dcfg)
     for batch in inference_batches(src_ids, int(dcfg.batch_tokens), 8):
         vocab_index = None if shortlist is None else shortlist.candidates(batch.src)
-        hyps = beam_search(
-            model,
-            batch.src,
-            batch.src_len,
-            int(dcfg.beam_size),
-            float(dcfg.alpha),
-            float(dcfg.beta),
-            float(dcfg.max_len_a),
-            int(dcfg.max_len_b),
-            int(dcfg.nbest),
-            BOS_ID,
-            EOS_ID,
-            PAD_ID,
-            vocab_index,
-            prune=prune,
-        )
+        hyps = beam_search(model, batch.src, batch.src_len, settings, vocab_index)
         for i, h in zip(batch.indices, hyps, strict=True):
             out[i] = h
         if progress is not None:
@@ -143,12 +133,16 @@ def source_prefix(tok: Tokenizer, target_lang: str) -> list[int]:
 
 
 def translate_lines(
-    model: Seq2Seq, tok: Tokenizer, lines: Sequence[str], dcfg: Any, progress: tqdm | None = None
+    model: Seq2Seq,
+    tok: Tokenizer,
+    lines: Sequence[str],
+    dcfg: DecodeConfig,
+    progress: tqdm | None = None,
 ) -> list[list[tuple[str, float]]]:
     """Detokenized n-best (text, score) per line; empty lines give [("", 0.0)]; sources longer
     than ``MAX_SRC_TOKENS`` subwords are translated chunk by chunk and joined."""
     ids = tok.encode([line.strip() for line in lines])
-    prefix = source_prefix(tok, str(getattr(dcfg, "target_lang", "") or ""))
+    prefix = source_prefix(tok, dcfg.target_lang)
     pieces: list[list[int]] = []
     owner: list[int] = []
     for i, seq in enumerate(ids):
@@ -176,7 +170,7 @@ def translate_stream(
     src: IO[bytes],
     name: str,
     out: IO[str],
-    dcfg: Any,
+    dcfg: DecodeConfig,
     on_bad_utf8: str = "error",
     total: int | None = None,
 ) -> int:
@@ -210,7 +204,7 @@ def _translate_shard(
     start, stop = rank * len(lines) // world, (rank + 1) * len(lines) // world
     dtype, quantize = ARITHMETIC[arithmetic]
     model, tok = load_for_inference(checkpoint, quantize, "cpu", dtype)
-    hyps = translate_lines(model, tok, lines[start:stop], SimpleNamespace(**dcfg))
+    hyps = translate_lines(model, tok, lines[start:stop], DecodeConfig(**dcfg))
     if dcfg["nbest"] > 1:
         return [
             f"{start + i + 1}\t{r}\t{score:.4f}\t{one_line(text, tsv=True)}"
@@ -220,7 +214,7 @@ def _translate_shard(
     return [one_line(h[0][0]) for h in hyps]
 
 
-def translate_sharded(cfg: Any, nproc: int, arithmetic: str) -> int:
+def translate_sharded(cfg: AppConfig, nproc: int, arithmetic: str) -> int:
     """Shard the input lines over ``nproc`` processes, each decoding in ``arithmetic`` (one of
     :data:`nmt.decode.inference.ARITHMETIC`); write the outputs in input order."""
     from parallel.runtime.engine import launch
@@ -231,14 +225,7 @@ def translate_sharded(cfg: Any, nproc: int, arithmetic: str) -> int:
             for chunk in input_chunks(src, str(cfg.input), str(cfg.data.on_bad_utf8))
             for x in chunk
         ]
-    d = cfg.decode
-    dcfg = {
-        k: d[k]
-        for k in (
-            "beam_size", "alpha", "beta", "max_len_a", "max_len_b", "nbest", "batch_tokens",
-            "shortlist", "prune_relative", "prune_absolute", "target_lang",
-        )
-    }  # fmt: skip
+    dcfg = config_to_dict(cfg.decode)
     threads = _threads(cfg, nproc)
     results = launch(
         _translate_shard,
@@ -251,21 +238,21 @@ def translate_sharded(cfg: Any, nproc: int, arithmetic: str) -> int:
         timeout_s=float(cfg.parallel.timeout_s),
     )
     with open_output(str(cfg.output), str(cfg.input)) as out:
-        if int(d.nbest) > 1:
+        if cfg.decode.nbest > 1:
             out.write("line\trank\tscore\thypothesis\n")
         for rank in sorted(results):
             out.writelines(x + "\n" for x in results[rank])
     return len(lines)
 
 
-def _threads(cfg: Any, nproc: int) -> int:
+def _threads(cfg: AppConfig, nproc: int) -> int:
     """Threads per decoding process: ``train.threads``, else the cores shared out."""
     if int(cfg.train.threads):
         return int(cfg.train.threads)
     return torch.get_num_threads() if nproc == 1 else max(1, (os.cpu_count() or 1) // nproc)
 
 
-def translate_cli(cfg: Any) -> dict[str, Any]:
+def translate_cli(cfg: AppConfig) -> dict[str, Any]:
     """``nmt-translate``: checkpoint + input -> output (one line per input line)."""
     if not cfg.checkpoint:
         raise UserError("checkpoint=PATH is required (a checkpoint file or a shipped model name)")
@@ -310,25 +297,14 @@ def translate_texts(
     model: Seq2Seq,
     tok: Tokenizer,
     texts: Sequence[str],
-    dcfg: Any,
+    dcfg: DecodeConfig,
     target_lang: str | None = None,
     progress: tqdm | None = None,
 ) -> list[str]:
     """Best translation of each text (in memory; used by validation and nmt-eval);
     ``target_lang`` overrides ``dcfg.target_lang`` (a multilingual model); ``progress``
     advances by the sentences done."""
-    best = SimpleNamespace(
-        shortlist=getattr(dcfg, "shortlist", False),
-        prune_relative=getattr(dcfg, "prune_relative", 0.0),
-        prune_absolute=getattr(dcfg, "prune_absolute", 0.0),
-        target_lang=getattr(dcfg, "target_lang", "") if target_lang is None else target_lang,
-        beam_size=dcfg.beam_size,
-        alpha=dcfg.alpha,
-        beta=dcfg.beta,
-        max_len_a=dcfg.max_len_a,
-        max_len_b=dcfg.max_len_b,
-        nbest=1,
-        batch_tokens=dcfg.batch_tokens,
-    )
+    lang = dcfg.target_lang if target_lang is None else target_lang
+    best = dataclasses.replace(dcfg, nbest=1, target_lang=lang)
     hyps = translate_lines(model, tok, [one_line(t) for t in texts], best, progress)
     return [one_line(h[0][0]) for h in hyps]

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,7 @@ _printed: set[tuple[str, str]] = set()
 
 
 def choose(
-    task: str, shape: dict[str, Any], candidates: dict[str, Callable[[], Callable[[], object]]]
+    task: str, shape: dict[str, Any], candidates: Mapping[str, Callable[[], Callable[[], object]]]
 ) -> Choice:
     """The fastest of ``candidates`` (name -> a factory of the workload to time; fp32 first,
     the reference), from the cache when this machine and shape were measured before. Prints
@@ -174,7 +174,7 @@ def training_workload(
         model.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
             loss, _ = model.loss(src, src_len, tgt[:-1], tgt[1:], 0, 0.1)
-        loss.backward()
+        torch.autograd.backward(loss)
 
     return step
 

@@ -26,9 +26,9 @@ from it by ``spec.arch``. Nothing outside a model's own module knows which one i
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -59,6 +59,13 @@ class Memory(Protocol):
         ...
 
 
+def _fields_of(config: object) -> dict[str, Any]:
+    """The fields of a dataclass instance as a dict."""
+    if not is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"a model config is a dataclass or a dict, not {type(config).__name__}")
+    return asdict(config)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """``model.*`` of the config: the architecture and its sizes.
@@ -79,15 +86,15 @@ class ModelSpec:
     ffn: int = 0
 
     @classmethod
-    def from_config(cls, m: Any, dropout: float | None = None) -> ModelSpec:
-        """From ``cfg.model`` (a DictConfig, a namespace or the plain dict a checkpoint keeps;
+    def from_config(cls, m: Mapping[str, Any] | object, dropout: float | None = None) -> ModelSpec:
+        """From ``cfg.model`` (the config's dataclass or the plain dict a checkpoint keeps;
         keys missing from older checkpoints take their defaults). ``dropout`` overrides."""
-        get = m.get if isinstance(m, dict) else lambda k, d: getattr(m, k, d)
+        values = dict(m) if isinstance(m, Mapping) else _fields_of(m)
         kw: dict[str, Any] = {}
         for f in fields(cls):
-            value = get(f.name, None)
+            value = values.get(f.name)
             if value is not None:
-                kw[f.name] = type(f.default)(value)
+                kw[f.name] = cast(Callable[[Any], Any], type(f.default))(value)
         if dropout is not None:
             kw["dropout"] = dropout
         return cls(**kw)

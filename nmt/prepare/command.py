@@ -8,10 +8,11 @@ from typing import Any
 
 from data.build import SHIPPED_DIR, build_corpus, compare, load_provenance
 from data.multi import MULTI_NAME, build_multi
+from nmt.config import AppConfig, DataConfig
 from nmt.prepare.splits import cache_dir, prepare_corpus
 
 
-def _build_debian(dcfg: Any) -> dict[str, Any]:
+def _build_debian(dcfg: DataConfig) -> dict[str, Any]:
     name = str(dcfg.corpus)
     folder = cache_dir(dcfg) / "corpora" / name
     shipped = load_provenance(SHIPPED_DIR, name)
@@ -34,7 +35,7 @@ def _build_debian(dcfg: Any) -> dict[str, Any]:
     return built.provenance
 
 
-def prepare(cfg: Any) -> dict[str, Any]:
+def prepare(cfg: AppConfig) -> dict[str, Any]:
     """Build/validate the configured corpus and its tokenizer; return a summary."""
     dcfg = cfg.data
     summary: dict[str, Any] = {"data": str(dcfg.name)}

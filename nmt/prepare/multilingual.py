@@ -10,11 +10,11 @@ one-pair ones; batches mix directions in proportion to their training pairs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from data.errors import DataError
 from data.multi import load_pairs, multi_folder
 from data.tokenizer import lang_tag
+from nmt.config import DataConfig
 from nmt.errors import UserError
 
 Direction = tuple[str, str]
@@ -30,19 +30,19 @@ def parse_direction(text: str, key: str = "data.directions") -> Direction:
     return parts[0], parts[1]
 
 
-def directions(dcfg: Any) -> list[Direction]:
+def directions(dcfg: DataConfig) -> list[Direction]:
     """The trained directions (empty: a one-pair corpus); each at most once."""
-    out = [parse_direction(d) for d in (getattr(dcfg, "directions", None) or [])]
+    out = [parse_direction(d) for d in dcfg.directions]
     twice = sorted({name(d) for d in out if out.count(d) > 1})
     if twice:
         raise UserError(f"data.directions: {', '.join(twice)} given more than once")
     return out
 
 
-def zero_shot(dcfg: Any) -> list[Direction]:
+def zero_shot(dcfg: DataConfig) -> list[Direction]:
     """Directions evaluated but never trained; both languages must occur in training."""
     trained = {lang for d in directions(dcfg) for lang in d}
-    out = [parse_direction(d, "data.zero_shot") for d in (getattr(dcfg, "zero_shot", None) or [])]
+    out = [parse_direction(d, "data.zero_shot") for d in dcfg.zero_shot]
     for src, tgt in out:
         if src not in trained or tgt not in trained:
             raise UserError(
@@ -52,15 +52,15 @@ def zero_shot(dcfg: Any) -> list[Direction]:
     return out
 
 
-def is_multilingual(dcfg: Any) -> bool:
-    return bool(getattr(dcfg, "directions", None))
+def is_multilingual(dcfg: DataConfig) -> bool:
+    return bool(dcfg.directions)
 
 
 def name(d: Direction) -> str:
     return f"{d[0]}-{d[1]}"
 
 
-def load_direction(dcfg: Any, d: Direction, split: str) -> list[Pair]:
+def load_direction(dcfg: DataConfig, d: Direction, split: str) -> list[Pair]:
     """(source, target) text pairs of one direction and split of the multilingual corpus."""
     if dcfg.source != "debian":
         raise UserError(

@@ -13,6 +13,7 @@ from data.build import SPLITS, corpus_files
 from data.corpus import load_hub, load_split_counted, load_text_pair
 from data.filtering import FilterStats, filter_pairs
 from data.tokenizer import Tokenizer, lang_tag, train_or_load
+from nmt.config import DataConfig
 from nmt.errors import UserError
 from nmt.prepare.multilingual import (
     Direction,
@@ -39,16 +40,16 @@ class Corpus:
     parts: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
 
 
-def cache_dir(dcfg: Any) -> Path:
+def cache_dir(dcfg: DataConfig) -> Path:
     return Path(str(dcfg.cache_dir)).expanduser()
 
 
-def split_paths(dcfg: Any) -> dict[str, str]:
+def split_paths(dcfg: DataConfig) -> dict[str, str]:
     """Where each split comes from for ``source=debian`` or ``source=files``."""
     if dcfg.source == "debian":
         return {k: str(v) for k, v in corpus_files(dcfg.corpus, cache_dir(dcfg)).items()}
     if dcfg.source == "files":
-        paths = {s: getattr(dcfg, s) for s in ("train", "dev", "test")}
+        paths = {"train": dcfg.train, "dev": dcfg.dev, "test": dcfg.test}
         missing = [f"data.{s}" for s, p in paths.items() if not p]
         if missing:
             raise UserError(f"data.source=files needs {', '.join(missing)} (file paths)")
@@ -59,13 +60,13 @@ def split_paths(dcfg: Any) -> dict[str, str]:
 def checkpoint_split(ckpt: dict[str, Any], split: str) -> list[Pair]:
     """The (source, target) pairs of ``split`` of the data a checkpoint was trained on (its
     saved ``config.data``)."""
-    from nmt.config import dict_to_config
+    from nmt.config import DataConfig, from_dict
 
-    return load_text(dict_to_config(ckpt["config"]["data"]), (split,))[split]
+    return load_text(from_dict(DataConfig, ckpt["config"]["data"]), (split,))[split]
 
 
 def load_text(
-    dcfg: Any, splits: tuple[str, ...] = ("train", "dev", "test")
+    dcfg: DataConfig, splits: tuple[str, ...] = ("train", "dev", "test")
 ) -> dict[str, list[Pair]]:
     """Load the requested splits as (source, target) text pairs (direction from the config)."""
     if dcfg.source == "hub":
@@ -93,7 +94,7 @@ def load_text(
     return out
 
 
-def _load_one(path: str, dcfg: Any) -> tuple[list[Pair], int]:
+def _load_one(path: str, dcfg: DataConfig) -> tuple[list[Pair], int]:
     """One split: a TSV/JSONL/parquet file, or a prefix with one plain-text file per language
     (``PREFIX.en`` + ``PREFIX.de``, line-aligned)."""
     src, tgt = Path(f"{path}.{dcfg.src_lang}"), Path(f"{path}.{dcfg.tgt_lang}")
@@ -105,7 +106,7 @@ def _load_one(path: str, dcfg: Any) -> tuple[list[Pair], int]:
 
 
 def tokenizer_for(
-    dcfg: Any, texts: Sequence[str], seed: int, user_symbols: Sequence[str] = ()
+    dcfg: DataConfig, texts: Sequence[str], seed: int, user_symbols: Sequence[str] = ()
 ) -> Tokenizer:
     """The joint sentencepiece model for these training texts (cached by content + settings);
     ``user_symbols``: reserved pieces (the language tags of a multilingual corpus)."""
@@ -131,7 +132,7 @@ def drop_long(
     return [src[i] for i in keep], [tgt[i] for i in keep], [pairs[i] for i in keep]
 
 
-def prepare_corpus(dcfg: Any, seed: int = 1, tokenizer: Tokenizer | None = None) -> Corpus:
+def prepare_corpus(dcfg: DataConfig, seed: int = 1, tokenizer: Tokenizer | None = None) -> Corpus:
     """Load, filter (train only), tokenize. Dev/test are kept whole for evaluation."""
     if is_multilingual(dcfg):
         return prepare_multi(dcfg, seed, tokenizer)
@@ -165,7 +166,7 @@ def _tag(ids: list[list[int]], tag: int) -> list[list[int]]:
     return [[tag, *seq] for seq in ids]
 
 
-def prepare_multi(dcfg: Any, seed: int = 1, tokenizer: Tokenizer | None = None) -> Corpus:
+def prepare_multi(dcfg: DataConfig, seed: int = 1, tokenizer: Tokenizer | None = None) -> Corpus:
     """Every direction's splits, one joint tokenizer with a tag per language, tagged sources.
 
     ``corpus.text[split]`` / ``corpus.ids[split]`` concatenate the directions in config order;
@@ -199,7 +200,7 @@ def prepare_multi(dcfg: Any, seed: int = 1, tokenizer: Tokenizer | None = None) 
             tgt = tokenizer.encode([t for _, t in pairs])
             if split == "train":
                 src, tgt, pairs = drop_long(src, tgt, pairs, int(dcfg.max_len), tags=1)
-            if bool(getattr(dcfg, "target_tag", False)):  # the decoder's first input names it
+            if dcfg.target_tag:  # the decoder's first input names it
                 tgt = _tag(tgt, tokenizer.tag_id(d[1]))
             start = len(corpus.text[split])
             corpus.text[split].extend(pairs)

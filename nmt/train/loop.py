@@ -13,6 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from nmt.config import AppConfig
 from nmt.errors import UserError
 from nmt.train.metrics import MetricsLog, plot_curves
 from nmt.train.trainer import Trainer
@@ -22,7 +23,7 @@ from nmt.train.trainer import Trainer
 clock: Callable[[], float] = time.monotonic
 
 
-def resume_path(cfg: Any, ckpt_dir: Path) -> Path | None:
+def resume_path(cfg: AppConfig, ckpt_dir: Path) -> Path | None:
     """``train.resume``: none | auto (``last.pt`` of this run folder, if any) | a path."""
     mode = str(cfg.train.resume)
     if mode == "none":

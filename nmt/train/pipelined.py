@@ -27,7 +27,7 @@ from data.batching import Batch, Batcher
 from data.tokenizer import PAD_ID
 from nmt.checkpoint import files as ckpt_io
 from nmt.checkpoint import shards
-from nmt.config import config_to_dict, dict_to_config
+from nmt.config import AppConfig, config_to_dict, from_dict
 from nmt.errors import UserError
 from nmt.machine import hostmem
 from nmt.machine.calibrate import announce
@@ -69,7 +69,7 @@ class _NullMetrics(MetricsLog):
 class PipeTrainer(Trainer):
     """A :class:`Trainer` whose model is split over the ranks of a pipeline (x dp replicas)."""
 
-    def __init__(self, cfg: Any, corpus: Corpus, out_dir: Path, ctx: DistContext) -> None:
+    def __init__(self, cfg: AppConfig, corpus: Corpus, out_dir: Path, ctx: DistContext) -> None:
         self.ctx = ctx
         self.batches_per_step = ctx.dp  # next_batch draws one batch per replica
         placement, schedule, micro = resolve_placement(cfg)
@@ -312,7 +312,7 @@ class SmoothedLoss:
 def _worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     hostmem.tune()  # a spawned process starts with glibc's defaults
     hostmem.cap_onednn_cache()
-    cfg = dict_to_config(cfg_dict)
+    cfg = from_dict(AppConfig, cfg_dict)
     pc = cfg.parallel
     ctx = init_distributed(
         int(pc.dp),
@@ -341,7 +341,7 @@ def _worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
         ctx.close()
 
 
-def train_pipelined(cfg: Any) -> dict[str, Any]:
+def train_pipelined(cfg: AppConfig) -> dict[str, Any]:
     """Check the placement, prepare data once, then run ``dp * pp`` workers."""
     resolve_placement(cfg)  # fail fast (exit 2) before any process starts
     if str(cfg.train.precision) == "fp16":
@@ -349,12 +349,12 @@ def train_pipelined(cfg: Any) -> dict[str, Any]:
             "train.precision=fp16 is not supported in pipelined runs (its loss scale would "
             "have to agree across ranks); use bf16"
         )
-    if int(getattr(cfg.parallel, "time_chunks", 1)) > 1:
+    if cfg.parallel.time_chunks > 1:
         raise UserError(
             f"parallel.time_chunks={cfg.parallel.time_chunks} runs in one process (the layers "
             "of one model wave over time); with parallel.pp/dp > 1 use time_chunks=1"
         )
-    if int(getattr(cfg.train, "accumulate", 1)) != 1:
+    if cfg.train.accumulate != 1:
         raise UserError(
             f"train.accumulate={cfg.train.accumulate} applies to one device; pipelined runs "
             "take one batch per parallel.dp replica (split by parallel.microbatches)"

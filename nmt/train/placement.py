@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nmt.config import AppConfig
 from nmt.errors import UserError
 from nmt.models import registry as arch
 from nmt.train.trainer import check_model_config
@@ -14,13 +15,13 @@ from parallel.planning.plan import load_plan
 from parallel.runtime.engine import from_plan, resolve
 
 
-def n_stages(cfg: Any) -> int:
+def n_stages(cfg: AppConfig) -> int:
     """The number of pipeline stages of ``cfg.model`` (its architecture's stage list); an
     impossible model is a one-line error here, before any worker starts."""
     return len(arch.stage_names(check_model_config(cfg.model)))
 
 
-def resolve_placement(cfg: Any) -> tuple[Any, str, int]:
+def resolve_placement(cfg: AppConfig) -> tuple[Any, str, int]:
     """Placement, schedule and micro-batch count, checked before any process starts."""
     pc, m = cfg.parallel, cfg.model
     model_arch = check_model_config(m).arch
@@ -43,7 +44,7 @@ def resolve_placement(cfg: Any) -> tuple[Any, str, int]:
     )
 
 
-def apply_plan(cfg: Any) -> None:
+def apply_plan(cfg: AppConfig) -> None:
     """``parallel=auto`` / ``parallel.plan=FILE``: the number of pipeline ranks (and, unless
     ``parallel.dp`` is set, the replicas) come from the plan. A placement that cannot apply
     is a one-line error, never a silent single-device run."""
@@ -72,7 +73,7 @@ def apply_plan(cfg: Any) -> None:
         )
 
 
-def recompute_setting(cfg: Any) -> bool:
+def recompute_setting(cfg: AppConfig) -> bool:
     """``parallel.recompute``, or the plan's choice for ``placement=auto``."""
     pc = cfg.parallel
     if str(pc.placement) == "auto" and pc.plan:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from nmt.checkpoint import files as ckpt_io
+from nmt.config import AppConfig
 from nmt.machine.calibrate import announce
 from nmt.prepare.splits import prepare_corpus
 from nmt.train.loop import make_run_dir, resume_path, run_loop
@@ -34,7 +35,7 @@ from nmt.train.trainer import (
 log = logging.getLogger("nmt.train.run")
 
 
-def train(cfg: Any) -> dict[str, Any]:
+def train(cfg: AppConfig) -> dict[str, Any]:
     """Train per ``cfg`` (a Hydra DictConfig or an equivalent object); returns final metrics."""
     schedule_from_config(cfg.train, 0)  # bad schedule settings fail before data preparation
     apply_plan(cfg)  # parallel=auto: the ranks come from the plan

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from nmt.config import TrainConfig
 from nmt.errors import UserError
 
 DECAYS = ("step", "cosine", "linear", "inverse_sqrt", "none")
@@ -106,14 +107,16 @@ class Schedule:
         return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * x))  # cosine
 
 
-def schedule_from_config(tc: Any, batches_per_epoch: int, batches_per_step: int = 1) -> Schedule:
+def schedule_from_config(
+    tc: TrainConfig, batches_per_epoch: int, batches_per_step: int = 1
+) -> Schedule:
     """The schedule of a run with train config ``tc`` and data of ``batches_per_epoch``
     batches (``batches_per_step`` of them per optimizer step: the dp replicas)."""
     epochs = int(tc.max_epochs)
     epoch_steps = math.ceil(epochs * batches_per_epoch / max(1, batches_per_step))
     return Schedule(
         warmup_steps=int(tc.warmup_steps),
-        decay=str(getattr(tc, "decay", "step")),  # configs saved before train.decay existed
+        decay=tc.decay,
         decay_start=float(tc.decay_start),
         decay_steps=int(tc.decay_steps),
         decay_factor=float(tc.decay_factor),

@@ -21,13 +21,13 @@ import math
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from data.atomic import atomic_write_text
 from data.batching import BOS_ID, EOS_ID, PAD_ID
+from nmt.config import AppConfig
 from nmt.errors import UserError
 from nmt.models import registry as arch
 from nmt.models.loss import label_smoothed_nll
@@ -41,7 +41,7 @@ WARMUP = 1
 FIRST_ID = 4  # ids below are pad/unk/bos/eos
 
 
-def bucket_shapes(cfg: Any) -> list[tuple[int, int, int]]:
+def bucket_shapes(cfg: AppConfig) -> list[tuple[int, int, int]]:
     """``(Ts, Tt, B)`` of the profiled buckets (see the module doc)."""
     d, m = cfg.data, int(cfg.parallel.microbatches)
     if m < 1:
@@ -86,7 +86,9 @@ def random_batch(
     return (src, src_len, tgt_in), tgt_out
 
 
-def profile_model(cfg: Any, *, repeats: int = REPEATS, warmup: int = WARMUP) -> list[CostTable]:
+def profile_model(
+    cfg: AppConfig, *, repeats: int = REPEATS, warmup: int = WARMUP
+) -> list[CostTable]:
     """One measured cost table per bucket of :func:`bucket_shapes`."""
     m, tc = cfg.model, cfg.train
     vocab = int(cfg.data.vocab_size)
@@ -117,7 +119,7 @@ def profile_model(cfg: Any, *, repeats: int = REPEATS, warmup: int = WARMUP) -> 
     return tables
 
 
-def profile_cli(cfg: Any) -> None:
+def profile_cli(cfg: AppConfig) -> None:
     """``nmt-profile``: profile, print a short table per bucket, write ``profile_out``."""
     out = Path(str(cfg.profile_out)).expanduser()
     if not out.parent.is_dir():

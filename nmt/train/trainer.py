@@ -5,6 +5,7 @@ device, precision, model from config) and the test hook that injects non-finite 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ import torch
 from data.batching import Batch, Batcher
 from data.tokenizer import EOS_ID, PAD_ID
 from nmt.checkpoint import files as ckpt_io
-from nmt.config import config_to_dict
+from nmt.config import AppConfig, ModelConfig, TrainConfig, config_to_dict
 from nmt.errors import UserError
 from nmt.machine.calibrate import Choice, choose, training_workload
 from nmt.machine.capability import bf16_lstm_runs, require_bf16
@@ -64,7 +65,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.float16 if precision == "fp16" else torch.bfloat16
 
 
-def resolve_precision(cfg: Any) -> Choice | None:
+def resolve_precision(cfg: AppConfig) -> Choice | None:
     """``train.precision=auto`` on a CPU: fp32 or bf16 autocast, whichever trains this model's
     batches faster here (:func:`nmt.machine.calibrate.choose`; bf16 only where it runs at all). None
     when nothing is left to measure (an explicit precision, a GPU)."""
@@ -88,18 +89,18 @@ def resolve_precision(cfg: Any) -> Choice | None:
             models.append(build_from_config(cfg.model, vocab))
         return training_workload(models[0], amp[name], tokens)
 
-    return choose("train", shape, {n: (lambda n=n: workload(n)) for n in names})
+    return choose("train", shape, {n: functools.partial(workload, n) for n in names})
 
 
-def check_accumulate(tc: Any) -> int:
+def check_accumulate(tc: TrainConfig) -> int:
     """``train.accumulate``: batches per optimizer step on one device (>= 1)."""
-    n = int(getattr(tc, "accumulate", 1))
+    n = tc.accumulate
     if n < 1:
         raise UserError(f"train.accumulate={n} must be >= 1")
     return n
 
 
-def check_model_config(mcfg: Any) -> ModelSpec:
+def check_model_config(mcfg: ModelConfig) -> ModelSpec:
     """The model spec of ``cfg.model``; impossible sizes or an unknown ``model.arch`` are user
     errors (one line), not tracebacks from deep inside."""
     spec = ModelSpec.from_config(mcfg)
@@ -109,9 +110,9 @@ def check_model_config(mcfg: Any) -> ModelSpec:
     return spec
 
 
-def output_prior(mcfg: Any, corpus: Corpus) -> torch.Tensor | None:
+def output_prior(mcfg: ModelConfig, corpus: Corpus) -> torch.Tensor | None:
     """The generator's initial bias per ``model.output_bias`` (prior | uniform)."""
-    kind = str(getattr(mcfg, "output_bias", "uniform"))
+    kind = mcfg.output_bias
     if kind == "uniform":
         return None
     if kind != "prior":
@@ -119,7 +120,9 @@ def output_prior(mcfg: Any, corpus: Corpus) -> torch.Tensor | None:
     return log_unigram_prior(corpus.ids["train"][1], corpus.tokenizer.vocab_size, EOS_ID)
 
 
-def build_from_config(mcfg: Any, vocab_size: int, prior: torch.Tensor | None = None) -> Seq2Seq:
+def build_from_config(
+    mcfg: ModelConfig, vocab_size: int, prior: torch.Tensor | None = None
+) -> Seq2Seq:
     """The model of ``cfg.model`` (:func:`nmt.models.registry.build_model`), seeded by the
     caller."""
     return arch.build_model(check_model_config(mcfg), vocab_size, PAD_ID, prior)
@@ -128,7 +131,7 @@ def build_from_config(mcfg: Any, vocab_size: int, prior: torch.Tensor | None = N
 class Trainer:
     """State of one single-device run: model, optimizer, schedule, data position, counters."""
 
-    def __init__(self, cfg: Any, corpus: Corpus, out_dir: Path) -> None:
+    def __init__(self, cfg: AppConfig, corpus: Corpus, out_dir: Path) -> None:
         self.cfg, self.corpus, self.out_dir = cfg, corpus, out_dir
         tc = cfg.train
         if not hasattr(self, "batches_per_step"):  # pipelined runs: one batch per dp replica
@@ -140,7 +143,7 @@ class Trainer:
         self.model = build_from_config(cfg.model, corpus.tokenizer.vocab_size, self.prior)
         self.model = self.model.to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(tc.lr))
-        chunks = int(getattr(cfg.parallel, "time_chunks", 1))
+        chunks = cfg.parallel.time_chunks
         self.wavefront = Wavefront(self.model, chunks) if chunks > 1 else None
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         src, tgt = corpus.ids["train"]
@@ -203,7 +206,7 @@ class Trainer:
         for one in batches:
             loss_sum, nll_sum = self.forward_loss(one)
             loss = loss_sum / ntokens
-            self.scaler.scale(loss).backward()
+            torch.autograd.backward(self.scaler.scale(loss))
             loss_value += float(loss.detach())
             nll_value += float(nll_sum) / ntokens
         if not math.isfinite(loss_value):

@@ -3,7 +3,7 @@ translations (beam 1 keeps validation cheap; ``nmt-eval`` uses the configured be
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import dataclasses
 from typing import Any
 
 import sacrebleu
@@ -11,6 +11,7 @@ import torch
 
 from data.batching import Batcher
 from data.tokenizer import PAD_ID
+from nmt.config import AppConfig, DecodeConfig
 from nmt.decode.translate import translate_texts
 from nmt.models.seq2seq import Seq2Seq
 from nmt.prepare.splits import Corpus
@@ -36,7 +37,9 @@ def dev_loss(
     return total / max(tokens, 1)
 
 
-def dev_bleu_report(model: Seq2Seq, corpus: Corpus, dcfg: Any, limit: int) -> dict[str, Any]:
+def dev_bleu_report(
+    model: Seq2Seq, corpus: Corpus, dcfg: DecodeConfig, limit: int
+) -> dict[str, Any]:
     """``{"val_bleu": BLEU}``; multilingual: the mean over directions, and ``val_bleu_by_dir``
     (the first ``limit / directions`` dev sentences of each, translated into its target)."""
     parts = corpus.parts.get("dev")
@@ -51,22 +54,19 @@ def dev_bleu_report(model: Seq2Seq, corpus: Corpus, dcfg: Any, limit: int) -> di
 
 
 def _bleu(
-    model: Seq2Seq, corpus: Corpus, pairs: list[tuple[str, str]], dcfg: Any, lang: str
+    model: Seq2Seq, corpus: Corpus, pairs: list[tuple[str, str]], dcfg: DecodeConfig, lang: str
 ) -> float:
-    greedy = SimpleNamespace(
-        beam_size=1,
-        alpha=0.0,
-        beta=0.0,
-        nbest=1,
-        max_len_a=dcfg.max_len_a,
-        max_len_b=dcfg.max_len_b,
-        batch_tokens=dcfg.batch_tokens,
-    )
+    greedy = dataclasses.replace(
+        dcfg, beam_size=1, alpha=0.0, beta=0.0, nbest=1, prune_relative=0.0, prune_absolute=0.0,
+        shortlist=False,
+    )  # fmt: skip
     hyps = translate_texts(model, corpus.tokenizer, [s for s, _ in pairs], greedy, lang)
     return float(sacrebleu.corpus_bleu(hyps, [[t for _, t in pairs]]).score)
 
 
-def validate(model: Seq2Seq, corpus: Corpus, cfg: Any, device: torch.device) -> dict[str, Any]:
+def validate(
+    model: Seq2Seq, corpus: Corpus, cfg: AppConfig, device: torch.device
+) -> dict[str, Any]:
     result: dict[str, Any] = {
         "val_loss": dev_loss(
             model, corpus, int(cfg.data.batch_tokens), float(cfg.train.label_smoothing), device
