@@ -85,6 +85,10 @@ class Tokenizer:
         """Rebuild a tokenizer from :meth:`model_bytes` (e.g. embedded in a checkpoint)."""
         return cls(bytes(model_proto))
 
+    def __reduce__(self) -> tuple[type[Tokenizer], tuple[bytes, Path | None, bool]]:
+        """Pickled as its model bytes (a prepared corpus goes to spawned ranks as it is)."""
+        return (Tokenizer, (self._proto, self.path, self.trained))
+
     def model_bytes(self) -> bytes:
         """The serialized sentencepiece model (a few hundred KB)."""
         return self._proto

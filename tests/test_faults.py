@@ -1,6 +1,6 @@
-"""Faults: SIGKILL during training (short version of scripts/fault_train.py), non-finite
-losses, a full disk and unwritable output folders. The previous checkpoint or output file
-must survive every one of them."""
+"""Faults: SIGKILL during training (short version of ``python -m scripts.bench fault_train``),
+non-finite losses, a full disk and unwritable output folders. The previous checkpoint or output
+file must survive every one of them."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import torch
 import nmt.train.trainer as train_mod
 from nmt.checkpoint import files as ckpt_io
 from nmt.errors import UserError
+from nmt.train import faults
 from nmt.train.run import train
-from tests.conftest import load_script
+from scripts.bench import fault_train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,8 +36,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 def test_sigkill_during_training_then_resume_is_exact(tmp_path: Path) -> None:
     """3 kills (at start-up, inside a step, inside a checkpoint write), resumed each time:
     no checkpoint is ever unreadable and the result equals an uninterrupted run bit for bit."""
-    fault = load_script("fault_train")
-    s = fault.run(kills=3, seed=1, workdir=tmp_path, verbose=False)
+    s = fault_train.run(kills=3, seed=1, workdir=tmp_path, verbose=False)
     assert s["kills"] == 3 and not s["finished_early"], s
     assert sorted(r["kind"] for r in s["records"]) == ["startup", "step", "write"]
     assert s["kills_inside_checkpoint_write"] >= 1, s["records"]
@@ -303,7 +303,7 @@ def test_nonfinite_gradient_with_a_finite_loss_is_skipped(
     tiny_cfg: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gradient-norm guard: NaN gradients at step 3 (finite loss) skip that update."""
-    monkeypatch.setenv(train_mod.INJECT_ENV, "3@0")
+    monkeypatch.setenv(faults.INJECT_ENV, "3@0")
     cfg = tiny_cfg("train.max_steps=5")
     result = train(cfg)
     assert result["step"] == 5 and result["skipped_steps"] == 1

@@ -27,21 +27,20 @@ from data.batching import Batch, Batcher
 from data.tokenizer import PAD_ID
 from nmt.checkpoint import files as ckpt_io
 from nmt.checkpoint import shards
-from nmt.config import AppConfig, config_to_dict, from_dict
-from nmt.errors import UserError
+from nmt.config import AppConfig, config_to_dict
 from nmt.machine import hostmem
 from nmt.machine.calibrate import announce
 from nmt.models import registry as arch
 from nmt.models.loss import label_smoothed_nll
 from nmt.models.seq2seq import ModelSpec, Seq2Seq
-from nmt.prepare.splits import Corpus, prepare_corpus
+from nmt.prepare.splits import Corpus
 from nmt.train.loop import resume_path, run_loop
 from nmt.train.metrics import MetricsLog
-from nmt.train.placement import recompute_setting, resolve_placement
+from nmt.train.placement import Layout
+from nmt.train.setup import RunSetup
 from nmt.train.trainer import (
     Trainer,
-    poison_if_injected,
-    resolve_precision,
+    build_from_config,
     seed_everything,
 )
 from nmt.train.validate import dev_bleu_report
@@ -69,34 +68,35 @@ class _NullMetrics(MetricsLog):
 class PipeTrainer(Trainer):
     """A :class:`Trainer` whose model is split over the ranks of a pipeline (x dp replicas)."""
 
-    def __init__(self, cfg: AppConfig, corpus: Corpus, out_dir: Path, ctx: DistContext) -> None:
+    def __init__(
+        self, cfg: AppConfig, corpus: Corpus, out_dir: Path, ctx: DistContext, layout: Layout
+    ) -> None:
+        """``cfg`` as the parent resolved it (``parallel.microbatches`` = the layout's, so the
+        Batcher makes batch sizes divisible by it); ``layout`` from :func:`resolve_layout`."""
         self.ctx = ctx
-        self.batches_per_step = ctx.dp  # next_batch draws one batch per replica
-        placement, schedule, micro = resolve_placement(cfg)
-        self.microbatches = micro
-        cfg.parallel.microbatches = micro  # the Batcher makes batch sizes divisible by it
-        super().__init__(cfg, corpus, out_dir)  # builds the full model once (for validation)
+        self.init_run(cfg, corpus, out_dir, ctx.dp, ctx.device)  # one batch per dp replica
+        self.microbatches = layout.microbatches
         self.is_main = ctx.rank == 0
-        self.device = ctx.device
         # only rank 0 gathers the whole model (validation BLEU, export), and keeps it on the
         # CPU: its device's memory is for its stages (the model visits it to decode)
+        vocab = corpus.tokenizer.vocab_size
+        self.model = build_from_config(cfg.model, vocab, self.prior)
         self.model = self.model.to("cpu" if self.is_main else "meta")
-        seed_everything(int(cfg.train.seed))  # the same initial weights on every rank
-        spec = ModelSpec.from_config(cfg.model)
-        stages = arch.build_stages(spec, corpus.tokenizer.vocab_size, PAD_ID, self.prior)
-        self.loss_fn = SmoothedLoss(float(cfg.train.label_smoothing))
+        self.wavefront = None
+        seed_everything(cfg.train.seed)  # the same initial weights on every rank
+        stages = arch.build_stages(ModelSpec.from_config(cfg.model), vocab, PAD_ID, self.prior)
+        self.loss_fn = SmoothedLoss(cfg.train.label_smoothing)
         self.runner = PipelineRunner(
             stages,
             self.loss_fn,
             ctx=ctx,
-            placement=placement,
-            schedule=schedule,
-            microbatches=micro,
-            recompute=recompute_setting(cfg),
+            placement=layout.placement,
+            schedule=layout.schedule,
+            microbatches=layout.microbatches,
+            recompute=layout.recompute,
         )
-        self.optimizer = torch.optim.Adam(self.runner.parameters(), lr=float(cfg.train.lr))
         # The same schedule as a single device (Trainer.schedule); its clock comes from rank 0.
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        self.init_optimizer(list(self.runner.parameters()), ctx.rank)
         self.shard_dir = self.ckpt_dir / "shards"
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         self._first_step: int | None = None
@@ -123,7 +123,6 @@ class PipeTrainer(Trainer):
             self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
         ):
             loss = self.runner.step((b.src, b.src_len, b.tgt_in), b.tgt_out, one.ntokens)
-        poison_if_injected(self.runner.parameters(), self.step, self.ctx.rank)
         norm = self.runner.clip_grad_norm_(float(self.cfg.train.clip_norm))
         nll, bad = self.agree_step(math.isfinite(loss) and math.isfinite(norm))
         if since + 1 == TIMELINE_STEPS[1]:
@@ -309,65 +308,42 @@ class SmoothedLoss:
         return total
 
 
-def _worker(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+def _worker(setup: RunSetup) -> dict[str, Any]:
+    """One rank: join the process group, build this rank's stages, run the common loop."""
     hostmem.tune()  # a spawned process starts with glibc's defaults
     hostmem.cap_onednn_cache()
-    cfg = from_dict(AppConfig, cfg_dict)
-    pc = cfg.parallel
+    cfg, pc = setup.cfg, setup.cfg.parallel
+    assert setup.layout is not None
     ctx = init_distributed(
-        int(pc.dp),
-        int(pc.pp),
-        backend=str(pc.backend),
-        device=str(cfg.train.device),
-        timeout_s=float(pc.timeout_s),
-        phase_timeout_s=float(pc.phase_timeout_s),
+        pc.dp,
+        pc.pp,
+        backend=pc.backend,
+        device=cfg.train.device,
+        timeout_s=pc.timeout_s,
+        phase_timeout_s=pc.phase_timeout_s,
     )
     try:
-        if int(cfg.train.threads):
-            torch.set_num_threads(int(cfg.train.threads))
-        seed_everything(int(cfg.train.seed))
-        corpus = prepare_corpus(cfg.data, int(cfg.train.seed))  # tokenizer: from the cache
-        out_dir = Path(str(cfg.train.out_dir)).expanduser()
-        t = PipeTrainer(cfg, corpus, out_dir, ctx)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(cfg.train.seed)
+        t = PipeTrainer(cfg, setup.corpus, setup.out_dir, ctx, setup.layout)
         start_from = resume_path(cfg, t.ckpt_dir)
         if start_from is not None:
             t.resume(start_from)
         resumed = t.step if start_from else None
         if resumed is not None and t.is_main:
             print(f"resumed from {start_from} at step {t.step}", file=sys.stderr)
-        metrics = MetricsLog(out_dir, resumed) if t.is_main else _NullMetrics()
+        metrics = MetricsLog(setup.out_dir, resumed) if t.is_main else _NullMetrics()
         return run_loop(t, metrics)
     finally:
         ctx.close()
 
 
-def train_pipelined(cfg: AppConfig) -> dict[str, Any]:
-    """Check the placement, prepare data once, then run ``dp * pp`` workers."""
-    resolve_placement(cfg)  # fail fast (exit 2) before any process starts
-    if str(cfg.train.precision) == "fp16":
-        raise UserError(
-            "train.precision=fp16 is not supported in pipelined runs (its loss scale would "
-            "have to agree across ranks); use bf16"
-        )
-    if cfg.parallel.time_chunks > 1:
-        raise UserError(
-            f"parallel.time_chunks={cfg.parallel.time_chunks} runs in one process (the layers "
-            "of one model wave over time); with parallel.pp/dp > 1 use time_chunks=1"
-        )
-    if cfg.train.accumulate != 1:
-        raise UserError(
-            f"train.accumulate={cfg.train.accumulate} applies to one device; pipelined runs "
-            "take one batch per parallel.dp replica (split by parallel.microbatches)"
-        )
-    out_dir = Path(str(cfg.train.out_dir or "runs/latest")).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    prepare_corpus(cfg.data, int(cfg.train.seed))  # trains/caches the tokenizer once
-    choice = resolve_precision(cfg)  # train.precision=auto on a CPU: every rank takes it
-    if choice is not None:
-        cfg.train.precision = choice.name
-        announce(choice)
-    cfg_dict = config_to_dict(cfg)
-    cfg_dict["train"]["out_dir"] = str(out_dir)
-    nproc = int(cfg.parallel.pp) * int(cfg.parallel.dp)
-    results = launch(_worker, cfg_dict, nproc=nproc, timeout_s=float(cfg.parallel.timeout_s))
+def train_pipelined(setup: RunSetup) -> dict[str, Any]:
+    """Run ``dp * pp`` workers from the parent's :class:`RunSetup` (under torchrun this
+    process is one of them)."""
+    if setup.choice is not None:
+        announce(setup.choice)
+    pc = setup.cfg.parallel
+    results = launch(_worker, setup, nproc=pc.pp * pc.dp, timeout_s=pc.timeout_s)
     return results[min(results)]

@@ -5,12 +5,14 @@ arguments, the placement/schedule/micro-batches, recompute, and ``parallel=auto`
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 from nmt.config import AppConfig
 from nmt.errors import UserError
 from nmt.models import registry as arch
 from nmt.train.trainer import check_model_config
+from parallel.placement import Placement
 from parallel.planning.plan import load_plan
 from parallel.runtime.engine import from_plan, resolve
 
@@ -44,14 +46,14 @@ def resolve_placement(cfg: AppConfig) -> tuple[Any, str, int]:
     )
 
 
-def apply_plan(cfg: AppConfig) -> None:
+def apply_plan(cfg: AppConfig) -> AppConfig:
     """``parallel=auto`` / ``parallel.plan=FILE``: the number of pipeline ranks (and, unless
-    ``parallel.dp`` is set, the replicas) come from the plan. A placement that cannot apply
-    is a one-line error, never a silent single-device run."""
+    ``parallel.dp`` is set, the replicas) come from the plan; returns the config with them.
+    A placement that cannot apply is a one-line error, never a silent single-device run."""
     pc = cfg.parallel
     placement, plan_path = str(pc.placement), str(pc.plan) if pc.plan else None
     if plan_path and placement == "contiguous" and pc.balance is None:
-        placement = pc.placement = "auto"  # a plan alone means placement=auto
+        placement = "auto"  # a plan alone means placement=auto
     if placement == "auto":
         if not plan_path:
             raise UserError("parallel.placement=auto needs a plan file: parallel.plan=PATH")
@@ -60,17 +62,33 @@ def apply_plan(cfg: AppConfig) -> None:
             raise UserError(
                 f"parallel.pp={pc.pp} but the plan {plan_path} is for {plan.num_ranks} ranks"
             )
-        pc.pp = plan.num_ranks
-        if int(pc.dp) == 1:
-            pc.dp = plan.dp
-    elif plan_path:
+        dp = plan.dp if int(pc.dp) == 1 else pc.dp
+        return replace(cfg, parallel=replace(pc, placement="auto", pp=plan.num_ranks, dp=dp))
+    if plan_path:
         raise UserError(f"parallel.plan applies to parallel.placement=auto, not {placement}")
-    elif int(pc.pp) * int(pc.dp) == 1 and (placement != "contiguous" or pc.balance):
+    if int(pc.pp) * int(pc.dp) == 1 and (placement != "contiguous" or pc.balance):
         what = f"parallel.placement={placement}" if placement != "contiguous" else "balance"
         raise UserError(
             f"{what} needs parallel.pp > 1 (one process has nothing to place); "
             "set parallel.pp or use parallel=none"
         )
+    return cfg
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a pipelined run places its stages, resolved once before the ranks start."""
+
+    placement: Placement
+    schedule: str
+    microbatches: int
+    recompute: bool
+
+
+def resolve_layout(cfg: AppConfig) -> Layout:
+    """The run's :class:`Layout` (placement, schedule, micro-batches, recompute)."""
+    placement, schedule, micro = resolve_placement(cfg)
+    return Layout(placement, schedule, micro, recompute_setting(cfg))
 
 
 def recompute_setting(cfg: AppConfig) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import random
 import sys
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from nmt.models import registry as arch
 from nmt.models.loss import label_smoothed_nll
 from nmt.models.seq2seq import ModelSpec, Seq2Seq, log_unigram_prior
 from nmt.prepare.splits import Corpus
+from nmt.train import faults
 from nmt.train.schedule import rebase_lr, schedule_from_config
 from nmt.train.validate import validate
 from nmt.train.wavefront import Wavefront
@@ -132,19 +132,32 @@ class Trainer:
     """State of one single-device run: model, optimizer, schedule, data position, counters."""
 
     def __init__(self, cfg: AppConfig, corpus: Corpus, out_dir: Path) -> None:
-        self.cfg, self.corpus, self.out_dir = cfg, corpus, out_dir
-        tc = cfg.train
-        if not hasattr(self, "batches_per_step"):  # pipelined runs: one batch per dp replica
-            self.batches_per_step = check_accumulate(tc)
-        self.step_tokens = 0  # target tokens of the last step's batches (all replicas)
-        self.device = pick_device(str(tc.device))
-        self.amp = autocast_dtype(str(tc.precision), self.device)
-        self.prior = output_prior(cfg.model, corpus)
+        self.init_run(
+            cfg, corpus, out_dir, check_accumulate(cfg.train), pick_device(cfg.train.device)
+        )
         self.model = build_from_config(cfg.model, corpus.tokenizer.vocab_size, self.prior)
         self.model = self.model.to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(tc.lr))
         chunks = cfg.parallel.time_chunks
         self.wavefront = Wavefront(self.model, chunks) if chunks > 1 else None
+        self.init_optimizer(list(self.model.parameters()), rank=0)
+
+    def init_run(
+        self,
+        cfg: AppConfig,
+        corpus: Corpus,
+        out_dir: Path,
+        batches_per_step: int,
+        device: torch.device,
+    ) -> None:
+        """What every run holds whatever this process trains: settings, data position,
+        schedule, counters, checkpoint folder."""
+        self.cfg, self.corpus, self.out_dir = cfg, corpus, out_dir
+        tc = cfg.train
+        self.batches_per_step = batches_per_step  # accumulate, or one per dp replica
+        self.step_tokens = 0  # target tokens of the last step's batches (all replicas)
+        self.device = device
+        self.amp = autocast_dtype(str(tc.precision), self.device)
+        self.prior = output_prior(cfg.model, corpus)
         self.scaler = torch.amp.GradScaler(enabled=self.amp == torch.float16)
         src, tgt = corpus.ids["train"]
         self.batcher = Batcher(
@@ -159,7 +172,6 @@ class Trainer:
         self.train_seconds = 0.0  # wall time spent training, summed over resumes
         self.run_seconds = 0.0  # train_seconds up to now (the schedule's clock; _loop sets it)
         self.schedule = schedule_from_config(tc, len(self.batcher), self.batches_per_step)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
         self.best: dict[str, Any] = {"bleu": None, "val_loss": None, "step": 0, "stale": 0}
         self.bad_steps = 0  # non-finite losses in a row
         self.skipped_steps = 0  # non-finite losses skipped in this run, over resumes
@@ -167,6 +179,13 @@ class Trainer:
         self.ckpt_dir = out_dir / "checkpoints"
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.is_main = True  # prints, metrics and plots come from the main process only
+
+    def init_optimizer(self, params: list[torch.nn.Parameter], rank: int) -> None:
+        """Adam and the schedule over the parameters this process trains (built once), and
+        the test-only gradient faults (:mod:`nmt.train.faults`) when asked for."""
+        self.optimizer = torch.optim.Adam(params, lr=float(self.cfg.train.lr))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_lambda)
+        faults.install(params, lambda: self.step, rank)
 
     def validate(self) -> dict[str, Any]:
         return validate(self.model, self.corpus, self.cfg, self.device)
@@ -211,7 +230,6 @@ class Trainer:
             nll_value += float(nll_sum) / ntokens
         if not math.isfinite(loss_value):
             return self.skip_step(loss_value, "loss")
-        poison_if_injected(self.model.parameters(), self.step, 0)
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), float(self.cfg.train.clip_norm)
@@ -340,30 +358,3 @@ def note_rebase(t: Any, lr: float) -> None:
     old = rebase_lr(t.optimizer, t.scheduler, lr, t.schedule.factor(t.step, t.run_seconds))
     if old is not None and t.is_main:
         print(f"train.lr={lr:g} replaces the resumed run's {old:g}", file=sys.stderr)
-
-
-INJECT_ENV = "PIPENMT_INJECT_NAN"  # fault injection for tests: "STEP[,STEP...]@RANK"
-
-
-def poison_if_injected(params: Any, step: int, rank: int) -> None:
-    """``PIPENMT_INJECT_NAN=3,5@1``: rank 1's gradients turn NaN at steps 3 and 5 (the first
-    attempt only), as a fault on one rank would, and the others must skip the step with it;
-    ``4-@1``: at every attempt from step 4 on."""
-    spec = os.environ.get(INJECT_ENV, "")
-    if not spec:
-        return
-    steps, _, who = spec.partition("@")
-    key = (step, rank)
-    if steps.endswith("-"):
-        hit = step >= int(steps[:-1])
-    else:
-        hit = str(step) in steps.split(",") and key not in _POISONED
-    if rank == int(who or 0) and hit:
-        _POISONED.add(key)
-        for p in params:
-            if p.grad is not None:
-                p.grad.fill_(float("nan"))
-                return
-
-
-_POISONED: set[tuple[int, int]] = set()
