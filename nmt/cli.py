@@ -275,7 +275,7 @@ def _eval_main(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
 def _profile_main(cfg: DictConfig) -> None:
-    from nmt.train.stage_costs import profile_cli
+    from nmt.machine.stage_costs import profile_cli
 
     _guarded(profile_cli, cfg, "nmt-profile")
 

@@ -94,7 +94,7 @@ class ParallelConfig:
     phase_timeout_s: float = 3600.0
     backend: str = "auto"  # auto | gloo | nccl
     nproc: int = 1  # translation: shard input lines over this many processes
-    # GNMT's wavefront (nmt/train/wavefront.py): > 1 cuts each batch along time into this many
+    # GNMT's wavefront (nmt/models/wavefront.py): > 1 cuts each batch along time into this many
     # chunks; the layers wave over them (one process; exact)
     time_chunks: int = 1
 

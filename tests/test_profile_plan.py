@@ -89,7 +89,7 @@ def test_profile_stages_bytes_and_times() -> None:
 
 
 def test_nmt_profile_tiny(tiny_cfg: Any, tmp_path: Path) -> None:
-    from nmt.train.stage_costs import profile_cli
+    from nmt.machine.stage_costs import profile_cli
 
     out = tmp_path / "costs.json"
     cfg = tiny_cfg(f"profile_out={out}", "parallel.microbatches=2")
@@ -139,8 +139,8 @@ def _engine_orders(timeline: Path, ranks: int) -> list[list[str]]:
 def test_profiled_plan_trains_with_auto_placement(tiny_cfg: Any, tmp_path: Path) -> None:
     """The documented command, `parallel=auto parallel.plan=FILE` without pp: the plan's 2
     ranks train (a timeline with 2 rows in the simulated op order)."""
+    from nmt.machine.stage_costs import profile_model
     from nmt.train.run import train
-    from nmt.train.stage_costs import profile_model
 
     tables = profile_model(tiny_cfg(), repeats=2, warmup=1)
     link = LINK_PRESETS["pcie"]

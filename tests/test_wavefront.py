@@ -1,4 +1,4 @@
-"""GNMT's wavefront over time chunks (nmt/train/wavefront.py) against the whole-sequence model:
+"""GNMT's wavefront over time chunks (nmt/models/wavefront.py) against the whole-sequence model:
 loss and every gradient equal for C in {1, 2, 3, 8} (T not divisible by C), the diagonal
 order, and ``nmt-train parallel=wavefront`` logging the same losses as ``parallel=none``,
 resuming exactly and exporting a checkpoint that translates."""
@@ -19,8 +19,8 @@ import nmt.train.loop as loop_mod
 from nmt.checkpoint import files as ckpt_io
 from nmt.errors import user_error_types
 from nmt.models.gnmt import build_model
+from nmt.models.wavefront import Wavefront, chunk_bounds, wave
 from nmt.train.run import train
-from nmt.train.wavefront import Wavefront, chunk_bounds, wave
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,11 +27,11 @@ from nmt.machine.capability import bf16_lstm_runs, require_bf16
 from nmt.models import registry as arch
 from nmt.models.loss import label_smoothed_nll
 from nmt.models.seq2seq import ModelSpec, Seq2Seq, log_unigram_prior
+from nmt.models.wavefront import Wavefront
 from nmt.prepare.splits import Corpus
 from nmt.train import faults
 from nmt.train.schedule import rebase_lr, schedule_from_config
 from nmt.train.validate import validate
-from nmt.train.wavefront import Wavefront
 
 log = logging.getLogger("nmt.train.run")
 
