@@ -70,12 +70,12 @@ demo: install
 	@if [ -f models/$(SHIPPED)/model.pt ]; then \
 		$(BIN)nmt-eval checkpoint=$(SHIPPED) split=test decode=beam5; \
 	else echo "models/$(SHIPPED)/model.pt is absent: no shipped model to compare with"; fi
-	@$(PY) scripts/demo_summary.py --name $(SHIPPED) --shipped $(SHIPPED_REPORT) \
+	@$(PY) -m scripts.demo_summary --name $(SHIPPED) --shipped $(SHIPPED_REPORT) \
 		--demo $(DEMO_DIR)/checkpoints/best.test.beam5.hyp.eval.json
 
 # Peer comparison against Joey NMT 2.3.0 (RNN) on this machine: same corpus, sentencepiece model,
 # token batch, threads and wall-clock budget (BENCH_MINUTES per system; ~30-35 min in all with 8).
-# Joey NMT gets its own venv in ~/.cache/pipenmt/peer-venv. Results: docs/results/bench_peer/.
+# Joey NMT gets its own venv in ~/.cache/pipenmt/peer-venv. Results: docs/results/peer/<class>/.
 BENCH_MINUTES ?= 8
 bench: install
-	$(PY) scripts/bench_peer.py --minutes $(BENCH_MINUTES) --out outputs/bench
+	$(PY) -m scripts.bench peer --minutes $(BENCH_MINUTES) --out outputs/bench

@@ -152,13 +152,14 @@ class DecodeConfig:
     quantize: str = "auto"
     device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
     # search over the model's vocabulary shortlist when it carries one (nmt/decode/shortlist.py);
-    # off
-    # by default: measured slower than the full vocabulary here (docs/results/bench_translate.json)
+    # off by default: measured slower than the full vocabulary
+    # (docs/results/translate/amx/bench_translate_shortlist.json)
     shortlist: bool = False
     # beam pruning (nmt/decode/search.py: Pruning; Freitag & Al-Onaizan 2017): a continuation below
     # relative * P(best candidate), or more than absolute nats below it, stops; 0 = off.
-    # 0.3: shipped model's test BLEU 28.21 vs 28.31 unpruned (0.2: 28.36), beam 5 bf16 x1.23
-    # faster on 2 threads (docs/results/bench_translate.json, BENCHMARKS.md)
+    # 0.3: fp32 beam 5 decodes 1.65x (amx) / 1.81x (avx2) faster on 2 threads
+    # (docs/results/translate/<class>/bench_translate.json); the shipped en-de model scores
+    # 30.87 test BLEU with it (int8) and 30.80 in plain fp32 without (BENCHMARKS.md)
     prune_relative: float = 0.3
     prune_absolute: float = 0.0
     # a multilingual model: the language to translate into (its tag <2xx> starts the source)

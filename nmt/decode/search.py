@@ -294,7 +294,8 @@ def row_topk(x: Tensor, k: int, chunk: int = 100) -> tuple[Tensor, Tensor]:
     order), in two stages when ``chunk`` divides V into at least 2k chunks: each chunk's
     maximum, the k chunks with the largest ones (they hold the k largest values: a chunk without
     any of them has a maximum below each), then the top k of those k x chunk values: one pass of
-    ``amax`` instead of a partial sort of every row (faster on the CPU; docs/results/decode_rows/).
+    ``amax`` instead of a partial sort of every row (faster on the CPU;
+    docs/results/translate/amx/profile_decode_int8_rp0.3.json).
     """
     n, v = x.shape
     if v % chunk or v // chunk < 2 * k or n == 0:

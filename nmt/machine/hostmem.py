@@ -7,8 +7,8 @@ threshold (128 KiB, adapting up to 32 MiB) with fresh pages from ``mmap`` and un
 page: measured on the 2-vCPU Xeon dev box, about 30% of a demo training step's CPU time was
 system time (``make demo``'s recipe, bf16, 2 threads: 360.7 ms/step, 27.8 of 91.4 CPU seconds
 per 100 steps in the kernel). With the thresholds raised, freed memory stays in the heap and is
-reused: 246.8 ms/step, the same numbers bit for bit (``docs/results/hostmem.json``,
-``python scripts/bench_hostmem.py``).
+reused: 246.8 ms/step, the same numbers bit for bit (``docs/results/train/amx/hostmem.json``,
+``python -m scripts.bench hostmem``).
 The cost is resident memory: the process keeps its peak heap (demo training: peak RSS 3.7 GB
 instead of 2.3 GB).
 
@@ -72,7 +72,8 @@ def cap_onednn_cache() -> str:
     9.4-11.4 GB and one was OOM-killed) while the Python-visible tensors stayed constant and fp32
     runs stayed flat. ``make demo``'s model after 300 steps on one thread: 4,812 MB resident
     with the default cache, 2,708 MB capped at 32, the same loss
-    (``docs/results/train_memory.json``, ``python scripts/train_memory.py``). Decoding keeps
-    oneDNN's default: a beam search's shapes change every step, and 32 entries cost its bf16
-    speed ~10% in a quick check, one run not kept (BENCHMARKS.md, "oneDNN's kernel cache")."""
+    (``docs/results/train/amx/train_memory.json``, ``python -m scripts.bench train_memory``).
+    Decoding keeps oneDNN's default: a beam search's shapes change every step, and 32 entries
+    cost its bf16 speed ~10% in a quick check, one run not kept (BENCHMARKS.md, "oneDNN's
+    kernel cache")."""
     return os.environ.setdefault(ONEDNN_CACHE, ONEDNN_CACHE_DEFAULT)
