@@ -4,7 +4,7 @@
 # (train=demo: 9.5 minutes, decayed over them), then beam-5 BLEU of the first 1,000 test
 # sentences, then the BLEU-vs-minutes plot and table (docs/results/compare_archs/bleu_minutes.{json,png}).
 #   bash scripts/compare_archs.sh [OUT=runs/archs]
-# The simulated pipeline speedup of the two: python scripts/compare_archs_sim.py.
+# The simulated pipeline speedup of the two: python -m scripts.bench compare_archs_sim.
 set -euo pipefail
 OUT=${1:-runs/archs}
 COMMON="train=demo train.threads=1 data.batch_tokens=2048 data.max_dev_sentences=300
@@ -23,6 +23,6 @@ for run in "$OUT/transformer_small" "$OUT/gnmt_demo"; do
     hydra.run.dir="$run/eval_log"
 done
 }
-python scripts/sweep_demo.py --label-by-folder "$OUT"/*/ \
+python -m scripts.bench sweep --label-by-folder "$OUT"/*/ \
   --json docs/results/compare_archs/bleu_minutes.json \
   --png docs/results/compare_archs/bleu_minutes.png

@@ -4,7 +4,7 @@
 # given, one after the other on an otherwise idle machine, each scored on the test split with
 # beam 5 as `make demo` does. The first two ran before nmt/machine/hostmem.py existed: they run with
 # glibc's default allocator (PIPENMT_MALLOC=system) to reproduce them. Collect afterwards:
-#   python scripts/sweep_demo.py --label-by-name OUT/*/ \
+#   python -m scripts.bench sweep --label-by-name OUT/*/ \
 #     --json docs/results/demo_recipes/sweep.json --png docs/results/demo_recipes/sweep.png
 #   bash scripts/demo_recipes.sh [OUT=runs/demo_recipes] [PRECISION=bf16]
 set -euo pipefail

@@ -1,6 +1,6 @@
 """The last lines of ``make demo``: the demo model's test scores beside the shipped model's.
 
-    python scripts/demo_summary.py --demo runs/demo/checkpoints/best.test.beam5.hyp.eval.json \
+    python -m scripts.demo_summary --demo runs/demo/checkpoints/best.test.beam5.hyp.eval.json \
         --shipped outputs/eval/gnmt-debian-en-de.test.beam5.hyp.eval.json --name gnmt-debian-en-de
 
 Both files are ``nmt-eval checkpoint=... split=test`` reports; every number printed comes from

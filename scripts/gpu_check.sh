@@ -10,9 +10,9 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 timeout 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_pipeline_gpu.py \
   2>&1 | tail -n 15 | tee "$out/equivalence.txt"
-timeout 90 python3 scripts/bench_train.py --model gnmt4 --batch 128 --len 32 --repeats 10 \
+timeout 90 python3 -m scripts.bench train --model gnmt4 --batch 128 --len 32 --repeats 10 \
   2>&1 | tail -n 3 | tee "$out/bench_train.txt"
-timeout 120 python3 scripts/bench_pipeline_gpu.py --model gnmt4 --out "$out" \
+timeout 120 python3 -m scripts.bench pipeline_gpu --model gnmt4 --out "$out" \
   2>&1 | tail -n 5 | tee "$out/bench_pipeline_gpu.txt"
-timeout 120 python3 scripts/bench_decode_gpu.py --out "$out/bench_decode.json" \
+timeout 120 python3 -m scripts.bench decode_gpu --out "$out/bench_decode.json" \
   2>&1 | tail -n 3 | tee "$out/bench_decode.txt"

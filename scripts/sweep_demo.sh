@@ -2,7 +2,7 @@
 # The demo sweep (BENCHMARKS.md, "The demo recipe"): Hydra multiruns through nmt-train itself,
 # one factor at a time around a centre recipe (2+2 x 256, 8k vocabulary, 2,048-token batches,
 # lr 5e-3, dropout 0.2, output bias at the unigram prior), each job MINUTES of training on
-# THREADS threads. Then collect: python scripts/sweep_demo.py --label-by-folder OUT/*/
+# THREADS threads. Then collect: python -m scripts.bench sweep --label-by-folder OUT/*/
 # (JSON + plot + table).
 #   bash scripts/sweep_demo.sh [OUT=runs/sweep] [MINUTES=6] [THREADS=1]
 set -euo pipefail

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +58,3 @@ def tiny_cfg(tiny_corpus: dict[str, Path], tmp_path: Path) -> Any:
         return compose_config(base + list(extra))
 
     return make
-
-
-def load_script(name: str) -> Any:
-    """Import ``scripts/<name>.py`` as a module (scripts are not a package)."""
-    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module

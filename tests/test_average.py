@@ -1,5 +1,5 @@
-"""scripts/average_checkpoints.py: the element-wise mean of a run's checkpoints, loadable
-like any checkpoint; checkpoints of another model are refused with one line."""
+"""``nmt-average``: the element-wise mean of a run's checkpoints, loadable like any checkpoint;
+checkpoints of another model are refused with one line."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ import torch
 
 from nmt.checkpoint import files as ckpt_io
 from nmt.decode.inference import load_for_inference
+from nmt.release import average
 from nmt.train.run import train
-from tests.conftest import load_script
-
-average_checkpoints = load_script("average_checkpoints")
 
 
 def test_average_is_the_mean_and_translates(
@@ -25,7 +23,7 @@ def test_average_is_the_mean_and_translates(
     folder = Path(cfg.train.out_dir) / "checkpoints"
     paths = [ckpt_io.step_file(folder, s) for s in (1, 2, 3)]
     out = tmp_path / "avg.pt"
-    assert average_checkpoints.main([*map(str, paths), "--out", str(out)]) == 0
+    assert average.main([*map(str, paths), "--out", str(out)]) == 0
     avg = ckpt_io.load(out)
     weights = [ckpt_io.load(p)["model"] for p in paths]
     for k, v in avg["model"].items():
@@ -41,7 +39,8 @@ def test_average_is_the_mean_and_translates(
     train(other)
     capsys.readouterr()
     bad = Path(other.train.out_dir) / "checkpoints" / "last.pt"
-    assert average_checkpoints.main([str(paths[0]), str(bad), "--out", str(tmp_path / "x.pt")]) == 2
+    assert average.main([str(paths[0]), str(bad), "--out", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "does not fit this config (model.hidden: 8 vs 16)" in err[0]
+    assert len(err) == 1 and err[0].startswith("nmt-average: error: ")
+    assert "does not fit this config (model.hidden: 8 vs 16)" in err[0]
     assert not (tmp_path / "x.pt").exists()

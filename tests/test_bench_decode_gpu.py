@@ -1,4 +1,5 @@
-"""scripts/bench_decode_gpu.py (the prepared GPU decoding check) runs end to end on the CPU."""
+"""``python -m scripts.bench decode_gpu`` (the prepared GPU decoding check) runs end to end on
+the CPU."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_decode_gpu.py"
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = [sys.executable, "-m", "scripts.bench", "decode_gpu"]
 
 
 def test_writes_speed_and_tokens_of_each_model(tmp_path: Path) -> None:
     out = tmp_path / "decode.json"
     args = ["--device", "cpu", "--dtype", "fp32", "--size", "16,2,2", "--size", "8,2,1",
             "--sentences", "3", "--src-len", "4", "--repeats", "2", "--out", str(out)]  # fmt: skip
-    subprocess.run([sys.executable, str(SCRIPT), *args], check=True, capture_output=True)
+    subprocess.run([*BENCH, *args], check=True, capture_output=True, cwd=ROOT)
     doc = json.loads(out.read_text())
     assert [r["model"] for r in doc["results"]] == ["16,2,2", "8,2,1"]
     for r in doc["results"]:
@@ -30,6 +32,6 @@ def test_writes_speed_and_tokens_of_each_model(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
 def test_cuda_without_a_gpu_is_one_line_exit_2() -> None:
-    res = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True)
+    res = subprocess.run(BENCH, capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2
-    assert res.stderr.strip() == "bench_decode_gpu: --device cuda: no CUDA device here"
+    assert res.stderr.strip() == "decode_gpu: --device cuda: no CUDA device here"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_venv(path: Path, *flags: str, python: str = sys.executable) -> Path:
@@ -23,12 +23,13 @@ def test_peer_venv_sees_the_building_venvs_packages(tmp_path: Path) -> None:
     (site / "pipenmt_marker.py").write_text("WHERE = 'project venv'\n")
     peer = tmp_path / "peer"
     build = (
-        f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import peer_joey, subprocess; "
+        "import sys, subprocess; from scripts.bench import _joey; "
         f"subprocess.run([sys.executable, '-m', 'venv', '--without-pip', "
         f"'--system-site-packages', {str(peer)!r}], check=True); "
-        f"peer_joey.link_parent_site(__import__('pathlib').Path({str(peer)!r}))"
+        f"_joey.link_parent_site(__import__('pathlib').Path({str(peer)!r}))"
     )
-    r = subprocess.run([str(project_py), "-c", build], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([str(project_py), "-c", build], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
     check = "import pipenmt_marker; print(pipenmt_marker.WHERE)"
     r = subprocess.run([str(peer / "bin" / "python"), "-c", check], capture_output=True,

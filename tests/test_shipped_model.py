@@ -19,16 +19,14 @@ import yaml
 
 from nmt.checkpoint import files as ckpt_io
 from nmt.errors import UserError
+from nmt.release import export
+from nmt.release.model_card import write_card
 from nmt.release.shipped import MODELS_ENV, available_models, resolve_checkpoint
-from tests.test_faults import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "tiny-en-de"
 REAL = "gnmt-debian-en-de"
 SOURCES = ["the cat runs", "", "small green house opens window", "a big dog", "file menu"]
-
-
-export_model = load_script("export_model")
 
 
 def run_cli(
@@ -72,7 +70,7 @@ def trained(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="module")
 def models(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("models")
-    export_model.export_model(trained, NAME, folder, command="nmt-train (test run)")
+    export.export_model(trained, NAME, folder, command="nmt-train (test run)")
     return folder
 
 
@@ -156,7 +154,7 @@ def test_eval_by_name_scores_the_test_split_and_feeds_the_card(
     assert report["lines"] == 40 and report["model_name"] == NAME and report["step"] == 40
     assert report["weights_sha256"] == meta["weights_sha256"]
     assert not list((models / NAME).glob("*.hyp"))  # nothing written into the model folder
-    card = export_model.write_card(models / NAME, report_path).read_text()
+    card = write_card(models / NAME, report_path).read_text()
     assert f"| {report['bleu']:.2f} | {report['chrf']:.2f} |" in card
     assert report["bleu_signature"] in card and "states no test scores" not in card
 
@@ -251,11 +249,11 @@ def test_export_refuses_an_oversized_model_and_leaves_nothing(
     trained: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(UserError, match="over the 0.001 MB limit"):
-        export_model.export_model(trained, NAME, tmp_path, max_bytes=1000)
+        export.export_model(trained, NAME, tmp_path, max_bytes=1000)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / NAME).mkdir()
     with pytest.raises(UserError, match="exists; pass --force"):
-        export_model.export_model(trained, NAME, tmp_path)
+        export.export_model(trained, NAME, tmp_path)
 
 
 def test_int8_export_is_close_and_translates(
@@ -265,7 +263,7 @@ def test_int8_export_is_close_and_translates(
     from nmt.decode.inference import load_for_inference
     from nmt.decode.translate import translate_texts
 
-    export_model.export_model(trained, NAME, tmp_path, dtype="int8")
+    export.export_model(trained, NAME, tmp_path, dtype="int8")
     raw = torch.load(tmp_path / NAME / "model.pt", weights_only=True)
     assert raw["model"]["stages.0.embedding.weight"].dtype == torch.int8
     original = ckpt_io.load(trained)["model"]
@@ -337,14 +335,15 @@ def test_real_shipped_model_translates_and_scores_on_the_test_head(
 def test_export_script_errors_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert export_model.main(["--card", "nope", "--models-dir", str(tmp_path)]) == 2
-    assert export_model.main(["--name", "x", "--models-dir", str(tmp_path)]) == 2
+    assert export.main(["--card", "nope", "--models-dir", str(tmp_path)]) == 2
+    assert export.main(["--name", "x", "--models-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("export_model: error: ") for line in err)
+    assert len(err) == 2 and all(line.startswith("nmt-export: error: ") for line in err)
 
 
 def test_demo_summary_prints_two_aligned_lines(tmp_path: Path) -> None:
-    summary = load_script("demo_summary")
+    from scripts import demo_summary as summary
+
     demo = {"bleu": 1.9, "chrf": 14.4, "lines": 2928, "split": "test", "model": "gnmt_small",
             "step": 362, "train_seconds": 660.0}  # fmt: skip
     shipped = {**demo, "bleu": 27.5, "chrf": 55.0, "model": "gnmt4", "step": 30000,
@@ -384,11 +383,11 @@ def test_card_names_every_direction_of_a_multilingual_model() -> None:
 def test_tune_decode_writes_the_best_into_a_decode_yaml(
     models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """scripts/tune_decode.py: one row per (alpha, beta) on dev, the best by BLEU written as a
+    """``nmt-tune-decode``: one row per (alpha, beta) on dev, the best by BLEU written as a
     decode.yaml that nmt.release.shipped.tuned_decode accepts."""
+    from nmt.decode import tune
     from nmt.release.shipped import tuned_decode
 
-    tune = load_script("tune_decode")
     monkeypatch.setenv(MODELS_ENV, str(models))
     out, yaml_path = tmp_path / "tune.json", tmp_path / "decode.yaml"
     argv = ["--checkpoint", NAME, "--sentences", "6", "--alpha", "0.6", "1.2", "--beta", "0.0",

@@ -1,5 +1,5 @@
 """Sweeps the way users run them: ``nmt-train -m`` (one folder per job, one-line errors, the
-best dev BLEU as the objective), then ``scripts/sweep_demo.py`` collects the jobs."""
+best dev BLEU as the objective), then ``python -m scripts.bench sweep`` collects the jobs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from scripts.bench import sweep as collect
 from tests.conftest import tiny_overrides
 from tests.test_cli import cli
-from tests.test_faults import load_script
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -84,8 +84,7 @@ def test_sweep_script_on_a_real_multirun(sweep: Path, tmp_path: Path) -> None:
     report = {"bleu": 12.5, "chrf": 40.0, "lines": 40}
     (sweep / "1" / "checkpoints" / "best.test.beam5.hyp.eval.json").write_text(json.dumps(report))
     out_json, out_png = tmp_path / "sweep.json", tmp_path / "sweep.png"
-    script = load_script("sweep_demo")
-    assert script.main([str(sweep), "--json", str(out_json), "--png", str(out_png)]) == 0
+    assert collect.main([str(sweep), "--json", str(out_json), "--png", str(out_png)]) == 0
     doc = json.loads(out_json.read_text())
     assert {"cpu", "cores", "torch"} <= set(doc["machine"])
     runs = doc["runs"]
@@ -116,9 +115,8 @@ def test_sweep_script_on_hand_made_run_folders(
                 lines.append({"step": step + 25, "val_loss": 2.5, "val_bleu": bleus[i]})
         text = "".join(json.dumps(x) + "\n" for x in lines)
         (run / "metrics.jsonl").write_text(text + '{"step": 400, "lo')
-    script = load_script("sweep_demo")
     out_json, out_png = tmp_path / "o.json", tmp_path / "o.png"
-    assert script.main([str(a), str(b), "--json", str(out_json), "--png", str(out_png)]) == 0
+    assert collect.main([str(a), str(b), "--json", str(out_json), "--png", str(out_png)]) == 0
     ra, rb = json.loads(out_json.read_text())["runs"]
     assert (ra["recipe"], ra["steps"], ra["minutes"]) == ("lr1e-3", 350, 3.5)
     assert [c["minutes"] for c in ra["dev_curve"]] == [1.25, 2.25, 3.25]
@@ -127,7 +125,7 @@ def test_sweep_script_on_hand_made_run_folders(
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| recipe | steps | minutes |") and len(table) == 4
     assert table[2] == "| `lr1e-3` | 350 | 3.5 | 2.500 | 8.00 | 9.00 | - |"
-    assert script.main([str(tmp_path / "missing")]) == 2
+    assert collect.main([str(tmp_path / "missing")]) == 2
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert script.main([str(empty)]) == 2
+    assert collect.main([str(empty)]) == 2

@@ -1,7 +1,7 @@
 """Two torchrun "nodes" on this machine (loopback): node 2 is SIGKILLed mid-run, the surviving
 agent restarts its worker, a fresh node-2 agent joins, and the re-formed job ends bitwise equal
-to an uninterrupted two-node run (a short version of ``scripts/two_node.py``: 6 steps, one kill;
-about 25 s on 2 cores, in the default suite)."""
+to an uninterrupted two-node run (a short version of ``python -m scripts.bench two_node``: 6
+steps, one kill; about 25 s on 2 cores, in the default suite)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_script
+from scripts.bench import two_node
 
 
 @pytest.mark.timeout(720)  # two jobs of at most JOB_BUDGET_S (300 s) each, then the comparison
 def test_two_node_job_survives_a_killed_node(tmp_path: Path) -> None:
-    two_node = load_script("two_node")
     steps, kill_at = 6, 3
     s = two_node.run(steps=steps, kill_at=kill_at, workdir=tmp_path, verbose=False)
     ref, k = s["reference"], s["killed"]

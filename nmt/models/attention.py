@@ -4,10 +4,10 @@ score(q, k_j) = g * (v / ||v||) . tanh(W_q q + W_k k_j + b)
 
 computed as ``2g (v / ||v||) . (sigmoid(2 (W_q q + W_k k_j + b)) - 1/2)``, since tanh(z) =
 2 sigmoid(2z) - 1: torch's CPU sigmoid is ~6x faster than its tanh (fp32, AVX-512;
-scripts/bench_attention.py), and this elementwise pass over ``[B, M, Ts, H]`` was the largest
-cost of a beam-search step after the matmuls. Without
-gradients (decoding) the ``- 1/2`` is skipped: it shifts every source position's score by the
-same ``-g sum(v / ||v||)``, which the softmax drops. Doubling is exact in floating point.
+``python -m scripts.bench attention``), and this elementwise pass over ``[B, M, Ts, H]`` was
+the largest cost of a beam-search step after the matmuls. Without gradients (decoding) the
+``- 1/2`` is skipped: it shifts every source position's score by the same
+``-g sum(v / ||v||)``, which the softmax drops. Doubling is exact in floating point.
 
 Keys and values are the top encoder outputs; padded source positions are masked so that they
 get probability exactly 0. One code path serves training (all target steps of a sentence at

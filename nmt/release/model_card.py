@@ -1,7 +1,7 @@
 """The model card ``MODEL.md`` of a shipped model (``models/<name>/``), written from files
 only: ``model.pt``'s metadata and config, the corpus provenance, an ``nmt-eval`` JSON report,
 and ``NOTES.md`` (what a person wrote about the model: hardware, held-out data, known limits),
-which goes in as it is. Used by ``scripts/export_model.py``."""
+which goes in as it is. Used by ``nmt-export``."""
 
 from __future__ import annotations
 
@@ -253,7 +253,7 @@ def _card_files(f: dict[str, Any]) -> str:
         + ("; `decode.yaml`: tuned decoding settings" if f.get("tuned") else "")
         + "\n"
         f"- exported {meta['exported_at']} with pipenmt {versions.get('pipenmt', '?')}, torch "
-        f"{versions.get('torch', '?')} by `scripts/export_model.py`\n"
+        f"{versions.get('torch', '?')} by `nmt-export`\n"
     )
 
 

@@ -1,11 +1,11 @@
-"""Wavefront rows of the placement report (``scripts/plan_report.py``).
+"""Wavefront rows of the placement report (``python -m scripts.bench plan_report``).
 
 For one cost table and device count: the best wavefront (``plan_gnmt_wavefront``: placement
 and time chunks C) with the given per-chunk overhead, the same at zero overhead, and how large
 the overhead may grow before the issue's speedup goal is missed (``overhead_budget`` on the
-chosen placement).  The per-chunk overhead of a device comes from ``scripts/chunk_overhead.py``
-(``load_chunk_overhead``) where it was measured; otherwise ``launch_estimate`` derives one from
-the device's measured kernel-launch latency and says so in its ``source``.
+chosen placement).  The per-chunk overhead of a device comes from the ``chunk_overhead``
+benchmark (``load_chunk_overhead``) where it was measured; otherwise ``launch_estimate``
+derives one from the device's measured kernel-launch latency and says so in its ``source``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def launch_estimate(launch_s: float, device: str) -> ChunkOverhead:
 
 
 def load_chunk_overhead(path: str | Path) -> tuple[str, ChunkOverhead]:
-    """(device, overhead) from a ``scripts/chunk_overhead.py`` JSON: forward = the forward
+    """(device, overhead) from a ``chunk_overhead`` benchmark JSON: forward = the forward
     fit, backward = the fwd+bwd fit minus that; a negative fit (noise on a busy machine)
     counts as zero and the source says so."""
     try:

@@ -18,8 +18,8 @@ Cost of one chunk of ``n`` of a layer's ``T`` steps (milliseconds)::
     o + (full - o) * n / T        (o = the per-call overhead, capped at ``full``)
 
 ``full`` is the layer's whole-sequence forward (or backward) time from the cost table, for
-the whole batch; ``o`` (``ChunkOverhead``, measured by ``scripts/chunk_overhead.py``) is the
-fixed time of one kernel call that the whole-sequence time already contains once, so C chunks
+the whole batch; ``o`` (``ChunkOverhead``, measured by the ``chunk_overhead`` benchmark) is
+the fixed time of one kernel call that the whole-sequence time already contains once, so C chunks
 cost ``full + (C - 1) * o`` in total and ``C = 1`` is the sequential layer.  A ``whole`` layer
 is one call (no overhead added).  Each task's output goes to the next layer's device as one
 message (``Link.transfer_ms`` of the chunk's share of ``out_bytes``; the gradient back has
