@@ -30,25 +30,29 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def record_trained_tokens(record: str) -> None:
-    """Wrap ``PipeTrainer.train_step``: after every update taken, write this replica's tokens."""
+    """Wrap ``Trainer.train_step`` of a pipeline rank: after every update taken, write the
+    tokens of this replica's batch."""
     from data.batching import Batch
-    from nmt.train.pipelined import PipeTrainer
+    from nmt.train.pipelined import PipelineRank
+    from nmt.train.trainer import Trainer
 
-    original = PipeTrainer.train_step
+    original = Trainer.train_step
     tokens: list[int] = []
 
-    def train_step(self: PipeTrainer, batch: Batch | list[Batch]) -> tuple[float, float]:
-        (one,) = [batch] if isinstance(batch, Batch) else batch
+    def train_step(self: Trainer, batch: Batch | list[Batch]) -> tuple[float, float]:
+        drawn = [batch] if isinstance(batch, Batch) else batch
+        assert isinstance(self.engine, PipelineRank)
+        ctx = self.engine.ctx
+        one = drawn[ctx.dp_rank]
         before = self.step
         result = original(self, batch)
         if self.step > before:
             tokens.append(one.ntokens)
-            ctx = self.ctx
             mine = {"dp_rank": ctx.dp_rank, "pp_rank": ctx.pp_rank, "tokens": tokens}
             Path(f"{record}.rank{ctx.rank}.json").write_text(json.dumps(mine))
         return result
 
-    PipeTrainer.train_step = train_step  # type: ignore[method-assign]
+    Trainer.train_step = train_step  # type: ignore[method-assign]
 
 
 def kill_inside_shard_write(step: str) -> None:

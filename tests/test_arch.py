@@ -22,7 +22,7 @@ from nmt.decode.search import Pruning, SearchSettings, beam_search
 from nmt.errors import UserError
 from nmt.models import registry as arch
 from nmt.models.seq2seq import ModelSpec, Seq2Seq
-from nmt.train.trainer import check_model_config
+from nmt.train.build import check_model_config
 from tests.conftest import tiny_overrides
 
 ARCHS = sorted(arch.ARCHS)

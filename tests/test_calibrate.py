@@ -123,8 +123,8 @@ def test_auto_precision_takes_the_calibrated_choice(
 ) -> None:
     """A cached choice of bf16 is what an auto run trains with, recorded in its metrics."""
     from nmt.config import compose_config
+    from nmt.train.build import resolve_precision
     from nmt.train.run import train
-    from nmt.train.trainer import resolve_precision
 
     base = tiny_overrides(tiny_corpus, tmp_path / "cache", tmp_path / "run")
     auto = [x for x in base if not x.startswith("train.precision")]  # the default: auto

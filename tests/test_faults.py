@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import torch
 
+import nmt.train.single as single_mod
 import nmt.train.trainer as train_mod
 from nmt.checkpoint import files as ckpt_io
 from nmt.errors import UserError
-from nmt.train import faults
+from nmt.train import setup as faults
 from nmt.train.run import train
 from scripts.bench import fault_train
 
@@ -51,7 +52,7 @@ def test_sigkill_during_training_then_resume_is_exact(tmp_path: Path) -> None:
 # ------------------------------------------------------------------- non-finite losses
 def nan_loss_at(monkeypatch: pytest.MonkeyPatch, bad: Any) -> list[int]:
     """Make the loss NaN whenever ``bad(step)``; returns the list of poisoned steps."""
-    real = train_mod.label_smoothed_nll
+    real = single_mod.label_smoothed_nll
     hits: list[int] = []
     state = {"step": 0}
 
@@ -68,7 +69,7 @@ def nan_loss_at(monkeypatch: pytest.MonkeyPatch, bad: Any) -> list[int]:
         state["step"] = self.step
         return real_step(self, batch)
 
-    monkeypatch.setattr(train_mod, "label_smoothed_nll", poisoned)
+    monkeypatch.setattr(single_mod, "label_smoothed_nll", poisoned)
     monkeypatch.setattr(train_mod.Trainer, "train_step", step)
     return hits
 
@@ -107,15 +108,16 @@ def test_nonfinite_loss_does_not_touch_the_weights(
 
     cfg = tiny_cfg("train.max_steps=1")
     corpus = prepare_corpus(cfg.data, 1)
-    t = train_mod.Trainer(cfg, corpus, Path(cfg.train.out_dir))
+    t = single_mod.one_device_trainer(cfg, corpus, Path(cfg.train.out_dir))
+    model = t.engine.model  # type: ignore[attr-defined]
     batch = next(iter(t.batcher))
     t.train_step(batch)
-    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     opt_before = {k: v["exp_avg"].clone() for k, v in t.optimizer.state_dict()["state"].items()}
     nan_loss_at(monkeypatch, lambda step: True)
     loss, _ = t.train_step(batch)
     assert loss != loss and t.step == 1 and t.bad_steps == 1 and t.skipped_last
-    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     opt_after = t.optimizer.state_dict()["state"]
     assert all(torch.equal(opt_before[k], opt_after[k]["exp_avg"]) for k in opt_before)
 

@@ -21,8 +21,8 @@ import torch
 from nmt.checkpoint import files as ckpt_io
 from nmt.errors import user_error_types
 from nmt.machine.capability import bf16_lstm_runs
-from nmt.train.faults import INJECT_ENV
 from nmt.train.run import train
+from nmt.train.setup import INJECT_ENV
 from nmt.train.trainer import Trainer
 from tests.rank_hooks import run_hooked
 

@@ -31,7 +31,7 @@ from nmt.config import AppConfig
 from nmt.errors import UserError
 from nmt.models import registry as arch
 from nmt.models.loss import label_smoothed_nll
-from nmt.train.trainer import autocast_dtype, check_model_config, pick_device, seed_everything
+from nmt.train.build import autocast_dtype, check_model_config, pick_device, seed_everything
 from parallel.planning.costs import CostTable
 from parallel.planning.profile import cost_tables_json, format_table, profile_stages
 

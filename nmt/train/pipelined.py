@@ -27,22 +27,18 @@ from data.batching import Batch, Batcher
 from data.tokenizer import PAD_ID
 from nmt.checkpoint import files as ckpt_io
 from nmt.checkpoint import shards
-from nmt.config import AppConfig, config_to_dict
+from nmt.config import config_to_dict
 from nmt.machine import hostmem
 from nmt.machine.calibrate import announce
 from nmt.models import registry as arch
 from nmt.models.loss import label_smoothed_nll
 from nmt.models.seq2seq import ModelSpec, Seq2Seq
-from nmt.prepare.splits import Corpus
+from nmt.train.build import autocast_dtype, build_from_config, output_prior, seed_everything
 from nmt.train.loop import resume_path, run_loop
 from nmt.train.metrics import MetricsLog
 from nmt.train.placement import Layout
-from nmt.train.setup import RunSetup
-from nmt.train.trainer import (
-    Trainer,
-    build_from_config,
-    seed_everything,
-)
+from nmt.train.setup import RunSetup, install_faults
+from nmt.train.trainer import Computed, Trainer
 from nmt.train.validate import dev_bleu_report
 from parallel.runtime.engine import DistContext, PipelineRunner, init_distributed, launch
 
@@ -65,26 +61,29 @@ class _NullMetrics(MetricsLog):
         return []
 
 
-class PipeTrainer(Trainer):
-    """A :class:`Trainer` whose model is split over the ranks of a pipeline (x dp replicas)."""
+class PipelineRank:
+    """The :class:`nmt.train.trainer.Engine` of one pipeline rank: its stages (of every
+    replica's pipeline, ``parallel.dp`` x ``parallel.pp``), and on rank 0 the whole model
+    gathered for validation BLEU and export."""
 
     def __init__(
-        self, cfg: AppConfig, corpus: Corpus, out_dir: Path, ctx: DistContext, layout: Layout
+        self, setup: RunSetup, ctx: DistContext, layout: Layout, prior: torch.Tensor | None
     ) -> None:
-        """``cfg`` as the parent resolved it (``parallel.microbatches`` = the layout's, so the
-        Batcher makes batch sizes divisible by it); ``layout`` from :func:`resolve_layout`."""
-        self.ctx = ctx
-        self.init_run(cfg, corpus, out_dir, ctx.dp, ctx.device)  # one batch per dp replica
-        self.microbatches = layout.microbatches
+        """``setup.cfg`` as the parent resolved it (``parallel.microbatches`` = the layout's,
+        so the Batcher makes batch sizes divisible by it)."""
+        cfg = setup.cfg
+        self.cfg, self.ctx, self.layout = cfg, ctx, layout
+        self.batches_per_step = ctx.dp  # every rank draws one batch per replica
+        self.device = ctx.device
         self.is_main = ctx.rank == 0
+        self.amp = autocast_dtype(cfg.train.precision, self.device)
         # only rank 0 gathers the whole model (validation BLEU, export), and keeps it on the
         # CPU: its device's memory is for its stages (the model visits it to decode)
-        vocab = corpus.tokenizer.vocab_size
-        self.model = build_from_config(cfg.model, vocab, self.prior)
+        vocab = setup.corpus.tokenizer.vocab_size
+        self.model = build_from_config(cfg.model, vocab, prior)
         self.model = self.model.to("cpu" if self.is_main else "meta")
-        self.wavefront = None
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
-        stages = arch.build_stages(ModelSpec.from_config(cfg.model), vocab, PAD_ID, self.prior)
+        stages = arch.build_stages(ModelSpec.from_config(cfg.model), vocab, PAD_ID, prior)
         self.loss_fn = SmoothedLoss(cfg.train.label_smoothing)
         self.runner = PipelineRunner(
             stages,
@@ -95,25 +94,23 @@ class PipeTrainer(Trainer):
             microbatches=layout.microbatches,
             recompute=layout.recompute,
         )
-        # The same schedule as a single device (Trainer.schedule); its clock comes from rank 0.
-        self.init_optimizer(list(self.runner.parameters()), ctx.rank)
-        self.shard_dir = self.ckpt_dir / "shards"
+        self.shard_dir = setup.out_dir / "checkpoints" / "shards"
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         self._first_step: int | None = None
 
-    # ------------------------------------------------------------------ step
-    def next_batches(self) -> list[Batch]:
-        """Every rank draws ``dp`` batches; replica r trains on the r-th (the same batches as
-        one device with ``train.accumulate=dp``)."""
-        batches = [self.next_batch() for _ in range(self.ctx.dp)]
-        self.step_tokens = sum(b.ntokens for b in batches)
-        return [batches[self.ctx.dp_rank]]
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return self.runner.parameters()
 
-    def train_step(self, batch: Batch | list[Batch]) -> tuple[float, float]:
-        (one,) = [batch] if isinstance(batch, Batch) else batch
+    # ------------------------------------------------------------------ step
+    def compute(
+        self, drawn: list[Batch], ntokens: int, optimizer: torch.optim.Optimizer, step: int
+    ) -> Computed:
+        """Replica r trains on the r-th of the ``dp`` batches every rank drew (the same
+        batches as one device with ``train.accumulate=dp``)."""
+        one = drawn[self.ctx.dp_rank]
         if self._first_step is None:
-            self._first_step = self.step
-        since = self.step - self._first_step
+            self._first_step = step
+        since = step - self._first_step
         if since == TIMELINE_STEPS[0]:
             self.runner.timeline.enable()
         self.runner.train(True)
@@ -123,35 +120,30 @@ class PipeTrainer(Trainer):
             self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
         ):
             loss = self.runner.step((b.src, b.src_len, b.tgt_in), b.tgt_out, one.ntokens)
-        norm = self.runner.clip_grad_norm_(float(self.cfg.train.clip_norm))
+        norm = self.runner.clip_grad_norm_(self.cfg.train.clip_norm)
         nll, bad = self.agree_step(math.isfinite(loss) and math.isfinite(norm))
         if since + 1 == TIMELINE_STEPS[1]:
             self.runner.timeline.disable()  # before any validation pass
-        if bad:  # on every rank together
-            return self.skip_step(loss, "loss" if not math.isfinite(loss) else "gradient norm")
-        self.bad_steps = 0
-        self.skipped_last = False
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        return loss, nll / max(self.step_tokens, 1)
+        why = ("loss" if not math.isfinite(loss) else "gradient norm") if bad else None
+        return Computed(loss, nll / ntokens, why)  # on every rank together
+
+    def apply(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
 
     def agree_step(self, finite: bool) -> tuple[float, bool]:
         """One all-reduce: the replicas' nll sum (for ppl), and whether any rank saw a
         non-finite loss or gradient norm (then every rank skips the step)."""
         box = torch.zeros(2, dtype=torch.float64, device=self.device)
-        box[0] = self.loss_fn.take(self.microbatches)
+        box[0] = self.loss_fn.take(self.layout.microbatches)
         box[1] = 0.0 if finite else 1.0
         dist.all_reduce(box, op=dist.ReduceOp.SUM)
         return float(box[0]), bool(box[1] > 0)
 
-    def agree(self, stop: str | None) -> str | None:
+    def agree(self, stop: str | None, run_seconds: float) -> tuple[str | None, float]:
         """Rank 0's stop decision and budget clock (every rank's lr follows the same clock)."""
-        box: list[Any] = [stop, self.run_seconds]
+        box: list[Any] = [stop, run_seconds]
         dist.broadcast_object_list(box, src=0)
-        self.run_seconds = float(box[1])
-        return None if box[0] is None else str(box[0])
+        return (None if box[0] is None else str(box[0])), float(box[1])
 
     # ------------------------------------------------------------------ validation
     def gathered_model(self) -> Seq2Seq | None:
@@ -162,14 +154,14 @@ class PipeTrainer(Trainer):
         self.model.load_state_dict(full)
         return self.model
 
-    def validate(self) -> dict[str, Any]:
-        src, tgt = self.corpus.ids["dev"]
+    def validate(self, t: Trainer) -> dict[str, Any]:
+        src, tgt = t.corpus.ids["dev"]
         keep = [i for i in range(len(src)) if src[i] and tgt[i]]
         dev = Batcher(
             [src[i] for i in keep],
             [tgt[i] for i in keep],
-            int(self.cfg.data.batch_tokens),
-            batch_multiple=self.microbatches,
+            self.cfg.data.batch_tokens,
+            batch_multiple=self.layout.microbatches,
             shuffle=False,
         )
         total, tokens = 0.0, 0
@@ -180,13 +172,13 @@ class PipeTrainer(Trainer):
         result: dict[str, Any] = {"val_loss": total / self.ctx.dp / max(tokens, 1)}
         model = self.gathered_model()
         box: list[Any] = [None]
-        if model is not None and bool(self.cfg.train.eval_bleu):
+        if model is not None and self.cfg.train.eval_bleu:
             try:
                 box[0] = dev_bleu_report(
                     model.to(self.device),
-                    self.corpus,
+                    t.corpus,
                     self.cfg.decode,
-                    int(self.cfg.data.max_dev_sentences),
+                    self.cfg.data.max_dev_sentences,
                 )
             finally:
                 model.to("cpu")
@@ -197,39 +189,39 @@ class PipeTrainer(Trainer):
         return result
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, best: bool) -> None:
+    def save(self, t: Trainer, best: bool) -> None:
         """Collective: this rank's shard of step N, the exported single-device weights (rank
         0), a barrier, then the manifest that makes the set of step N the one to resume."""
         shard = {
             "model": self.runner.state_dict(),
-            **self.run_state(),
+            **t.run_state(),
             "placement": self.placement_ranks,
         }
         ctx = self.ctx
-        ckpt_io.save(shards.shard_path(self.shard_dir, self.step, ctx.pp_rank, ctx.dp_rank), shard)
+        ckpt_io.save(shards.shard_path(self.shard_dir, t.step, ctx.pp_rank, ctx.dp_rank), shard)
         model = self.gathered_model()  # collective
         if model is not None:
             export = {
                 "model": model.state_dict(),
-                "step": self.step,
-                "train_seconds": self.train_seconds,
-                "best": dict(self.best),
-                "config": config_to_dict(self.cfg),
-                "spm": self.corpus.tokenizer.model_bytes(),
+                "step": t.step,
+                "train_seconds": t.train_seconds,
+                "best": dict(t.best),
+                "config": config_to_dict(t.cfg),
+                "spm": t.corpus.tokenizer.model_bytes(),
             }
-            ckpt_io.save(self.ckpt_dir / "last.pt", export)
+            ckpt_io.save(t.ckpt_dir / "last.pt", export)
             if best:
-                ckpt_io.save(self.ckpt_dir / "best.pt", export)
+                ckpt_io.save(t.ckpt_dir / "best.pt", export)
         dist.barrier(group=self.ctx.phase_group)  # every shard is on disk; rank 0 exported
         if self.is_main:
-            shards.write_manifest(self.shard_dir, self.step, ctx.pp, ctx.dp, self.placement_ranks)
-            shards.prune(self.shard_dir, int(self.cfg.train.keep_last))
+            shards.write_manifest(self.shard_dir, t.step, ctx.pp, ctx.dp, self.placement_ranks)
+            shards.prune(self.shard_dir, self.cfg.train.keep_last)
 
     @property
     def placement_ranks(self) -> list[int]:
         return list(self.runner.placement.stage_ranks)
 
-    def resume(self, path: Path) -> None:
+    def resume(self, t: Trainer, path: Path) -> None:
         """From the manifest's shard set when every rank has it (exact), else re-place the
         single-device weights of ``path`` (the schedule goes on from its step)."""
         ctx = self.ctx
@@ -241,32 +233,32 @@ class PipeTrainer(Trainer):
             for line in shards.incomplete_sets(self.shard_dir, ctx.pp * ctx.dp):
                 print(line, file=sys.stderr)
         if step >= 0:
-            self.load_shard(shards.shard_path(self.shard_dir, step, ctx.pp_rank, ctx.dp_rank))
+            self.load_shard(t, shards.shard_path(self.shard_dir, step, ctx.pp_rank, ctx.dp_rank))
             if self.is_main:
-                shards.prune(self.shard_dir, int(self.cfg.train.keep_last))
+                shards.prune(self.shard_dir, self.cfg.train.keep_last)
             return
         ck = ckpt_io.load(path)  # re-place a single-device (or exported) checkpoint
         ckpt_io.check_compatible(
-            ck, config_to_dict(self.cfg)["model"], self.corpus.tokenizer.model_bytes(), str(path)
+            ck, config_to_dict(t.cfg.model), t.corpus.tokenizer.model_bytes(), str(path)
         )
         self.runner.load_full_state_dict(ck["model"], prefix="stages.")
-        self.start_from_weights(ck)
+        t.start_from_weights(ck)
         if self.is_main:
             print(
-                f"re-placed the weights of {path} onto this placement at step {self.step}; "
+                f"re-placed the weights of {path} onto this placement at step {t.step}; "
                 "optimizer state and data position start fresh",
                 file=sys.stderr,
             )
 
-    def load_shard(self, path: Path) -> None:
+    def load_shard(self, t: Trainer, path: Path) -> None:
         shard = ckpt_io.load(path)
         self.runner.load_full_state_dict(
             {f"stages.{k}": v for k, v in shard["model"].items()}, prefix="stages.", strict=False
         )
-        self.load_run_state(shard)
+        t.load_run_state(shard)
 
-    def finish(self) -> dict[str, Any]:
-        summary = self.runner.write_timeline(self.out_dir)  # collective
+    def finish(self, t: Trainer) -> dict[str, Any]:
+        summary = self.runner.write_timeline(t.out_dir)  # collective
         if summary is None or not self.is_main:
             return {}
         info = {
@@ -279,7 +271,7 @@ class PipeTrainer(Trainer):
             "pipeline: busy "
             + ", ".join(f"rank{r} {f:.0%}" for r, f in enumerate(summary.busy_fraction))
             + f" | bubble {summary.bubble_fraction:.1%} "
-            f"(theory {summary.theory_bubble_fraction:.1%}) | {self.out_dir / 'timeline.png'}",
+            f"(theory {summary.theory_bubble_fraction:.1%}) | {t.out_dir / 'timeline.png'}",
             file=sys.stderr,
         )
         return {"timeline": info}
@@ -326,7 +318,10 @@ def _worker(setup: RunSetup) -> dict[str, Any]:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         seed_everything(cfg.train.seed)
-        t = PipeTrainer(cfg, setup.corpus, setup.out_dir, ctx, setup.layout)
+        prior = output_prior(cfg.model, setup.corpus)
+        engine = PipelineRank(setup, ctx, setup.layout, prior)
+        t = Trainer(cfg, setup.corpus, setup.out_dir, engine)
+        install_faults(engine.parameters(), lambda: t.step, ctx.rank)
         start_from = resume_path(cfg, t.ckpt_dir)
         if start_from is not None:
             t.resume(start_from)

@@ -11,7 +11,7 @@ from typing import Any
 from nmt.config import AppConfig
 from nmt.errors import UserError
 from nmt.models import registry as arch
-from nmt.train.trainer import check_model_config
+from nmt.train.build import check_model_config
 from parallel.placement import Placement
 from parallel.planning.plan import load_plan
 from parallel.runtime.engine import from_plan, resolve

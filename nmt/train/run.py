@@ -15,14 +15,12 @@ from typing import Any
 from nmt.checkpoint import files as ckpt_io
 from nmt.config import AppConfig
 from nmt.machine.calibrate import announce
+from nmt.train.build import seed_everything
 from nmt.train.loop import resume_path, run_loop
 from nmt.train.metrics import MetricsLog
 from nmt.train.pipelined import train_pipelined
-from nmt.train.setup import setup_run
-from nmt.train.trainer import (
-    Trainer,
-    seed_everything,
-)
+from nmt.train.setup import install_faults, setup_run
+from nmt.train.single import one_device_trainer
 
 log = logging.getLogger("nmt.train.run")
 
@@ -33,7 +31,8 @@ def train(cfg: AppConfig) -> dict[str, Any]:
     if setup.pipelined:
         return train_pipelined(setup)
     seed_everything(setup.cfg.train.seed)  # model init independent of data prep and calibration
-    t = Trainer(setup.cfg, setup.corpus, setup.out_dir)
+    t = one_device_trainer(setup.cfg, setup.corpus, setup.out_dir)
+    install_faults(t.engine.parameters(), lambda: t.step, 0)
     if ckpt_io.remove_stale_temp(t.ckpt_dir):  # left by a run killed while saving
         log.info("removed unfinished checkpoint temp files in %s", t.ckpt_dir)
     start_from = resume_path(setup.cfg, t.ckpt_dir)

@@ -7,6 +7,8 @@ measured. Single-device training and every pipeline rank start from the same
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -16,10 +18,10 @@ from nmt.config import AppConfig
 from nmt.errors import UserError
 from nmt.machine.calibrate import Choice
 from nmt.prepare.splits import Corpus, prepare_corpus
+from nmt.train.build import autocast_dtype, pick_device, resolve_precision, seed_everything
 from nmt.train.loop import make_run_dir
 from nmt.train.placement import Layout, apply_plan, resolve_layout
 from nmt.train.schedule import schedule_from_config
-from nmt.train.trainer import autocast_dtype, pick_device, resolve_precision, seed_everything
 
 
 @dataclass(frozen=True)
@@ -81,3 +83,35 @@ def check_pipelined(cfg: AppConfig) -> None:
             f"train.accumulate={cfg.train.accumulate} applies to one device; pipelined runs "
             "take one batch per parallel.dp replica (split by parallel.microbatches)"
         )
+
+
+INJECT_ENV = "PIPENMT_INJECT_NAN"  # test-only fault injection, see install_faults
+
+
+def install_faults(
+    params: Iterable[torch.nn.Parameter], step: Callable[[], int], rank: int
+) -> None:
+    """Fault injection for tests, installed once at set-up (the step knows nothing of it).
+    ``PIPENMT_INJECT_NAN=3,5@1``: rank 1's gradients turn NaN at steps 3 and 5 (the first
+    attempt only), as a fault on one rank would, and the others must skip the step with it;
+    ``4-@1``: at every attempt from step 4 on. ``step()`` reads the run's step."""
+    spec = os.environ.get(INJECT_ENV, "")
+    steps, _, who = spec.partition("@")
+    if not spec or rank != int(who or 0):
+        return
+    first = next((p for p in params if p.requires_grad), None)
+    if first is None:
+        return
+    poisoned: set[int] = set()
+
+    def poison(param: torch.Tensor) -> None:
+        now = step()
+        if steps.endswith("-"):
+            hit = now >= int(steps[:-1])
+        else:  # the first attempt at a listed step (a skipped step is tried again)
+            hit = str(now) in steps.split(",") and now not in poisoned
+        if hit and param.grad is not None:
+            poisoned.add(now)
+            param.grad.fill_(float("nan"))
+
+    first.register_post_accumulate_grad_hook(poison)  # type: ignore[no-untyped-call]
