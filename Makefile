@@ -54,7 +54,7 @@ test-slow: install
 	$(PY) -m pytest -q -m slow
 
 lint: install
-	$(BIN)ruff check . && $(BIN)ruff format --check . && $(BIN)mypy --strict data parallel
+	$(BIN)ruff check . && $(BIN)ruff format --check . && $(BIN)mypy --strict nmt data parallel
 
 # Train the demo model (2+2 x 256) on the shipped Debian corpus for a bounded CPU budget, then
 # translate the test split with beam 5 and print BLEU and chrF; then score the shipped model

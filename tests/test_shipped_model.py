@@ -305,7 +305,7 @@ SHIPPED = [(REAL, FIVE, 23.5), ("gnmt-debian-de-en", FIVE_DE, 29.5)]
 def test_real_shipped_model_translates_and_scores_on_the_test_head(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, five: list[str], bar: float
 ) -> None:
-    from nmt.config import DecodeConfig, dict_to_config
+    from nmt.config import DataConfig, DecodeConfig, from_dict
     from nmt.decode.evaluate import score
     from nmt.decode.inference import load_for_inference
     from nmt.decode.translate import translate_texts
@@ -325,7 +325,7 @@ def test_real_shipped_model_translates_and_scores_on_the_test_head(
     path, found = resolve_checkpoint(name)
     assert found == name and path == file
     model, tok = load_for_inference(name, "none")
-    data = dict_to_config(ckpt_io.load(path)["config"]["data"])
+    data = from_dict(DataConfig, ckpt_io.load(path)["config"]["data"])
     pairs = load_text(data, ("test",))["test"][:200]
     hyps = translate_texts(model, tok, [s for s, _ in pairs], DecodeConfig())  # beam 5
     result = score(hyps, [t for _, t in pairs])

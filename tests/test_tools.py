@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from nmt.train import plot
+from nmt.release import plot
 
 TOOLS = {
     "nmt-export": "nmt.release.export:main",
     "nmt-average": "nmt.release.average:main",
     "nmt-tune-decode": "nmt.decode.tune:main",
-    "nmt-plot": "nmt.train.plot:main",
+    "nmt-plot": "nmt.release.plot:main",
 }
 
 

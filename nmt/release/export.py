@@ -38,6 +38,7 @@ from nmt.decode.inference import load_for_inference, model_from_checkpoint
 from nmt.decode.shortlist import shortlist_for
 from nmt.errors import UserError
 from nmt.release.model_card import NOTES_FILE, write_card
+from nmt.release.plot import read_metrics
 from nmt.release.shipped import (
     DECODE_FILE,
     MAX_MODEL_BYTES,
@@ -49,7 +50,6 @@ from nmt.release.shipped import (
     weights_digest,
 )
 from nmt.tool import parser, run_tool
-from nmt.train.plot import read_metrics
 
 
 # ---------------------------------------------------------------------------------- export

@@ -41,7 +41,7 @@ def load_corpus() -> Corpus:
     """The shipped corpus as every variant sees it (the variants differ in model/train keys)."""
     from nmt.config import compose_config
     from nmt.prepare.splits import prepare_corpus
-    from nmt.train.trainer import seed_everything
+    from nmt.train.build import seed_everything
 
     seed_everything(1)
     return prepare_corpus(compose_config(BASE).data, 1)
@@ -51,15 +51,16 @@ def run_variant(
     corpus: Corpus, overrides: list[str], steps: int, out_dir: Path
 ) -> list[dict[str, Any]]:
     from nmt.config import compose_config
-    from nmt.train.trainer import Trainer, seed_everything
+    from nmt.train.build import seed_everything
+    from nmt.train.single import one_device_trainer
 
     cfg = compose_config([*BASE, f"train.out_dir={out_dir}", *overrides])
     seed_everything(1)
-    trainer = Trainer(cfg, corpus, out_dir)
+    trainer = one_device_trainer(cfg, corpus, out_dir)
     curve: list[dict[str, Any]] = []
     tokens, window, started = 0, [], time.monotonic()
     for step in range(1, steps + 1):
-        batch = trainer.next_batch()
+        batch = next(iter(trainer.batcher))
         _, nll = trainer.train_step(batch)
         tokens += batch.ntokens
         window.append(nll)
