@@ -2,7 +2,7 @@
 # GNMT against the Transformer at equal CPU budget on the shipped corpus (BENCHMARKS.md, "Two
 # architectures"): both train at the same time, one thread each, for the demo's budget
 # (train=demo: 9.5 minutes, decayed over them), then beam-5 BLEU of the first 1,000 test
-# sentences, then the BLEU-vs-minutes plot and table (docs/results/compare_archs/bleu_minutes.{json,png}).
+# sentences, then the BLEU-vs-minutes plot and table (docs/results/architectures/<machine>/bleu_minutes.{json,png}).
 #   bash scripts/compare_archs.sh [OUT=runs/archs]
 # The simulated pipeline speedup of the two: python -m scripts.bench compare_archs_sim.
 set -euo pipefail
@@ -24,5 +24,5 @@ for run in "$OUT/transformer_small" "$OUT/gnmt_demo"; do
 done
 }
 python -m scripts.bench sweep --label-by-folder "$OUT"/*/ \
-  --json docs/results/compare_archs/bleu_minutes.json \
-  --png docs/results/compare_archs/bleu_minutes.png
+  --json docs/results/architectures/epyc/bleu_minutes.json \
+  --png docs/results/architectures/epyc/bleu_minutes.png

@@ -5,7 +5,7 @@
 # beam 5 as `make demo` does. The first two ran before nmt/machine/hostmem.py existed: they run with
 # glibc's default allocator (PIPENMT_MALLOC=system) to reproduce them. Collect afterwards:
 #   python -m scripts.bench sweep --label-by-name OUT/*/ \
-#     --json docs/results/demo_recipes/sweep.json --png docs/results/demo_recipes/sweep.png
+#     --json docs/results/demo/amx/recipes/sweep.json --png docs/results/demo/amx/recipes/sweep.png
 #   bash scripts/demo_recipes.sh [OUT=runs/demo_recipes] [PRECISION=bf16]
 set -euo pipefail
 OUT=${1:-runs/demo_recipes}

@@ -3,7 +3,9 @@
 Also GNMT's attention with the written-out tanh formula against
 ``nmt.models.attention.BahdanauAttention``.
 
-    python -m scripts.bench attention [--threads 1] [--out docs/results/bench_attention.json]
+    python -m scripts.bench attention [--threads 1] [--out FILE]
+
+(default ``--out``: ``docs/results/train/<machine>/bench_attention.json``)
 
 Rows: the elementwise ops alone (3.3 M fp32 elements); a beam-search step's attention
 (no gradients: 64 sentences x 5 beams, 40 source positions, H 256); a training step's attention
@@ -22,7 +24,15 @@ import torch
 from torch import Tensor
 
 from nmt.models.attention import AttentionMemory, BahdanauAttention
-from scripts.bench.common import RESULTS, command, finish, machine, parser, set_threads, timed
+from scripts.bench.common import (
+    command,
+    finish,
+    machine,
+    parser,
+    results_for,
+    set_threads,
+    timed,
+)
 
 
 def median_ms(fn: Callable[[], object], reps: int = 15) -> float:
@@ -73,7 +83,7 @@ def rows() -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__name__, __doc__)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=RESULTS / "bench_attention.json")
+    ap.add_argument("--out", type=Path, default=results_for("train", "bench_attention.json"))
     args = ap.parse_args(argv)
     set_threads(args.threads)
     result = {"bench": "attention", "command": command(__name__, argv), "rows": rows(),

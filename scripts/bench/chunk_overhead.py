@@ -19,7 +19,7 @@ devices where only that is known.
 
     python -m scripts.bench chunk_overhead                       # H 256, B 64, T 32 (< 2 min)
     python -m scripts.bench chunk_overhead --hidden 1024 --batch 128 --reps 10 \
-        --out docs/results/chunk_overhead_cpu_h1024.json
+        --out docs/results/planning/epyc/chunk_overhead_cpu_h1024.json
     python -m scripts.bench chunk_overhead --device cuda --dtype bfloat16 --hidden 1024 \
         --batch 128 --out chunk_overhead_h200_bf16.json  # plan_report --chunk-overhead takes it
 """
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from scripts.bench.common import command, finish, machine, parser, set_threads, timed
+from scripts.bench.common import command, finish, machine, parser, results_for, set_threads, timed
 
 Where = tuple[torch.device, torch.dtype]
 
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    ap.add_argument("--out", default="docs/results/chunk_overhead_cpu.json")
+    ap.add_argument("--out", default=str(results_for("planning", "chunk_overhead_cpu.json")))
     args = ap.parse_args(argv)
     if 1 not in args.chunks or min(args.chunks) < 1 or max(args.chunks) > args.steps:
         ap.error("--chunks must include 1 and lie in 1..--steps")

@@ -20,13 +20,24 @@ import torch
 from torch import Tensor, nn
 
 from data.atomic import write_json_result
-from nmt.machine.capability import machine_record
-from nmt.train.plot import read_metrics
+from nmt.machine.capability import forced_isa, machine_class, machine_record
+from nmt.release.plot import read_metrics
+from nmt.train.metrics import cpu_model
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"
 # hidden, encoder layers, decoder layers of the GNMT sizes the throughput benchmarks use
 GNMT_SIZES = {"gnmt_small": (256, 4, 4), "gnmt4": (1024, 4, 4), "gnmt8": (1024, 8, 8)}
+
+
+def results_for(topic: str, name: str) -> Path:
+    """Where a result of this machine goes by default: ``docs/results/<topic>/<machine>/name``,
+    the machine being its CPU class (``amx``, ``avx512``, ``avx2``; a forced class says so),
+    or ``epyc`` for an AMD EPYC run as it is."""
+    folder = machine_class()
+    if not forced_isa() and "EPYC" in cpu_model():
+        folder = "epyc"
+    return RESULTS / topic / folder / name
 
 
 def parser(module: str, doc: str | None) -> argparse.ArgumentParser:

@@ -3,8 +3,8 @@
 Both cost tables are analytic (``parallel.planning.costs.analytic_gnmt_costs``,
 ``parallel.planning.costs_transformer.analytic_transformer_costs``) scaled by the same two H200
 rates that the ``plan_report`` benchmark uses for its committed H200 rows: the matmul rate and
-the launch latency in ``docs/results/h200_rates.json`` (fitted to earlier H200 single-device
-step times).  For pp in {1,2,4,8} (contiguous placement,
+the launch latency in ``docs/results/planning/h200/h200_rates.json`` (fitted to earlier H200
+single-device step times).  For pp in {1,2,4,8} (contiguous placement,
 min-max balanced on the stage times at that micro-batch size: ``parallel.partition``), M in
 {1,...,32} micro-batches and the gpipe / 1f1b schedules, one step is simulated
 (``parallel.planning.simulate``, NVLink link model) and its speedup over the same architecture's
@@ -13,7 +13,7 @@ pp=1, M=1 step reported.  Batch 128 x 32 tokens is the plan report's setting; la
 with the launch latency set to 0 (``sensitivity_no_launch_floor`` in the JSON, best rows only)
 shows what the latency floor costs.
 
-    python -m scripts.bench compare_archs_sim      # writes docs/results/compare_archs/sim_h200.*
+    python -m scripts.bench compare_archs_sim  # writes docs/results/architectures/sim/sim_h200.*
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from parallel.planning.costs_transformer import analytic_transformer_costs
 from parallel.planning.links import LINK_PRESETS
 from parallel.planning.simulate import simulate
 from parallel.schedules import contiguous_placement
-from scripts.bench.common import command, parser
+from scripts.bench.common import RESULTS, command, parser
 
-RATES = "docs/results/h200_rates.json"
+RATES = "docs/results/planning/h200/h200_rates.json"
 H200_BYTES = 143_771 * 2**20  # BENCHMARKS.md: one NVIDIA H200 (143,771 MiB)
 
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser(__name__, __doc__)
     # fmt: off
     ap.add_argument("--rates", default=RATES, help="plan_report --measured format (H200)")
-    ap.add_argument("--out-dir", default="docs/results/compare_archs")
+    ap.add_argument("--out-dir", default=str(RESULTS / "architectures" / "sim"))
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--vocab", type=int, default=8000,
                     help="plan_report's committed H200 run and the rate fit use 8,000")

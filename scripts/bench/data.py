@@ -6,7 +6,7 @@
 ``--corpus`` is a folder (all ``*.train.*``/``*.dev.*``/``*.test.*`` corpus files in it) or a
 comma-separated list of files (the first is the training split). Prints one line per step and a
 final JSON line with the numbers and machine info, also written to ``--out``
-(``docs/results/bench_data.json``; ``-``: none). Caches go to a temp folder (cold timings).
+(``docs/results/data/amx/bench_data.json``; ``-``: none). Caches go to a temp folder (cold timings).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from data.batching import Batcher, round_up
 from data.corpus import load_split
 from data.filtering import filter_pairs
 from data.tokenizer import train_or_load
-from scripts.bench.common import command, finish, machine, parser
+from scripts.bench.common import command, finish, machine, parser, results_for
 
 SPLITS = ("train", "dev", "test")
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pad-multiple", type=int, default=8)
     ap.add_argument("--max-len", type=int, default=100, help="subword tokens, either side")
     ap.add_argument("--max-ratio", type=float, default=2.5)
-    ap.add_argument("--out", default="docs/results/bench_data.json", help="'-': none")
+    ap.add_argument("--out", default=str(results_for("data", "bench_data.json")), help="'-': none")
     args = ap.parse_args(argv)
 
     files = find_files(args.corpus)

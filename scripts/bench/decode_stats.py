@@ -1,7 +1,7 @@
 """How many test translations run into the length cap, and how large the shortlist is.
 
     python -m scripts.bench decode_stats --checkpoint gnmt-debian-en-de \
-        --out docs/results/decode_stats.json
+        --out docs/results/translate/amx/decode_stats.json
 
 - Length cap: the search stops a hypothesis at ``floor(max_len_a * src_len + max_len_b)``
   generated tokens (``src_len`` counts the source's eos; ``nmt/decode/search.py``). Counted:

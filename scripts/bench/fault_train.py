@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from data.synthetic import write_corpus
-from nmt.train.plot import read_metrics
+from nmt.release.plot import read_metrics
 from scripts.bench.common import (
     ROOT,
     child_env,

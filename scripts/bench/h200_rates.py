@@ -51,7 +51,7 @@ def solve(f: Callable[[float], float], target: float, lo: float, hi: float) -> f
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__name__, __doc__)
-    ap.add_argument("--out", default=str(RESULTS / "h200_rates.json"))
+    ap.add_argument("--out", default=str(RESULTS / "planning" / "h200" / "h200_rates.json"))
     args = ap.parse_args(argv)
     flops, launch = 758.9e12, 10e-6
     small = [r for r in ROWS if r[1] == 128]

@@ -14,7 +14,7 @@ default (``nmt.machine.hostmem.tune``).
 - decoding: ``nmt-translate checkpoint=gnmt-debian-en-de`` (its defaults) on the first
   ``--lines`` English sentences of the test split; wall seconds and CPU seconds.
 
-Writes ``docs/results/hostmem.json`` (machine, per-round numbers, medians, ratios).
+Writes ``docs/results/train/amx/hostmem.json`` (machine, per-round numbers, medians, ratios).
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from nmt.machine.capability import bf16_lstm_runs
-from nmt.train.plot import read_metrics
+from nmt.release.plot import read_metrics
 from scripts.bench.common import (
-    RESULTS,
     ROOT,
     child_env,
     command,
@@ -42,6 +41,7 @@ from scripts.bench.common import (
     machine,
     nmt_command,
     parser,
+    results_for,
 )
 
 MODES = {"system": {"PIPENMT_MALLOC": "system"}, "tuned": {}}
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--lines", type=int, default=500)
-    ap.add_argument("--out", type=Path, default=RESULTS / "hostmem.json")
+    ap.add_argument("--out", type=Path, default=results_for("train", "hostmem.json"))
     args = ap.parse_args(argv)
 
     res: dict[str, dict[str, list[dict[str, Any]]]] = {

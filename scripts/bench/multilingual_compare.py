@@ -6,7 +6,7 @@ multilingual model.
     python -m scripts.bench multilingual_compare --multi runs/multi4 \\
         --single en-de=runs/en_de/metrics.jsonl --single de-en=runs/de_en/metrics.jsonl \\
         --single en-fr=runs/en_fr/metrics.jsonl --steps 500,1000,1500 --test-limit 1000 \\
-        --out docs/results/multilingual.json
+        --out docs/results/multilingual/<machine>/compare.json
 
 All runs share the recipe (model, batch tokens, learning rate, one thread; the multilingual run
 trains every direction of ``data.directions`` in one model of the same size). Equal steps =
@@ -32,7 +32,7 @@ from typing import Any
 from data.atomic import write_json_result
 from nmt.config import compose_config
 from nmt.decode.evaluate import eval_cli
-from nmt.train.plot import read_metrics
+from nmt.release.plot import read_metrics
 from scripts.bench.common import command, machine, parser
 
 

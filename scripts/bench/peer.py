@@ -10,7 +10,7 @@ reported). Measured: training target tokens/s (validation excluded), dev and tes
 (sacrebleu, beam 5, length penalty 0.6), beam-5 sentences/s on the test split (ours with
 ``nmt-translate``'s defaults and with the plain fp32 beam search), peak resident memory of each
 training process. Writes ``peer.json``, ``bleu_vs_time.png`` and ``loss_curves.png`` into
-``--results`` (``docs/results/bench_peer/``, committed) and work files into ``--out``
+``--results`` (``docs/results/peer/<machine>/``, committed) and work files into ``--out``
 (``outputs/bench``); prints a final JSON line with the ratios (ours / Joey NMT).
 
 Joey NMT runs in its own virtual environment (``scripts/bench/_joey.py``: built on first use;
@@ -35,12 +35,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nmt.train.plot import read_metrics
+from nmt.release.plot import read_metrics
 from scripts.bench import _joey as joey
-from scripts.bench.common import ROOT, child_env, command, finish, machine, nmt_command, parser
+from scripts.bench.common import (
+    ROOT,
+    child_env,
+    command,
+    finish,
+    machine,
+    nmt_command,
+    parser,
+    results_for,
+)
 
 JOEY_SCRIPT = Path(joey.__file__).resolve()
-RESULTS = ROOT / "docs" / "results" / "bench_peer"
+RESULTS = results_for("peer", "")
 SECS_PER_STEP_OURS = 1.7  # gnmt_small, 2,048-token batches, 2 vCPUs (README, `make demo`)
 
 
@@ -306,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-enc-layers", type=int, default=2)
     ap.add_argument("--peer-dec-layers", type=int, default=4)
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench"), help="work files")
-    ap.add_argument("--results", default=str(RESULTS), help="peer.json and the plots")
+    ap.add_argument("--results", default=str(RESULTS), help="peer.json, plots")
     ap.add_argument(
         "--reuse-ours", action="store_true", help="keep a finished run of ours in --out"
     )

@@ -11,7 +11,7 @@ Runs, on the GNMT stage list (``nmt.models.gnmt.build_stages``, dropout 0):
 * ``pp2``       2 processes (gloo, launched through torch's elastic agent), gpipe and 1f1b.
 
 Timelines are recorded for a few steps of each pipelined run; ``--out`` (default
-``docs/results/bench_pipeline/``, committed) gets them and ``bench_pipeline.json``. Every
+``docs/results/pipeline/epyc/``, committed) gets them and ``bench_pipeline.json``. Every
 process uses one intra-op thread. The last line of output is the same JSON object (the numbers
 and the machine).
 
@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from parallel.placement import Placement, contiguous
 from parallel.runtime.launch import launch
 from scripts.bench.common import (
-    RESULTS,
     ROOT,
     add_model_args,
     cpu_pipeline,
@@ -41,6 +40,7 @@ from scripts.bench.common import (
     loss_sum,
     machine,
     parser,
+    results_for,
     runner_for,
     timed,
 )
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--micro", type=int, default=4, help="micro-batches of the pipelined runs")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=RESULTS / "bench_pipeline",
+    ap.add_argument("--out", type=Path, default=results_for("pipeline", "bench_pipeline"),
                     help="bench_pipeline.json and the timelines (committed)")  # fmt: skip
     ap.add_argument("--skip-pp2", action="store_true")
     args = ap.parse_args(argv)

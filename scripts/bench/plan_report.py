@@ -9,7 +9,7 @@ this machine's measured matmul throughput and launch latency, and/or files given
 cost tables to ``--out-dir``; prints the table and, last, one JSON line with the goals (also
 ``goals.json`` in ``--out-dir``).
 
-    python -m scripts.bench plan_report --out-dir docs/results/plan_report
+    python -m scripts.bench plan_report --out-dir docs/results/planning/sim/nvlink
     python -m scripts.bench plan_report --measure-only --device cuda --out-dir DIR  # GPU tables
     python -m scripts.bench plan_report --costs DIR/costs_cuda_gnmt4.json --costs ...
 
@@ -40,15 +40,15 @@ together, next to the micro-batch planner's speedup; written to the report and t
 ``wavefront.json``.  The per-chunk overhead comes from ``--chunk-overhead`` files
 (the ``chunk_overhead`` benchmark) for the device they name, else it is estimated from the launch
 latency and labelled so.  The committed run (H200 rates fitted to earlier H200 rows,
-``docs/results/h200_rates.json``)::
+``docs/results/planning/h200/h200_rates.json``)::
 
     python -m scripts.bench plan_report --measure-only --device cpu \
-        --out-dir docs/results/plan_report
-    python -m scripts.bench plan_report --out-dir docs/results/plan_report --vocab 8000 \
+        --out-dir docs/results/planning/sim/nvlink
+    python -m scripts.bench plan_report --out-dir docs/results/planning/sim/nvlink --vocab 8000 \
         --devices 4 8 --links nvlink --rl-iterations 0 --sweep-batch \
-        --measured docs/results/plan_report/measured_cpu.json \
-        --measured docs/results/h200_rates.json \
-        --chunk-overhead docs/results/chunk_overhead_cpu_h1024.json
+        --measured docs/results/planning/epyc/measured_cpu.json \
+        --measured docs/results/planning/h200/h200_rates.json \
+        --chunk-overhead docs/results/planning/epyc/chunk_overhead_cpu_h1024.json
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", choices=("matmul", "lstm"), default="matmul",
                     help="scale the analytic tables by the matmul/tiny-op or LSTM timings")
     ap.add_argument("--measure-only", action="store_true", help="write cost tables and stop")
-    ap.add_argument("--out-dir", default="docs/results/plan_report")
+    ap.add_argument("--out-dir", default="docs/results/planning/sim/nvlink")
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--vocab", type=int, nargs="+", default=[8000, 32000])
     ap.add_argument("--batch", type=int, default=128, help="sentences per step")

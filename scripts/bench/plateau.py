@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from nmt.prepare.splits import Corpus
-from scripts.bench.common import RESULTS, command, finish, machine, parser, set_threads
+from scripts.bench.common import command, finish, machine, parser, results_for, set_threads
 
 VARIANTS = {
     "NVIDIA init, lr 2e-3": ["model.output_bias=uniform", "train.lr=2e-3"],
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser(__name__, __doc__)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=RESULTS / "plateau.json")
+    ap.add_argument("--out", type=Path, default=results_for("train", "plateau.json"))
     ap.add_argument("--work", default="outputs/plateau")
     args = ap.parse_args(argv)
     set_threads(args.threads)

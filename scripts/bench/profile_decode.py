@@ -4,7 +4,7 @@ The profiler runs over translating the first ``--sentences`` test sentences of t
 corpus; each operator's self CPU time is reported as a share of the total.
 
     python -m scripts.bench profile_decode --checkpoint gnmt-debian-en-de --sentences 150 \
-        --threads 1 --out docs/results/profile_decode.json
+        --threads 1 --out docs/results/translate/<machine>/profile_decode.json
 """
 
 from __future__ import annotations

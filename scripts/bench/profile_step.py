@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.profiler import ProfilerActivity, profile
 
 from nmt.models.gnmt import GNMT, build_model
-from scripts.bench.common import RESULTS, command, finish, machine, parser, set_threads
+from scripts.bench.common import command, finish, machine, parser, results_for, set_threads
 
 PAD, BOS, EOS = 0, 2, 3
 VARIANTS = {  # name -> (packed bi-LSTM, skip_pad)
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic", default=None, help="BxT: one synthetic batch of that shape")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", default=str(RESULTS / "profile_step.json"))
+    ap.add_argument("--out", default=str(results_for("train", "profile_step.json")))
     args = ap.parse_args(argv)
     set_threads(args.threads)
     vocab = 8000

@@ -8,9 +8,9 @@ For each run folder (one with ``metrics.jsonl``; a multirun folder holds one per
 ``.hydra/overrides.yaml`` and ``metrics.jsonl`` (and the test BLEU of an ``nmt-eval`` report,
 ``*.eval.json``, found in the run folder) and writes
 
-- ``docs/results/sweep_demo.json``: machine, then per run: overrides, steps, minutes,
+- ``docs/results/demo/<machine>/sweep.json``: machine, then per run: overrides, steps, minutes,
   final/best dev BLEU, the dev BLEU-vs-minutes curve, test BLEU;
-- ``docs/results/sweep_demo.png``: dev BLEU against training minutes, one line per recipe;
+- ``docs/results/demo/<machine>/sweep.png``: dev BLEU against training minutes, one line per recipe;
 - a markdown table on stdout (for BENCHMARKS.md).
 
 A run's recipe is the overrides that are not common to all the runs collected.
@@ -29,8 +29,8 @@ from typing import Any
 import yaml
 
 from data.atomic import write_json_result
-from nmt.train.plot import read_metrics
-from scripts.bench.common import RESULTS, command, machine, parser
+from nmt.release.plot import read_metrics
+from scripts.bench.common import command, machine, parser, results_for
 
 
 def read_overrides(run: Path) -> list[str]:
@@ -182,8 +182,8 @@ def markdown(runs: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__name__, __doc__)
     ap.add_argument("paths", nargs="+", type=Path, help="multirun folder(s) or run folder(s)")
-    ap.add_argument("--json", type=Path, default=RESULTS / "sweep_demo.json")
-    ap.add_argument("--png", type=Path, default=RESULTS / "sweep_demo.png")
+    ap.add_argument("--json", type=Path, default=results_for("demo", "sweep.json"))
+    ap.add_argument("--png", type=Path, default=results_for("demo", "sweep.png"))
     ap.add_argument(
         "--label-by-folder",
         action="store_true",

@@ -1,8 +1,8 @@
 """The default test suite's wall time on this machine, for the README's `make test` line.
 
-    python -m scripts.bench time_tests --out docs/results/cpu_class/amx/test_suite.json
+    python -m scripts.bench time_tests --out docs/results/tests/amx/test_suite.json
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
-        python -m scripts.bench time_tests --out docs/results/cpu_class/avx2/test_suite.json
+        python -m scripts.bench time_tests --out docs/results/tests/avx2/test_suite.json
 
 Runs ``python -m pytest -q`` (the command ``make test`` runs, with the project's addopts:
 slow tests deselected) from the repository root and writes its counts, wall time and the

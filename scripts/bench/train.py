@@ -10,8 +10,8 @@ MFU = model FLOPs/s / peak matmul FLOP/s measured in the same run on the same de
 Model FLOPs count the matmuls of a training step (forward + backward = 3 x forward):
 LSTM 8*(in+H)*H per token per direction, attention, generator 2*H*V per target token.
 Prints a final JSON line with the machine and writes it to ``--out``
-(``docs/results/bench_train.json`` by default; ``--out -`` writes nothing). Runs with the
-allocator settings every command line entry point uses (``nmt/machine/hostmem.py``).
+(``docs/results/train/<machine>/bench_train.json`` by default; ``--out -`` writes nothing).
+Runs with the allocator settings every command line entry point uses (``nmt/machine/hostmem.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,16 @@ from torch import nn
 from nmt.machine import hostmem
 from nmt.models.gnmt import build_model
 from nmt.models.loss import label_smoothed_nll
-from scripts.bench.common import GNMT_SIZES, add_step_args, command, finish, machine, parser, timed
+from scripts.bench.common import (
+    GNMT_SIZES,
+    add_step_args,
+    command,
+    finish,
+    machine,
+    parser,
+    results_for,
+    timed,
+)
 
 
 def median_s(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -130,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", choices=sorted(GNMT_SIZES))
     add_step_args(ap, batch=64, length=30, repeats=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default="docs/results/bench_train.json", help="'-': none")
+    ap.add_argument(
+        "--out", default=str(results_for("train", "bench_train.json")), help="'-': none"
+    )
     args = ap.parse_args(argv)
     allocator = hostmem.tune()
     device = torch.device(args.device)

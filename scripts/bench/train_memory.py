@@ -2,7 +2,7 @@
 
 The cap is ``nmt/machine/hostmem.py: cap_onednn_cache``; both variants run in one run.
 
-    python -m scripts.bench train_memory --steps 300 --out docs/results/train_memory.json
+    python -m scripts.bench train_memory --steps 300 --out docs/results/train/amx/train_memory.json
 
 Each variant runs ``nmt-train`` (``make demo``'s model and batches, bf16, one thread, no
 validation) in a fresh process and samples its resident set every 5 s; reported: the samples,
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from nmt.machine.hostmem import ONEDNN_CACHE, ONEDNN_CACHE_DEFAULT
-from nmt.train.plot import read_metrics
+from nmt.release.plot import read_metrics
 from scripts.bench.common import child_env, command, finish, machine, nmt_command, parser
 
 # name -> ONEDNN_PRIMITIVE_CACHE_CAPACITY (oneDNN's own default; "" = what nmt-train sets)

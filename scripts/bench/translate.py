@@ -5,7 +5,7 @@ vocabulary, the model's shortlist, beam pruning with each ``--prune`` threshold 
 ``nmt-translate`` with its defaults.
 
     python -m scripts.bench translate --checkpoint gnmt-debian-en-de --limit 1000 --threads 2 \
-        --prune 0.2,0 --prune 0.3,0 --cli [--out docs/results/bench_translate.json]
+        --prune 0.2,0 --prune 0.3,0 --cli [--out docs/results/translate/epyc/bench_translate.json]
 
 Every variant sets pruning explicitly (none unless ``--prune``), whatever the default is; the
 length and coverage penalties are the model's (its ``decode.yaml`` when it has one).

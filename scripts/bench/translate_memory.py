@@ -8,7 +8,7 @@ runs the real command (greedy decoding) on each in a fresh process, and reports 
 (``VmHWM`` of that process) plus RSS samples over the run: a
 streaming translator's memory does not grow with the input (it reads, translates and writes
 ``CHUNK_LINES`` lines at a time). Writes the rows and the machine to ``--out``
-(``docs/results/translate_memory.json``; ``-``: none).
+(``docs/results/reliability/amx/translate_memory.json``; ``-``: none).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from typing import Any
 
 from data.synthetic import WORDS, write_corpus
 from scripts.bench.common import (
-    RESULTS,
     ROOT,
     command,
     finish,
     machine,
     nmt_command,
     parser,
+    results_for,
     tiny_run,
     work_folder,
 )
@@ -135,11 +135,14 @@ def run(
         return rows
 
 
+OUT = results_for("reliability", "translate_memory.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__name__, __doc__)
     ap.add_argument("--lines", type=int, nargs="+", default=[20_000, 200_000])
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--out", default=str(RESULTS / "translate_memory.json"), help="'-': none")
+    ap.add_argument("--out", default=str(OUT), help="'-': none")
     a = ap.parse_args(argv)
     rows = run(a.lines, a.workdir)
     if len(rows) > 1:

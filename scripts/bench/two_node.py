@@ -30,13 +30,13 @@ from typing import Any
 from data.synthetic import write_corpus
 from parallel.runtime.launch import free_port
 from scripts.bench.common import (
-    RESULTS,
     ROOT,
     child_env,
     finish,
     last_step,
     machine,
     parser,
+    results_for,
     same_state,
     tiny_run,
     work_folder,
@@ -255,12 +255,15 @@ def run(steps: int = 24, kill_at: int = 6, workdir: Path | None = None,
         return s
 
 
+OUT = results_for("reliability", "two_node.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__name__, __doc__)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--kill-at", type=int, default=6)
     ap.add_argument("--workdir", type=Path, default=None, help="keep everything here")
-    ap.add_argument("--json", default=str(RESULTS / "two_node.json"), help="'-' or '': none")
+    ap.add_argument("--json", default=str(OUT), help="'-' or '': none")
     a = ap.parse_args(argv)
     s = run(a.steps, a.kill_at, a.workdir)
     print(f"{'OK' if s['ok'] else 'FAILED'}: node 2 killed and back ({s['seconds']} s)")

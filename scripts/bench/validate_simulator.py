@@ -59,7 +59,7 @@ from scripts.bench import common
 from scripts.bench.common import Inputs
 
 GOAL_PCT = 15.0
-OUT = common.RESULTS / "validate_simulator.json"
+OUT = common.results_for("planning", "validate_simulator.json")
 
 
 # ----------------------------------------------------------------------------- profiles, steps
