@@ -125,10 +125,7 @@ def test_beam_one_equals_full_recompute_greedy(name: str) -> None:
     lengths = [7, 4, 1, 5]
     src, src_len = source(lengths)
     hyps = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(beam_size=1, alpha=0.0, beta=0.0, max_len_a=1.0, max_len_b=3),
+        model, src, src_len, SearchSettings(1, alpha=0.0, beta=0.0, max_len=(1.0, 3))
     )
     for b, n in enumerate(lengths):
         ref = full_recompute_greedy(model, src[:n, b : b + 1], n, n + 3)
@@ -142,12 +139,7 @@ def test_nbest_scores_are_teacher_forced_log_probabilities(name: str) -> None:
     model = tiny(name, seed=3)
     lengths = [6, 2, 4]
     src, src_len = source(lengths, seed=5)
-    hyps = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(beam_size=4, alpha=0.6, beta=0.0, max_len_a=1.0, max_len_b=4, nbest=3),
-    )
+    hyps = beam_search(model, src, src_len, SearchSettings(4, beta=0.0, max_len=(1.0, 4), nbest=3))
     checked = 0
     torch.set_grad_enabled(False)
     for b, n in enumerate(lengths):
@@ -179,7 +171,7 @@ def test_pruned_batch_equals_each_sentence_alone(
     monkeypatch.setattr(
         memory_type, "for_rows", lambda m, rows: laid_out.append(rows.numel()) or for_rows(m, rows)
     )
-    settings = SearchSettings(4, 0.6, 0.0, 1.0, 4, 2, prune)
+    settings = SearchSettings(4, 0.6, 0.0, (1.0, 4), 2, prune)
     hyps = beam_search(model, src, src_len, settings)
     assert laid_out, "pruning never gave sentences different row counts"
     for b, n in enumerate(lengths):

@@ -3,15 +3,19 @@ equals the full-logits one (values and gradients)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.models import gnmt_layers as layers
-from nmt.models.gnmt import GNMT, build_model, quantize_int8
+from nmt.models.gnmt import GNMT, quantize_int8
 from nmt.models.gnmt_layers import EmbedEncoder1, bilstm_dense, reversal_index
 from nmt.models.loss import label_smoothed_nll
+from nmt.models.registry import build_model
+from nmt.models.seq2seq import ModelSpec
 
 V, H = 40, 16
 PAD, BOS, EOS = 0, 2, 3
@@ -110,7 +114,9 @@ def test_fast_path_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(layers, "bilstm_dense", spy)
     torch.manual_seed(0)
-    model = build_model(V, H, 2, 1, 0.0, True, 0.3, PAD).eval()
+    model = build_model(
+        ModelSpec(hidden=H, enc_layers=2, dec_layers=1, dropout=0.0, init_range=0.3), V, PAD
+    ).eval()
     src, src_len = batch([4, 2, 1], 4, seed=5)
     with torch.no_grad():
         fast = model.embed_stage.encode(src, src_len)
@@ -145,7 +151,12 @@ def model_and_batch(
     enc: int, dec: int, tie: bool, seed: int = 0
 ) -> tuple[GNMT, Tensor, Tensor, Tensor, Tensor]:
     torch.manual_seed(seed)
-    model = build_model(V, H, enc, dec, 0.0, tie, 0.3, PAD).train()
+    spec = ModelSpec(hidden=H, enc_layers=enc, dec_layers=dec, dropout=0.0, init_range=0.3)
+    model = build_model(
+        dataclasses.replace(spec, tie_embeddings=tie),
+        V,
+        PAD,
+    ).train()
     src, src_len = batch([7, 3, 1, 7], 8, seed=seed + 1)
     g = torch.Generator().manual_seed(seed + 2)
     tgt_in = torch.randint(4, V, (7, 4), generator=g)

@@ -58,8 +58,14 @@ def model_tok(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFac
 
 
 def Decode(beam: int = 2, nbest: int = 1) -> DecodeConfig:  # noqa: N802
-    return DecodeConfig(beam_size=beam, nbest=nbest, alpha=0.6, beta=0.1, max_len_a=0.3,
-                        max_len_b=4, batch_tokens=512, prune_relative=0.0)  # fmt: skip
+    return DecodeConfig(
+        beam_size=beam,
+        nbest=nbest,
+        max_len_a=0.3,
+        max_len_b=4,
+        batch_tokens=512,
+        prune_relative=0.0,
+    )
 
 
 def expected_lines(data: bytes) -> int:

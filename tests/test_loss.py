@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.models.gnmt import build_model
 from nmt.models.loss import label_smoothed_nll
+from nmt.models.registry import build_model
+from nmt.models.seq2seq import ModelSpec
 
 PAD = 0
 
@@ -63,7 +64,9 @@ def test_bf16_logits_accepted() -> None:
 
 def test_microbatch_split_gives_same_loss_and_gradients() -> None:
     torch.manual_seed(0)
-    model = build_model(30, 12, 3, 3, 0.0, True, 0.2, PAD).train()
+    model = build_model(
+        ModelSpec(hidden=12, enc_layers=3, dec_layers=3, dropout=0.0, init_range=0.2), 30, PAD
+    ).train()
     g = torch.Generator().manual_seed(1)
     ts, tt, b = 7, 6, 6
     src = torch.randint(4, 30, (ts, b), generator=g)

@@ -7,9 +7,11 @@ import torch
 from torch import Tensor
 
 from nmt.models.attention import BahdanauAttention
-from nmt.models.gnmt import GNMT, build_model, build_stages, quantize_int8
+from nmt.models.gnmt import GNMT, build_stages, quantize_int8
 from nmt.models.gnmt_layers import Generator
 from nmt.models.int8 import Int8Linear, Int8LSTM
+from nmt.models.registry import build_model
+from nmt.models.seq2seq import ModelSpec
 
 V, H = 40, 16
 PAD, BOS, EOS = 0, 2, 3
@@ -17,7 +19,9 @@ PAD, BOS, EOS = 0, 2, 3
 
 def tiny(enc: int = 3, dec: int = 3, dropout: float = 0.0, seed: int = 0) -> GNMT:
     torch.manual_seed(seed)
-    return build_model(V, H, enc, dec, dropout, True, 0.3, PAD)
+    return build_model(
+        ModelSpec(hidden=H, enc_layers=enc, dec_layers=dec, dropout=dropout, init_range=0.3), V, PAD
+    )
 
 
 def make_src(lengths: list[int], seed: int = 1, ts: int | None = None) -> tuple[Tensor, Tensor]:
@@ -89,7 +93,13 @@ def test_tied_weights_and_init() -> None:
     model = tiny()
     gen = model.generator
     assert gen.proj.weight is model.embed_stage.embedding.weight
-    untied = build_model(V, H, 3, 3, 0.0, False, 0.3, PAD)
+    untied = build_model(
+        ModelSpec(
+            hidden=H, enc_layers=3, dec_layers=3, dropout=0.0, tie_embeddings=False, init_range=0.3
+        ),
+        V,
+        PAD,
+    )
     n_tied = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for p in untied.parameters()) == n_tied + V * H
     assert untied.generator.proj.weight is not untied.embed_stage.embedding.weight

@@ -7,8 +7,10 @@ from collections import Counter
 
 import torch
 
-from nmt.models.gnmt import build_model, log_unigram_prior
+from nmt.models.gnmt import log_unigram_prior
 from nmt.models.loss import label_smoothed_nll
+from nmt.models.registry import build_model
+from nmt.models.seq2seq import ModelSpec
 
 V, H, PAD, BOS, EOS = 50, 16, 0, 2, 3
 
@@ -58,7 +60,9 @@ def test_untrained_model_with_prior_starts_at_unigram_cross_entropy() -> None:
     losses = {}
     for name, p in (("prior", prior), ("uniform", None)):
         torch.manual_seed(0)
-        model = build_model(V, H, 2, 2, 0.0, True, 0.1, PAD, p).eval()
+        model = build_model(
+            ModelSpec(hidden=H, enc_layers=2, dec_layers=2, dropout=0.0, init_range=0.1), V, PAD, p
+        ).eval()
         if p is not None:
             assert torch.equal(model.generator.proj.bias.detach(), p)
         with torch.no_grad():

@@ -101,16 +101,14 @@ def exhaustive_best(max_len: int, alpha: float) -> list[int]:
 @pytest.mark.parametrize("k", [2, 5])
 def test_pruned_search_finds_the_exhaustive_best(prune: Pruning, k: int) -> None:
     alpha, src_len = 0.6, 3
-    max_len = math.floor(1.5 * src_len + 3)  # the search's cap for max_len_a=1.5, max_len_b=3
+    max_len = math.floor(1.5 * src_len + 3)  # the search's cap for max_len=(1.5, 3)
     src = torch.tensor([[4], [5], [EOS]])
     out = beam_search(
-        MarkovModel(),
+        MarkovModel(),  # type: ignore[arg-type]
         src,
         torch.tensor([src_len]),
-        SearchSettings(
-            beam_size=k, alpha=alpha, beta=0.0, max_len_a=1.5, max_len_b=3, nbest=1, prune=prune
-        ),
-    )  # type: ignore[arg-type]
+        SearchSettings(k, alpha=alpha, beta=0.0, max_len=(1.5, 3), prune=prune),
+    )
     best = exhaustive_best(max_len, alpha)
     assert best == [B]
     assert out[0][0].tokens == best

@@ -100,12 +100,7 @@ def test_batched_search_equals_unbatched_reference(
     model = tiny(seed, init_range=1.0).double()
     src, src_len = make_src(LENGTHS, seed=seed + 20)
     out = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(
-            beam_size=k, alpha=0.6, beta=0.2, max_len_a=1.5, max_len_b=3, nbest=nbest, prune=prune
-        ),
+        model, src, src_len, SearchSettings(k, beta=0.2, max_len=(1.5, 3), nbest=nbest, prune=prune)
     )
     for b in range(len(LENGTHS)):
         s, sl = column(src, src_len, b)
@@ -126,14 +121,7 @@ def test_relative_threshold_one_continues_one_row(
     src, src_len = make_src(LENGTHS, seed=src_seed)
     rows = count_rows(model, monkeypatch)
     rp1 = Pruning(1.0, 0.0)
-    out = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(
-            beam_size=5, alpha=0.6, beta=0.0, max_len_a=1.5, max_len_b=3, nbest=1, prune=rp1
-        ),
-    )
+    out = beam_search(model, src, src_len, SearchSettings(5, beta=0.0, max_len=(1.5, 3), prune=rp1))
     assert rows[0] == len(LENGTHS) and all(0 < n <= len(LENGTHS) for n in rows)
     monkeypatch.undo()
     for b in range(len(LENGTHS)):
@@ -146,20 +134,7 @@ def test_relative_threshold_one_continues_one_row(
 def test_pruning_still_returns_nbest_hypotheses(seed: int) -> None:
     model = tiny(seed, init_range=2.0).double()
     src, src_len = make_src(LENGTHS, seed=seed + 3)
-    out = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(
-            beam_size=5,
-            alpha=0.6,
-            beta=0.1,
-            max_len_a=1.5,
-            max_len_b=10,
-            nbest=5,
-            prune=Pruning(0.2, 0.0),
-        ),
-    )
+    out = beam_search(model, src, src_len, SearchSettings(5, nbest=5, prune=Pruning(0.2, 0.0)))
     assert [len(h) for h in out] == [5] * len(LENGTHS)
 
 
@@ -170,15 +145,7 @@ def test_pruned_scores_are_true_model_scores() -> None:
         model,
         src,
         src_len,
-        SearchSettings(
-            beam_size=5,
-            alpha=0.6,
-            beta=0.0,
-            max_len_a=1.5,
-            max_len_b=3,
-            nbest=2,
-            prune=Pruning(0.5, 2.0),
-        ),
+        SearchSettings(5, beta=0.0, max_len=(1.5, 3), nbest=2, prune=Pruning(0.5, 2.0)),
     )
     for b, hyps in enumerate(out):
         s, sl = column(src, src_len, b)
@@ -190,26 +157,10 @@ def test_pruning_evaluates_fewer_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny(6, init_range=1.0).double()
     src, src_len = make_src(LENGTHS * 3, seed=9)
     rows = count_rows(model, monkeypatch)
-    full = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(beam_size=5, alpha=0.6, beta=0.0, max_len_a=1.5, max_len_b=3, nbest=1),
-    )
+    full = beam_search(model, src, src_len, SearchSettings(5, beta=0.0, max_len=(1.5, 3)))
     full_rows, rows[:] = sum(rows), []
     beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(
-            beam_size=5,
-            alpha=0.6,
-            beta=0.0,
-            max_len_a=1.5,
-            max_len_b=3,
-            nbest=1,
-            prune=Pruning(0.6, 2.5),
-        ),
+        model, src, src_len, SearchSettings(5, beta=0.0, max_len=(1.5, 3), prune=Pruning(0.6, 2.5))
     )
     assert len(full) == 15 and sum(rows) < full_rows
 
@@ -231,9 +182,7 @@ def test_shortlists_with_pruning_equal_each_sentence_alone() -> None:
         model,
         src,
         src_len,
-        SearchSettings(
-            beam_size=4, alpha=0.6, beta=0.2, max_len_a=1.5, max_len_b=3, nbest=2, prune=prune
-        ),
+        SearchSettings(4, beta=0.2, max_len=(1.5, 3), nbest=2, prune=prune),
         ids,
     )
     for b, row in enumerate(rows):
@@ -242,9 +191,7 @@ def test_shortlists_with_pruning_equal_each_sentence_alone() -> None:
             model,
             s,
             sl,
-            SearchSettings(
-                beam_size=4, alpha=0.6, beta=0.2, max_len_a=1.5, max_len_b=3, nbest=2, prune=prune
-            ),
+            SearchSettings(4, beta=0.2, max_len=(1.5, 3), nbest=2, prune=prune),
             torch.tensor([row]),
         )[0]
         assert [h.tokens for h in both[b]] == [h.tokens for h in alone]

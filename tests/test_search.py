@@ -16,7 +16,9 @@ from nmt.decode.search import (
     length_penalty,
     row_topk,
 )
-from nmt.models.gnmt import GNMT, build_model, quantize_int8
+from nmt.models.gnmt import GNMT, quantize_int8
+from nmt.models.registry import build_model
+from nmt.models.seq2seq import ModelSpec
 
 V, H = 30, 16
 PAD, BOS, EOS = 0, 2, 3
@@ -25,7 +27,11 @@ LENGTHS = [6, 3, 1, 9, 4]
 
 def tiny(seed: int = 0, init_range: float = 0.5, hidden: int = H) -> GNMT:
     torch.manual_seed(seed)
-    return build_model(V, hidden, 3, 3, 0.0, True, init_range, PAD).eval()
+    return build_model(
+        ModelSpec(hidden=hidden, enc_layers=3, dec_layers=3, dropout=0.0, init_range=init_range),
+        V,
+        PAD,
+    ).eval()
 
 
 def make_src(lengths: list[int], seed: int = 1) -> tuple[Tensor, Tensor]:
@@ -70,12 +76,7 @@ def sequence_logprob(model: GNMT, src: Tensor, src_len: Tensor, tokens: list[int
 def test_beam1_equals_independent_greedy(seed: int) -> None:
     model = tiny(seed).double()
     src, src_len = make_src(LENGTHS, seed=seed + 10)
-    hyps = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(beam_size=1, alpha=0.6, beta=0.2, max_len_a=1.5, max_len_b=2, nbest=1),
-    )
+    hyps = beam_search(model, src, src_len, SearchSettings(1, beta=0.2, max_len=(1.5, 2)))
     greedy_out = greedy(model, src, src_len, 1.5, 2)
     for b in range(len(LENGTHS)):
         s, sl = column(src, src_len, b)
@@ -88,19 +89,11 @@ def test_batch_equals_single_sentences() -> None:
     model = tiny().double()
     src, src_len = make_src(LENGTHS)
     batched = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(beam_size=5, alpha=0.6, beta=0.2, max_len_a=1.5, max_len_b=3, nbest=3),
+        model, src, src_len, SearchSettings(5, beta=0.2, max_len=(1.5, 3), nbest=3)
     )
     for b in range(len(LENGTHS)):
         s, sl = column(src, src_len, b)
-        alone = beam_search(
-            model,
-            s,
-            sl,
-            SearchSettings(beam_size=5, alpha=0.6, beta=0.2, max_len_a=1.5, max_len_b=3, nbest=3),
-        )[0]
+        alone = beam_search(model, s, sl, SearchSettings(5, beta=0.2, max_len=(1.5, 3), nbest=3))[0]
         assert [h.tokens for h in batched[b]] == [h.tokens for h in alone]
         for x, y in zip(batched[b], alone, strict=True):
             assert x.score == pytest.approx(y.score, abs=1e-9)
@@ -109,20 +102,10 @@ def test_batch_equals_single_sentences() -> None:
 def test_float32_batch_equals_single_sentences() -> None:
     model = tiny(3)
     src, src_len = make_src(LENGTHS, seed=4)
-    batched = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(beam_size=4, alpha=0.6, beta=0.0, max_len_a=1.5, max_len_b=3, nbest=1),
-    )
+    batched = beam_search(model, src, src_len, SearchSettings(4, beta=0.0, max_len=(1.5, 3)))
     for b in range(len(LENGTHS)):
         s, sl = column(src, src_len, b)
-        alone = beam_search(
-            model,
-            s,
-            sl,
-            SearchSettings(beam_size=4, alpha=0.6, beta=0.0, max_len_a=1.5, max_len_b=3, nbest=1),
-        )[0]
+        alone = beam_search(model, s, sl, SearchSettings(4, beta=0.0, max_len=(1.5, 3)))[0]
         assert batched[b][0].tokens == alone[0].tokens
 
 
@@ -131,10 +114,7 @@ def test_nbest_sorted_distinct_and_scores_consistent() -> None:
     src, src_len = make_src(LENGTHS, seed=2)
     alpha = 0.6
     out = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(beam_size=6, alpha=alpha, beta=0.0, max_len_a=1.5, max_len_b=4, nbest=6),
+        model, src, src_len, SearchSettings(6, alpha=alpha, beta=0.0, max_len=(1.5, 4), nbest=6)
     )
     for b, hyps in enumerate(out):
         assert 1 <= len(hyps) <= 6
@@ -154,10 +134,7 @@ def test_coverage_penalty_lowers_score() -> None:
     model = tiny(2).double()
     src, src_len = make_src(LENGTHS, seed=5)
     out = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(beam_size=3, alpha=0.0, beta=0.5, max_len_a=1.5, max_len_b=3, nbest=3),
+        model, src, src_len, SearchSettings(3, alpha=0.0, beta=0.5, max_len=(1.5, 3), nbest=3)
     )
     for hyps in out:
         for h in hyps:
@@ -168,12 +145,7 @@ def test_coverage_penalty_lowers_score() -> None:
 def test_max_length_respected(a: float, b: int) -> None:
     model = tiny(4, init_range=0.1)  # near-uniform: rarely stops by itself
     src, src_len = make_src(LENGTHS, seed=3)
-    out = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(beam_size=3, alpha=0.6, beta=0.1, max_len_a=a, max_len_b=b, nbest=2),
-    )
+    out = beam_search(model, src, src_len, SearchSettings(3, max_len=(a, b), nbest=2))
     for n, hyps in zip(LENGTHS, out, strict=True):
         assert hyps and all(len(h.tokens) <= math.floor(a * n + b) for h in hyps)
     assert any(
@@ -186,12 +158,7 @@ def test_max_length_respected(a: float, b: int) -> None:
 def test_empty_source() -> None:
     model = tiny()
     src, src_len = torch.tensor([[EOS]]), torch.tensor([1])
-    out = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(beam_size=5, alpha=0.6, beta=0.1, max_len_a=1.5, max_len_b=10, nbest=2),
-    )
+    out = beam_search(model, src, src_len, SearchSettings(5, nbest=2))
     assert len(out) == 1 and 1 <= len(out[0]) <= 2
     assert len(out[0][0].tokens) <= 11
     assert len(greedy(model, src, src_len)[0]) <= 11
@@ -203,16 +170,10 @@ def test_larger_beam_finds_higher_logprob() -> None:
         model = tiny(seed).double()
         src, src_len = make_src(LENGTHS, seed=seed + 20)
         b1 = beam_search(
-            model,
-            src,
-            src_len,
-            SearchSettings(beam_size=1, alpha=0.0, beta=0.0, max_len_a=1.5, max_len_b=3, nbest=1),
+            model, src, src_len, SearchSettings(1, alpha=0.0, beta=0.0, max_len=(1.5, 3))
         )
         b5 = beam_search(
-            model,
-            src,
-            src_len,
-            SearchSettings(beam_size=5, alpha=0.0, beta=0.0, max_len_a=1.5, max_len_b=3, nbest=1),
+            model, src, src_len, SearchSettings(5, alpha=0.0, beta=0.0, max_len=(1.5, 3))
         )
         for x, y in zip(b1, b5, strict=True):
             assert y[0].score >= x[0].score - 1e-9
@@ -226,20 +187,10 @@ def test_empty_batch() -> None:
 def test_restores_training_mode_and_checks_nbest() -> None:
     model = tiny().train()
     src, src_len = make_src([3])
-    beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(beam_size=2, alpha=0.6, beta=0.1, max_len_a=1.0, max_len_b=2, nbest=1),
-    )
+    beam_search(model, src, src_len, SearchSettings(2, max_len=(1.0, 2)))
     assert model.training
     with pytest.raises(ValueError):
-        beam_search(
-            model,
-            src,
-            src_len,
-            SearchSettings(beam_size=2, alpha=0.6, beta=0.1, max_len_a=1.0, max_len_b=2, nbest=3),
-        )
+        beam_search(model, src, src_len, SearchSettings(2, max_len=(1.0, 2), nbest=3))
 
 
 def test_int8_beam_search_mostly_agrees_with_fp32() -> None:
@@ -247,18 +198,8 @@ def test_int8_beam_search_mostly_agrees_with_fp32() -> None:
     qmodel = quantize_int8(model)
     lengths = [6, 3, 1, 9, 4, 7, 5, 8]
     src, src_len = make_src(lengths, seed=7)
-    ref = beam_search(
-        model,
-        src,
-        src_len,
-        SearchSettings(beam_size=4, alpha=0.6, beta=0.1, max_len_a=1.5, max_len_b=3, nbest=1),
-    )
-    out = beam_search(
-        qmodel,
-        src,
-        src_len,
-        SearchSettings(beam_size=4, alpha=0.6, beta=0.1, max_len_a=1.5, max_len_b=3, nbest=1),
-    )
+    ref = beam_search(model, src, src_len, SearchSettings(4, max_len=(1.5, 3)))
+    out = beam_search(qmodel, src, src_len, SearchSettings(4, max_len=(1.5, 3)))
     same_tokens = total = 0
     for r, q in zip(ref, out, strict=True):
         a, b = r[0].tokens, q[0].tokens

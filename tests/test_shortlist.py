@@ -59,17 +59,10 @@ def test_greedy_inside_the_shortlist_is_unchanged(
     for b in inference_batches(tok.encode([s for s, _ in test]), 200, 8):
         ids = sl.candidates(b.src)
         full = beam_search(
-            model,
-            b.src,
-            b.src_len,
-            SearchSettings(beam_size=1, alpha=0.0, beta=0.0, max_len_a=1.5, max_len_b=5, nbest=1),
+            model, b.src, b.src_len, SearchSettings(1, alpha=0.0, beta=0.0, max_len=(1.5, 5))
         )
         short = beam_search(
-            model,
-            b.src,
-            b.src_len,
-            SearchSettings(beam_size=1, alpha=0.0, beta=0.0, max_len_a=1.5, max_len_b=5, nbest=1),
-            ids,
+            model, b.src, b.src_len, SearchSettings(1, alpha=0.0, beta=0.0, max_len=(1.5, 5)), ids
         )
         for row, f, s in zip(ids, full, short, strict=True):
             allowed = set(row[row >= 0].tolist())
@@ -94,8 +87,9 @@ def test_checkpoint_shortlist_is_used_when_turned_on(trained: Path, tmp_path: Pa
     path = tmp_path / "with_sl.pt"
     ckpt_io.save(path, ck)
     model, tok = load_for_inference(str(path), "none")
-    d = DecodeConfig(beam_size=2, alpha=0.6, beta=0.0, max_len_a=1.5, max_len_b=5, nbest=1,
-                     batch_tokens=64, shortlist=True, prune_relative=0.0)  # fmt: skip
+    d = DecodeConfig(
+        beam_size=2, beta=0.0, max_len_b=5, batch_tokens=64, shortlist=True, prune_relative=0.0
+    )
     lines = ["the cat runs", "a big dog"]
     assert [h[0][0] for h in translate_lines(model, tok, lines, d)] == ["", ""]
     d.shortlist = False

@@ -97,8 +97,7 @@ def test_pipelined_resume_is_exact(runs: dict[str, Path]) -> None:
 
 
 def test_exported_checkpoint_translates_like_the_trained_model(runs: dict[str, Path]) -> None:
-    D = DecodeConfig(beam_size=3, alpha=0.6, beta=0.1, max_len_a=1.5, max_len_b=5, nbest=1,
-                     batch_tokens=64, prune_relative=0.0)  # fmt: skip
+    D = DecodeConfig(beam_size=3, max_len_b=5, batch_tokens=64, prune_relative=0.0)
 
     lines = ["the cat runs", "a small red window opens", ""]
     a = translate_lines(*load_for_inference(str(runs["single"] / LAST), "none"), lines, D)

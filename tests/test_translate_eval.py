@@ -85,16 +85,7 @@ def test_overlong_line_is_translated_in_chunks(
     monkeypatch.setattr(tr, "translate_ids", spy)
     monkeypatch.setattr(tr, "MAX_SRC_TOKENS", 10)
 
-    D = DecodeConfig(
-        beam_size=2,
-        alpha=0.6,
-        beta=0.1,
-        max_len_a=1.5,
-        max_len_b=5,
-        nbest=1,
-        batch_tokens=64,
-        prune_relative=0.0,
-    )
+    D = DecodeConfig(beam_size=2, max_len_b=5, batch_tokens=64, prune_relative=0.0)
 
     out = tr.translate_lines(model, tok, ["the cat " * 12, "dog"], D)
     assert len(out) == 2 and max(seen) <= 10 and len(seen) >= 4
@@ -112,16 +103,7 @@ LINES = [
 def test_translate_order_and_batch_independence(checkpoint: Path, quantize: str) -> None:
     model, tok = load_for_inference(str(checkpoint), quantize)
 
-    D = DecodeConfig(
-        beam_size=4,
-        alpha=0.6,
-        beta=0.1,
-        max_len_a=1.5,
-        max_len_b=5,
-        nbest=1,
-        batch_tokens=64,
-        prune_relative=0.0,
-    )
+    D = DecodeConfig(beam_size=4, max_len_b=5, batch_tokens=64, prune_relative=0.0)
 
     together = [h[0][0] for h in translate_lines(model, tok, LINES, D)]
     alone = [translate_lines(model, tok, [x], D)[0][0][0] for x in LINES]
@@ -311,8 +293,7 @@ def test_bf16_decoding_keeps_lines_and_scores_in_fp32(checkpoint: Path, tmp_path
     assert len(out.read_text().split("\n")[:-1]) == len(lines)
     model, tok = load_for_inference(str(checkpoint), "none", "cpu", torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    d = DecodeConfig(beam_size=3, alpha=0.6, beta=0.1, max_len_a=1.5, max_len_b=5, nbest=1,
-                     batch_tokens=64, prune_relative=0.0)  # fmt: skip
+    d = DecodeConfig(beam_size=3, max_len_b=5, batch_tokens=64, prune_relative=0.0)
     hyps = translate_lines(model, tok, lines, d)
     assert all(score == score and abs(score) < 1e4 for h in hyps for _, score in h)
 

@@ -18,7 +18,8 @@ import torch
 import nmt.train.loop as loop_mod
 from nmt.checkpoint import files as ckpt_io
 from nmt.errors import user_error_types
-from nmt.models.gnmt import build_model
+from nmt.models.registry import build_model
+from nmt.models.seq2seq import ModelSpec
 from nmt.models.wavefront import Wavefront, chunk_bounds, wave
 from nmt.train.run import train
 
@@ -70,7 +71,9 @@ def batch(seed: int) -> tuple[torch.Tensor, ...]:
 def test_loss_and_every_gradient_equal_the_whole_model(chunks: int) -> None:
     """In float64 the wavefront is the same function (rel 1e-9); float32 loss rel 1e-5."""
     torch.manual_seed(0)
-    model = build_model(50, 16, 3, 3, 0.0, True, 0.1, 0).double()
+    model = build_model(
+        ModelSpec(hidden=16, enc_layers=3, dec_layers=3, dropout=0.0, init_range=0.1), 50, 0
+    ).double()
     src, src_len, tgt_in, tgt_out = batch(1)
 
     def run(fn: Any) -> tuple[float, dict[str, torch.Tensor]]:

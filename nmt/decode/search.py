@@ -83,14 +83,13 @@ class SearchSettings:
     """Everything a search is told (``decode.*`` of the config, as
     :func:`nmt.decode.translate.search_settings` converts it): beam size ``K``, the GNMT
     length and coverage penalties ``alpha``/``beta``, the length cap
-    ``floor(max_len_a * src_len + max_len_b)``, ``nbest`` hypotheses per sentence,
+    ``floor(a * src_len + b)`` for ``max_len=(a, b)``, ``nbest`` hypotheses per sentence,
     :class:`Pruning`, and the special token ids."""
 
     beam_size: int = 5
     alpha: float = 0.6
     beta: float = 0.1
-    max_len_a: float = 1.5
-    max_len_b: int = 10
+    max_len: tuple[float, int] = (1.5, 10)  # decode.max_len_a, decode.max_len_b
     nbest: int = 1
     prune: Pruning = Pruning()
     bos_id: int = 2
@@ -168,7 +167,7 @@ def greedy(
     model: Seq2Seq, src: Tensor, src_len: Tensor, max_len_a: float = 1.5, max_len_b: int = 10
 ) -> list[list[int]]:
     """Greedy decoding (argmax each step) = :func:`beam_search` with beam 1 -> token lists."""
-    settings = dataclasses.replace(GREEDY, max_len_a=max_len_a, max_len_b=max_len_b)
+    settings = dataclasses.replace(GREEDY, max_len=(max_len_a, max_len_b))
     return [h[0].tokens for h in beam_search(model, src, src_len, settings)]
 
 
@@ -184,7 +183,7 @@ def _search(
     columns of the log-probabilities are shortlist positions; the special ids keep their
     columns and tokens are mapped back to vocabulary ids."""
     k, alpha, beta, nbest = settings.beam_size, settings.alpha, settings.beta, settings.nbest
-    max_len_a, max_len_b, prune = settings.max_len_a, settings.max_len_b, settings.prune
+    (max_len_a, max_len_b), prune = settings.max_len, settings.prune
     bos_id, eos_id, pad_id = settings.bos_id, settings.eos_id, settings.pad_id
     weight = model.input_embedding().weight
     device, dtype = weight.device, torch.promote_types(weight.dtype, torch.float32)

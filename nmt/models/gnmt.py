@@ -30,7 +30,6 @@ __all__ = [
     "GNMT",
     "AttentionMemory",
     "DecoderState",
-    "build_model",
     "build_stages",
     "log_unigram_prior",
     "quantize_int8",
@@ -86,33 +85,6 @@ def build_stages(
     assert isinstance(embed, EmbedEncoder1)
     generator.start(output_prior, embed.embedding if tie_embeddings else None)
     return stages
-
-
-def build_model(
-    vocab_size: int,
-    hidden: int,
-    enc_layers: int,
-    dec_layers: int,
-    dropout: float,
-    tie_embeddings: bool,
-    init_range: float,
-    pad_id: int,
-    output_prior: Tensor | None = None,
-) -> GNMT:
-    """:func:`build_stages` wrapped in a single-device :class:`GNMT`."""
-    return GNMT(
-        build_stages(
-            vocab_size,
-            hidden,
-            enc_layers,
-            dec_layers,
-            dropout,
-            tie_embeddings,
-            init_range,
-            pad_id,
-            output_prior,
-        )
-    )
 
 
 class GNMT(Seq2Seq):

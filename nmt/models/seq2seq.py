@@ -59,6 +59,12 @@ class Memory(Protocol):
         ...
 
 
+# a shortlisted output layer (weight rows, bias) or None; one decoding step's
+# (log-probabilities or logits, state, attention)
+Columns = tuple[Tensor, Tensor] | None
+StepOut = tuple[Tensor, Any, Tensor]
+
+
 def _fields_of(config: object) -> dict[str, Any]:
     """The fields of a dataclass instance as a dict."""
     if not is_dataclass(config) or isinstance(config, type):
@@ -210,12 +216,8 @@ class Seq2Seq(nn.Module):
         raise NotImplementedError
 
     def step_logits(
-        self,
-        y_prev: Tensor,
-        state: Any,
-        memory: Any,
-        vocab: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, Any, Tensor]:
+        self, y_prev: Tensor, state: Any, memory: Any, vocab: Columns = None
+    ) -> StepOut:
         raise NotImplementedError
 
     @staticmethod
@@ -230,13 +232,7 @@ class Seq2Seq(nn.Module):
         :meth:`step`)."""
         return self.step(y_prev, state, self.prepare_memory(enc_out, src_len))
 
-    def step(
-        self,
-        y_prev: Tensor,
-        state: Any,
-        memory: Any,
-        vocab: tuple[Tensor, Tensor] | None = None,
-    ) -> tuple[Tensor, Any, Tensor]:
+    def step(self, y_prev: Tensor, state: Any, memory: Any, vocab: Columns = None) -> StepOut:
         """One decoding step with precomputed memory, no dropout -> (``log_probs[N,V]`` in at
         least fp32, state, ``attn[N,Ts]``). ``vocab``: each sentence's shortlisted output
         (:meth:`shortlisted`); the log-probabilities are then over its columns (``[N,S]``)."""

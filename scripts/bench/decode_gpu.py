@@ -24,7 +24,8 @@ import torch
 
 from nmt.decode.inference import DTYPES
 from nmt.decode.search import SearchSettings, beam_search
-from nmt.models.gnmt import build_model
+from nmt.models.registry import build_model
+from nmt.models.seq2seq import ModelSpec
 from scripts.bench.common import GNMT_SIZES, command, finish, machine, parser, timed
 
 VOCAB, PAD, BOS, EOS = 8000, 0, 2, 3
@@ -44,7 +45,11 @@ def bench(
     """Median seconds of one batch's beam search and the target tokens it produced."""
     hidden, enc, dec = size
     torch.manual_seed(args.seed)
-    model = build_model(VOCAB, hidden, enc, dec, 0.0, True, 0.1, PAD).eval()
+    model = build_model(
+        ModelSpec(hidden=hidden, enc_layers=enc, dec_layers=dec, dropout=0.0, init_range=0.1),
+        VOCAB,
+        PAD,
+    ).eval()
     model = model.to(device=device, dtype=DTYPES[args.dtype])
     src, src_len = sources(args.sentences, args.src_len, args.seed)
 
@@ -53,9 +58,7 @@ def bench(
             model,
             src,
             src_len,
-            SearchSettings(
-                beam_size=args.beam, alpha=0.6, beta=0.0, max_len_a=1.5, max_len_b=10, nbest=1
-            ),
+            SearchSettings(beam_size=args.beam, alpha=0.6, beta=0.0, max_len=(1.5, 10), nbest=1),
         )
         return [h[0].tokens for h in hyps]
 

@@ -33,26 +33,17 @@ from typing import Any
 
 from nmt.machine.capability import bf16_lstm_runs
 from nmt.release.plot import read_metrics
-from scripts.bench.common import (
-    ROOT,
-    child_env,
-    command,
-    finish,
-    machine,
-    nmt_command,
-    parser,
-    results_for,
-)
+from scripts.bench import common
 
 MODES = {"system": {"PIPENMT_MALLOC": "system"}, "tuned": {}}
 
 
 def run_child(cmd: list[str], env_extra: dict[str, str]) -> dict[str, float]:
     """Run ``cmd`` (must succeed) -> wall, user and sys seconds, peak RSS (MB) of the child."""
-    env = {k: v for k, v in child_env().items() if k != "PIPENMT_MALLOC"} | env_extra
+    env = {k: v for k, v in common.child_env().items() if k != "PIPENMT_MALLOC"} | env_extra
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=env, cwd=common.ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -69,9 +60,10 @@ def run_child(cmd: list[str], env_extra: dict[str, str]) -> dict[str, float]:
 def train_round(mode: str, steps: int, tmp: Path) -> dict[str, Any]:
     run = tmp / f"train_{mode}"
     precision = "bf16" if bf16_lstm_runs() else "fp32"
-    cmd = [*nmt_command("train"), "model=gnmt_demo", "train=demo", f"train.precision={precision}",
-           "data.batch_tokens=2048", "train.max_minutes=0", f"train.max_steps={steps}",
-           "train.eval_every=1000000", "train.eval_bleu=false", f"hydra.run.dir={run}"]  # fmt: skip
+    cmd = [*common.nmt_command("train"), "model=gnmt_demo", "train=demo",
+           f"train.precision={precision}", "data.batch_tokens=2048", "train.max_minutes=0",
+           f"train.max_steps={steps}", "train.eval_every=1000000", "train.eval_bleu=false",
+           f"hydra.run.dir={run}"]  # fmt: skip
     out = run_child(cmd, MODES[mode])
     recs = read_metrics(run / "metrics.jsonl")
     steps_ms = [r["ms_per_step"] for r in recs if "ms_per_step" in r and r["step"] > 20]
@@ -83,7 +75,7 @@ def train_round(mode: str, steps: int, tmp: Path) -> dict[str, Any]:
 
 def translate_round(mode: str, src: Path, tmp: Path) -> dict[str, Any]:
     hyp = tmp / f"hyp_{mode}.txt"
-    cmd = [*nmt_command("translate"), "checkpoint=gnmt-debian-en-de", f"input={src}",
+    cmd = [*common.nmt_command("translate"), "checkpoint=gnmt-debian-en-de", f"input={src}",
            f"output={hyp}", f"hydra.run.dir={tmp / 'translate'}"]  # fmt: skip
     out = run_child(cmd, MODES[mode])
     out["output_sha"] = hashlib.sha256(hyp.read_bytes()).hexdigest()[:16]
@@ -95,11 +87,11 @@ def medians(rounds: list[dict[str, Any]], key: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser(__name__, __doc__)
+    ap = common.parser(__name__, __doc__)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--lines", type=int, default=500)
-    ap.add_argument("--out", type=Path, default=results_for("train", "hostmem.json"))
+    ap.add_argument("--out", type=Path, default=common.results_for("train", "hostmem.json"))
     args = ap.parse_args(argv)
 
     res: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -108,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         src = tmp / "src.en"
-        with gzip.open(ROOT / "data/corpus/debian_de_en.test.tsv.gz", "rt", encoding="utf-8") as f:
+        test = common.ROOT / "data/corpus/debian_de_en.test.tsv.gz"
+        with gzip.open(test, "rt", encoding="utf-8") as f:
             rows = [line.split("\t")[0] for line in f.read().splitlines()[1:]]
         src.write_text("\n".join(rows[: args.lines]) + "\n", encoding="utf-8")
         for r in range(args.rounds):
@@ -131,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     s, t = summary["system"], summary["tuned"]
     doc = {
-        "command": command(__name__, argv),
-        "machine": machine(),
+        "command": common.command(__name__, argv),
+        "machine": common.machine(),
         "summary": summary,
         "train_speedup": s["train_ms_per_step"] / t["train_ms_per_step"],
         "translate_speedup": s["translate_wall_s"] / t["translate_wall_s"],
@@ -141,4 +134,4 @@ def main(argv: list[str] | None = None) -> int:
         == 1,
         "rounds": res,
     }
-    return finish(doc, args.out)
+    return common.finish(doc, args.out)

@@ -37,6 +37,7 @@ from typing import Any
 
 from nmt.release.plot import read_metrics
 from scripts.bench import _joey as joey
+from scripts.bench import common
 from scripts.bench.common import (
     ROOT,
     child_env,
@@ -45,11 +46,10 @@ from scripts.bench.common import (
     machine,
     nmt_command,
     parser,
-    results_for,
 )
 
 JOEY_SCRIPT = Path(joey.__file__).resolve()
-RESULTS = results_for("peer", "")
+RESULTS = common.results_for("peer", "")
 SECS_PER_STEP_OURS = 1.7  # gnmt_small, 2,048-token batches, 2 vCPUs (README, `make demo`)
 
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from nmt.models.gnmt import build_model, build_stages
+from nmt.models.gnmt import build_stages
+from nmt.models.registry import build_model
+from nmt.models.seq2seq import ModelSpec
 from parallel.placement import Placement, contiguous
 from parallel.runtime.engine import PipelineRunner, init_distributed
 from scripts.bench.common import GNMT_SIZES, add_step_args, finish, loss_sum, machine, parser, timed
@@ -41,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     ntok = a.len * a.batch
     bf16 = torch.autocast("cuda", dtype=torch.bfloat16)
     torch.manual_seed(0)
-    model = build_model(a.vocab, h, enc, dec, 0.0, True, 0.1, 0).to(dev)
+    model = build_model(
+        ModelSpec(hidden=h, enc_layers=enc, dec_layers=dec, dropout=0.0, init_range=0.1), a.vocab, 0
+    ).to(dev)
 
     def plain() -> None:
         with bf16:

@@ -32,7 +32,9 @@ import torch
 from torch import Tensor
 from torch.profiler import ProfilerActivity, profile
 
-from nmt.models.gnmt import GNMT, build_model
+from nmt.models.gnmt import GNMT
+from nmt.models.registry import build_model
+from nmt.models.seq2seq import ModelSpec
 from scripts.bench.common import command, finish, machine, parser, results_for, set_threads
 
 PAD, BOS, EOS = 0, 2, 3
@@ -185,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             f"first {len(batches)} batches of epoch 0 (seed {args.seed})"
         )
     torch.manual_seed(0)
-    model = build_model(vocab, 256, 4, 4, 0.2, True, 0.1, PAD).train()  # gnmt_small
+    model = build_model(
+        ModelSpec(hidden=256, enc_layers=4, dec_layers=4, dropout=0.2, init_range=0.1), vocab, PAD
+    ).train()  # gnmt_small
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     equal = check_equal(model, batches[0])
     print(f"old vs new on batch 0: {equal}", file=sys.stderr)

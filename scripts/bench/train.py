@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from nmt.machine import hostmem
-from nmt.models.gnmt import build_model
 from nmt.models.loss import label_smoothed_nll
+from nmt.models.registry import build_model
+from nmt.models.seq2seq import ModelSpec
 from scripts.bench.common import (
     GNMT_SIZES,
     add_step_args,
@@ -88,7 +89,9 @@ def bench(
     h, enc, dec = GNMT_SIZES[model_name]
     torch.manual_seed(0)
     amp = torch.bfloat16 if device.type == "cuda" else None
-    model = build_model(v, h, enc, dec, 0.2, True, 0.1, 0).to(device)
+    model = build_model(
+        ModelSpec(hidden=h, enc_layers=enc, dec_layers=dec, dropout=0.2, init_range=0.1), v, 0
+    ).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     src = torch.randint(4, v, (t, b), device=device)
     tgt = torch.randint(4, v, (t, b), device=device)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from data.synthetic import WORDS, write_corpus
+from scripts.bench import common
 from scripts.bench.common import (
     ROOT,
     command,
@@ -27,7 +28,6 @@ from scripts.bench.common import (
     machine,
     nmt_command,
     parser,
-    results_for,
     tiny_run,
     work_folder,
 )
@@ -135,7 +135,7 @@ def run(
         return rows
 
 
-OUT = results_for("reliability", "translate_memory.json")
+OUT = common.results_for("reliability", "translate_memory.json")
 
 
 def main(argv: list[str] | None = None) -> int:
