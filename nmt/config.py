@@ -167,6 +167,20 @@ class DecodeConfig:
     # fp32 | bf16 (a CPU without a bf16 LSTM kernel refuses it) | fp16 (GPU only) | auto (bf16
     # on a GPU; on a CPU calibrated with decode.quantize); the search accumulates in fp32
     dtype: str = "auto"
+    # keep printf/brace/shell placeholders, markup, URLs and accelerators: masked as {1}, {2}, ...
+    # before the search, put back after it (data/placeables.py); false: translate them as text
+    placeables: bool = True
+
+
+@dataclass
+class ServeConfig:
+    """``nmt-serve``'s limits besides ``host``/``port``/``api_key`` (top-level keys)."""
+
+    max_queue: int = 256  # sentences waiting; a request that would overflow it gets 503
+    max_chars: int = 5000  # per request (all its texts); more is 413
+    max_batch: int = 64  # sentences decoded together from concurrent requests
+    batch_wait_ms: float = 5.0  # how long the first request waits for others to join it
+    request_timeout_s: float = 120.0
 
 
 @dataclass
@@ -189,6 +203,15 @@ class AppConfig:
     pivot: bool = False  # nmt-eval, multilingual: also zero-shot directions through English
     # nmt-profile
     profile_out: str = "costs.json"
+    # nmt-translate: input format, from the input's suffix by default (.po/.pot: gettext)
+    input_format: str = "auto"  # auto | text | po
+    po_fuzzy: bool = True  # mark the entries nmt-translate wrote "#, fuzzy" (for review)
+    po_overwrite: bool = False  # also replace entries that already have a translation
+    # nmt-serve
+    host: str = "127.0.0.1"
+    port: int = 5000
+    api_key: str = ""  # when set, every request must carry it (LibreTranslate's api_key)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 Group = TypeVar("Group")

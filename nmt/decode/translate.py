@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from data.batching import inference_batches
 from data.errors import DataError
+from data.placeables import mask, restore
 from data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from nmt.config import AppConfig, DecodeConfig, config_to_dict
 from nmt.decode.inference import (
@@ -173,23 +174,60 @@ def translate_stream(
     on_bad_utf8: str = "error",
     total: int | None = None,
 ) -> int:
-    """Translate ``src`` chunk by chunk into ``out``; returns the number of lines written."""
+    """Translate ``src`` chunk by chunk into ``out``; returns the number of lines written.
+    With ``decode.placeables`` the placeables of each line are masked and restored; lines
+    whose translation lost or repeated one are reported on stderr at the end."""
     written = 0
     nbest = int(dcfg.nbest)
+    changed: list[int] = []
     if nbest > 1:
         out.write("line\trank\tscore\thypothesis\n")
     with tqdm(total=total, unit="sent", file=sys.stderr, disable=None, desc="translate") as bar:
         for lines in input_chunks(src, name, on_bad_utf8):
-            for i, hyps in enumerate(translate_lines(model, tok, lines, dcfg, bar)):
+            for i, hyps in enumerate(translate_masked(model, tok, lines, dcfg, bar)):
+                if not all(ok for _, _, ok in hyps[:1]):
+                    changed.append(written + i + 1)
                 if nbest > 1:
-                    for rank, (text, score) in enumerate(hyps, start=1):
+                    for rank, (text, score, _) in enumerate(hyps, start=1):
                         text = one_line(text, tsv=True)
                         out.write(f"{written + i + 1}\t{rank}\t{score:.4f}\t{text}\n")
                 else:
                     out.write(one_line(hyps[0][0]) + "\n")
             written += len(lines)
             out.flush()
+    if changed:
+        first = ", ".join(map(str, changed[:10])) + (", ..." if len(changed) > 10 else "")
+        print(
+            f"nmt-translate: {len(changed)} of {written} lines lost or repeated a placeable "
+            f"(lines {first})",
+            file=sys.stderr,
+        )
     return written
+
+
+def translate_masked(
+    model: Seq2Seq,
+    tok: Tokenizer,
+    lines: Sequence[str],
+    dcfg: DecodeConfig,
+    progress: tqdm | None = None,
+) -> list[list[tuple[str, float, bool]]]:
+    """:func:`translate_lines` with each line's placeables masked and restored when
+    ``decode.placeables`` (:mod:`data.placeables`): (text, score, placeables kept) per
+    hypothesis."""
+    if not dcfg.placeables:
+        hyps = translate_lines(model, tok, [one_line(x) for x in lines], dcfg, progress)
+        return [[(text, score, True) for text, score in h] for h in hyps]
+    masked = [mask(line) for line in lines]
+    hyps = translate_lines(model, tok, [m.text for m in masked], dcfg, progress)
+    out: list[list[tuple[str, float, bool]]] = []
+    for m, h in zip(masked, hyps, strict=True):
+        row = []
+        for text, score in h:
+            restored, ok = restore(text, m)
+            row.append((restored, score, ok))
+        out.append(row)
+    return out
 
 
 def _translate_shard(
