@@ -60,6 +60,7 @@ class Masked:
     originals: tuple[str, ...]
     accelerator: str = ""
     accelerated: str = ""  # the letter the mark stood before
+    nth: int = 0  # ... at the nth word starting with that letter
 
 
 def find(text: str) -> list[Placeable]:
@@ -70,8 +71,12 @@ def find(text: str) -> list[Placeable]:
         for m in _SCAN.finditer(text)
     ]
     taken = [(p.start, p.end) for p in found]
+    texts = [p.text for p in found]
     for m in _ACCEL.finditer(text):  # the first mark outside the other placeables
-        if not any(a <= m.start() < b for a, b in taken):
+        if any(a <= m.start() < b or a <= m.end() < b for a, b in taken):
+            continue
+        rest = text[: m.start()] + text[m.end() :]  # taking it out must not make a placeable
+        if [x.group() for x in _SCAN.finditer(rest)] == texts:
             found.append(Placeable("accelerator", m.group(), m.start(), m.end()))
             break
     return sorted(found, key=lambda p: p.start)
@@ -82,17 +87,19 @@ def mask(text: str) -> Masked:
     parts: list[str] = []
     originals: list[str] = []
     accelerator = accelerated = ""
-    at = 0
+    nth = at = 0
     for p in find(text):
         parts.append(text[at : p.start])
         if p.kind == "accelerator":
             accelerator, accelerated = p.text, text[p.end]
+            starts, _, _ = _candidates(text[: p.start] + text[p.end :], accelerated)
+            nth = starts.index(p.start) if p.start in starts else 0
         else:
             originals.append(p.text)
             parts.append(f"{{{len(originals)}}}")
         at = p.end
     parts.append(text[at:])
-    return Masked("".join(parts), tuple(originals), accelerator, accelerated)
+    return Masked("".join(parts), tuple(originals), accelerator, accelerated, nth)
 
 
 def restore(translation: str, masked: Masked) -> tuple[str, bool]:
@@ -108,7 +115,7 @@ def restore(translation: str, masked: Masked) -> tuple[str, bool]:
 
     text = _SENTINEL.sub(original, translation)
     if masked.accelerator:
-        at = _accelerator_position(text, masked.accelerated)
+        at = _accelerator_position(text, masked.accelerated, masked.nth)
         if at is None:
             return text, False
         text = text[:at] + masked.accelerator + text[at:]
@@ -120,16 +127,24 @@ def same_placeables(source: str, target: str) -> bool:
     return Counter(p.text for p in find(source)) == Counter(p.text for p in find(target))
 
 
-def _accelerator_position(text: str, letter: str) -> int | None:
-    """Where an accelerator mark goes in a translation: before a word that starts with the
-    source's accelerated letter, else before that letter anywhere, else before the first
-    letter (outside placeables); ``None`` when the text has no letter."""
+def _candidates(text: str, letter: str) -> tuple[list[int], list[int], list[int]]:
+    """Positions in ``text`` (outside placeables) of words starting with ``letter``, of that
+    letter anywhere, and of any letter."""
     taken = [(p.start, p.end) for p in find(text) if p.kind != "accelerator"]
     letters = [m.start() for m in re.finditer(r"[^\W\d_]", text)]
     free = [i for i in letters if not any(a <= i < b for a, b in taken)]
-    if not free:
-        return None
     low = letter.lower()
-    starts = [i for i in free if text[i].lower() == low and (i == 0 or not text[i - 1].isalnum())]
     anywhere = [i for i in free if text[i].lower() == low]
-    return (starts or anywhere or free)[0]
+    starts = [i for i in anywhere if i == 0 or not text[i - 1].isalnum()]
+    return starts, anywhere, free
+
+
+def _accelerator_position(text: str, letter: str, nth: int) -> int | None:
+    """Where an accelerator mark goes in a translation: before the ``nth`` word that starts
+    with the source's accelerated letter (else the first such word), else before that letter
+    anywhere, else before the first letter; ``None`` when the text has no letter."""
+    starts, anywhere, free = _candidates(text, letter)
+    if starts:
+        return starts[nth] if nth < len(starts) else starts[0]
+    rest = anywhere or free
+    return rest[0] if rest else None
