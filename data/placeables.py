@@ -122,6 +122,35 @@ def restore(translation: str, masked: Masked) -> tuple[str, bool]:
     return text, ok
 
 
+@dataclass(frozen=True)
+class Lines:
+    """A text cut at its line breaks: per line (leading space, the rest, trailing space), and
+    the breaks between the lines (``len(breaks) == len(parts) - 1``)."""
+
+    parts: tuple[tuple[str, str, str], ...]
+    breaks: tuple[str, ...]
+
+    def join(self, lines: list[str]) -> str:
+        """The translations of the lines put together with this text's breaks and space."""
+        out = [
+            lead + line + trail for (lead, _, trail), line in zip(self.parts, lines, strict=True)
+        ]
+        return "".join(x + b for x, b in zip(out, [*self.breaks, ""], strict=True))
+
+
+def split_lines(text: str) -> Lines:
+    """``text`` cut at ``\n`` / ``\r\n``, each line's surrounding space kept apart, so that
+    a translation can go line by line and be put together the same way (a line of blanks
+    only becomes empty)."""
+    cut = re.split(r"(\r\n|\n)", text)
+    parts = []
+    for line in cut[0::2]:
+        core = line.strip(" \t")
+        lead = line[: len(line) - len(line.lstrip(" \t"))] if core else ""
+        parts.append((lead, core, line[len(lead) + len(core) :] if core else ""))
+    return Lines(tuple(parts), tuple(cut[1::2]))
+
+
 def same_placeables(source: str, target: str) -> bool:
     """Whether ``target`` has the placeables of ``source``, as a multiset (any order)."""
     return Counter(p.text for p in find(source)) == Counter(p.text for p in find(target))

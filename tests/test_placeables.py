@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data.placeables import find, mask, restore, same_placeables
+from data.placeables import find, mask, restore, same_placeables, split_lines
 
 # (text, the placeables a localiser sees in it, by kind)
 FOUND = [
@@ -112,3 +112,13 @@ def test_untranslated_text_comes_back_whole(parts: list[str]) -> None:
     m = mask(text)
     assert restore(m.text, m) == (text, True)
     assert same_placeables(text, restore(m.text, m)[0])
+
+
+def test_lines_come_apart_and_back_together() -> None:
+    text = "Usage: prog [options]\n\n  -h, --help   show this\r\n  -v\tverbose  \n   \nend"
+    lines = split_lines(text)
+    cores = ["Usage: prog [options]", "", "-h, --help   show this", "-v\tverbose", "", "end"]
+    assert [core for _, core, _ in lines.parts] == cores
+    assert lines.breaks == ("\n", "\n", "\r\n", "\n", "\n")
+    back = lines.join([core for _, core, _ in lines.parts])
+    assert back == text.replace("\n   \n", "\n\n")  # a line of blanks only becomes empty

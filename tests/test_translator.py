@@ -117,3 +117,15 @@ def test_languages_and_bad_names(translator: Translator) -> None:
         translator.target_for("en", "fr")
     with pytest.raises(UserError):
         Translator("no-such-model")
+
+
+def test_a_text_of_several_lines_goes_line_by_line(translator: Translator) -> None:
+    text = "Usage: %s [options]\n  -h  show this help\n"
+    [[hyp]] = translator.translate([text])
+    lines = hyp.text.split("\n")
+    assert len(lines) == 3 and lines[1].startswith("  ") and lines[2] == ""
+    assert hyp.placeables_ok and "%s" in lines[0]
+    alone = [
+        translator.translate([s])[0][0].text for s in ("Usage: %s [options]", "-h  show this help")
+    ]
+    assert lines[:2] == [alone[0], "  " + alone[1]]

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from data.batching import inference_batches
 from data.errors import DataError
-from data.placeables import mask, restore
+from data.placeables import mask, restore, split_lines
 from data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from nmt.config import AppConfig, DecodeConfig, config_to_dict
 from nmt.decode.inference import (
@@ -218,15 +218,24 @@ def translate_masked(
     if not dcfg.placeables:
         hyps = translate_lines(model, tok, [one_line(x) for x in lines], dcfg, progress)
         return [[(text, score, True) for text, score in h] for h in hyps]
-    masked = [mask(line) for line in lines]
-    hyps = translate_lines(model, tok, [m.text for m in masked], dcfg, progress)
+    texts = [split_lines(x) for x in lines]  # a text with line breaks goes line by line
+    masked = [[mask(core) for _, core, _ in x.parts] for x in texts]
+    flat = [m.text for ms in masked for m in ms]
+    exact = len(flat) == len(lines)  # the bar counts lines: pieces are lines unless cut
+    hyps = translate_lines(model, tok, flat, dcfg, progress if exact else None)
+    if progress is not None and not exact:
+        progress.update(len(lines))
     out: list[list[tuple[str, float, bool]]] = []
-    for m, h in zip(masked, hyps, strict=True):
-        row = []
-        for text, score in h:
-            restored, ok = restore(text, m)
-            row.append((restored, score, ok))
-        out.append(row)
+    at = 0
+    for x, ms in zip(texts, masked, strict=True):
+        mine, at = hyps[at : at + len(ms)], at + len(ms)
+        rows = [[(*restore(h, m), s) for h, s in hs] for m, hs in zip(ms, mine, strict=True)]
+        if len(rows) == 1:  # one line: its n-best
+            out.append([(x.join([text]), score, ok) for text, ok, score in rows[0]])
+        else:  # several lines: the 1-best of each, joined
+            best = [r[0] for r in rows]
+            ok = all(b[1] for b in best)
+            out.append([(x.join([b[0] for b in best]), sum(b[2] for b in best), ok)])
     return out
 
 
