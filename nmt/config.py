@@ -50,6 +50,9 @@ class DataConfig:
     drop_identical: bool = True
     on_bad_utf8: str = "error"  # error | replace
     # sentencepiece
+    # a checkpoint path or shipped model's name whose sentencepiece model this run uses instead
+    # of training one (fine-tuning that model on other data); empty: train (or take from cache)
+    tokenizer: str = ""
     vocab_size: int = 8000
     spm_model_type: str = "unigram"
     spm_max_sentences: int = 300000

@@ -122,3 +122,17 @@ def test_lines_come_apart_and_back_together() -> None:
     assert lines.breaks == ("\n", "\n", "\r\n", "\n", "\n")
     back = lines.join([core for _, core, _ in lines.parts])
     assert back == text.replace("\n   \n", "\n\n")  # a line of blanks only becomes empty
+
+
+def test_training_pairs_share_the_source_numbering() -> None:
+    from data.ui_pairs import mask_like, masked_pairs
+
+    m = mask("Copy %1$s to %2$s")
+    assert mask_like("Nach %2$s kopieren: %1$s", m) == "Nach {2} kopieren: {1}"
+    assert mask_like("Nach %2$s kopieren", m) is None  # one is missing
+    assert mask_like("%1$s %2$s %1$s", m) is None  # one too many
+    assert mask_like("_Kopieren %1$s %2$s", m) == "Kopieren {1} {2}"  # accelerators go
+    pairs, dropped = masked_pairs(
+        [("Open %s\n  in %d", "%s öffnen\n  in %d"), ("%s and %s", "%s"), ("a\nb", "a")]
+    )
+    assert pairs == [("Open {1}", "{1} öffnen"), ("in {1}", "in {1}")] and dropped == 2

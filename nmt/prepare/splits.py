@@ -134,6 +134,8 @@ def drop_long(
 
 def prepare_corpus(dcfg: DataConfig, seed: int = 1, tokenizer: Tokenizer | None = None) -> Corpus:
     """Load, filter (train only), tokenize. Dev/test are kept whole for evaluation."""
+    if tokenizer is None and dcfg.tokenizer:
+        tokenizer = checkpoint_tokenizer(dcfg.tokenizer)
     if is_multilingual(dcfg):
         return prepare_multi(dcfg, seed, tokenizer)
     text = load_text(dcfg)
@@ -160,6 +162,18 @@ def prepare_corpus(dcfg: DataConfig, seed: int = 1, tokenizer: Tokenizer | None 
         "vocab_size": tok.vocab_size,
     }
     return corpus
+
+
+def checkpoint_tokenizer(checkpoint: str) -> Tokenizer:
+    """The sentencepiece model of a checkpoint file or shipped model (``data.tokenizer``)."""
+    from nmt.checkpoint.files import load
+    from nmt.release.shipped import resolve_checkpoint
+
+    path, _ = resolve_checkpoint(checkpoint)
+    spm = load(path).get("spm")
+    if not isinstance(spm, bytes):
+        raise UserError(f"data.tokenizer={checkpoint}: {path} holds no sentencepiece model")
+    return Tokenizer.from_bytes(spm)
 
 
 def _tag(ids: list[list[int]], tag: int) -> list[list[int]]:
