@@ -2,7 +2,8 @@
 
 ``nmt-translate checkpoint=PATH|NAME input=FILE|- output=FILE|-``: exactly one output line per input
 line, in order (an empty line gives an empty line; a line longer than the model's maximum is
-translated in chunks). Output files are written atomically; ``-`` streams stdin/stdout.
+translated in chunks). Output files are written atomically; ``-`` streams stdin/stdout. A
+gettext catalogue (``input=foo.pot output=de.po``) goes to :mod:`nmt.decode.po_files`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from nmt.decode.line_files import (
     open_input,
     open_output,
 )
+from nmt.decode.po_files import is_catalogue, translate_catalogue_cli
 from nmt.decode.search import Hypothesis, Pruning, SearchSettings, beam_search
 from nmt.errors import UserError
 from nmt.machine import hostmem
@@ -315,6 +317,8 @@ def translate_cli(cfg: AppConfig) -> dict[str, Any]:
     if str(cfg.output) != "-":
         check_output(str(cfg.output), str(cfg.input))
     torch.set_num_threads(_threads(cfg, nproc))  # what each process runs with, calibrated so
+    if is_catalogue(cfg):  # .po / .pot: nmt/decode/po_files.py
+        return translate_catalogue_cli(cfg)
     model, tok, arith = load_for_decoding(str(cfg.checkpoint), cfg.decode)
     source_prefix(tok, str(cfg.decode.target_lang))  # fail before reading any input
     if nproc > 1:
