@@ -42,6 +42,7 @@ from nmt.errors import UserError
 Catalogue = Any  # polib.POFile (polib ships no type hints)
 Entry = Any  # polib.POEntry
 _STRING = re.compile(r'(?:(?:msgctxt|msgid|msgid_plural|msgstr|msgstr\[[0-9]+\])\s*)?"(.*)"')
+_WORD = re.compile(r"[^\W\d_]")  # a letter: text worth translating
 _ESCAPES = re.compile(r'(?:[^"\\]|\\[ntrvbf"\\])*')  # the escapes polib reads and writes back
 
 
@@ -185,7 +186,8 @@ class _Batch:
 
         from nmt.decode.translate import translate_masked
 
-        todo = list(dict.fromkeys(m.text for _, ms in self.texts.values() for m in ms if m.text))
+        masked = (m.text for _, ms in self.texts.values() for m in ms)
+        todo = list(dict.fromkeys(x for x in masked if _WORD.search(x)))
         if progress is not None:
             progress.reset(total=len(todo))
         settings = dataclasses.replace(translator.decode, nbest=1, placeables=False)
@@ -199,7 +201,7 @@ class _Batch:
         out: list[str] = []
         ok = True
         for (_, core, _), m in zip(lines.parts, masks, strict=True):
-            hyp = self.hyps.get(m.text, "") if core else ""
+            hyp = self.hyps.get(m.text, "") if _WORD.search(m.text) else m.text  # "%s: %s": as is
             if core and not hyp:
                 return None
             if not self.placeables:
@@ -277,18 +279,24 @@ def _write(entry: Entry, texts: list[str]) -> None:
         entry.msgstr = texts[0]
 
 
-def set_header(po: Catalogue, lang: str, rule: PluralRule | None, generator: str) -> None:
-    """The target language's header fields; the file is written as UTF-8."""
+def set_header(
+    po: Catalogue, lang: str, rule: PluralRule | None, generator: str, changed: bool = True
+) -> None:
+    """The target language's header fields (a ``Language`` already there stays: ``de_AT`` for
+    ``de``); the file is written as UTF-8. ``changed``: entries were written (the revision
+    date and generator say so)."""
     md = po.metadata
-    md["Language"] = lang
+    if not str(md.get("Language", "")).strip():
+        md["Language"] = lang
     if rule is not None:
         md["Plural-Forms"] = rule.header
     md.setdefault("MIME-Version", "1.0")
     md["Content-Type"] = "text/plain; charset=UTF-8"
     if md.get("Content-Transfer-Encoding", "ENCODING") == "ENCODING":
         md["Content-Transfer-Encoding"] = "8bit"
-    md["PO-Revision-Date"] = time.strftime("%Y-%m-%d %H:%M%z")
-    md["X-Generator"] = generator
+    if changed:
+        md["PO-Revision-Date"] = time.strftime("%Y-%m-%d %H:%M%z")
+        md["X-Generator"] = generator
     po.encoding = "utf-8"
 
 
@@ -325,7 +333,7 @@ def translate_catalogue_cli(cfg: AppConfig) -> dict[str, Any]:
             placeables=bool(cfg.decode.placeables),
             progress=bar,
         )
-    set_header(po, lang, rule, f"pipenmt nmt-translate ({translator.name})")
+    set_header(po, lang, rule, f"pipenmt nmt-translate ({translator.name})", counts.translated > 0)
     text = str(po)
     with open_output(str(cfg.output), str(cfg.input)) as out:
         out.write(text if text.endswith("\n") else text + "\n")
