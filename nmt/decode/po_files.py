@@ -172,21 +172,22 @@ class _Batch:
 
     def __init__(self, placeables: bool) -> None:
         self.placeables = placeables
-        self.texts: dict[str, tuple[Lines, list[Masked]]] = {}
+        self.texts: dict[str, tuple[Lines, list[Masked], list[str]]] = {}
         self.hyps: dict[str, str] = {}
 
     def add(self, text: str) -> None:
         if text not in self.texts:
             lines = split_lines(text)
             cores = [core for _, core, _ in lines.parts]
-            self.texts[text] = lines, [mask(c) if self.placeables else Masked(c, ()) for c in cores]
+            masks = [mask(c) if self.placeables else Masked(c, ()) for c in cores]
+            self.texts[text] = lines, masks, re.split(r"\r\n|\n", text)
 
     def run(self, translator: Any, progress: Any = None) -> None:
         import dataclasses
 
         from nmt.decode.translate import translate_masked
 
-        masked = (m.text for _, ms in self.texts.values() for m in ms)
+        masked = (m.text for _, ms, _ in self.texts.values() for m in ms)
         todo = list(dict.fromkeys(x for x in masked if _WORD.search(x)))
         if progress is not None:
             progress.reset(total=len(todo))
@@ -197,12 +198,15 @@ class _Batch:
     def result(self, text: str, c_format: bool) -> _Filled | None:
         """The translation of ``text`` (C directives numbered where it reordered them), or
         ``None`` when a line of it came out empty."""
-        lines, masks = self.texts[text]
+        lines, masks, raw = self.texts[text]
         out: list[str] = []
         ok = True
-        for (_, core, _), m in zip(lines.parts, masks, strict=True):
+        for (_, core, _), m, blank in zip(lines.parts, masks, raw, strict=True):
+            if not core:  # an empty line or blanks only: as it was ("...:\n " ends in a blank)
+                out.append(blank)
+                continue
             hyp = self.hyps.get(m.text, "") if _WORD.search(m.text) else m.text  # "%s: %s": as is
-            if core and not hyp:
+            if not hyp:
                 return None
             if not self.placeables:
                 out.append(hyp)
@@ -241,14 +245,14 @@ def fill_catalogue(
         forms: list[tuple[_Filled | None, bool]] = []
         if not e.msgid_plural:
             single = batch.result(e.msgid, c_format)
-            forms.append((single, single is not None and format_ok(e.flags, e.msgid, single.text)))
+            forms.append((single, single is not None and _valid(e.flags, e.msgid, single.text)))
         for j in range(nplurals if e.msgid_plural else 0):
             assert rule is not None  # plural_rule refuses plural entries without one
             relaxed = rule.relaxed(j)
             many = batch.result(e.msgid_plural, c_format)
             cand = batch.result(e.msgid, c_format) if j == 0 and nplurals > 1 else many
-            ok = cand is not None and format_ok(e.flags, e.msgid_plural, cand.text, relaxed)
-            if not ok and many is not None and format_ok(e.flags, e.msgid_plural, many.text):
+            ok = cand is not None and _valid(e.flags, e.msgid_plural, cand.text, relaxed)
+            if not ok and many is not None and _valid(e.flags, e.msgid_plural, many.text):
                 cand, ok = many, True  # e.g. "One file" where form 0 stands for 1, 21, 31, ...
             forms.append((cand, ok))
         if any(f is None for f, _ in forms):
@@ -270,6 +274,15 @@ def fill_catalogue(
             e.flags.remove("fuzzy")
             e.previous_msgctxt = e.previous_msgid = e.previous_msgid_plural = None
     return counts
+
+
+def _valid(flags: list[str], source: str, text: str, relaxed: bool = False) -> bool:
+    """``msgfmt --check``'s tests of a translation: its format directives, and a line break
+    at the start and at the end where the source has one."""
+    ends = (text[:1] == "\n") == (source[:1] == "\n") and (text[-1:] == "\n") == (
+        source[-1:] == "\n"
+    )
+    return ends and format_ok(flags, source, text, relaxed)
 
 
 def _write(entry: Entry, texts: list[str]) -> None:
