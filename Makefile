@@ -28,14 +28,26 @@ VENV_PY :=
 endif
 PIP := $(PY) -m pip
 
-.PHONY: install test test-avx2 test-slow demo lint bench
+.PHONY: install install-browser test test-avx2 test-slow demo lint bench
 
 # torch first: on machines that carry the torch 2.13.0 CPU wheel (pip is pointed at it),
 # `pip install torch==2.13.0` takes it; elsewhere the package's own `torch` requirement applies.
 install: $(VENV_PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0 || $(PIP) install -q torch
 	$(PIP) install -q numpy
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,serve]"
+
+# The web UI's test (tests/test_serve_ui.py) drives Debian's chromium through playwright (no
+# browser download; without either the test is skipped): apt-get installs chromium where no
+# `chromium` is on PATH (as root, else through sudo; on Ubuntu the package is a snap stub:
+# give the test a browser with PIPENMT_CHROMIUM=/path/to/chromium), pip the browser extra.
+install-browser: install
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		command -v apt-get >/dev/null 2>&1 || { echo "make: no chromium and no apt-get" >&2; exit 2; }; \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	$(PIP) install -q -e ".[test,serve,browser]"
 
 test: install
 	$(PY) -m pytest -q

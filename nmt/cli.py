@@ -280,8 +280,16 @@ def _profile_main(cfg: DictConfig) -> None:
     _guarded(profile_cli, cfg, "nmt-profile")
 
 
+@hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
+def _serve_main(cfg: DictConfig) -> None:
+    from nmt.serve.command import serve
+
+    _guarded(serve, cfg, "nmt-serve", _tuned_decode)
+
+
 prepare_main = _entry(_prepare_main, "tool", "nmt-prepare")
 train_main = _entry(_train_main, "config", "nmt-train")
 translate_main = _entry(_translate_main, "tool", "nmt-translate")
 eval_main = _entry(_eval_main, "tool", "nmt-eval")
 profile_main = _entry(_profile_main, "tool", "nmt-profile")
+serve_main = _entry(_serve_main, "tool", "nmt-serve")
