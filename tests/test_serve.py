@@ -28,8 +28,8 @@ from nmt.decode.translator import Translator  # noqa: E402
 from nmt.errors import UserError  # noqa: E402
 from nmt.release.shipped import models_dir, resolve_checkpoint, tuned_decode  # noqa: E402
 from nmt.serve.command import check_settings  # noqa: E402
+from scripts.bench._serve import CORPUS, ServeProcess, read_lines  # noqa: E402
 from scripts.bench.common import child_env, nmt_command  # noqa: E402
-from scripts.bench.serve_load import CORPUS, ServeProcess, read_lines  # noqa: E402
 
 MODEL = "gnmt-debian-en-de"
 pytestmark = pytest.mark.skipif(

@@ -41,6 +41,23 @@ def test_concurrent_jobs_decode_together_each_gets_its_own() -> None:
     b.close()
 
 
+def test_jobs_that_keep_arriving_join_until_a_quiet_gap() -> None:
+    """Jobs 20 ms apart join one batch (each resets the 100 ms wait, up to 10 x 100 ms);
+    one after a longer quiet gap starts another."""
+    rec = Recorder()
+    b: Batcher[str] = Batcher(rec, max_queue=100, max_batch=64, batch_wait_s=0.1)
+    futures = []
+    for i in range(8):  # 140 ms in all: more than one wait, less than the cap
+        futures.append(b.submit([f"t{i}"], "s"))
+        time.sleep(0.02)
+    for f in futures:
+        f.result(5)
+    time.sleep(0.3)
+    b.submit(["late"], "s").result(5)
+    assert [len(texts) for texts, _ in rec.calls] == [8, 1]
+    b.close()
+
+
 def test_max_batch_settings_and_a_large_job_alone() -> None:
     rec = Recorder()
     rec.gate.clear()  # hold the worker until everything is queued

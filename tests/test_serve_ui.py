@@ -22,8 +22,8 @@ httpx = pytest.importorskip("httpx")
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install 'pipenmt[browser]'")
 
 from nmt.release.shipped import models_dir  # noqa: E402
+from scripts.bench._serve import ServeProcess  # noqa: E402
 from scripts.bench.common import results_for  # noqa: E402
-from scripts.bench.serve_load import ServeProcess  # noqa: E402
 
 MODEL = "gnmt-debian-en-de"
 CHROMIUM = os.environ.get("PIPENMT_CHROMIUM") or shutil.which("chromium") or ""

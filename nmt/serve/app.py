@@ -53,8 +53,11 @@ def body_limit(max_chars: int) -> int:
     return 12 * max_chars + 65536
 
 
-def make_batcher(translator: Translator, cfg: AppConfig) -> Batcher[list[Translation]]:
-    """The batcher of ``cfg.serve``'s limits around ``translator``."""
+def make_batcher(
+    translator: Translator, cfg: AppConfig, thread: bool = True
+) -> Batcher[list[Translation]]:
+    """The batcher of ``cfg.serve``'s limits around ``translator`` (``thread=False``: its
+    worker is the thread that calls its ``run``)."""
 
     def run(texts: list[str], settings: Any) -> list[list[Translation]]:
         n_best, target_lang, placeables = settings
@@ -63,7 +66,7 @@ def make_batcher(translator: Translator, cfg: AppConfig) -> Batcher[list[Transla
         )
 
     s = cfg.serve
-    return Batcher(run, s.max_queue, s.max_batch, s.batch_wait_ms / 1000.0)
+    return Batcher(run, s.max_queue, s.max_batch, s.batch_wait_ms / 1000.0, thread)
 
 
 def create_app(
@@ -124,6 +127,7 @@ def create_app(
             "key_required": bool(cfg.api_key),
             "queue": {"waiting": queue.queued, "max": limits.max_queue},
             "max_batch": limits.max_batch,
+            "batch_wait_ms": limits.batch_wait_ms,
             "requests": st.requests,
             "sentences": st.sentences,
             "batches": st.batches,

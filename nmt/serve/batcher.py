@@ -3,12 +3,19 @@
 A request's texts are one :class:`Job`. :meth:`Batcher.submit` queues it (or refuses it with
 :class:`QueueFull` when the queue would hold more than ``max_queue`` sentences) and returns a
 :class:`concurrent.futures.Future`. The worker takes the oldest job and every later one with
-the same decoding settings, up to ``max_batch`` sentences (a larger job goes alone), waiting
-until ``batch_wait_s`` after the oldest job arrived for others to join; it calls the
-translate function once for them all and resolves each job's future with its own share of
-the results. When a batch fails, its jobs are retried one by one, so a bad one fails alone.
-:meth:`Batcher.close` stops taking jobs, finishes those queued (or fails them) and joins the
-worker.
+the same decoding settings, up to ``max_batch`` sentences (a larger job goes alone). Before it
+starts a batch that is not full it waits for others to join, until no job has arrived for
+``batch_wait_s`` (counted from the oldest job's arrival or the end of the worker's last batch,
+whichever is later), at most ``WAIT_CAP`` times that long: the clients it just answered come
+back one after the other (without it, 16 clients split into two halves that take turns), a
+lone request waits ``batch_wait_s``. It calls the translate function once for them all and
+resolves each job's future with its own share of the results. When a batch fails, its jobs
+are retried one by one, so a bad one fails alone. :meth:`Batcher.close` stops taking jobs,
+finishes those queued (or fails them) and waits for the worker.
+
+The worker is a thread of its own, or (``thread=False``) whichever thread calls
+:meth:`Batcher.run`: ``nmt-serve`` decodes in its main thread, the one that loaded the model
+(torch's OpenMP threads ran a search twice as slow when a second thread used them).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 Result = TypeVar("Result")
+WAIT_CAP = 10  # a batch waits at most this many batch_wait_s for jobs that keep arriving
 # translate(texts, settings) -> one result per text, in order
 TranslateFn = Callable[[list[str], Hashable], Sequence[Result]]
 
@@ -67,6 +75,7 @@ class Batcher(Generic[Result]):
         max_queue: int = 256,
         max_batch: int = 64,
         batch_wait_s: float = 0.005,
+        thread: bool = True,
     ) -> None:
         if max_queue < 1 or max_batch < 1 or batch_wait_s < 0:
             raise ValueError(
@@ -79,9 +88,13 @@ class Batcher(Generic[Result]):
         self._queued = 0  # sentences in self._jobs
         self._cond = threading.Condition()
         self._closing = False
+        self._free_since = 0.0  # when the worker finished its last batch
+        self._last_arrival = 0.0
+        self._done = threading.Event()
         self.stats = Stats()
-        self._worker = threading.Thread(target=self._run, name="nmt-serve-batcher", daemon=True)
-        self._worker.start()
+        if thread:
+            name = "nmt-serve-batcher"
+            threading.Thread(target=self.run, name=name, daemon=True).start()
 
     @property
     def queued(self) -> int:
@@ -102,12 +115,13 @@ class Batcher(Generic[Result]):
                 )
             self._jobs.append(job)
             self._queued += len(job.texts)
+            self._last_arrival = job.arrived
             self._cond.notify_all()
         return job.future
 
     def close(self, finish: bool = True, timeout: float | None = None) -> None:
         """Take no more jobs; decode the queued ones (``finish``) or fail them with
-        :class:`Closed`; wait for the worker (up to ``timeout`` seconds)."""
+        :class:`Closed`; wait for the worker to finish (up to ``timeout`` seconds)."""
         with self._cond:
             self._closing = True
             if not finish:
@@ -117,7 +131,7 @@ class Batcher(Generic[Result]):
                         job.future.set_exception(Closed("the server is shutting down"))
                 self._queued = 0
             self._cond.notify_all()
-        self._worker.join(timeout)
+        self._done.wait(timeout)
 
     def _take(self) -> list[Job[Result]] | None:
         """The next batch (None: closed and nothing left), after waiting for jobs to join."""
@@ -126,9 +140,11 @@ class Batcher(Generic[Result]):
                 self._cond.wait()
             if not self._jobs:
                 return None
-            deadline = self._jobs[0].arrived + self.batch_wait_s
+            start = max(self._jobs[0].arrived, self._free_since)
+            cap = start + WAIT_CAP * self.batch_wait_s
             while self._queued < self.max_batch and not self._closing:
-                left = deadline - time.monotonic()
+                quiet = max(start, self._last_arrival) + self.batch_wait_s
+                left = min(quiet, cap) - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
@@ -147,11 +163,16 @@ class Batcher(Generic[Result]):
             self._queued -= count
             return taken
 
-    def _run(self) -> None:
-        while (batch := self._take()) is not None:
-            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if live:
-                self._decode(live)
+    def run(self) -> None:
+        """The worker's loop, in the calling thread; returns once closed and done."""
+        try:
+            while (batch := self._take()) is not None:
+                live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+                if live:
+                    self._decode(live)
+                self._free_since = time.monotonic()
+        finally:
+            self._done.set()
 
     def _decode(self, jobs: list[Job[Result]]) -> None:
         """One call of the translate function for ``jobs``; each future gets its share."""

@@ -6,19 +6,25 @@ port in use is a one-line error, exit 2), prints one line ``nmt-serve: <model> (
 <arithmetic>) on http://HOST:PORT/`` and serves :mod:`nmt.serve.app` with uvicorn until
 SIGINT or SIGTERM: then it stops accepting connections, answers every request it has
 taken (the batcher finishes its queue; after ``serve.request_timeout_s`` the rest are
-failed), prints its counters and exits 0.
+failed), prints its counters and exits 0. uvicorn runs in a thread; the main thread, which
+loaded the model, decodes (the batcher's worker): torch's OpenMP threads decoded twice as
+slowly from a second thread once the first had used them.
 """
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
+import threading
 from typing import Any
 
 import torch
 
 from nmt.config import AppConfig
 from nmt.errors import UserError
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def check_settings(cfg: AppConfig) -> None:
@@ -42,14 +48,22 @@ def check_settings(cfg: AppConfig) -> None:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` (IPv6 when ``host`` has a colon)."""
+    """A listening TCP socket on ``host:port`` (IPv6 when ``host`` has a colon). Made with
+    ``IPPROTO_TCP`` and ``TCP_NODELAY``: asyncio disables Nagle's algorithm only on sockets
+    whose protocol says TCP, and with it on, a response sent in two writes waited 40 ms for
+    the client's delayed ACK."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
-    except OSError as err:
-        raise UserError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
-    except OverflowError as err:
-        raise UserError(f"cannot listen on {host}:{port}: {err}") from None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except (OSError, OverflowError) as err:
+        sock.close()
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else err
+        raise UserError(f"cannot listen on {host}:{port}: {reason}") from None
+    return sock
 
 
 def serve(cfg: AppConfig) -> dict[str, Any]:
@@ -73,11 +87,11 @@ def serve(cfg: AppConfig) -> dict[str, Any]:
     announce(translator.arithmetic.choice)
     sock = bind(str(cfg.host), int(cfg.port))
     host, port = sock.getsockname()[:2]
-    batcher = make_batcher(translator, cfg)
+    batcher = make_batcher(translator, cfg, thread=False)
     pairs = ", ".join(f"{d['code']}-{t}" for d in translator.languages() for t in d["targets"])
     shown = f"[{host}]" if ":" in str(host) else host
 
-    def started() -> None:  # signals are handled from here on: a clean stop exits 0
+    def started() -> None:
         print(
             f"nmt-serve: {translator.name or cfg.checkpoint} ({pairs}, "
             f"{translator.arithmetic.name}) on http://{shown}:{port}/",
@@ -95,11 +109,24 @@ def serve(cfg: AppConfig) -> dict[str, Any]:
         timeout_graceful_shutdown=int(cfg.serve.request_timeout_s) + 1,
     )
     server = Server(config)
+
+    def http() -> None:  # uvicorn in a thread; its shutdown closes the batcher
+        try:
+            server.run(sockets=[sock])
+        finally:
+            batcher.close(finish=False, timeout=0)  # ends run() if uvicorn did not
+
+    previous = {sig: signal.signal(sig, server.handle_exit) for sig in STOP_SIGNALS}
+    thread = threading.Thread(target=http, name="nmt-serve-http", daemon=True)
     try:
-        server.run(sockets=[sock])
+        thread.start()
+        batcher.run()  # decode here, in the thread that loaded the model
+        while thread.is_alive():
+            thread.join(0.1)  # a short wait: a signal stays deliverable
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sock.close()
-        batcher.close(finish=False, timeout=5.0)  # normally done already (lifespan shutdown)
     st = batcher.stats
     print(
         f"nmt-serve: stopped ({server.stopped_by or 'done'}): {st.requests} requests, "
