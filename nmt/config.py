@@ -181,7 +181,7 @@ class ServeConfig:
 
     max_queue: int = 256  # sentences waiting; a request that would overflow it gets 503
     max_chars: int = 5000  # per request (all its texts); more is 413
-    max_batch: int = 64  # sentences decoded together from concurrent requests
+    max_batch: int = 256  # sentences decoded together from concurrent requests
     batch_wait_ms: float = 5.0  # how long the first request waits for others to join it
     request_timeout_s: float = 120.0
 
