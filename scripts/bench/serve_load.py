@@ -40,18 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scripts.bench import common
 from scripts.bench._serve import CORPUS, Client, ServeProcess, read_lines
-from scripts.bench.common import (
-    ROOT,
-    child_env,
-    command,
-    finish,
-    machine,
-    nmt_command,
-    parser,
-    results_for,
-    set_threads,
-)
 
 PHASES = "1,16,16/256"  # sentences per request[/serve.max_batch[/serve.batch_wait_ms]]
 
@@ -62,14 +52,19 @@ def nmt_translate(ckpt: str, lines: list[str], threads: int) -> dict[str, Any]:
     out the start-up (the one-line run), not the first batches of each shape (slow once)."""
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "in.txt", Path(tmp) / "out.txt"
-        args = [*nmt_command("translate"), f"checkpoint={ckpt}", f"input={inp}", f"output={out}"]
+        args = [
+            *common.nmt_command("translate"),
+            f"checkpoint={ckpt}",
+            f"input={inp}",
+            f"output={out}",
+        ]
         args += [f"train.threads={threads}"] if threads else []
         seconds = []
         for text in (lines[:1], lines[:1], lines):
             inp.write_text("".join(x + "\n" for x in text), encoding="utf-8")
             t = time.perf_counter()
-            run = subprocess.run(args, check=True, env=child_env(threads), capture_output=True,
-                                 cwd=ROOT)  # fmt: skip
+            env = common.child_env(threads)
+            run = subprocess.run(args, check=True, env=env, capture_output=True, cwd=common.ROOT)
             seconds.append(time.perf_counter() - t)
         hyps = out.read_text(encoding="utf-8").split("\n")[: len(lines)]
     chosen = [x for x in run.stderr.decode().splitlines() if x.startswith("decode: ")]
@@ -90,7 +85,7 @@ def warm_translator(ckpt: str, lines: list[str], threads: int) -> dict[str, Any]
     (every shape seen once): the decoding rate of a warm process, nmt-translate's ceiling."""
     from nmt.decode.translator import Translator
 
-    set_threads(threads)
+    common.set_threads(threads)
     tr = Translator(ckpt)
     tr.translate(lines)
     t = time.perf_counter()
@@ -230,9 +225,9 @@ def parse_phases(text: str) -> list[tuple[int, int, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = parser(__name__, __doc__)
+    ap = common.parser(__name__, __doc__)
     ap.add_argument("--checkpoint", default="gnmt-debian-en-de")
-    ap.add_argument("--corpus", type=Path, default=CORPUS.relative_to(ROOT),
+    ap.add_argument("--corpus", type=Path, default=CORPUS.relative_to(common.ROOT),
                     help="TSV(.gz) of the lines (relative: to the repository)")  # fmt: skip
     ap.add_argument("--column", type=int, default=0, help="the column of the sources")
     ap.add_argument("--lines", type=int, default=500)
@@ -242,10 +237,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="PER[/MAX_BATCH[/WAIT_MS]],...: sentences per request, serve.max_batch "
                     f"and serve.batch_wait_ms of each phase (default {PHASES})")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2, help="decoding threads of both commands")
-    ap.add_argument("--out", default=str(results_for("localisation", "serve_load.json")),
+    ap.add_argument("--out", default=str(common.results_for("localisation", "serve_load.json")),
                     help="'-': none")  # fmt: skip
     args = ap.parse_args(argv)
-    lines = read_lines(ROOT / args.corpus, args.lines, args.column)
+    lines = read_lines(common.ROOT / args.corpus, args.lines, args.column)
     ref = nmt_translate(args.checkpoint, lines, args.threads)
     warm = warm_translator(args.checkpoint, lines, args.threads)
     print(f"nmt-translate: {ref['sent_per_s']} sent/s; a warm Translator {warm['sent_per_s']}",
@@ -288,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     good = [p for p in phases if p["vs_nmt_translate"] >= 0.8 and not p["lost"] + p["wrong"]]
     doc = {
         "bench": "serve_load",
-        "command": command(__name__, argv),
+        "command": common.command(__name__, argv),
         "checkpoint": args.checkpoint,
         "corpus": str(args.corpus),
         "lines": len(lines),
@@ -310,9 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             "of": len(lines),
             "examples": examples,
         },
-        "machine": machine(),
+        "machine": common.machine(),
     }
-    return finish(doc, None if args.out == "-" else args.out)
+    return common.finish(doc, None if args.out == "-" else args.out)
 
 
 if __name__ == "__main__":
