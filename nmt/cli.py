@@ -261,7 +261,7 @@ def _tuned_decode(cfg: DictConfig) -> DictConfig:
 
 @hydra.main(config_path=_CONFIG_PATH, config_name="tool", version_base=_VERSION)
 def _translate_main(cfg: DictConfig) -> None:
-    from nmt.decode.translate import translate_cli
+    from nmt.decode.command import translate_cli
 
     _guarded(translate_cli, cfg, "nmt-translate", _tuned_decode)
 

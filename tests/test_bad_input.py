@@ -76,8 +76,8 @@ def run_cmd(capsys: pytest.CaptureFixture[str]) -> Any:
     """Faster ``run_main`` for valid configs: compose, then the CLI's error guard around the
     command function (what ``*_main`` does after Hydra; ``hydra.run.dir`` -> train.out_dir)."""
     from nmt.cli import _guarded
+    from nmt.decode.command import translate_cli
     from nmt.decode.evaluate import eval_cli
-    from nmt.decode.translate import translate_cli
     from nmt.prepare.command import prepare
 
     commands = {"prepare_main": prepare, "train_main": train, "translate_main": translate_cli,

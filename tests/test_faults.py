@@ -192,7 +192,7 @@ def test_disk_full_while_translating_keeps_the_old_output(
     tiny_cfg: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from nmt.config import compose_config
-    from nmt.decode.translate import translate_cli
+    from nmt.decode.command import translate_cli
 
     cfg = tiny_cfg("train.max_steps=1")
     train(cfg)

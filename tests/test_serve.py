@@ -24,10 +24,10 @@ pytest.importorskip("uvicorn", reason="the serve extra: pip install 'pipenmt[ser
 httpx = pytest.importorskip("httpx")
 
 from nmt.config import DecodeConfig, compose_config, from_dict  # noqa: E402
-from nmt.decode.translator import Translator  # noqa: E402
 from nmt.errors import UserError  # noqa: E402
 from nmt.release.shipped import models_dir, resolve_checkpoint, tuned_decode  # noqa: E402
 from nmt.serve.command import check_settings  # noqa: E402
+from nmt.translator import Translator  # noqa: E402
 from scripts.bench._serve import CORPUS, ServeProcess, read_lines  # noqa: E402
 from scripts.bench.common import child_env, nmt_command  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The Python API (``from nmt import Translator``) with the shipped en-de model: the same
+"""The Python API (``from nmt.translator import Translator``) with the shipped en-de model: the same
 translations as ``nmt-translate``, beam 1 equal to greedy search, n-best in score order,
 alignments that are attention distributions, placeables kept and judged, and threads that
 share one Translator getting what they would get alone."""
@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from data.tokenizer import EOS_ID
-from nmt import Translator
 from nmt.decode import translate as translate_mod
 from nmt.decode.search import greedy
 from nmt.errors import UserError
+from nmt.translator import Translator
 
 MODEL = "gnmt-debian-en-de"
 LINES = [

@@ -4,11 +4,11 @@
 The catalogue is read with ``polib``; a malformed one is a one-line user error naming
 ``file:line``, before the model loads. Every untranslated entry (``msgstr`` empty; a plural
 entry: every ``msgstr[n]`` empty) is translated, all of them in one batch through the
-:class:`nmt.Translator`'s model (each text once, line by line, placeables masked and restored
-as in :func:`nmt.decode.translate.translate_masked`); the header entry and obsolete entries are
-not. ``msgctxt``, comments, flags, references and obsolete entries stay as they are; entries
-come out in the order they came in. A plural entry gets ``nplurals`` forms of the target
-language (``msgstr[0]`` from the ``msgid``'s translation, the others from the
+:class:`nmt.translator.Translator`'s model (each text once, line by line, placeables masked and
+restored as in :func:`nmt.decode.translate.translate_masked`); the header entry and obsolete
+entries are not. ``msgctxt``, comments, flags, references and obsolete entries stay as they
+are; entries come out in the order they came in. A plural entry gets ``nplurals`` forms of
+the target language (``msgstr[0]`` from the ``msgid``'s translation, the others from the
 ``msgid_plural``'s; one form: the ``msgid_plural``'s), and the header its ``Language`` and
 ``Plural-Forms`` (:data:`nmt.decode.po_formats.PLURAL_FORMS`; a ``.po`` already for that
 language keeps its own).
@@ -318,8 +318,8 @@ def translate_catalogue_cli(cfg: AppConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from nmt.decode.line_files import open_output
-    from nmt.decode.translator import Translator
     from nmt.machine.calibrate import announce
+    from nmt.translator import Translator
 
     if int(cfg.parallel.nproc) > 1:
         raise UserError(

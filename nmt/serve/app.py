@@ -31,7 +31,6 @@ from starlette.types import Message
 
 from data.placeables import find
 from nmt.config import AppConfig
-from nmt.decode.translator import Translation, Translator
 from nmt.errors import UserError
 from nmt.serve.batcher import Batcher, Closed, QueueFull
 from nmt.serve.protocol import (
@@ -42,6 +41,7 @@ from nmt.serve.protocol import (
     parse_translate,
     urlencoded_fields,
 )
+from nmt.translator import Translation, Translator
 
 # (n_best, target_lang or None, placeables): requests decode together only when these agree
 Settings = tuple[int, str | None, bool]

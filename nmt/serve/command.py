@@ -78,8 +78,8 @@ def serve(cfg: AppConfig) -> dict[str, Any]:
         raise UserError(
             f"nmt-serve needs the serve extra ({err.name} is missing): pip install 'pipenmt[serve]'"
         ) from None
-    from nmt.decode.translator import Translator
     from nmt.machine.calibrate import announce
+    from nmt.translator import Translator
 
     if int(cfg.train.threads):
         torch.set_num_threads(int(cfg.train.threads))

@@ -5,9 +5,9 @@ this project uses (not in ``data.build.GETTEXT_PACKAGES``, not the GNU base tool
 reserved for an outside evaluation), fetched with ``apt-get download``. A string counts when
 its English msgid has placeables and the human German translation keeps the same ones; a
 deterministic sample (by crc32 of the msgid) is translated twice by the same
-:class:`nmt.Translator`: placeables as text, then masked and restored. Reported: the share
-of strings whose translation has the source's placeables as a multiset, overall and per kind
-(a string counts for each kind it holds), and chrF against the human translations.
+:class:`nmt.translator.Translator`: placeables as text, then masked and restored. Reported:
+the share of strings whose translation has the source's placeables as a multiset, overall and
+per kind (a string counts for each kind it holds), and chrF against the human translations.
 
     python -m scripts.bench placeables [--model gnmt-debian-en-de] [--sample 600]
 """
@@ -26,7 +26,7 @@ from data.build import GETTEXT_PACKAGES, RELEASE
 from data.debian import download_package, extract, update_indexes
 from data.placeables import find, same_placeables
 from data.sources.gettext_mo import parse_mo
-from nmt import Translator
+from nmt.translator import Translator
 from scripts.bench import common
 
 PACKAGES = ("apt", "dpkg", "gnupg-l10n", "util-linux-locales", "e2fsprogs-l10n")

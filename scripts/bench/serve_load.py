@@ -83,7 +83,7 @@ def nmt_translate(ckpt: str, lines: list[str], threads: int) -> dict[str, Any]:
 def warm_translator(ckpt: str, lines: list[str], threads: int) -> dict[str, Any]:
     """The same lines through ``Translator(ckpt).translate`` in this process, a second time
     (every shape seen once): the decoding rate of a warm process, nmt-translate's ceiling."""
-    from nmt.decode.translator import Translator
+    from nmt.translator import Translator
 
     common.set_threads(threads)
     tr = Translator(ckpt)

@@ -1,6 +1,6 @@
 """The Python API: a model loaded once, translating batches of strings.
 
-    from nmt import Translator
+    from nmt.translator import Translator
 
     tr = Translator("gnmt-debian-en-de")            # a shipped model's name or a checkpoint path
     [best] = tr.translate(["Could not open file %s: %s"])[0]
