@@ -25,7 +25,7 @@ import torch
 
 from data.placeables import mask
 from data.tokenizer import BOS_ID, EOS_ID, Tokenizer
-from nmt.config import DecodeConfig, from_dict
+from nmt.config import DataConfig, DecodeConfig, from_dict
 from nmt.decode.inference import Arithmetic, load_for_decoding
 from nmt.decode.translate import check_decode, source_prefix, translate_masked
 from nmt.errors import UserError
@@ -68,7 +68,7 @@ class Translator:
             checkpoint, self.decode, ckpt
         )
         self.model, self.tokenizer, self.arithmetic = loaded
-        data = from_dict(_Data, ckpt["config"]["data"])
+        data = from_dict(DataConfig, ckpt["config"]["data"])
         self.source_lang, self.target_lang = data.src_lang, data.tgt_lang
         self.directions: list[str] = list(data.directions)  # a multilingual model's
         self._lock = threading.Lock()
@@ -152,12 +152,3 @@ class Translator:
             known = ", ".join(f"{s}-{t}" for s, t in sorted(pairs))
             raise UserError(f"{source}-{target} is not a direction of this model ({known})")
         return target if self.directions else None
-
-
-@dataclass
-class _Data:
-    """The fields of a checkpoint's ``data`` config the API reads."""
-
-    src_lang: str = "en"
-    tgt_lang: str = "de"
-    directions: list[str] = dataclasses.field(default_factory=list)
