@@ -173,6 +173,9 @@ class DecodeConfig:
     # keep printf/brace/shell placeholders, markup, URLs and accelerators: masked as {1}, {2}, ...
     # before the search, put back after it (data/placeables.py); false: translate them as text
     placeables: bool = True
+    # with placeables: the search may only write the source's sentinels, each once, and ends
+    # only when all are written (nmt/decode/sentinels.py); false: the model alone decides
+    placeable_constraint: bool = True
 
 
 @dataclass
