@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nmt.decode.sentinels import SentinelVocab
 from nmt.models.seq2seq import Memory, Seq2Seq
 
 
@@ -145,12 +146,14 @@ def beam_search(
     src_len: Tensor,
     settings: SearchSettings = SearchSettings(),
     vocab_index: Tensor | None = None,
+    sentinels: SentinelVocab | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate ``src[Ts,B]`` (``src_len[B]``); returns per sentence up to ``settings.nbest``
     hypotheses sorted by score (best first). The model is put in eval mode for the search.
     ``vocab_index[B,S]`` (long, rows sorted, -1 = padding, the special ids in columns
     0..3): each sentence searches over its own target ids only (a shortlist,
-    :mod:`nmt.decode.shortlist`).
+    :mod:`nmt.decode.shortlist`). ``sentinels``: a source with masked placeables gets each of
+    its sentinels exactly once (:mod:`nmt.decode.sentinels`).
     """
     if src.size(1) == 0:
         return []
@@ -158,7 +161,7 @@ def beam_search(
     model.eval()
     try:
         with torch.inference_mode():
-            return _search(model, src, src_len, settings, vocab_index)
+            return _search(model, src, src_len, settings, vocab_index, sentinels)
     finally:
         model.train(was_training)
 
@@ -177,6 +180,7 @@ def _search(
     src_len: Tensor,
     settings: SearchSettings,
     vocab_index: Tensor | None,
+    sentinels: SentinelVocab | None = None,
 ) -> list[list[Hypothesis]]:
     """The search proper (inference mode). Active sentences: ``ba``; each has ``counts[s]``
     (1..k) hypothesis rows, grouped by sentence (``row_sent[N]``). With ``vocab_index`` the
@@ -195,6 +199,7 @@ def _search(
     batch = src.size(1)
     memory = model.prepare_memory(model.encode(src, src_len), src_len)
     rows = _Rows(memory, short)
+    rules = None if sentinels is None else sentinels.rows(src, src_len)  # per hypothesis row
     real = ~memory.mask  # [B, Ts]
     max_len = (max_len_a * src_len.double() + max_len_b).floor().long().clamp(min=0)  # [B]
     lp_bound = length_penalty(max_len + 1, alpha)  # [B]
@@ -222,6 +227,8 @@ def _search(
         log_probs[:, pad_id] = float("-inf")
         log_probs[:, bos_id] = float("-inf")
         force = max_len <= step  # [ba]: last allowed step, only eos
+        if rules is not None:
+            rules.restrict(log_probs, row_sent, ids, force)
         if bool(force.any()):
             only_eos = torch.ones(vocab, dtype=torch.bool, device=device)
             only_eos[eos_id] = False
@@ -282,6 +289,8 @@ def _search(
         counts = keep.sum(dim=1)[keep.any(dim=1)]
         row_sent = new_sent[s_new]
         state = model.reorder_state(state, index)
+        if rules is not None:
+            rules.advance(index, y_prev)
         hist = torch.cat((hist.index_select(0, index), y_prev.view(-1, 1)), dim=1)
         if beta != 0.0:
             cov = cov.index_select(0, index)

@@ -9,6 +9,7 @@ command itself is :mod:`nmt.decode.command`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Sequence
 from typing import IO
@@ -24,6 +25,7 @@ from nmt.decode.line_files import (
     input_chunks,
 )
 from nmt.decode.search import Hypothesis, Pruning, SearchSettings, beam_search
+from nmt.decode.sentinels import SentinelVocab
 from nmt.errors import UserError
 from nmt.models.seq2seq import Seq2Seq
 
@@ -80,17 +82,19 @@ def translate_ids(
     src_ids: Sequence[Sequence[int]],
     dcfg: DecodeConfig,
     progress: tqdm | None = None,
+    sentinels: SentinelVocab | None = None,
 ) -> list[list[Hypothesis]]:
     """N-best hypotheses for each source (ids without eos), in input order.
 
-    ``dcfg`` carries beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens.
+    ``dcfg`` carries beam_size, alpha, beta, max_len_a, max_len_b, nbest, batch_tokens;
+    ``sentinels`` constrains the search over masked placeables (:mod:`nmt.decode.sentinels`).
     """
     out: list[list[Hypothesis]] = [[] for _ in src_ids]
     shortlist = model.shortlist if dcfg.shortlist else None
     settings = search_settings(dcfg)
     for batch in inference_batches(src_ids, int(dcfg.batch_tokens), 8):
         vocab_index = None if shortlist is None else shortlist.candidates(batch.src)
-        hyps = beam_search(model, batch.src, batch.src_len, settings, vocab_index)
+        hyps = beam_search(model, batch.src, batch.src_len, settings, vocab_index, sentinels)
         for i, h in zip(batch.indices, hyps, strict=True):
             out[i] = h
         if progress is not None:
@@ -124,9 +128,11 @@ def translate_lines(
     lines: Sequence[str],
     dcfg: DecodeConfig,
     progress: tqdm | None = None,
+    sentinels: bool = False,
 ) -> list[list[tuple[str, float]]]:
     """Detokenized n-best (text, score) per line; empty lines give [("", 0.0)]; sources longer
-    than ``MAX_SRC_TOKENS`` subwords are translated chunk by chunk and joined."""
+    than ``MAX_SRC_TOKENS`` subwords are translated chunk by chunk and joined. ``sentinels``:
+    lines with masked placeables get each of their sentinels exactly once."""
     ids = tok.encode([line.strip() for line in lines])
     prefix = source_prefix(tok, dcfg.target_lang)
     pieces: list[list[int]] = []
@@ -135,7 +141,8 @@ def translate_lines(
         for start in range(0, len(seq), MAX_SRC_TOKENS):
             pieces.append(prefix + seq[start : start + MAX_SRC_TOKENS])
             owner.append(i)
-    hyps = translate_ids(model, pieces, dcfg, progress) if pieces else []
+    rules = sentinel_vocab(tok) if sentinels else None
+    hyps = translate_ids(model, pieces, dcfg, progress, rules) if pieces else []
     result: list[list[tuple[str, float]]] = [[("", 0.0)] for _ in lines]
     chunks: dict[int, list[list[Hypothesis]]] = {}
     for i, h in zip(owner, hyps, strict=True):
@@ -208,7 +215,9 @@ def translate_masked(
     masked = [[mask(core) for _, core, _ in x.parts] for x in texts]
     flat = [m.text for ms in masked for m in ms]
     exact = len(flat) == len(lines)  # the bar counts lines: pieces are lines unless cut
-    hyps = translate_lines(model, tok, flat, dcfg, progress if exact else None)
+    hyps = translate_lines(
+        model, tok, flat, dcfg, progress if exact else None, dcfg.placeable_constraint
+    )
     if progress is not None and not exact:
         progress.update(len(lines))
     out: list[list[tuple[str, float, bool]]] = []
@@ -223,6 +232,12 @@ def translate_masked(
             ok = all(b[1] for b in best)
             out.append([(x.join([b[0] for b in best]), sum(b[2] for b in best), ok)])
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def sentinel_vocab(tok: Tokenizer) -> SentinelVocab:
+    """The tokenizer's pieces for :mod:`nmt.decode.sentinels` (built once per tokenizer)."""
+    return SentinelVocab([tok.id_to_piece(i) for i in range(tok.vocab_size)], EOS_ID)
 
 
 def translate_texts(
