@@ -81,11 +81,14 @@ class Translator:
         n_best: int = 1,
         alignments: bool = False,
         placeables: bool = True,
+        placeable_constraint: bool | None = None,
         target_lang: str | None = None,
     ) -> list[list[Translation]]:
         """Up to ``n_best`` translations of each text, best first (empty text: one empty
         translation). Line breaks inside a text are placeables (kept) when ``placeables``,
-        else spaces. A long text is translated in pieces and joined (its 1-best only)."""
+        else spaces; ``placeable_constraint`` (default: ``decode.placeable_constraint``) makes
+        the search write each placeable exactly once. A long text is translated in pieces and
+        joined (its 1-best only)."""
         settings = dataclasses.replace(
             self.decode,
             beam_size=beam_size or self.decode.beam_size,
@@ -93,7 +96,14 @@ class Translator:
             target_lang=self.decode.target_lang if target_lang is None else target_lang,
         )
         check_decode(settings)
-        settings = dataclasses.replace(settings, placeables=placeables)
+        constrain = self.decode.placeable_constraint
+        settings = dataclasses.replace(
+            settings,
+            placeables=placeables,
+            placeable_constraint=constrain
+            if placeable_constraint is None
+            else placeable_constraint,
+        )
         with self._lock:
             hyps = translate_masked(self.model, self.tokenizer, texts, settings)
             return [
