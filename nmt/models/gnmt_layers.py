@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.models.attention import AttentionMemory, BahdanauAttention
+from nmt.models.dropout import SeqDropout
 from nmt.models.int8 import Int8LSTM
 
 LSTMState = tuple[Tensor, Tensor]  # (h, c), each [B, H]
@@ -95,7 +96,7 @@ class EmbedEncoder1(nn.Module):
         super().__init__()
         self.name = "Embed+Enc1"
         self.embedding = nn.Embedding(vocab_size, hidden, padding_idx=pad_id)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SeqDropout(dropout)
         self.lstm = nn.LSTM(hidden, hidden, bidirectional=True)
 
     def encode(self, src: Tensor, src_len: Tensor) -> Tensor:
@@ -125,7 +126,7 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.name = f"Enc{index}"
         self.residual = index >= 3
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SeqDropout(dropout)
         self.lstm = nn.LSTM(input_size, hidden)
 
     def encode(self, h: Tensor) -> Tensor:
@@ -136,9 +137,12 @@ class EncoderLayer(nn.Module):
     def forward(self, h: Tensor, src_len: Tensor, emb_tgt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.encode(h).contiguous(), src_len, emb_tgt
 
-    def chunk(self, h: Tensor, state: LSTMState | None) -> tuple[Tensor, LSTMState]:
-        """A time chunk ``h[t,B,in]`` from ``state`` (None: zeros) -> (``h'[t,B,H]``, state)."""
-        out, (hn, cn) = self.lstm(self.dropout(h), state)
+    def chunk(
+        self, h: Tensor, state: LSTMState | None, span: tuple[int, int]
+    ) -> tuple[Tensor, LSTMState]:
+        """Time chunk ``h[t,B,in]`` at ``span = (start, total)`` from ``state`` (None: zeros)
+        -> (``h'[t,B,H]``, state); dropout: the whole sequence's mask, sliced."""
+        out, (hn, cn) = self.lstm(self.dropout.chunk(h, *span), state)
         return (out + h if self.residual else out), (hn, cn)
 
 
@@ -152,7 +156,7 @@ class AttentionDecoder1(nn.Module):
     def __init__(self, hidden: int, dropout: float) -> None:
         super().__init__()
         self.name = "Dec1+Attention"
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SeqDropout(dropout)
         self.lstm = nn.LSTM(hidden, hidden)
         self.attention = BahdanauAttention(hidden)
 
@@ -163,11 +167,16 @@ class AttentionDecoder1(nn.Module):
         return x.contiguous(), ctx.transpose(0, 1).contiguous()
 
     def chunk(
-        self, emb_tgt: Tensor, state: LSTMState | None, memory: AttentionMemory
+        self,
+        emb_tgt: Tensor,
+        state: LSTMState | None,
+        memory: AttentionMemory,
+        span: tuple[int, int],
     ) -> tuple[Tensor, Tensor, LSTMState]:
-        """A time chunk ``emb_tgt[t,B,H]`` from ``state`` -> (``x[t,B,H]``, ``ctx[t,B,H]``,
-        state): the attention of a position needs only its own query (no input feeding)."""
-        x, (hn, cn) = self.lstm(self.dropout(emb_tgt), state)
+        """Time chunk ``emb_tgt[t,B,H]`` at ``span = (start, total)`` from ``state`` ->
+        (``x[t,B,H]``, ``ctx[t,B,H]``, state): the attention of a position needs only its own
+        query (no input feeding)."""
+        x, (hn, cn) = self.lstm(self.dropout.chunk(emb_tgt, *span), state)
         ctx, _ = self.attention(x.transpose(0, 1), memory)
         return x, ctx.transpose(0, 1), (hn, cn)
 
@@ -194,7 +203,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.name = f"Dec{index}"
         self.residual = index >= 3
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SeqDropout(dropout)
         self.lstm = nn.LSTM(2 * hidden, hidden)
 
     def forward(self, h_dec: Tensor, ctx: Tensor) -> tuple[Tensor, Tensor]:
@@ -204,11 +213,12 @@ class DecoderLayer(nn.Module):
         return out.contiguous(), ctx
 
     def chunk(
-        self, h_dec: Tensor, ctx: Tensor, state: LSTMState | None
+        self, h_dec: Tensor, ctx: Tensor, state: LSTMState | None, span: tuple[int, int]
     ) -> tuple[Tensor, LSTMState]:
-        """A time chunk ``h_dec[t,B,H]``, ``ctx[t,B,H]`` from ``state`` -> (``h'[t,B,H]``,
-        state)."""
-        out, (hn, cn) = self.lstm(self.dropout(torch.cat((h_dec, ctx), dim=-1)), state)
+        """Time chunk ``h_dec[t,B,H]``, ``ctx[t,B,H]`` at ``span = (start, total)`` from
+        ``state`` -> (``h'[t,B,H]``, state)."""
+        x = self.dropout.chunk(torch.cat((h_dec, ctx), dim=-1), *span)
+        out, (hn, cn) = self.lstm(x, state)
         return (out + h_dec if self.residual else out), (hn, cn)
 
     def step(self, x: Tensor, ctx: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:

@@ -14,6 +14,11 @@ the forward in diagonal order (wave step d runs chunk d-l of layer l), layer l o
 ``devices[l % len(devices)]``; autograd runs the backward, through the carried states in
 reverse chunk order (on several GPUs its per-device threads give the backward wavefront).
 On a CPU the chunks run one after another: the result is exact, the speed is the plain model's.
+
+Dropout stays exact: each layer's input mask is drawn for the whole sequence at the layer's
+chunk 0 and sliced per chunk (:class:`nmt.models.dropout.SeqDropout`); training seeds every
+layer's mask from (run seed, step, batch, layer), so the plain model, this one-process wave
+and the wave over several processes (:mod:`nmt.train.wavefront_ranks`) draw the same masks.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from nmt.models.loss import label_smoothed_nll
 from nmt.models.seq2seq import Seq2Seq
 
 Chunk = tuple[Tensor, ...]
-Layer = Callable[[Chunk, Any], tuple[Chunk, Any]]  # (chunk inputs, state) -> (outputs, state)
+# (chunk index, chunk inputs, state) -> (outputs, state)
+Layer = Callable[[int, Chunk, Any], tuple[Chunk, Any]]
 
 
 def chunk_bounds(total: int, chunks: int) -> list[tuple[int, int]]:
@@ -62,7 +68,7 @@ def wave(
                 dev = devices[layer % len(devices)]
                 x = inputs[c] if layer == 0 else out[layer - 1][c]
                 out[layer][c], state[layer] = layers[layer](
-                    tuple(t.to(dev) for t in x), state[layer]
+                    c, tuple(t.to(dev) for t in x), state[layer]
                 )
     return out
 
@@ -90,9 +96,11 @@ class Wavefront:
         h = m.embed_stage.encode(src, src_len)  # barrier: the bidirectional layer
         spans = chunk_bounds(h.size(0), self.chunks)
 
+        total = h.size(0)
+
         def enc(stage: Any) -> Layer:
-            def run(x: Chunk, st: Any) -> tuple[Chunk, Any]:
-                y, st = stage.chunk(x[0], st)
+            def run(c: int, x: Chunk, st: Any) -> tuple[Chunk, Any]:
+                y, st = stage.chunk(x[0], st, (spans[c][0], total))
                 return (y,), st
 
             return run
@@ -114,18 +122,20 @@ class Wavefront:
         emb = m.embed_stage.embedding(tgt_in)
         spans = chunk_bounds(emb.size(0), self.chunks)
 
-        def attend(x: Chunk, st: Any) -> tuple[Chunk, Any]:
-            h, ctx, st = m.attn_stage.chunk(x[0], st, memory)
+        total = emb.size(0)
+
+        def attend(c: int, x: Chunk, st: Any) -> tuple[Chunk, Any]:
+            h, ctx, st = m.attn_stage.chunk(x[0], st, memory, (spans[c][0], total))
             return (h, ctx), st
 
         def dec(stage: Any) -> Layer:
-            def run(x: Chunk, st: Any) -> tuple[Chunk, Any]:
-                h, st = stage.chunk(x[0], x[1], st)
+            def run(c: int, x: Chunk, st: Any) -> tuple[Chunk, Any]:
+                h, st = stage.chunk(x[0], x[1], st, (spans[c][0], total))
                 return (h, x[1]), st
 
             return run
 
-        def generate(x: Chunk, st: Any) -> tuple[Chunk, Any]:
+        def generate(c: int, x: Chunk, st: Any) -> tuple[Chunk, Any]:
             h, ctx, target = x
             keep = target != pad_id
             rows = keep.reshape(-1).nonzero().squeeze(1)
@@ -133,8 +143,8 @@ class Wavefront:
             return label_smoothed_nll(logits, target[keep], pad_id, eps), st
 
         def with_target(layer: Layer) -> Layer:  # carry the chunk's targets along the wave
-            def run(x: Chunk, st: Any) -> tuple[Chunk, Any]:
-                y, st = layer(x[:-1], st)
+            def run(c: int, x: Chunk, st: Any) -> tuple[Chunk, Any]:
+                y, st = layer(c, x[:-1], st)
                 return (*y, x[-1]), st
 
             return run

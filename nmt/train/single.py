@@ -15,6 +15,7 @@ from data.batching import Batch
 from data.tokenizer import PAD_ID
 from nmt.checkpoint import files as ckpt_io
 from nmt.config import AppConfig, config_to_dict
+from nmt.models.dropout import seed_masks
 from nmt.models.loss import label_smoothed_nll
 from nmt.models.seq2seq import Seq2Seq
 from nmt.models.wavefront import Wavefront
@@ -61,7 +62,8 @@ class SingleDevice:
     ) -> Computed:
         self.model.train()
         loss_value, nll_value = 0.0, 0.0
-        for one in drawn:
+        for i, one in enumerate(drawn):
+            seed_masks(self.model, self.cfg.train.seed, step, i)  # dropout: per (step, batch)
             loss_sum, nll_sum = self.forward_loss(one)
             loss = loss_sum / ntokens
             torch.autograd.backward(self.scaler.scale(loss))
