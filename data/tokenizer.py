@@ -115,6 +115,21 @@ class Tokenizer:
     def id_to_piece(self, i: int) -> str:
         return str(self._sp.id_to_piece(i))
 
+    def unknown(self, text: str) -> list[tuple[int, int]]:
+        """``[start, end)`` of each run of characters of ``text`` that the vocabulary lacks
+        (they would come back as the unknown piece)."""
+        unk = int(self._sp.unk_id())
+        chars = set(text) - set(" \t")
+        lacking = {c for c in chars if unk in self._sp.encode(c, out_type=int)}
+        runs: list[tuple[int, int]] = []
+        for i, ch in enumerate(text):
+            if ch in lacking:
+                if runs and runs[-1][1] == i:
+                    runs[-1] = (runs[-1][0], i + 1)
+                else:
+                    runs.append((i, i + 1))
+        return runs
+
     @property
     def tags(self) -> dict[str, int]:
         """Language -> id of its reserved ``<2xx>`` piece (empty for a one-pair tokenizer)."""

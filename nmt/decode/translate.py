@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from data.batching import inference_batches
 from data.errors import DataError
-from data.placeables import mask, restore, split_lines
+from data.placeables import Masked, mask, restore, split_lines
 from data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from nmt.config import DecodeConfig
 from nmt.decode.line_files import (
@@ -198,6 +198,22 @@ def translate_stream(
     return written
 
 
+def mask_unknown(masked: Masked, tok: Tokenizer) -> Masked:
+    """``masked`` with each run of characters the vocabulary lacks (``|``, ``@``, ... that
+    would come back as ``⁇``) made one more placeable, carried over like the others."""
+    runs = tok.unknown(masked.text)
+    if not runs:
+        return masked
+    parts: list[str] = []
+    originals, at = list(masked.originals), 0
+    for start, end in runs:
+        originals.append(masked.text[start:end])
+        parts += [masked.text[at:start], f"{{{len(originals)}}}"]
+        at = end
+    parts.append(masked.text[at:])
+    return dataclasses.replace(masked, text="".join(parts), originals=tuple(originals))
+
+
 def translate_masked(
     model: Seq2Seq,
     tok: Tokenizer,
@@ -206,13 +222,13 @@ def translate_masked(
     progress: tqdm | None = None,
 ) -> list[list[tuple[str, float, bool]]]:
     """:func:`translate_lines` with each line's placeables masked and restored when
-    ``decode.placeables`` (:mod:`data.placeables`): (text, score, placeables kept) per
-    hypothesis."""
+    ``decode.placeables`` (:mod:`data.placeables`; characters the vocabulary lacks too):
+    (text, score, placeables kept) per hypothesis."""
     if not dcfg.placeables:
         hyps = translate_lines(model, tok, [one_line(x) for x in lines], dcfg, progress)
         return [[(text, score, True) for text, score in h] for h in hyps]
     texts = [split_lines(x) for x in lines]  # a text with line breaks goes line by line
-    masked = [[mask(core) for _, core, _ in x.parts] for x in texts]
+    masked = [[mask_unknown(mask(core), tok) for _, core, _ in x.parts] for x in texts]
     flat = [m.text for ms in masked for m in ms]
     exact = len(flat) == len(lines)  # the bar counts lines: pieces are lines unless cut
     hyps = translate_lines(
