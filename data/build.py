@@ -2,6 +2,10 @@
 
 ``debian_de_en`` (shipped under ``data/corpus/``): DDTP package descriptions + LibreOffice help.
 ``debian_de_en_full``: the same plus gettext catalogs of the packages in ``GETTEXT_PACKAGES``.
+``debian_ui_de_en``: DDTP + LibreOffice help + the German UI catalogs of ``UI_PACKAGES``, with
+pairs that hold placeables kept, masked on both sides (``clean_pairs(placeables="mask")``),
+and every pair whose English occurs in the catalogs of ``RESERVED`` or ``PLACEABLES_HELD_OUT``
+dropped. The other corpora drop every pair with a placeable.
 Splits hold out whole groups (package / help page / catalog): ``crc32(group) % 25 == 0`` is
 test, ``== 1`` is dev; dev/test pairs whose English or German side occurs on the same side in
 train under ``dedup_key.dedup_key`` (NFKC, casefold, digits, punctuation) are dropped.
@@ -13,6 +17,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -22,10 +27,12 @@ from typing import Any
 
 from data.atomic import atomic_write_bytes, atomic_write_text
 from data.debian import FetchedFile, download_package, extract, update_indexes
-from data.dedup_key import RULE, seen, side_keys
+from data.dedup_key import RULE, dedup_key, seen, side_keys
 from data.errors import DataError
+from data.placeables import mask, split_lines
 from data.sources import ddtp, gettext_mo, lohelp
-from data.sources.text import clean_pairs
+from data.sources.gettext_mo import parse_mo
+from data.sources.text import KEPT_WITH_PLACEABLES, PLACEABLE_MODES, clean_pairs
 
 RELEASE = "bookworm"
 SPLITS = ("train", "dev", "test")
@@ -41,9 +48,59 @@ GETTEXT_PACKAGES = (
     "r-base-core",
     "blender-data",
 )
-CORPORA: dict[str, tuple[str, ...]] = {
-    "debian_de_en": (),
-    "debian_de_en_full": GETTEXT_PACKAGES,
+# The GNU base tools reserved for an outside evaluation, and the packages the placeables
+# benchmark holds out: no corpus takes their catalogs.
+RESERVED = ("coreutils", "findutils", "diffutils", "grep", "sed", "tar", "gzip", "wget")
+PLACEABLES_HELD_OUT = ("apt", "dpkg", "gnupg-l10n", "util-linux-locales", "e2fsprogs-l10n")
+# German UI catalogs (small packages with many strings) on top of GETTEXT_PACKAGES.
+UI_PACKAGES = (
+    *GETTEXT_PACKAGES,
+    "bash",
+    "binutils-common",
+    "evolution-data-server-common",
+    "gettext",
+    "gnome-shell-common",
+    "gnumeric-common",
+    "libc-l10n",
+    "libglib2.0-data",
+    "libgphoto2-l10n",
+    "libgtk-3-common",
+    "man-db",
+    "mc-data",
+    "nano",
+    "sudo",
+)
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """What a Debian corpus takes: gettext packages, what ``clean_pairs`` does with
+    placeables, and whether pairs whose English occurs in the reserved and held-out
+    catalogs are dropped."""
+
+    gettext: tuple[str, ...] = ()
+    placeables: str = "drop"
+    drop_held_out: bool = False
+
+    def __post_init__(self) -> None:
+        check_packages(self.gettext)
+        if self.placeables not in PLACEABLE_MODES:
+            raise DataError(f"placeables={self.placeables!r}; expected {PLACEABLE_MODES}")
+
+
+def check_packages(packages: Iterable[str]) -> None:
+    """Refuse the packages no corpus may take (``RESERVED``, ``PLACEABLES_HELD_OUT``)."""
+    bad = sorted(set(packages) & {*RESERVED, *PLACEABLES_HELD_OUT})
+    if bad:
+        raise DataError(
+            f"packages {', '.join(bad)} are reserved for evaluation and never used for training"
+        )
+
+
+CORPORA: dict[str, CorpusSpec] = {
+    "debian_de_en": CorpusSpec(),
+    "debian_de_en_full": CorpusSpec(GETTEXT_PACKAGES),
+    "debian_ui_de_en": CorpusSpec(UI_PACKAGES, "mask", drop_held_out=True),
 }
 LICENCES = {
     "ddtp": "Debian package descriptions (DDTP); each text is under its package's licence",
@@ -52,6 +109,7 @@ LICENCES = {
 }
 
 Triple = tuple[str, str, str]  # (group, en, de)
+_SENTINEL = re.compile(r"\{[0-9]+\}")
 Log = Callable[[str], None]
 
 
@@ -96,36 +154,87 @@ def tsv_gz(
     return buf.getvalue(), hashlib.sha256(raw).hexdigest(), text.count("\n") - 1
 
 
+def _catalog_triples(root: Path, pkg: str, raw: bool) -> tuple[FetchedFile, list[Triple]]:
+    """(the package, its German catalogs' (``package:catalog``, en, de)): as msgfmt wrote
+    them (``raw``) or with accelerators stripped (``gettext_mo.harvest``); catalogs named
+    after a reserved or held-out package are skipped."""
+    fetched = download_package(root, pkg)
+    dest = extract(fetched.path, root / "x" / pkg, ["*/de/LC_MESSAGES/*.mo"])
+    if not raw:
+        return fetched, list(gettext_mo.harvest(dest, pkg))
+    triples: list[Triple] = []
+    for mo in sorted(dest.rglob("de/LC_MESSAGES/*.mo")):
+        if mo.stem not in {*RESERVED, *PLACEABLES_HELD_OUT}:
+            triples.extend((f"{pkg}:{mo.stem}", en, de) for en, de in parse_mo(mo.read_bytes()))
+    return fetched, triples
+
+
+def held_out_keys(root: Path, log: Log) -> tuple[set[str], list[FetchedFile]]:
+    """The ``dedup_key`` of every masked English line in the German catalogs of the reserved
+    and held-out packages (and those packages)."""
+    keys: set[str] = set()
+    debs: list[FetchedFile] = []
+    for pkg in (*RESERVED, *PLACEABLES_HELD_OUT):
+        log(f"held-out catalogs of {pkg}")
+        fetched, triples = _catalog_triples(root, pkg, raw=True)
+        debs.append(fetched)
+        for _, en, _ in triples:
+            keys.update(dedup_key(mask(line).text) for _, line, _ in split_lines(en).parts)
+    keys.discard("")
+    return keys, debs
+
+
 def _harvest_sources(
-    root: Path, gettext_pkgs: tuple[str, ...], log: Log
+    root: Path, spec: CorpusSpec, log: Log
 ) -> tuple[dict[str, list[Triple]], dict[str, Any]]:
     log(f"apt-get update ({RELEASE}, Translation-en/de) into {root}")
     indexes, date = update_indexes(root, RELEASE, ("en", "de"))
+    mode = spec.placeables
+    stats: dict[str, Counter[str]] = {k: Counter() for k in ("ddtp", "lohelp", "gettext")}
     sources: dict[str, list[Triple]] = {}
     log("aligning DDTP package descriptions")
-    sources["ddtp"] = list(clean_pairs(ddtp.harvest(indexes["en"].path, indexes["de"].path)))
+    ddtp_units = ddtp.harvest(indexes["en"].path, indexes["de"].path)
+    sources["ddtp"] = list(clean_pairs(ddtp_units, placeables=mode, stats=stats["ddtp"]))
     debs: list[FetchedFile] = [download_package(root, p) for p in LO_PACKAGES]
     log("aligning LibreOffice help pages")
     en_dir = extract(debs[0].path, root / "x" / debs[0].name)
     de_dir = extract(debs[1].path, root / "x" / debs[1].name)
-    sources["lohelp"] = list(
-        clean_pairs(lohelp.harvest(en_dir / HELP_ROOT / "en-US", de_dir / HELP_ROOT / "de"))
-    )
-    if gettext_pkgs:
+    pages = lohelp.harvest(en_dir / HELP_ROOT / "en-US", de_dir / HELP_ROOT / "de")
+    sources["lohelp"] = list(clean_pairs(pages, placeables=mode, stats=stats["lohelp"]))
+    if spec.gettext:
         triples: list[Triple] = []
-        for pkg in gettext_pkgs:
+        for pkg in spec.gettext:
             log(f"gettext catalogs of {pkg}")
-            fetched = download_package(root, pkg)
+            fetched, found = _catalog_triples(root, pkg, raw=mode == "mask")
             debs.append(fetched)
-            dest = extract(fetched.path, root / "x" / pkg, ["*/de/LC_MESSAGES/*.mo"])
-            triples.extend(gettext_mo.harvest(dest, pkg))
-        sources["gettext"] = list(clean_pairs(triples))
-    origin = {
+            triples.extend(found)
+        sources["gettext"] = list(clean_pairs(triples, placeables=mode, stats=stats["gettext"]))
+    origin: dict[str, Any] = {
         "debian_release": RELEASE,
         "release_date": date,
         "indexes": {f.name: {"sha256": f.sha256} for f in indexes.values()},
         "packages": {f.name: {"version": f.version, "sha256": f.sha256} for f in debs},
     }
+    if spec.drop_held_out:
+        keys, held = held_out_keys(root, log)
+        for source, kept in sources.items():
+            sources[source] = [t for t in kept if dedup_key(t[1]) not in keys]
+            stats[source]["dropped_held_out"] = len(kept) - len(sources[source])
+            with_sentinels = sum(_SENTINEL.search(t[1]) is not None for t in sources[source])
+            stats[source][KEPT_WITH_PLACEABLES] = with_sentinels  # of the pairs left
+        origin["held_out_packages"] = {
+            f.name: {"version": f.version, "sha256": f.sha256} for f in held
+        }
+    if mode == "mask":
+        origin["placeables"] = {
+            "mode": mode,
+            "rule": "texts cut at line breaks alike, placeables masked as {1}, {2}, ... on "
+            "both sides; pairs whose lines or placeables differ dropped",
+            "sources": {k: dict(sorted(stats[k].items())) for k in sources},
+            "gettext_catalogs": dict(
+                sorted(Counter(t[0] for t in sources.get("gettext", [])).items())
+            ),
+        }
     return sources, origin
 
 
@@ -145,6 +254,9 @@ def build_corpus(name: str, cache_dir: Path, log: Log = print) -> BuiltCorpus:
         files[split] = {"file": f"{name}.{split}.tsv.gz", "sha256_text": digest, "pairs": lines}
         per_source = Counter(src for src, _, _ in by_split[split])
         counts[split] = {**dict(sorted(per_source.items())), "total": lines}
+        if "placeables" in origin:
+            with_sentinels = sum(_SENTINEL.search(en) is not None for _, en, _ in by_split[split])
+            origin["placeables"].setdefault("pairs_with_placeables", {})[split] = with_sentinels
     provenance = {
         "corpus": name,
         **origin,

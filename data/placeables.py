@@ -10,7 +10,8 @@ order; braces placeables are masked too, so a sentinel in the masked text is alw
 ours) and drops accelerator marks; :func:`restore` puts the originals back where the
 translation has the sentinels, in the translation's order, re-attaches an accelerator to
 the translation's first letter, and says whether the translation kept every placeable
-exactly once. :func:`same_placeables` is the final check on any pair of strings.
+exactly once. :func:`mask_like` masks a human translation with the sentinels of its
+source (training pairs). :func:`same_placeables` is the final check on any pair of strings.
 """
 
 from __future__ import annotations
@@ -100,6 +101,25 @@ def mask(text: str) -> Masked:
         at = p.end
     parts.append(text[at:])
     return Masked("".join(parts), tuple(originals), accelerator, accelerated, nth)
+
+
+def mask_like(target: str, source: Masked) -> str | None:
+    """``target`` with the sentinels of ``source`` for the same placeables (repeated ones in
+    order of use), accelerator marks dropped; ``None`` when the placeables differ."""
+    pool: dict[str, list[int]] = {}
+    for i, original in enumerate(source.originals, start=1):
+        pool.setdefault(original, []).append(i)
+    parts: list[str] = []
+    at = 0
+    for p in find(target):
+        parts.append(target[at : p.start])
+        if p.kind != "accelerator":
+            if not pool.get(p.text):
+                return None
+            parts.append(f"{{{pool[p.text].pop(0)}}}")
+        at = p.end
+    parts.append(target[at:])
+    return None if any(pool.values()) else "".join(parts)
 
 
 def restore(translation: str, masked: Masked) -> tuple[str, bool]:

@@ -3,7 +3,8 @@
 Each catalogue line pair (msgid and msgstr cut at their line breaks alike) is masked as
 translation masks it (:mod:`data.placeables`): the English side numbers its placeables
 ``{1}``, ``{2}``, ... in order, the German side gets the same sentinel for the same
-placeable (:func:`mask_like`), so a model learns to carry them over and to move them.
+placeable (:func:`data.placeables.mask_like`), so a model learns to carry them over and to
+move them.
 Pairs whose placeables differ are dropped and counted. The replay sample of an existing
 training split keeps what the model knew.
 
@@ -21,61 +22,28 @@ import gzip
 import json
 import random
 import tempfile
+from collections import Counter
 from pathlib import Path
 
-from data.build import GETTEXT_PACKAGES, RELEASE
+from data.build import GETTEXT_PACKAGES, RELEASE, RESERVED, check_packages
 from data.debian import download_package, extract, update_indexes
-from data.placeables import Masked, find, mask, split_lines
+from data.placeables import mask_like as mask_like
 from data.sources.gettext_mo import parse_mo
+from data.sources.text import DROPPED_LINES_DIFFER, DROPPED_PLACEABLES_DIFFER, mask_pair
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
-RESERVED = ("coreutils", "findutils", "diffutils", "grep", "sed", "tar", "gzip", "wget")
-
-
-def mask_like(target: str, source: Masked) -> str | None:
-    """``target`` with the sentinels of ``source`` for the same placeables (repeated ones in
-    order of use), accelerator marks dropped; ``None`` when the placeables differ."""
-    pool: dict[str, list[int]] = {}
-    for i, original in enumerate(source.originals, start=1):
-        pool.setdefault(original, []).append(i)
-    parts: list[str] = []
-    at = 0
-    for p in find(target):
-        parts.append(target[at : p.start])
-        if p.kind != "accelerator":
-            if not pool.get(p.text):
-                return None
-            parts.append(f"{{{pool[p.text].pop(0)}}}")
-        at = p.end
-    parts.append(target[at:])
-    return None if any(pool.values()) else "".join(parts)
 
 
 def masked_pairs(pairs: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], int]:
     """(masked line pairs, pairs dropped because their lines or placeables differ)."""
-    out: list[tuple[str, str]] = []
-    dropped = 0
-    for en, de in pairs:
-        le, ld = split_lines(en), split_lines(de)
-        if len(le.parts) != len(ld.parts):
-            dropped += 1
-            continue
-        for (_, src, _), (_, tgt, _) in zip(le.parts, ld.parts, strict=True):
-            if not src or not tgt:
-                continue
-            m = mask(src)
-            masked = mask_like(tgt, m)
-            if masked is None:
-                dropped += 1
-            elif "\t" not in m.text + masked:
-                out.append((m.text, masked))
-    return out, dropped
+    counts: Counter[str] = Counter()
+    out = [line for en, de in pairs for line in mask_pair(en, de, counts)]
+    return out, counts[DROPPED_LINES_DIFFER] + counts[DROPPED_PLACEABLES_DIFFER]
 
 
 def catalogue_pairs(root: Path, packages: tuple[str, ...]) -> list[tuple[str, str]]:
     """(msgid, msgstr) of the German catalogues of ``packages`` (never a reserved one)."""
-    if set(packages) & set(RESERVED):
-        raise ValueError(f"reserved catalogues: {sorted(set(packages) & set(RESERVED))}")
+    check_packages(packages)
     update_indexes(root, RELEASE, ("en", "de"))
     pairs: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:

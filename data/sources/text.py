@@ -1,10 +1,21 @@
-"""Text helpers shared by the Debian harvesters: sentence splitting and pair cleaning."""
+"""Text helpers shared by the Debian harvesters: sentence splitting and pair cleaning.
+
+:func:`clean_pairs` either drops every pair with a placeholder or markup (``placeables=
+"drop"``, the rule of ``debian_de_en``) or keeps such pairs with their placeables masked on
+both sides (``placeables="mask"``): each text is cut at its line breaks, both sides alike,
+and every line pair is masked as translation masks it (:mod:`data.placeables`), so a model
+learns to carry the sentinels ``{1}``, ``{2}``, ... over.
+"""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
+
+from data.errors import DataError
+from data.placeables import mask, mask_like, split_lines
 
 # A sentence ends at . ! ? (optionally followed by a closing quote/bracket) before whitespace
 # and an upper-case letter, digit or opening quote. Abbreviations such as "e.g. foo" or
@@ -12,6 +23,7 @@ from typing import NamedTuple
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-ZÄÖÜ0-9\"'(])")
 _PLACEHOLDER = re.compile(r"%[-+ #0-9.]*[a-zA-Z]|\{[0-9a-zA-Z_]*\}|<[a-zA-Z/][^>]*>|\$\{|\\[nt]")
 _SPACES = re.compile(r"\s+")
+_SENTINEL = re.compile(r"\{[0-9]+\}")
 # Abbreviations after which a capitalised word does not start a new sentence.
 _ABBREVIATIONS = frozenset(
     [
@@ -102,14 +114,44 @@ def has_placeholder(text: str) -> bool:
     return bool(_PLACEHOLDER.search(text))
 
 
+PLACEABLE_MODES = ("drop", "mask")
+# The counters ``clean_pairs(..., stats=Counter())`` fills in "mask" mode.
+KEPT_WITH_PLACEABLES = "kept_with_placeables"
+DROPPED_PLACEABLES_DIFFER = "dropped_placeables_differ"
+DROPPED_LINES_DIFFER = "dropped_lines_differ"
+
+
 def clean_pairs(
     pairs: Iterable[tuple[str, str, str]],
     max_tokens: int = 120,
     min_ratio: float = 0.4,
     max_ratio: float = 2.5,
+    placeables: str = "drop",
+    stats: Counter[str] | None = None,
 ) -> Iterator[tuple[str, str, str]]:
     """Yield (group, en, de) pairs that are non-empty, unique per English+German text, differ,
-    have no placeholders, at most ``max_tokens`` whitespace tokens and a sane length ratio."""
+    have at most ``max_tokens`` whitespace tokens and a sane length ratio.
+
+    ``placeables="drop"``: pairs with placeholders or markup are dropped. ``"mask"``: both
+    texts are cut at their line breaks (a pair whose line counts differ is dropped), each
+    line pair is masked (English by :func:`~data.placeables.mask`, German by
+    :func:`~data.placeables.mask_like`; a line pair whose placeables differ is dropped) and
+    the masked lines go through the filters above. ``stats`` (mask mode) counts the line
+    pairs kept with placeables and the pairs dropped because their placeables or lines
+    differ, under ``KEPT_WITH_PLACEABLES`` etc.
+    """
+    if placeables not in PLACEABLE_MODES:
+        raise DataError(f"placeables={placeables!r}; expected one of {', '.join(PLACEABLE_MODES)}")
+    counts: Counter[str] = Counter() if stats is None else stats
+    if placeables == "mask":
+        return _filtered(_masked_lines(pairs, counts), max_tokens, min_ratio, max_ratio, counts)
+    return _dropping(pairs, max_tokens, min_ratio, max_ratio)
+
+
+def _dropping(
+    pairs: Iterable[tuple[str, str, str]], max_tokens: int, min_ratio: float, max_ratio: float
+) -> Iterator[tuple[str, str, str]]:
+    """The "drop" rule of :func:`clean_pairs`."""
     seen: set[tuple[str, str]] = set()
     for group, en_raw, de_raw in pairs:
         en, de = normalize_space(en_raw), normalize_space(de_raw)
@@ -121,4 +163,55 @@ def clean_pairs(
         if ne > max_tokens or nd > max_tokens or not min_ratio <= nd / ne <= max_ratio:
             continue
         seen.add((en, de))
+        yield group, en, de
+
+
+def mask_pair(en: str, de: str, counts: Counter[str]) -> list[tuple[str, str]]:
+    """The masked line pairs of one English/German text pair (see :func:`clean_pairs`);
+    empty when the line counts differ; line pairs whose placeables differ are left out.
+    Each dropped (pair or line pair) is counted in ``counts``."""
+    le, ld = split_lines(en), split_lines(de)
+    if len(le.parts) != len(ld.parts):
+        counts[DROPPED_LINES_DIFFER] += 1
+        return []
+    out: list[tuple[str, str]] = []
+    for (_, src, _), (_, tgt, _) in zip(le.parts, ld.parts, strict=True):
+        if not src or not tgt:
+            continue
+        masked_en = mask(src)
+        masked_de = mask_like(tgt, masked_en)
+        if masked_de is None:
+            counts[DROPPED_PLACEABLES_DIFFER] += 1
+        else:
+            out.append((masked_en.text, masked_de))
+    return out
+
+
+def _masked_lines(
+    pairs: Iterable[tuple[str, str, str]], counts: Counter[str]
+) -> Iterator[tuple[str, str, str]]:
+    for group, en, de in pairs:
+        for masked_en, masked_de in mask_pair(en, de, counts):
+            yield group, masked_en, masked_de
+
+
+def _filtered(
+    pairs: Iterable[tuple[str, str, str]],
+    max_tokens: int,
+    min_ratio: float,
+    max_ratio: float,
+    counts: Counter[str],
+) -> Iterator[tuple[str, str, str]]:
+    """The filters of :func:`clean_pairs` on masked line pairs (no placeholder test)."""
+    seen: set[tuple[str, str]] = set()
+    for group, en_raw, de_raw in pairs:
+        en, de = normalize_space(en_raw), normalize_space(de_raw)
+        if not en or not de or en == de or (en, de) in seen:
+            continue
+        ne, nd = len(en.split()), len(de.split())
+        if ne > max_tokens or nd > max_tokens or not min_ratio <= nd / ne <= max_ratio:
+            continue
+        seen.add((en, de))
+        if _SENTINEL.search(en):
+            counts[KEPT_WITH_PLACEABLES] += 1
         yield group, en, de

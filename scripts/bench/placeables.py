@@ -22,15 +22,14 @@ from typing import Any
 
 from sacrebleu.metrics.chrf import CHRF
 
-from data.build import GETTEXT_PACKAGES, RELEASE
+from data.build import GETTEXT_PACKAGES, PLACEABLES_HELD_OUT, RELEASE, RESERVED
 from data.debian import download_package, extract, update_indexes
 from data.placeables import find, same_placeables
 from data.sources.gettext_mo import parse_mo
 from nmt.translator import Translator
 from scripts.bench import common
 
-PACKAGES = ("apt", "dpkg", "gnupg-l10n", "util-linux-locales", "e2fsprogs-l10n")
-RESERVED = ("coreutils", "findutils", "diffutils", "grep", "sed", "tar", "gzip", "wget")
+PACKAGES = PLACEABLES_HELD_OUT
 
 
 def held_out_pairs(root: Path, packages: tuple[str, ...]) -> list[tuple[str, str, str]]:
