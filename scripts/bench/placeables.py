@@ -4,12 +4,16 @@ Held-out strings: the German gettext catalogues of a few Debian packages that no
 this project uses (not in ``data.build.GETTEXT_PACKAGES``, not the GNU base tools that are
 reserved for an outside evaluation), fetched with ``apt-get download``. A string counts when
 its English msgid has placeables and the human German translation keeps the same ones; a
-deterministic sample (by crc32 of the msgid) is translated twice by the same
-:class:`nmt.translator.Translator`: placeables as text, then masked and restored. Reported:
+deterministic sample (by crc32 of the msgid) is translated three times by the
+same :class:`nmt.translator.Translator`: placeables as text; masked and restored; masked with
+the search constrained to write each sentinel once (``decode.placeable_constraint``). Reported:
 the share of strings whose translation has the source's placeables as a multiset, overall and
 per kind (a string counts for each kind it holds), and chrF against the human translations.
 
-    python -m scripts.bench placeables [--model gnmt-debian-en-de] [--sample 600]
+    python -m scripts.bench placeables [--model gnmt-debian-en-de] [--sample 600] [--reverse]
+
+``--reverse`` translates the German msgstr into English (a de-en model), judged against the
+msgid.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = common.parser(__name__, __doc__)
     ap.add_argument("--model", default="gnmt-debian-en-de")
     ap.add_argument("--sample", type=int, default=600)
+    ap.add_argument("--reverse", action="store_true", help="German -> English (a de-en model)")
     ap.add_argument("--root", type=Path, default=Path("~/.cache/pipenmt/placeables").expanduser())
     ap.add_argument(
         "--out", type=Path, default=common.results_for("localisation", "placeables.json")
@@ -84,11 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     pairs.sort(key=lambda p: zlib.crc32(p[1].encode()))
     sample = pairs[: args.sample]
     sources, refs = [en for _, en, _ in sample], [de for _, _, de in sample]
+    if args.reverse:
+        sources, refs = refs, sources
     tr = Translator(args.model)
     chrf = CHRF()
     modes: dict[str, Any] = {}
-    for name, masked in (("as_text", False), ("masked", True)):
-        hyps = [h[0].text for h in tr.translate(sources, placeables=masked)]
+    for name, masked, constrained in (
+        ("as_text", False, False),
+        ("masked", True, False),
+        ("constrained", True, True),
+    ):
+        got = tr.translate(sources, placeables=masked, placeable_constraint=constrained)
+        hyps = [h[0].text for h in got]
         modes[name] = {
             **rates(sources, hyps),
             "chrf": round(chrf.corpus_score(hyps, [refs]).score, 2),
@@ -99,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": common.command(__name__, argv),
         "machine": common.machine(),
         "model": args.model,
+        "direction": "de-en" if args.reverse else "en-de",
         "decode": {"arithmetic": tr.arithmetic.name, "beam_size": tr.decode.beam_size},
         "packages": list(PACKAGES),
         "held_out_strings": len(pairs),
