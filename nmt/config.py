@@ -97,8 +97,9 @@ class ParallelConfig:
     phase_timeout_s: float = 3600.0
     backend: str = "auto"  # auto | gloo | nccl
     nproc: int = 1  # translation: shard input lines over this many processes
-    # GNMT's wavefront (nmt/models/wavefront.py): > 1 cuts each batch along time into this many
-    # chunks; the layers wave over them (one process; exact)
+    # GNMT's wavefront: > 1 cuts each batch along time into this many chunks; the layers wave
+    # over them, exact (nmt/models/wavefront.py; with pp > 1 across processes,
+    # nmt/train/wavefront_ranks.py, balance = layers per rank)
     time_chunks: int = 1
 
 

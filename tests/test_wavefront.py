@@ -195,7 +195,8 @@ def test_nmt_train_wavefront_equals_one_device_and_resumes_exactly(
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_wavefront_with_pipeline_ranks_is_refused(tiny_cfg: Any) -> None:
+def test_wavefront_with_microbatches_is_refused(tiny_cfg: Any) -> None:
+    """pipe2 (4 micro-batches) with time chunks: the wavefront cuts along time only."""
     cfg = tiny_cfg("parallel=pipe2", "parallel.time_chunks=4", "train.max_steps=1")
-    with pytest.raises(user_error_types(), match="time_chunks=4 runs in one process"):
+    with pytest.raises(user_error_types(), match="microbatches=4: the wavefront cuts"):
         train(cfg)

@@ -21,6 +21,7 @@ from nmt.train.metrics import MetricsLog
 from nmt.train.pipelined import train_pipelined
 from nmt.train.setup import install_faults, setup_run
 from nmt.train.single import one_device_trainer
+from nmt.train.wavefront_ranks import train_wavefront
 
 log = logging.getLogger("nmt.train.run")
 
@@ -30,6 +31,8 @@ def train(cfg: AppConfig) -> dict[str, Any]:
     setup = setup_run(cfg)
     if setup.pipelined:
         return train_pipelined(setup)
+    if setup.wave_ranks:
+        return train_wavefront(setup)
     seed_everything(setup.cfg.train.seed)  # model init independent of data prep and calibration
     t = one_device_trainer(setup.cfg, setup.corpus, setup.out_dir)
     install_faults(t.engine.parameters(), lambda: t.step, 0)

@@ -22,6 +22,7 @@ from nmt.train.build import autocast_dtype, pick_device, resolve_precision, seed
 from nmt.train.loop import make_run_dir
 from nmt.train.placement import Layout, apply_plan, resolve_layout
 from nmt.train.schedule import schedule_from_config
+from nmt.train.wave_checks import check_wave_ranks
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class RunSetup:
     def pipelined(self) -> bool:
         return self.layout is not None
 
+    @property
+    def wave_ranks(self) -> bool:
+        """The wavefront across ``parallel.pp`` processes."""
+        return self.cfg.parallel.pp > 1 and self.cfg.parallel.time_chunks > 1
+
 
 def setup_run(cfg: AppConfig) -> RunSetup:
     """Check, resolve and prepare (see the module docstring); bad settings fail here, before
@@ -48,7 +54,9 @@ def setup_run(cfg: AppConfig) -> RunSetup:
     cfg = apply_plan(cfg)  # parallel=auto: the ranks come from the plan
     autocast_dtype(cfg.train.precision, pick_device(cfg.train.device))
     layout = None
-    if cfg.parallel.pp * cfg.parallel.dp > 1:
+    if cfg.parallel.pp * cfg.parallel.dp > 1 and cfg.parallel.time_chunks > 1:
+        check_wave_ranks(cfg)  # the wavefront across processes: no pipeline layout
+    elif cfg.parallel.pp * cfg.parallel.dp > 1:
         check_pipelined(cfg)
         layout = resolve_layout(cfg)
     out_dir = make_run_dir(Path(cfg.train.out_dir or "runs/latest").expanduser())
@@ -72,11 +80,6 @@ def check_pipelined(cfg: AppConfig) -> None:
         raise UserError(
             "train.precision=fp16 is not supported in pipelined runs (its loss scale would "
             "have to agree across ranks); use bf16"
-        )
-    if cfg.parallel.time_chunks > 1:
-        raise UserError(
-            f"parallel.time_chunks={cfg.parallel.time_chunks} runs in one process (the layers "
-            "of one model wave over time); with parallel.pp/dp > 1 use time_chunks=1"
         )
     if cfg.train.accumulate != 1:
         raise UserError(

@@ -1,0 +1,43 @@
+"""Settings of the wavefront across processes (:mod:`nmt.train.wavefront_ranks`): what it
+refuses, and which rank runs which layer."""
+
+from __future__ import annotations
+
+from nmt.config import AppConfig
+from nmt.errors import UserError
+from parallel.runtime.wave import MAX_CHUNKS
+
+
+def check_wave_ranks(cfg: AppConfig) -> None:
+    """What the wavefront across processes refuses (one line each)."""
+    pc = cfg.parallel
+    refused = [
+        (pc.dp > 1, f"parallel.dp={pc.dp}: the wavefront across processes runs one pipeline"),
+        (pc.recompute, "parallel.recompute=true is not supported by the wavefront"),
+        (pc.microbatches > 1, f"parallel.microbatches={pc.microbatches}: the wavefront cuts "
+         "batches along time (parallel.time_chunks), use microbatches=1"),
+        (cfg.train.precision == "fp16", "train.precision=fp16 is not supported across ranks"),
+        (cfg.model.arch != "gnmt", f"parallel.time_chunks={pc.time_chunks}: the wavefront "
+         f"carries LSTM state from chunk to chunk; it needs model.arch=gnmt"),
+        (pc.time_chunks > MAX_CHUNKS, f"parallel.time_chunks must be <= {MAX_CHUNKS}"),
+    ]  # fmt: skip
+    for bad, line in refused:
+        if bad:
+            raise UserError(line)
+    units = cfg.model.enc_layers + cfg.model.dec_layers + 1
+    wave_owners(units, pc.pp, pc.balance)
+
+
+def wave_owners(units: int, pp: int, balance: list[int] | None) -> list[int]:
+    """The rank of each of the model's ``units`` layers (non-decreasing)."""
+    if balance is None:
+        if units - 1 < pp - 1:
+            raise UserError(f"parallel.pp={pp}: more ranks than the model's {units} layers")
+        rest, extra = divmod(units - 1, pp - 1)
+        balance = [rest + (1 if r < extra else 0) for r in range(pp - 1)] + [1]
+    if len(balance) != pp or sum(balance) != units or min(balance) < 1:
+        raise UserError(
+            f"parallel.balance={balance}: needs {pp} counts >= 1 summing to the model's "
+            f"{units} layers"
+        )
+    return [r for r, n in enumerate(balance) for _ in range(n)]

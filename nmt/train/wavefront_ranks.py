@@ -1,0 +1,216 @@
+"""The wavefront across processes: ``nmt-train parallel=wavefront parallel.pp=N``.
+
+N processes (torch's launcher, or ``torchrun``: :func:`parallel.runtime.engine.launch`), one
+pipeline of GNMT's layers cut into N groups of consecutive layers (``parallel.balance``:
+layers per rank; by default the generator alone on the last rank and the other layers
+split evenly over the first N-1). Each batch waves through them in time chunks
+(:mod:`nmt.train.wave_program`, on c10d point-to-point: :mod:`parallel.runtime.wave`).
+
+Every rank builds the whole model with the run's seed and draws the same batches. After
+the backward, the gradients of the parameters that a rank other than 0 uses (the tied
+embedding, the generator, the layers of ranks 1..N-1) are summed over the ranks in one
+all-reduce, together with rank 0's squared norm of its other gradients; every rank then
+clips with the same global norm and takes the Adam step of the parameters it has gradients
+for. Rank 0 therefore holds the whole model and optimizer, current: it validates, writes the
+single-device checkpoints (``last.pt`` ...) and every rank resumes from them, so
+``train.resume=auto`` is exact as on one device. Dropout masks are seeded per (step,
+layer) (:mod:`nmt.models.dropout`): the losses equal one device's.
+
+Not supported (refused at start with one line): ``parallel.dp > 1``, ``parallel.recompute``,
+``parallel.microbatches > 1`` (the wavefront cuts along time, not the batch), fp16.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from data.batching import Batch
+from data.tokenizer import PAD_ID
+from nmt.config import AppConfig
+from nmt.errors import UserError
+from nmt.machine import hostmem
+from nmt.machine.calibrate import announce
+from nmt.models.dropout import seed_masks
+from nmt.models.gnmt import GNMT
+from nmt.train.build import output_prior, seed_everything
+from nmt.train.loop import resume_path, run_loop
+from nmt.train.metrics import MetricsLog
+from nmt.train.pipelined import _NullMetrics
+from nmt.train.setup import RunSetup
+from nmt.train.single import SingleDevice
+from nmt.train.trainer import Computed, Trainer
+from nmt.train.wave_checks import wave_owners
+from nmt.train.wave_program import WaveProgram
+from parallel.runtime.engine import DistContext, init_distributed, launch
+from parallel.runtime.timeline import TimelineRecorder, gather_and_write
+from parallel.runtime.wave import Wire
+
+TIMELINE_STEPS = (3, 6)  # record steps (start+3, start+6] for the timeline
+
+
+class WaveRank(SingleDevice):
+    """The :class:`nmt.train.trainer.Engine` of one wavefront rank (module docstring)."""
+
+    def __init__(
+        self, cfg: AppConfig, vocab: int, prior: torch.Tensor | None, ctx: DistContext
+    ) -> None:
+        super().__init__(cfg, vocab, prior)
+        self.wavefront = None  # not the one-process wave
+        self.ctx, self.is_main = ctx, ctx.rank == 0
+        if not isinstance(self.model, GNMT):
+            raise UserError("the wavefront needs model.arch=gnmt")
+        pc = cfg.parallel
+        self.owners = wave_owners(len(self.model.stages), pc.pp, pc.balance)
+        self.timeline = TimelineRecorder(ctx.rank)
+        wire = Wire(self.device)
+        self.program = WaveProgram(
+            self.model, self.owners, ctx.rank, pc.time_chunks, wire, self.timeline
+        )
+        self.shared = self.shared_parameters()
+        self._first_step: int | None = None
+
+    def shared_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters some rank other than 0 uses, in model order."""
+        assert isinstance(self.model, GNMT)
+        used: set[int] = set()
+        for u, r in enumerate(self.owners):
+            if r > 0:
+                used |= {id(p) for p in self.model.stages[u].parameters()}
+                if u == self.model.n_enc:  # Dec1 embeds the target
+                    used.add(id(self.model.embed_stage.embedding.weight))
+        return [p for p in self.model.parameters() if id(p) in used]
+
+    def compute(
+        self, drawn: list[Batch], ntokens: int, optimizer: torch.optim.Optimizer, step: int
+    ) -> Computed:
+        self.record_timeline(step)
+        self.timeline.begin_step()
+        self.model.train()
+        loss_sum = nll_sum = 0.0
+        eps = self.cfg.train.label_smoothing
+        for i, one in enumerate(drawn):
+            seed_masks(self.model, self.cfg.train.seed, step, i)
+            b = one.to(self.device)
+            with torch.autocast(
+                self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
+            ):
+                loss, nll = self.program.run(b, 1.0 / ntokens, PAD_ID, eps)
+            loss_sum, nll_sum = loss_sum + loss, nll_sum + nll
+        loss_sum, nll_sum, norm = self.sum_gradients(loss_sum, nll_sum)
+        loss_value, nll_value = loss_sum / ntokens, nll_sum / ntokens
+        if not math.isfinite(loss_value):
+            return Computed(loss_value, nll_value, "loss")
+        if not math.isfinite(norm):
+            return Computed(loss_value, nll_value, "gradient norm")
+        return Computed(loss_value, nll_value)
+
+    def sum_gradients(self, loss: float, nll: float) -> tuple[float, float, float]:
+        """One all-reduce of the shared gradients, then the global clip; returns the summed
+        loss, nll and the gradient norm (the same on every rank)."""
+        mine = {id(p) for p in self.shared}
+        own = [p.grad for p in self.model.parameters() if id(p) not in mine and p.grad is not None]
+        own_sq = sum(float(g.detach().double().pow(2).sum()) for g in own)
+        flat = torch.cat(
+            [
+                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                for p in self.shared
+            ]
+            + [torch.zeros(0)]
+        )
+        box = torch.tensor([loss, nll, own_sq], dtype=torch.float64)
+        dist.all_reduce(flat)
+        dist.all_reduce(box)
+        offset, total_sq = 0, float(box[2])
+        for p in self.shared:
+            n = p.numel()
+            grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+            p.grad, offset = grad, offset + n
+            total_sq += float(grad.double().pow(2).sum())
+        norm = math.sqrt(total_sq) if total_sq >= 0 else float("nan")
+        coef = min(1.0, self.cfg.train.clip_norm / (norm + 1e-6))
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, coef)
+        return float(box[0]), float(box[1]), norm
+
+    def record_timeline(self, step: int) -> None:
+        if self._first_step is None:
+            self._first_step = step
+        since = step - self._first_step
+        if since == TIMELINE_STEPS[0]:
+            self.timeline.enable()
+        if since == TIMELINE_STEPS[1]:
+            self.timeline.disable()
+
+    # ------------------------------------------------------------------ the rest of a run
+    def validate(self, t: Trainer) -> dict[str, Any]:
+        box: list[Any] = [super().validate(t) if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, group=self.ctx.phase_group)
+        return dict(box[0])
+
+    def agree(self, stop: str | None, run_seconds: float) -> tuple[str | None, float]:
+        box: list[Any] = [stop, run_seconds]
+        dist.broadcast_object_list(box, src=0)
+        return (None if box[0] is None else str(box[0])), float(box[1])
+
+    def save(self, t: Trainer, best: bool) -> None:
+        if self.is_main:
+            super().save(t, best)
+        dist.barrier(group=self.ctx.phase_group)
+
+    def finish(self, t: Trainer) -> dict[str, Any]:
+        pc = self.cfg.parallel
+        summary = gather_and_write(
+            self.timeline, t.out_dir, ranks=pc.pp, microbatches=pc.time_chunks,
+            schedule="wavefront", group=self.ctx.phase_group,
+        )  # fmt: skip
+        if summary is None or not self.is_main or summary.steps == 0:
+            return {}
+        print(
+            "wavefront: busy "
+            + ", ".join(f"rank{r} {f:.0%}" for r, f in enumerate(summary.busy_fraction))
+            + f" | {summary.step_ms:.0f} ms per step | {t.out_dir / 'timeline.png'}",
+            file=sys.stderr,
+        )
+        return {"timeline": {"busy_fraction": summary.busy_fraction,
+                             "timeline_step_ms": summary.step_ms}}  # fmt: skip
+
+
+def _worker(setup: RunSetup) -> dict[str, Any]:
+    """One rank: join the process group, build the model, run the common loop."""
+    hostmem.tune()
+    hostmem.cap_onednn_cache()
+    cfg, pc = setup.cfg, setup.cfg.parallel
+    ctx = init_distributed(
+        1, pc.pp, backend=pc.backend, device=cfg.train.device,
+        timeout_s=pc.timeout_s, phase_timeout_s=pc.phase_timeout_s,
+    )  # fmt: skip
+    try:
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        seed_everything(cfg.train.seed)  # the same initial weights as one device
+        prior = output_prior(cfg.model, setup.corpus)
+        engine = WaveRank(cfg, setup.corpus.tokenizer.vocab_size, prior, ctx)
+        t = Trainer(cfg, setup.corpus, setup.out_dir, engine)
+        start_from = resume_path(cfg, t.ckpt_dir)
+        if start_from is not None:
+            t.resume(start_from)
+            if t.is_main:
+                print(f"resumed from {start_from} at step {t.step}", file=sys.stderr)
+        metrics = MetricsLog(setup.out_dir, t.step if start_from else None) if t.is_main else None
+        return run_loop(t, metrics or _NullMetrics())
+    finally:
+        ctx.close()
+
+
+def train_wavefront(setup: RunSetup) -> dict[str, Any]:
+    """Run ``parallel.pp`` wavefront ranks (under torchrun this process is one of them)."""
+    if setup.choice is not None:
+        announce(setup.choice)
+    pc = setup.cfg.parallel
+    results = launch(_worker, setup, nproc=pc.pp, timeout_s=pc.timeout_s)
+    return results[min(results)]

@@ -1,0 +1,112 @@
+"""The wavefront across processes (``nmt-train parallel=wavefront parallel.pp=N``, gloo on
+CPU): losses and weights after 6 steps with dropout 0.2 equal one device's
+``parallel=none`` (rel 1e-5; per tensor, relative to its norm or 1, whichever is larger)
+for several cuts of the layers into ranks; a run stopped at step 3 and resumed equals the
+straight run bitwise; the settings it refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from nmt.checkpoint import files as ckpt_io
+from nmt.errors import user_error_types
+from nmt.train.run import train
+from nmt.train.wave_checks import wave_owners
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMON = ("train.max_steps=6", "train.warmup_steps=0", "train.decay_steps=0",
+          "model.dropout=0.2", "parallel.timeout_s=60")  # fmt: skip
+
+
+def losses(out: Path) -> list[float]:
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in recs if "loss" in r]
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    model: dict[str, torch.Tensor] = ckpt_io.load(out / "checkpoints" / "last.pt")["model"]
+    return model
+
+
+def nmt_train(corpus: dict[str, Path], tmp: Path, name: str, *extra: str) -> Path:
+    """The real ``nmt-train`` command in a subprocess; its run folder."""
+    from tests.conftest import tiny_overrides
+
+    out = tmp / name
+    args = tiny_overrides(corpus, tmp / "cache", out)
+    code = "import sys; from nmt.cli import train_main; sys.argv[0] = 'nmt-train'; train_main()"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(
+        [sys.executable, "-c", code, *args, *COMMON, *extra, f"hydra.run.dir={out}"],
+        capture_output=True, text=True, cwd=tmp, env=env, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return nmt_train(tiny_corpus, tmp_path_factory.mktemp("plain"), "plain", "parallel=none")
+
+
+@pytest.mark.parametrize(
+    "ranks",
+    [("parallel.pp=2",), ("parallel.pp=2", "parallel.balance=[2,3]"),
+     ("parallel.pp=3", "parallel.balance=[1,2,2]")],
+    ids=["gen-alone", "encoder-decoder", "three"],
+)  # fmt: skip
+def test_ranks_equal_one_device_with_dropout(
+    plain: Path, tiny_corpus: dict[str, Path], tmp_path: Path, ranks: tuple[str, ...]
+) -> None:
+    """Same losses and weights after 6 steps as one device, dropout 0.2 (rel 1e-5)."""
+    out = nmt_train(
+        tiny_corpus, tmp_path, "wave", "parallel=wavefront", "parallel.time_chunks=3", *ranks
+    )
+    assert losses(out) == pytest.approx(losses(plain), rel=1e-5)
+    assert len(losses(out)) == 6
+    ref, got = weights(plain), weights(out)
+    for k, w in ref.items():  # floor 1: attention.b starts at 0 (Adam magnifies rounding)
+        assert float((got[k] - w).norm()) <= 1e-5 * max(float(w.norm()), 1.0), k
+    assert (out / "timeline.png").is_file()
+
+
+def test_ranks_resume_exactly(tiny_cfg: Any) -> None:
+    """Stopped after 3 steps and resumed to 6: the straight run's losses and weights."""
+    wave = ("parallel=wavefront", "parallel.time_chunks=3", "parallel.pp=2", "train.save_every=3")
+    straight = tiny_cfg(*COMMON, *wave, out="straight")
+    train(straight)
+    first = tiny_cfg(*COMMON, *wave, "train.max_steps=3", out="halted")
+    train(first)
+    resumed = tiny_cfg(*COMMON, *wave, "train.resume=auto", out="halted")
+    assert train(resumed)["step"] == 6
+    a, b = Path(straight.train.out_dir), Path(resumed.train.out_dir)
+    assert losses(b) == losses(a)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_owners_default_and_balance() -> None:
+    assert wave_owners(5, 2, None) == [0, 0, 0, 0, 1]
+    assert wave_owners(5, 3, None) == [0, 0, 1, 1, 2]
+    assert wave_owners(5, 2, [2, 3]) == [0, 0, 1, 1, 1]
+    with pytest.raises(user_error_types(), match="summing"):
+        wave_owners(5, 2, [2, 2])
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [(("parallel.dp=2",), "one pipeline"), (("parallel.microbatches=2",), "cuts batches"),
+     (("parallel.recompute=true",), "recompute"), (("parallel.pp=9",), "more ranks")],
+)  # fmt: skip
+def test_refused_in_one_line(tiny_cfg: Any, extra: tuple[str, ...], match: str) -> None:
+    cfg = tiny_cfg("parallel=wavefront", "parallel.pp=2", "train.max_steps=1", *extra)
+    with pytest.raises(user_error_types(), match=match):
+        train(cfg)
