@@ -28,6 +28,12 @@ Each device runs one task at a time: among its ready tasks the earliest start wi
 go backward first, then the lower diagonal (deeper layer first).  After its last task the
 device pair holding the first and the last layer (if different) all-reduces the tied
 parameter's gradient.
+
+The wavefront across processes (``nmt-train parallel=wavefront parallel.pp=N``) is this
+model with per-chunk loss (``WaveLayer.chunk_loss``: the generator's backward of a chunk
+follows its forward at once), links measured between the processes, and the measured time
+after the wave (``step_extra_ms``); ``python -m scripts.bench wavefront`` feeds it measured
+per-layer chunk costs and compares its prediction with the measured step.
 """
 
 from __future__ import annotations
@@ -70,6 +76,10 @@ class WaveLayer:
     recurrent: bool = True  # carries state: chunk c after chunk c-1 (backward: c after c+1)
     whole: bool = False  # needs the whole sequence: one task (bidirectional layer)
     gather: bool = False  # first chunk needs every chunk of the layer below (attention)
+    # the top layer's backward of chunk c needs only its forward of chunk c (the loss of each
+    # chunk is its own: the generator of the processes' wavefront runs F and B per chunk, and
+    # takes the newest chunk that has arrived first)
+    chunk_loss: bool = False
 
 
 class WaveTask(NamedTuple):
@@ -169,8 +179,8 @@ def _build(
                 g.dur.append(chunk_ms(full, 0.0 if ly.whole else o, ln, ly.steps))
                 g.dev.append(placement[li])
                 g.deps.append([])
-                if kind == "F":
-                    g.prio.append((1, li + c, -li))
+                if kind == "F":  # a per-chunk loss takes the newest arrived chunk first
+                    g.prio.append((1, -c if ly.chunk_loss else li + c, -li))
                 else:
                     g.prio.append((0, (n - 1 - li) + (last - c), li))
             ids.append(row)
@@ -200,7 +210,9 @@ def _build(
                     )
             if ly.recurrent and c > 0:
                 f.append((fid[li][c - 1], 0.0))
-            if li == n - 1:
+            if li == n - 1 and ly.chunk_loss:
+                b.append((fid[li][c], 0.0))
+            elif li == n - 1:
                 b += [(fid[li][j], 0.0) for j in range(last + 1)]
             else:
                 q = layers[li + 1]
@@ -262,12 +274,15 @@ def simulate_wavefront(
     num_devices: int | None = None,
     tied_param_bytes: int = 0,
     keep_events: bool = True,
+    step_extra_ms: float = 0.0,
 ) -> WaveResult:
     """Makespan and busy fractions of one wavefront step (see the module doc).
 
     ``placement[l]`` is the device of layer ``l``; ``chunks`` is C (every non-``whole``
     layer is cut into ``C`` chunks of its own sequence); ``tied_param_bytes`` is the gradient
-    all-reduced between the devices of the first and the last layer when they differ."""
+    all-reduced between the devices of the first and the last layer when they differ;
+    ``step_extra_ms`` is measured time after the wave on every device (the processes'
+    gradient all-reduce, clipping, optimizer), added to the makespan."""
     if len(placement) != len(layers) or not layers:
         raise PlacementError(f"placement has {len(placement)} entries for {len(layers)} layers")
     k = num_devices if num_devices is not None else max(placement) + 1
@@ -288,7 +303,7 @@ def simulate_wavefront(
     if tied_param_bytes and a != b:
         comm[a] = comm[b] = allreduce_ms(link, tied_param_bytes, 2)
         finish[a] = finish[b] = max(finish[a], finish[b]) + comm[a]
-    step = max(finish)
+    step = max(finish) + step_extra_ms
     events = (
         tuple(
             WaveTask(g.dev[t], *g.key[t], s, s + g.dur[t])

@@ -1,0 +1,154 @@
+"""The prediction half of ``python -m scripts.bench wavefront``: per-layer chunk costs measured
+in this process on the benchmark's own batches, the link and all-reduce measured between two
+processes, and :func:`parallel.planning.wavefront_sim.simulate_wavefront` on them."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from data.batching import Batch, Batcher
+from data.tokenizer import PAD_ID
+from nmt.config import AppConfig
+from nmt.models.dropout import seed_masks
+from nmt.models.gnmt import GNMT
+from nmt.prepare.splits import prepare_corpus
+from nmt.train.build import autocast_dtype, build_from_config, output_prior, seed_everything
+from nmt.train.wave_program import WaveProgram
+from parallel.planning.links import Link
+from parallel.planning.wavefront_sim import WaveLayer, WaveResult, simulate_wavefront
+from parallel.runtime.engine import init_distributed, launch
+from parallel.runtime.timeline import TimelineRecorder
+from parallel.runtime.wave import Wire
+
+
+def run_batches(cfg: AppConfig, steps: int) -> tuple[GNMT, list[Batch]]:
+    """The run's model (seeded as ``nmt-train`` seeds it) and its first ``steps`` batches."""
+    corpus = prepare_corpus(cfg.data, cfg.train.seed)
+    src, tgt = corpus.ids["train"]
+    tc = cfg.train
+    batcher = Batcher(src, tgt, cfg.data.batch_tokens, cfg.data.pad_multiple, 1, tc.seed)
+    seed_everything(tc.seed)
+    model = build_from_config(
+        cfg.model, corpus.tokenizer.vocab_size, output_prior(cfg.model, corpus)
+    )
+    assert isinstance(model, GNMT)
+    it = iter(batcher)
+    return model, [next(it) for _ in range(steps)]
+
+
+def unit_costs(cfg: AppConfig, model: GNMT, batches: list[Batch], chunks: int) -> dict[str, float]:
+    """Mean ms per batch of each piece of the wave, measured on one thread with the wave's
+    own code (all layers in this process): ``enc1_F/B`` (whole), ``enc_F/B`` (encoder
+    chunks), ``dec_F/B`` (Dec1..DecD chunks, the memory and embedding backward), ``gen``
+    (generator forward + backward, all chunks), ``step`` (the whole wave), ``extra``
+    (clip + Adam over every parameter)."""
+    amp = autocast_dtype(cfg.train.precision, torch.device("cpu"))
+    rec = TimelineRecorder(0)
+    owners = [0] * len(model.stages)
+    program = WaveProgram(model, owners, 0, chunks, Wire(torch.device("cpu")), rec)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-9)
+    model.train()
+    totals: dict[str, float] = {}
+    rec.enable()
+    for i, b in enumerate(batches):
+        seed_masks(model, cfg.train.seed, i)
+        rec.events.clear()
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            program.run(b, 1.0 / max(b.ntokens, 1), PAD_ID, cfg.train.label_smoothing)
+        t1 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        add(totals, "step", (t1 - t0) * 1e3)
+        add(totals, "extra", (time.perf_counter() - t1) * 1e3)
+        for e in rec.events:
+            add(totals, piece(e.stage, e.kind, model), (e.end_ns - e.start_ns) / 1e6)
+    return {k: v / len(batches) for k, v in totals.items()}
+
+
+def add(d: dict[str, float], key: str, value: float) -> None:
+    d[key] = d.get(key, 0.0) + value
+
+
+def piece(unit: int, kind: str, model: GNMT) -> str:
+    if unit == 0:
+        return f"enc1_{kind}"
+    if unit < model.n_enc:
+        return f"enc_{kind}"
+    if unit < len(model.stages) - 1:
+        return f"dec_{kind}"
+    return "gen"
+
+
+def probe_link(sizes: list[int], shared_numel: int, repeats: int = 20) -> dict[str, float]:
+    """Between two processes (gloo): one-way ms of float32 messages of ``sizes`` elements
+    (ping-pong / 2), fitted to latency + bytes / bandwidth, and the all-reduce ms of
+    ``shared_numel`` float32 (the wavefront's shared gradients)."""
+    out = launch(_link_worker, sizes, shared_numel, repeats, nproc=2, timeout_s=60)
+    return dict(out[0])
+
+
+def _link_worker(sizes: list[int], shared_numel: int, repeats: int) -> dict[str, float]:
+    torch.set_num_threads(1)
+    ctx = init_distributed(1, 2, backend="gloo", device="cpu", timeout_s=60)
+    try:
+        one_way = [pingpong(n, ctx.rank, repeats) for n in sizes]
+        flat = torch.zeros(shared_numel)
+        for _ in range(2):
+            dist.all_reduce(flat)
+        t = time.perf_counter()
+        for _ in range(repeats // 2):
+            dist.all_reduce(flat)
+        allreduce = (time.perf_counter() - t) / (repeats // 2) * 1e3
+    finally:
+        ctx.close()
+    (s0, t0), (s1, t1) = (sizes[0] * 4, one_way[0]), (sizes[-1] * 4, one_way[-1])
+    per_byte = max((t1 - t0) / max(s1 - s0, 1), 1e-12)  # ms per byte
+    latency = max(t0 - s0 * per_byte, 0.0)
+    return {"latency_ms": latency, "bytes_per_s": 1e3 / per_byte, "allreduce_ms": allreduce,
+            **{f"one_way_ms_{n}": t for n, t in zip(sizes, one_way, strict=True)}}  # fmt: skip
+
+
+def pingpong(numel: int, rank: int, repeats: int) -> float:
+    x = torch.zeros(numel)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        if rank == 0:
+            dist.send(x, 1)
+            dist.recv(x, 1)
+        else:
+            dist.recv(x, 0)
+            dist.send(x, 0)
+        times.append((time.perf_counter() - t) * 1e3 / 2)
+    return statistics.median(times[2:])
+
+
+def predict(
+    costs: dict[str, float], chunks: int, tt: float, bt: float, hidden: int, link: dict[str, float]
+) -> WaveResult:
+    """The simulator's step for 2 processes, generator alone on rank 1: layers Enc1 (whole),
+    the encoder chunks, the decoder chunks (gather), the generator (loss per chunk); ``tt``,
+    ``bt``: mean target length and batch; the decoder sends (h, ctx) in float32."""
+    steps = max(round(tt), chunks)
+    dec_bytes = int(2 * 4 * tt * bt * hidden)
+    layers = [
+        WaveLayer("Embed+Enc1", costs["enc1_F"], costs["enc1_B"], 0, steps, False, True),
+        WaveLayer("Enc", costs["enc_F"], costs["enc_B"], 0, steps),
+        WaveLayer("Dec", costs["dec_F"], costs["dec_B"], dec_bytes, steps, gather=True),
+        WaveLayer("Generator", costs["gen"], 0.0, 0, steps, recurrent=False, chunk_loss=True),
+    ]
+    wire = Link("gloo-loopback", link["bytes_per_s"], link["latency_ms"] / 1e3)
+    extra = link["allreduce_ms"] + costs["extra"] + costs.get("loop", 0.0)
+    return simulate_wavefront(layers, [0, 0, 0, 1], chunks, wire, step_extra_ms=extra)
+
+
+def summary(result: WaveResult) -> dict[str, Any]:
+    return {"step_ms": round(result.step_ms, 1),
+            "busy_frac": [round(x, 3) for x in result.busy_frac]}  # fmt: skip

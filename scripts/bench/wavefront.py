@@ -1,0 +1,170 @@
+"""GNMT's wavefront across two processes against one process, measured and predicted.
+
+    python -m scripts.bench wavefront [--steps 40] [--skip 10] [--chunks 4 8]
+
+The real ``nmt-train`` on the shipped corpus, ``model=gnmt_demo data.batch_tokens=2048`` (the
+demo's batch), ``train.precision`` (``--precision``, bf16 by default: what the demo's auto
+picks on a CPU with AMX), for: 1 process x 1 thread plain, 1 process x 2 threads plain, and
+2 processes x 1 thread ``parallel=wavefront parallel.pp=2 parallel.time_chunks=C``. Step
+time: the mean ``ms_per_step`` of steps ``skip+1..steps`` (the same batches in every run).
+
+Prediction (:mod:`scripts.bench._wave_predict`): every piece of the wave (bottom encoder
+layer, encoder chunks, decoder chunks, generator) timed on one thread in this process with
+the wave's own code on the same batches; the one-way message time and the shared-gradient
+all-reduce measured between two processes; the loop's own time per step (the plain 1 x 1
+run's step minus its measured compute); then ``simulate_wavefront`` with the generator on
+the second process. Before timing, waits (60 s polls, up to 15 min) while another nmt-
+command or pytest runs or the load average is above 0.5, and records the load average.
+
+Writes ``docs/results/wavefront/<machine>/wavefront.json`` (``--out``) and the wavefront
+runs' timelines (``timeline_c<C>.png``, one row per process) beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from scripts.bench import _wave_predict as wp
+from scripts.bench.common import (
+    child_env,
+    command,
+    finish,
+    machine,
+    nmt_command,
+    parser,
+    results_for,
+    work_folder,
+)
+
+BASE = ["model=gnmt_demo", "data.batch_tokens=2048", "train.eval_every=0", "train.log_every=1",
+        "train.warmup_steps=0", "train.decay=none", "train.save_every=0"]  # fmt: skip
+
+
+def quiet_machine(limit_s: float = 900.0) -> dict[str, Any]:
+    """Wait while another nmt- command or pytest runs or the 1-minute load is above 0.5."""
+    waited = 0.0
+    while True:
+        others = subprocess.run(
+            ["pgrep", "-af", "nmt-(train|eval|translate|serve|tune)|pytest"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        load = os.getloadavg()[0]
+        if (not others and load <= 0.5) or waited >= limit_s:
+            return {"waited_s": waited, "loadavg_before": round(load, 2), "busy": bool(others)}
+        print(f"waiting: load {load:.2f}; {others[:200]}", flush=True)
+        time.sleep(60)
+        waited += 60
+
+
+def train_run(work: Path, name: str, threads: int, extra: list[str], a: Any) -> Path:
+    out = work / name
+    shutil.rmtree(out, ignore_errors=True)
+    args = [*BASE, f"train.max_steps={a.steps}", f"train.precision={a.precision}",
+            f"train.threads={threads}", f"hydra.run.dir={out}", *extra]  # fmt: skip
+    r = subprocess.run(
+        nmt_command("train") + args, env=child_env(threads), capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        raise SystemExit(f"{name} failed: {r.stderr[-2000:]}")
+    return out
+
+
+def mean_step_ms(out: Path, skip: int) -> float:
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    ms = [float(r["ms_per_step"]) for r in recs if "ms_per_step" in r and r["step"] > skip]
+    return sum(ms) / len(ms)
+
+
+def measure(work: Path, a: Any, out_dir: Path) -> dict[str, Any]:
+    """The nmt-train runs: mean ms per step of each configuration."""
+    res: dict[str, Any] = {}
+    res["plain_1x1_ms"] = mean_step_ms(train_run(work, "plain1", 1, ["parallel=none"], a), a.skip)
+    res["plain_1x2_ms"] = mean_step_ms(train_run(work, "plain2", 2, ["parallel=none"], a), a.skip)
+    for c in a.chunks:
+        run = train_run(work, f"wave{c}", 1, ["parallel=wavefront", "parallel.pp=2",
+                                               f"parallel.time_chunks={c}"], a)  # fmt: skip
+        res[f"wave_2x1_c{c}_ms"] = mean_step_ms(run, a.skip)
+        if (run / "timeline.png").is_file():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(run / "timeline.png", out_dir / f"timeline_c{c}.png")
+    return res
+
+
+def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
+    """Measured pieces, the link, and the simulator's steps (see the module doc)."""
+    from nmt.config import compose_config
+
+    cfg = compose_config([*BASE, f"train.precision={a.precision}"])
+    model, batches = wp.run_batches(cfg, a.steps)
+    mine = batches[a.skip :]
+    tt = sum(b.tgt_in.size(0) for b in mine) / len(mine)
+    bt = sum(b.tgt_in.size(1) for b in mine) / len(mine)
+    hidden = model.hidden
+    shared = sum(p.numel() for p in model.stages[-1].parameters())
+    link = wp.probe_link([int(tt / 8 * bt * hidden), int(tt / 2 * bt * hidden)], shared)
+    out: dict[str, Any] = {"link": link, "mean_tgt_len": tt, "mean_batch": bt, "chunks": {}}
+    import torch
+
+    torch.set_num_threads(1)
+    whole = wp.unit_costs(cfg, model, mine, 1)
+    loop = max(measured["plain_1x1_ms"] - whole["step"] - whole["extra"], 0.0)
+    out["one_process_ms"] = {k: round(v, 2) for k, v in whole.items()} | {"loop": round(loop, 2)}
+    for c in a.chunks:
+        costs = wp.unit_costs(cfg, model, mine, c) | {"loop": loop}
+        sim = wp.summary(wp.predict(costs, c, tt, bt, hidden, link))
+        got = measured[f"wave_2x1_c{c}_ms"]
+        sim["measured_ms"] = round(got, 1)
+        sim["error"] = round(sim["step_ms"] / got - 1.0, 4)
+        sim["pieces_ms"] = {k: round(v, 2) for k, v in costs.items()}
+        out["chunks"][str(c)] = sim
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser(__name__, __doc__)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--skip", type=int, default=10, help="steps left out of the mean")
+    ap.add_argument("--chunks", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--work", type=Path, default=None, help="run folders (default: temporary)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--no-wait", action="store_true", help="time at once (smoke runs)")
+    a = ap.parse_args(argv)
+    out = Path(a.out) if a.out else results_for("wavefront", "wavefront.json")
+    quiet = quiet_machine(0.0 if a.no_wait else 900.0)
+    with work_folder(a.work, "wavefront-") as work:
+        measured = measure(work, a, out.parent)
+        load_after = round(os.getloadavg()[0], 2)
+        predicted = prediction(a, measured)
+    base, two = measured["plain_1x1_ms"], measured["plain_1x2_ms"]
+    speed = {f"c{c}": {"vs_1x1": round(base / measured[f"wave_2x1_c{c}_ms"], 3),
+                       "vs_1x2": round(two / measured[f"wave_2x1_c{c}_ms"], 3)}
+             for c in a.chunks}  # fmt: skip
+    errors = [abs(v["error"]) for v in predicted["chunks"].values()]
+    doc = {
+        "command": command(__name__, argv),
+        "machine": machine(threads_plain=[1, 2], quiet=quiet, loadavg_after=load_after),
+        "config": {
+            "model": "gnmt_demo",
+            "batch_tokens": 2048,
+            "precision": a.precision,
+            "steps": a.steps,
+            "skip": a.skip,
+        },  # fmt: skip
+        "measured_ms": {k: round(v, 1) for k, v in measured.items()},
+        "plain_2_threads_vs_1": round(base / two, 3),
+        "speedup": speed,
+        "predicted": predicted,
+        "goals": {
+            "speedup_1.6x_vs_1x1": max(s["vs_1x1"] for s in speed.values()) >= 1.6,
+            "simulator_within_15pct": max(errors) <= 0.15,
+        },  # fmt: skip
+    }
+    return finish(doc, out)
