@@ -101,6 +101,9 @@ class ParallelConfig:
     # over them, exact (nmt/models/wavefront.py; with pp > 1 across processes,
     # nmt/train/wavefront_ranks.py, balance = layers per rank)
     time_chunks: int = 1
+    # wavefront across processes: share of the batch's sentences whose generator (and loss)
+    # runs on the rank of the last decoder layer rather than the generator's rank
+    generator_share: float = 0.0
 
 
 @dataclass

@@ -60,8 +60,9 @@ def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 @pytest.mark.parametrize(
     "ranks",
     [("parallel.pp=2",), ("parallel.pp=2", "parallel.balance=[2,3]"),
-     ("parallel.pp=3", "parallel.balance=[1,2,2]")],
-    ids=["gen-alone", "encoder-decoder", "three"],
+     ("parallel.pp=3", "parallel.balance=[1,2,2]"),
+     ("parallel.pp=2", "parallel.generator_share=0.3")],
+    ids=["gen-alone", "encoder-decoder", "three", "generator-share"],
 )  # fmt: skip
 def test_ranks_equal_one_device_with_dropout(
     plain: Path, tiny_corpus: dict[str, Path], tmp_path: Path, ranks: tuple[str, ...]

@@ -20,6 +20,7 @@ def check_wave_ranks(cfg: AppConfig) -> None:
         (cfg.model.arch != "gnmt", f"parallel.time_chunks={pc.time_chunks}: the wavefront "
          f"carries LSTM state from chunk to chunk; it needs model.arch=gnmt"),
         (pc.time_chunks > MAX_CHUNKS, f"parallel.time_chunks must be <= {MAX_CHUNKS}"),
+        (not 0.0 <= pc.generator_share < 1.0, "parallel.generator_share must be in [0, 1)"),
     ]  # fmt: skip
     for bad, line in refused:
         if bad:

@@ -60,14 +60,25 @@ class WaveProgram:
         chunks: int,
         wire: Wire,
         timeline: TimelineRecorder | None = None,
+        generator_share: float = 0.0,
     ) -> None:
         self.m, self.owners, self.rank, self.chunks = model, owners, rank, chunks
-        self.wire, self.timeline = wire, timeline
+        self.wire, self.timeline, self.share = wire, timeline, generator_share
         self.E, self.S = model.n_enc, len(model.stages)
         mine = [u for u, r in enumerate(owners) if r == rank]
         self.enc_units = [u for u in mine if 1 <= u < self.E]
         self.dec_units = [u for u in mine if self.E <= u < self.S - 1]
         self.has_gen = owners[-1] == rank
+        # the last decoder layer's rank also runs the generator on a share of the sentences
+        self.splits = not self.has_gen and bool(self.dec_units) and self.dec_units[-1] == self.S - 2
+
+    def kept(self, batch: int) -> int:
+        """Sentences (the first ones of the batch) whose generator runs on the rank of the
+        last decoder layer when the generator is on another rank: ``generator_share`` of
+        ``batch``, at most ``batch - 1``."""
+        if self.owners[-1] == self.owners[-2]:
+            return 0
+        return min(int(round(self.share * batch)), batch - 1)
 
     def run(self, b: Batch, scale: float, pad_id: int, eps: float) -> tuple[float, float]:
         """Forward and backward of batch ``b`` (loss gradient ``scale`` per unit of loss sum);
@@ -158,6 +169,7 @@ class WaveProgram:
             else self.post(own[first - 1], FWD, first, sh.tgt, sh.batch, [sh.hidden] * 2)
         )
         held: dict[int, list[Tensor | None]] = {}  # the generator's input gradients here
+        keep = self.kept(sh.batch)
         sums = [0.0, 0.0]
         for c, (a, e) in enumerate(sh.tgt):
             x: Chunk
@@ -168,11 +180,19 @@ class WaveProgram:
             y = seg.forward(c, x)
             if self.has_gen:
                 held[c] = self.generate(c, y, b.tgt_out[a:e], scale, pad, eps, sums)
-            else:
-                self.wire.send(y, own[last + 1], FWD, last + 1, c)
-        back = self.post(own[last + 1], BWD, last + 1, sh.tgt, sh.batch, [sh.hidden] * 2)
+                continue
+            if self.splits and keep:  # the generator of the first `keep` sentences here
+                mine = (y[0][:, :keep], y[1][:, :keep])
+                held[c] = self.generate(c, mine, b.tgt_out[a:e, :keep], scale, pad, eps, sums)
+                y = (y[0][:, keep:], y[1][:, keep:])
+            self.wire.send(y, own[last + 1], FWD, last + 1, c)
+        sent = sh.batch - (keep if self.splits else 0)
+        back = self.post(own[last + 1], BWD, last + 1, sh.tgt, sent, [sh.hidden] * 2)
         for c in reversed(range(len(sh.tgt))):
             g: list[Tensor | None] = held.pop(c) if self.has_gen else list(back[c].wait())
+            if self.splits and keep:
+                g = [torch.cat((mine_g, theirs), dim=1)  # type: ignore[arg-type]
+                     for mine_g, theirs in zip(held.pop(c), g, strict=True)]  # fmt: skip
             grads = seg.backward(c, g)
             if context is None:
                 a, e = sh.tgt[c]
@@ -242,16 +262,17 @@ class WaveProgram:
         self, b: Batch, sh: Shapes, scale: float, pad: int, eps: float
     ) -> tuple[float, float]:
         """A rank with the generator alone: chunks as they arrive, newest first."""
-        src = self.owners[self.S - 2]
-        pend = self.post(src, FWD, self.S - 1, sh.tgt, sh.batch, [sh.hidden] * 2)
+        src, keep = self.owners[self.S - 2], self.kept(sh.batch)
+        pend = self.post(src, FWD, self.S - 1, sh.tgt, sh.batch - keep, [sh.hidden] * 2)
         left, sums = set(range(len(sh.tgt))), [0.0, 0.0]
         while left:
             ready = [c for c in left if pend[c].ready()]
             c = max(ready) if ready else min(left)
             left.discard(c)
             a, e = sh.tgt[c]
-            grads = self.generate(c, tuple(pend[c].wait()), b.tgt_out[a:e], scale, pad, eps, sums)
-            zeros = torch.zeros(e - a, sh.batch, sh.hidden)
+            target = b.tgt_out[a:e, keep:]
+            grads = self.generate(c, tuple(pend[c].wait()), target, scale, pad, eps, sums)
+            zeros = torch.zeros(e - a, sh.batch - keep, sh.hidden)
             out = [g if g is not None else zeros for g in grads]
             self.wire.send(out, src, BWD, self.S - 1, c)
         return sums[0], sums[1]

@@ -3,8 +3,10 @@
 N processes (torch's launcher, or ``torchrun``: :func:`parallel.runtime.engine.launch`), one
 pipeline of GNMT's layers cut into N groups of consecutive layers (``parallel.balance``:
 layers per rank; by default the generator alone on the last rank and the other layers
-split evenly over the first N-1). Each batch waves through them in time chunks
-(:mod:`nmt.train.wave_program`, on c10d point-to-point: :mod:`parallel.runtime.wave`).
+split evenly over the first N-1; ``parallel.generator_share``: the share of each batch's
+sentences whose generator runs on the rank of the last decoder layer instead). Each batch
+waves through them in time chunks (:mod:`nmt.train.wave_program`, on c10d point-to-point:
+:mod:`parallel.runtime.wave`).
 
 Every rank builds the whole model with the run's seed and draws the same batches. After
 the backward, the gradients of the parameters that a rank other than 0 uses (the tied
@@ -69,8 +71,9 @@ class WaveRank(SingleDevice):
         self.timeline = TimelineRecorder(ctx.rank)
         wire = Wire(self.device)
         self.program = WaveProgram(
-            self.model, self.owners, ctx.rank, pc.time_chunks, wire, self.timeline
-        )
+            self.model, self.owners, ctx.rank, pc.time_chunks, wire, self.timeline,
+            pc.generator_share,
+        )  # fmt: skip
         self.shared = self.shared_parameters()
         self._first_step: int | None = None
 

@@ -131,18 +131,27 @@ def pingpong(numel: int, rank: int, repeats: int) -> float:
 
 
 def predict(
-    costs: dict[str, float], chunks: int, tt: float, bt: float, hidden: int, link: dict[str, float]
+    costs: dict[str, float],
+    chunks: int,
+    tt: float,
+    bt: float,
+    hidden: int,
+    link: dict[str, float],
+    share: float = 0.0,
 ) -> WaveResult:
-    """The simulator's step for 2 processes, generator alone on rank 1: layers Enc1 (whole),
-    the encoder chunks, the decoder chunks (gather), the generator (loss per chunk); ``tt``,
-    ``bt``: mean target length and batch; the decoder sends (h, ctx) in float32."""
+    """The simulator's step for 2 processes, generator on rank 1: layers Enc1 (whole), the
+    encoder chunks, the decoder chunks (gather), the generator (loss per chunk); ``tt``,
+    ``bt``: mean target length and batch; the decoder sends (h, ctx) in float32. With
+    ``share`` (``parallel.generator_share``) rank 0 runs that share of the generator right
+    after each decoder chunk: its cost moves into the decoder's forward."""
     steps = max(round(tt), chunks)
-    dec_bytes = int(2 * 4 * tt * bt * hidden)
+    dec_bytes = int(2 * 4 * tt * bt * hidden * (1.0 - share))
+    gen_here = costs["gen"] * share
     layers = [
         WaveLayer("Embed+Enc1", costs["enc1_F"], costs["enc1_B"], 0, steps, False, True),
         WaveLayer("Enc", costs["enc_F"], costs["enc_B"], 0, steps),
-        WaveLayer("Dec", costs["dec_F"], costs["dec_B"], dec_bytes, steps, gather=True),
-        WaveLayer("Generator", costs["gen"], 0.0, 0, steps, recurrent=False, chunk_loss=True),
+        WaveLayer("Dec", costs["dec_F"] + gen_here, costs["dec_B"], dec_bytes, steps, gather=True),
+        WaveLayer("Generator", costs["gen"] - gen_here, 0.0, 0, steps, False, chunk_loss=True),
     ]
     wire = Link("gloo-loopback", link["bytes_per_s"], link["latency_ms"] / 1e3)
     extra = link["allreduce_ms"] + costs["extra"] + costs.get("loop", 0.0)

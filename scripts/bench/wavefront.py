@@ -5,7 +5,8 @@
 The real ``nmt-train`` on the shipped corpus, ``model=gnmt_demo data.batch_tokens=2048`` (the
 demo's batch), ``train.precision`` (``--precision``, bf16 by default: what the demo's auto
 picks on a CPU with AMX), for: 1 process x 1 thread plain, 1 process x 2 threads plain, and
-2 processes x 1 thread ``parallel=wavefront parallel.pp=2 parallel.time_chunks=C``. Step
+2 processes x 1 thread ``parallel=wavefront parallel.pp=2 parallel.time_chunks=C
+parallel.generator_share=F`` (``--chunks``, ``--share``). Step
 time: the mean ``ms_per_step`` of steps ``skip+1..steps`` (the same batches in every run).
 
 Prediction (:mod:`scripts.bench._wave_predict`): every piece of the wave (bottom encoder
@@ -17,7 +18,7 @@ the second process. Before timing, waits (60 s polls, up to 15 min) while anothe
 command or pytest runs or the load average is above 0.5, and records the load average.
 
 Writes ``docs/results/wavefront/<machine>/wavefront.json`` (``--out``) and the wavefront
-runs' timelines (``timeline_c<C>.png``, one row per process) beside it.
+runs' timelines (``timeline_c<C>_share<F>.png``, one row per process) beside it.
 """
 
 from __future__ import annotations
@@ -87,14 +88,23 @@ def measure(work: Path, a: Any, out_dir: Path) -> dict[str, Any]:
     res: dict[str, Any] = {}
     res["plain_1x1_ms"] = mean_step_ms(train_run(work, "plain1", 1, ["parallel=none"], a), a.skip)
     res["plain_1x2_ms"] = mean_step_ms(train_run(work, "plain2", 2, ["parallel=none"], a), a.skip)
-    for c in a.chunks:
-        run = train_run(work, f"wave{c}", 1, ["parallel=wavefront", "parallel.pp=2",
-                                               f"parallel.time_chunks={c}"], a)  # fmt: skip
-        res[f"wave_2x1_c{c}_ms"] = mean_step_ms(run, a.skip)
+    for c, f in waves(a):
+        wave = ["parallel=wavefront", "parallel.pp=2", f"parallel.time_chunks={c}",
+                f"parallel.generator_share={f}"]  # fmt: skip
+        run = train_run(work, f"wave{c}_{f}", 1, wave, a)
+        res[key(c, f)] = mean_step_ms(run, a.skip)
         if (run / "timeline.png").is_file():
             out_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy(run / "timeline.png", out_dir / f"timeline_c{c}.png")
+            shutil.copy(run / "timeline.png", out_dir / f"timeline_c{c}_share{f}.png")
     return res
+
+
+def waves(a: Any) -> list[tuple[int, float]]:
+    return [(c, f) for c in a.chunks for f in a.share]
+
+
+def key(c: int, f: float) -> str:
+    return f"wave_2x1_c{c}_share{f}_ms"
 
 
 def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +119,8 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     hidden = model.hidden
     shared = sum(p.numel() for p in model.stages[-1].parameters())
     link = wp.probe_link([int(tt / 8 * bt * hidden), int(tt / 2 * bt * hidden)], shared)
-    out: dict[str, Any] = {"link": link, "mean_tgt_len": tt, "mean_batch": bt, "chunks": {}}
+    out: dict[str, Any] = {"link": link, "mean_tgt_len": tt, "mean_batch": bt, "chunks": {},
+                           "pieces_ms": {}}  # fmt: skip
     import torch
 
     torch.set_num_threads(1)
@@ -118,12 +129,13 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     out["one_process_ms"] = {k: round(v, 2) for k, v in whole.items()} | {"loop": round(loop, 2)}
     for c in a.chunks:
         costs = wp.unit_costs(cfg, model, mine, c) | {"loop": loop}
-        sim = wp.summary(wp.predict(costs, c, tt, bt, hidden, link))
-        got = measured[f"wave_2x1_c{c}_ms"]
-        sim["measured_ms"] = round(got, 1)
-        sim["error"] = round(sim["step_ms"] / got - 1.0, 4)
-        sim["pieces_ms"] = {k: round(v, 2) for k, v in costs.items()}
-        out["chunks"][str(c)] = sim
+        for f in a.share:
+            sim = wp.summary(wp.predict(costs, c, tt, bt, hidden, link, f))
+            got = measured[key(c, f)]
+            sim["measured_ms"] = round(got, 1)
+            sim["error"] = round(sim["step_ms"] / got - 1.0, 4)
+            out["chunks"][f"c{c}_share{f}"] = sim
+        out["pieces_ms"][f"c{c}"] = {k: round(v, 2) for k, v in costs.items()}
     return out
 
 
@@ -132,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--skip", type=int, default=10, help="steps left out of the mean")
     ap.add_argument("--chunks", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--share", type=float, nargs="+", default=[0.0, 0.25],
+                    help="parallel.generator_share values")  # fmt: skip
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--work", type=Path, default=None, help="run folders (default: temporary)")
     ap.add_argument("--out", default=None)
@@ -144,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         load_after = round(os.getloadavg()[0], 2)
         predicted = prediction(a, measured)
     base, two = measured["plain_1x1_ms"], measured["plain_1x2_ms"]
-    speed = {f"c{c}": {"vs_1x1": round(base / measured[f"wave_2x1_c{c}_ms"], 3),
-                       "vs_1x2": round(two / measured[f"wave_2x1_c{c}_ms"], 3)}
-             for c in a.chunks}  # fmt: skip
+    speed = {f"c{c}_share{f}": {"vs_1x1": round(base / measured[key(c, f)], 3),
+                                "vs_1x2": round(two / measured[key(c, f)], 3)}
+             for c, f in waves(a)}  # fmt: skip
     errors = [abs(v["error"]) for v in predicted["chunks"].values()]
     doc = {
         "command": command(__name__, argv),
