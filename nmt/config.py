@@ -104,6 +104,8 @@ class ParallelConfig:
     # wavefront across processes: share of the batch's sentences whose generator (and loss)
     # runs on the rank of the last decoder layer rather than the generator's rank
     generator_share: float = 0.0
+    # one-process wavefront on a GPU: a CUDA stream per layer (events for the dependencies)
+    wave_streams: bool = False
 
 
 @dataclass

@@ -2,7 +2,8 @@
 # One short check for a lent single GPU (run from the repository root; ~4 minutes):
 # the pipeline equivalence tests on CUDA, gnmt4 bf16 training throughput and MFU (plain),
 # plain vs pipelined-on-one-GPU tokens/s with the pipelined run's timeline, and beam-5
-# decoding of a 128-sentence batch (gnmt_small, gnmt4; bf16).
+# decoding of a 128-sentence batch (gnmt_small, gnmt4; bf16), gnmt4 bf16 batch 128 plain vs the
+# one-process wavefront with a CUDA stream per layer.
 set -u
 export PYTHONUNBUFFERED=1
 out=${OUT:-gpu_out}
@@ -16,3 +17,5 @@ timeout 120 python3 -m scripts.bench pipeline_gpu --model gnmt4 --out "$out" \
   2>&1 | tail -n 5 | tee "$out/bench_pipeline_gpu.txt"
 timeout 120 python3 -m scripts.bench decode_gpu --out "$out/bench_decode.json" \
   2>&1 | tail -n 3 | tee "$out/bench_decode.txt"
+timeout 120 python3 -m scripts.bench wavefront --gpu --chunks 4 8 --out "$out/bench_wavefront_streams.json" \
+  2>&1 | tail -n 3 | tee "$out/bench_wavefront_streams.txt"

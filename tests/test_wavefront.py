@@ -200,3 +200,30 @@ def test_wavefront_with_microbatches_is_refused(tiny_cfg: Any) -> None:
     cfg = tiny_cfg("parallel=pipe2", "parallel.time_chunks=4", "train.max_steps=1")
     with pytest.raises(user_error_types(), match="microbatches=4: the wavefront cuts"):
         train(cfg)
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                          reason="no CUDA device"))],
+)  # fmt: skip
+def test_streams_per_layer_give_the_same_loss_and_gradients(device: str) -> None:
+    """``streams=True``: a CUDA stream per layer on a GPU (on a CPU: no streams, the same
+    code path); loss and gradients equal the plain model's."""
+    torch.manual_seed(0)
+    spec = ModelSpec(hidden=16, enc_layers=3, dec_layers=3, dropout=0.0, init_range=0.1)
+    model = build_model(spec, 50, 0).to(device)
+    src, src_len, tgt_in, tgt_out = (t.to(device) for t in batch(1))
+
+    def run(fn: Any) -> tuple[float, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        loss, _ = fn()
+        loss.backward()
+        return float(loss.detach()), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    ref_loss, ref = run(lambda: model.loss(src, src_len, tgt_in, tgt_out, 0, 0.1))
+    wf = Wavefront(model, 3, streams=True)
+    loss, got = run(lambda: wf.loss(src, src_len, tgt_in, tgt_out, 0, 0.1))
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for k, g in ref.items():
+        torch.testing.assert_close(got[k], g, rtol=1e-4, atol=1e-6, msg=k)

@@ -51,7 +51,8 @@ class SingleDevice:
         model = build_from_config(cfg.model, vocab_size, prior)
         self.model: Seq2Seq = model.to(self.device)
         chunks = cfg.parallel.time_chunks
-        self.wavefront = Wavefront(self.model, chunks) if chunks > 1 else None
+        streams = cfg.parallel.wave_streams
+        self.wavefront = Wavefront(self.model, chunks, streams=streams) if chunks > 1 else None
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.model.parameters())

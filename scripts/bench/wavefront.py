@@ -19,6 +19,9 @@ command or pytest runs or the load average is above 0.5, and records the load av
 
 Writes ``docs/results/wavefront/<machine>/wavefront.json`` (``--out``) and the wavefront
 runs' timelines (``timeline_c<C>_share<F>.png``, one row per process) beside it.
+
+    python -m scripts.bench wavefront --gpu --out FILE   # a CUDA device: gnmt4 bf16, batch
+    # 128: plain vs the one-process wavefront with and without a CUDA stream per layer
 """
 
 from __future__ import annotations
@@ -150,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="run folders (default: temporary)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-wait", action="store_true", help="time at once (smoke runs)")
+    gpu = "gnmt4 bf16 batch 128 on CUDA: plain vs wavefront with streams"
+    ap.add_argument("--gpu", action="store_true", help=gpu)
     a = ap.parse_args(argv)
+    if a.gpu:
+        return gpu_main(a, argv)
     out = Path(a.out) if a.out else results_for("wavefront", "wavefront.json")
     quiet = quiet_machine(0.0 if a.no_wait else 900.0)
     with work_folder(a.work, "wavefront-") as work:
@@ -182,3 +189,18 @@ def main(argv: list[str] | None = None) -> int:
         },  # fmt: skip
     }
     return finish(doc, out)
+
+
+def gpu_main(a: Any, argv: list[str] | None) -> int:
+    """``--gpu``: :func:`scripts.bench._wave_gpu.gpu_rows` for gnmt4, batch 128, length 32."""
+    import torch
+
+    from scripts.bench._wave_gpu import gpu_rows
+
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device")
+    rows = gpu_rows("gnmt4", 128, 32, a.chunks)
+    doc = {"command": command(__name__, argv), "machine": machine(torch.device("cuda")),
+           "config": {"model": "gnmt4", "batch": 128, "len": 32, "precision": "bf16"},
+           "ms": rows}  # fmt: skip
+    return finish(doc, a.out or "-")
