@@ -26,9 +26,12 @@ COMMON = ("train.max_steps=6", "train.warmup_steps=0", "train.decay_steps=0",
           "model.dropout=0.2", "parallel.timeout_s=60")  # fmt: skip
 
 
+def records(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(out: Path) -> list[float]:
-    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in recs if "loss" in r]
+    return [r["loss"] for r in records(out) if "loss" in r]
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
@@ -80,8 +83,15 @@ def test_ranks_equal_one_device_with_dropout(
 
 
 def test_ranks_resume_exactly(tiny_cfg: Any) -> None:
-    """Stopped after 3 steps and resumed to 6: the straight run's losses and weights."""
-    wave = ("parallel=wavefront", "parallel.time_chunks=3", "parallel.pp=2", "train.save_every=3")
+    """Stopped after 3 steps and resumed to 6: the straight run's losses, validations and
+    weights."""
+    wave = (
+        "parallel=wavefront",
+        "parallel.time_chunks=3",
+        "parallel.pp=2",
+        "train.save_every=3",
+        "train.eval_every=3",
+    )  # validation on rank 0 while rank 1 waits
     straight = tiny_cfg(*COMMON, *wave, out="straight")
     train(straight)
     first = tiny_cfg(*COMMON, *wave, "train.max_steps=3", out="halted")
@@ -90,6 +100,8 @@ def test_ranks_resume_exactly(tiny_cfg: Any) -> None:
     assert train(resumed)["step"] == 6
     a, b = Path(straight.train.out_dir), Path(resumed.train.out_dir)
     assert losses(b) == losses(a)
+    val = [[r["val_loss"] for r in records(x) if "val_loss" in r] for x in (a, b)]
+    assert len(val[0]) == 2 and val[1] == val[0]
     wa, wb = weights(a), weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 

@@ -153,13 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="run folders (default: temporary)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-wait", action="store_true", help="time at once (smoke runs)")
+    ap.add_argument("--wait-max", type=float, default=900.0, help="seconds to wait at most")
     gpu = "gnmt4 bf16 batch 128 on CUDA: plain vs wavefront with streams"
     ap.add_argument("--gpu", action="store_true", help=gpu)
     a = ap.parse_args(argv)
     if a.gpu:
         return gpu_main(a, argv)
     out = Path(a.out) if a.out else results_for("wavefront", "wavefront.json")
-    quiet = quiet_machine(0.0 if a.no_wait else 900.0)
+    quiet = quiet_machine(0.0 if a.no_wait else a.wait_max)
     with work_folder(a.work, "wavefront-") as work:
         measured = measure(work, a, out.parent)
         load_after = round(os.getloadavg()[0], 2)
