@@ -159,38 +159,58 @@ class WaveProgram:
         """The decoder wave, forward and backward; the gradient reaches ``enc_leaf``."""
         if not self.dec_units:
             return self.generator_only(b, sh, scale, pad, eps) if self.has_gen else (0.0, 0.0)
-        own = self.owners
-        first, last = self.dec_units[0], self.dec_units[-1]
+        first = self.dec_units[0]
         context = self.context(b, enc_leaf) if first == self.E else None
         seg = Carried(self.decoder_fn(sh, context), first, self.timeline)
+        sums = [0.0, 0.0]
+        held = self.decode_forward(b, sh, seg, context, (scale, pad, eps), sums)
+        self.decode_backward(sh, seg, context, held)
+        return sums[0], sums[1]
+
+    def decode_forward(
+        self,
+        b: Batch,
+        sh: Shapes,
+        seg: Carried,
+        context: Any,
+        loss_args: tuple[float, int, float],
+        sums: list[float],
+    ) -> dict[int, list[Tensor | None]]:
+        """This rank's decoder chunks forward (and the generator's chunks held here, forward
+        and backward); returns the generator's input gradients per chunk."""
+        own, first, last = self.owners, self.dec_units[0], self.dec_units[-1]
+        widths = [sh.hidden] * 2
         pend = (
             []
-            if context
-            else self.post(own[first - 1], FWD, first, sh.tgt, sh.batch, [sh.hidden] * 2)
+            if context is not None
+            else self.post(own[first - 1], FWD, first, sh.tgt, sh.batch, widths)
         )
-        held: dict[int, list[Tensor | None]] = {}  # the generator's input gradients here
-        keep = self.kept(sh.batch)
-        sums = [0.0, 0.0]
+        held: dict[int, list[Tensor | None]] = {}
+        keep = self.kept(sh.batch) if self.splits else 0
         for c, (a, e) in enumerate(sh.tgt):
-            x: Chunk
-            if context is not None:
-                x = (context[2][a:e],)
-            else:
-                x = tuple(leaf(t) for t in pend[c].wait())
+            x = (context[2][a:e],) if context is not None else tuple(map(leaf, pend[c].wait()))
             y = seg.forward(c, x)
             if self.has_gen:
-                held[c] = self.generate(c, y, b.tgt_out[a:e], scale, pad, eps, sums)
+                held[c] = self.generate(c, y, b.tgt_out[a:e], *loss_args, sums)
                 continue
-            if self.splits and keep:  # the generator of the first `keep` sentences here
+            if keep:  # the generator of the first `keep` sentences runs here
                 mine = (y[0][:, :keep], y[1][:, :keep])
-                held[c] = self.generate(c, mine, b.tgt_out[a:e, :keep], scale, pad, eps, sums)
+                held[c] = self.generate(c, mine, b.tgt_out[a:e, :keep], *loss_args, sums)
                 y = (y[0][:, keep:], y[1][:, keep:])
             self.wire.send(y, own[last + 1], FWD, last + 1, c)
-        sent = sh.batch - (keep if self.splits else 0)
-        back = self.post(own[last + 1], BWD, last + 1, sh.tgt, sent, [sh.hidden] * 2)
+        return held
+
+    def decode_backward(
+        self, sh: Shapes, seg: Carried, context: Any, held: dict[int, list[Tensor | None]]
+    ) -> None:
+        """This rank's decoder chunks backward, last chunk first; then, on Dec1's rank, the
+        memory and embedding backward."""
+        own, first, last = self.owners, self.dec_units[0], self.dec_units[-1]
+        keep = self.kept(sh.batch) if self.splits else 0
+        back = self.post(own[last + 1], BWD, last + 1, sh.tgt, sh.batch - keep, [sh.hidden] * 2)
         for c in reversed(range(len(sh.tgt))):
             g: list[Tensor | None] = held.pop(c) if self.has_gen else list(back[c].wait())
-            if self.splits and keep:
+            if keep:
                 g = [torch.cat((mine_g, theirs), dim=1)  # type: ignore[arg-type]
                      for mine_g, theirs in zip(held.pop(c), g, strict=True)]  # fmt: skip
             grads = seg.backward(c, g)
@@ -202,7 +222,6 @@ class WaveProgram:
         if context is not None:
             with timed(self.timeline, "B", self.E, 0):
                 backward_leaves(context)
-        return sums[0], sums[1]
 
     def context(self, b: Batch, enc_leaf: Tensor | None) -> tuple[Any, list[Tensor], Tensor]:
         """On Dec1's rank: (attention memory over leaves, [keys, values, target embedding]
