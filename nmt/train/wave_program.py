@@ -11,7 +11,7 @@ the rank of unit u (non-decreasing: each rank holds consecutive units). Dataflow
    (barrier: the attention needs every source position) and builds the attention memory;
 4. Dec1..DecD wave over the target chunks; the generator takes each chunk's (h, ctx) and
    runs forward and backward at once (it carries no state). A rank that holds only the
-   generator takes the chunks that have arrived newest first, so that the decoder's
+   generator takes chunk 0, then the last chunk back to chunk 1, so that the decoder's
    backward (last chunk first) can start early;
 5. the backward runs the decoder units' chunks in reverse, then through the memory and the
    target embedding (one call each), then the encoder units' chunks in reverse, then unit 0.
@@ -280,14 +280,12 @@ class WaveProgram:
     def generator_only(
         self, b: Batch, sh: Shapes, scale: float, pad: int, eps: float
     ) -> tuple[float, float]:
-        """A rank with the generator alone: chunks as they arrive, newest first."""
+        """A rank with the generator alone: chunk 0 first, then the last chunk back to
+        chunk 1 (:func:`generator_order`), so that the decoder's backward can start early."""
         src, keep = self.owners[self.S - 2], self.kept(sh.batch)
         pend = self.post(src, FWD, self.S - 1, sh.tgt, sh.batch - keep, [sh.hidden] * 2)
-        left, sums = set(range(len(sh.tgt))), [0.0, 0.0]
-        while left:
-            ready = [c for c in left if pend[c].ready()]
-            c = max(ready) if ready else min(left)
-            left.discard(c)
+        sums = [0.0, 0.0]
+        for c in generator_order(len(sh.tgt)):
             a, e = sh.tgt[c]
             target = b.tgt_out[a:e, keep:]
             grads = self.generate(c, tuple(pend[c].wait()), target, scale, pad, eps, sums)
@@ -348,6 +346,13 @@ class WaveProgram:
             self.wire.post([(e - a, batch, w) for w in widths], src, kind, boundary, c)
             for c, (a, e) in enumerate(spans)
         ]
+
+
+def generator_order(chunks: int) -> list[int]:
+    """The order of a generator-only rank: ``0, C-1, C-2, ..., 1``. Chunk 0 arrives first
+    (nothing else to do meanwhile); the decoder's backward then needs the last chunk first.
+    (Gloo cannot say which posted receive has arrived without waiting on it.)"""
+    return [0, *range(chunks - 1, 0, -1)]
 
 
 def grad_of(t: Tensor) -> Tensor:

@@ -77,8 +77,8 @@ class WaveLayer:
     whole: bool = False  # needs the whole sequence: one task (bidirectional layer)
     gather: bool = False  # first chunk needs every chunk of the layer below (attention)
     # the top layer's backward of chunk c needs only its forward of chunk c (the loss of each
-    # chunk is its own: the generator of the processes' wavefront runs F and B per chunk, and
-    # takes the newest chunk that has arrived first)
+    # chunk is its own: the generator of the processes' wavefront runs F and B per chunk, in
+    # the order 0, C-1, C-2, ..., 1)
     chunk_loss: bool = False
 
 
@@ -179,8 +179,8 @@ def _build(
                 g.dur.append(chunk_ms(full, 0.0 if ly.whole else o, ln, ly.steps))
                 g.dev.append(placement[li])
                 g.deps.append([])
-                if kind == "F":  # a per-chunk loss takes the newest arrived chunk first
-                    g.prio.append((1, -c if ly.chunk_loss else li + c, -li))
+                if kind == "F":
+                    g.prio.append((1, li + c, -li))
                 else:
                     g.prio.append((0, (n - 1 - li) + (last - c), li))
             ids.append(row)
@@ -210,6 +210,8 @@ def _build(
                     )
             if ly.recurrent and c > 0:
                 f.append((fid[li][c - 1], 0.0))
+            if ly.chunk_loss and c > 0:  # order 0, C-1, C-2, ..., 1
+                f.append((fid[li][0 if c == last else c + 1], 0.0))
             if li == n - 1 and ly.chunk_loss:
                 b.append((fid[li][c], 0.0))
             elif li == n - 1:

@@ -58,9 +58,6 @@ class Pending:
     buffers: list[Tensor]
     works: list[Any]
 
-    def ready(self) -> bool:
-        return all(w.is_completed() for w in self.works)
-
     def wait(self) -> list[Tensor]:
         for w in self.works:
             w.wait()

@@ -43,8 +43,9 @@ def run_batches(cfg: AppConfig, steps: int) -> tuple[GNMT, list[Batch]]:
 
 def unit_costs(cfg: AppConfig, model: GNMT, batches: list[Batch], chunks: int) -> dict[str, float]:
     """Mean ms per batch of each piece of the wave, measured on one thread with the wave's
-    own code (all layers in this process): ``enc1_F/B`` (whole), ``enc_F/B`` (encoder
-    chunks), ``dec_F/B`` (Dec1..DecD chunks, the memory and embedding backward), ``gen``
+    own code (all layers in this process; after one untimed pass over the batches):
+    ``enc1_F/B`` (whole), ``enc_F/B`` (encoder chunks), ``dec_F/B`` (Dec1..DecD chunks, the
+    memory and embedding backward), ``gen``
     (generator forward + backward, all chunks), ``step`` (the whole wave), ``extra``
     (clip + Adam over every parameter)."""
     amp = autocast_dtype(cfg.train.precision, torch.device("cpu"))
@@ -54,6 +55,10 @@ def unit_costs(cfg: AppConfig, model: GNMT, batches: list[Batch], chunks: int) -
     opt = torch.optim.Adam(model.parameters(), lr=1e-9)
     model.train()
     totals: dict[str, float] = {}
+    for b in batches:  # warm-up: oneDNN primitives, allocator
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            program.run(b, 1.0 / max(b.ntokens, 1), PAD_ID, cfg.train.label_smoothing)
+        model.zero_grad(set_to_none=True)
     rec.enable()
     for i, b in enumerate(batches):
         seed_masks(model, cfg.train.seed, i)
