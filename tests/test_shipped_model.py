@@ -108,6 +108,14 @@ def test_shipped_weights_are_the_fp16_rounded_weights(trained: Path, models: Pat
         assert torch.equal(shipped[key], value.half().float()), key
 
 
+def test_fp32_weights_ship_as_trained(trained: Path, tmp_path: Path) -> None:
+    export.export_model(trained, NAME, tmp_path, dtype="fp32", command="nmt-train (test run)")
+    original = ckpt_io.load(trained)["model"]
+    shipped = ckpt_io.load(tmp_path / NAME / "model.pt")["model"]
+    assert shipped.keys() == original.keys()
+    assert all(torch.equal(shipped[k], v) for k, v in original.items())
+
+
 def rounded_copy(trained: Path, out: Path) -> Path:
     """The fp32 checkpoint with its weights rounded to fp16 (and kept in fp32)."""
     ckpt = ckpt_io.load(trained)

@@ -1,11 +1,11 @@
 """``nmt-export``: a trained checkpoint as a shipped model folder ``models/<name>/``, with its card.
 
     nmt-export --checkpoint runs/X/checkpoints/best.pt --name NAME
-        [--dtype fp16|int8] [--run-dir runs/X] [--command "nmt-train ..."]
+        [--dtype fp16|int8|fp32] [--run-dir runs/X] [--command "nmt-train ..."]
         [--eval-json FILE] [--models-dir DIR] [--force]
     nmt-export --card NAME [--eval-json FILE] [--models-dir DIR]
 
-The folder holds ``model.pt`` (weights in fp16, or int8 with per-row scales; the resolved
+The folder holds ``model.pt`` (weights in fp16, int8 with per-row scales, or fp32; the resolved
 config; the sentencepiece model; step; metadata: the run's dev curve, training time and command,
 a digest of the weights), ``spm.model``, ``config.yaml`` and ``MODEL.md``. It is built in a temp
 folder beside the target, loaded back through ``nmt-translate``'s loader, then renamed into place
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser("nmt-export", __doc__)
     ap.add_argument("--checkpoint", type=Path, help="single-device checkpoint to export")
     ap.add_argument("--name", help="model name: the folder models/NAME")
-    ap.add_argument("--dtype", choices=("fp16", "int8"), default="fp16")
+    ap.add_argument("--dtype", choices=("fp16", "int8", "fp32"), default="fp16")
     ap.add_argument("--run-dir", type=Path, help="run folder (default: above checkpoints/)")
     ap.add_argument("--command", help="training command, if the run folder does not record it")
     ap.add_argument("--eval-json", type=Path, help="nmt-eval JSON report for the card")

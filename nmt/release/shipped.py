@@ -24,7 +24,7 @@ MODELS_ENV = "PIPENMT_MODELS_DIR"  # overrides where shipped models are looked u
 MODEL_FILE = "model.pt"
 DECODE_FILE = "decode.yaml"  # decoding settings tuned for the model (on its dev split)
 MAX_MODEL_BYTES = 25_000_000  # a shipped model.pt must stay below this (25 MB)
-WEIGHT_DTYPES = ("fp16", "int8")
+WEIGHT_DTYPES = ("fp16", "int8", "fp32")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -112,7 +112,8 @@ def resolve_checkpoint(value: str) -> tuple[Path, str | None]:
 def encode_weights(
     state: dict[str, torch.Tensor], dtype: str
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(stored state dict, per-row scales) of an fp32 ``state`` for ``dtype`` fp16 or int8.
+    """(stored state dict, per-row scales) of an fp32 ``state`` for ``dtype`` fp16, int8 or fp32
+    (as trained: twice the size of fp16, for weights that fp16 rounding would change).
 
     Tensors that share storage (the tied embedding and output projection) stay shared, so
     ``torch.save`` writes them once.
@@ -135,6 +136,8 @@ def encode_weights(
             stored[key] = tensor.clone()
         elif dtype == "int8" and tensor.dim() == 2:
             stored[key], scales[key] = _int8_rows(tensor.float())
+        elif dtype == "fp32":
+            stored[key] = tensor.float().clone()
         else:
             stored[key] = _to_fp16(key, tensor)
     return stored, scales
