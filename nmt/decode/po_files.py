@@ -185,14 +185,18 @@ class _Batch:
     def run(self, translator: Any, progress: Any = None) -> None:
         import dataclasses
 
-        from nmt.decode.translate import translate_masked
+        from nmt.decode.translate import one_line, translate_lines
 
         masked = (m.text for _, ms, _ in self.texts.values() for m in ms)
         todo = list(dict.fromkeys(x for x in masked if _WORD.search(x)))
         if progress is not None:
             progress.reset(total=len(todo))
-        settings = dataclasses.replace(translator.decode, nbest=1, placeables=False)
-        hyps = translate_masked(translator.model, translator.tokenizer, todo, settings, progress)
+        settings = dataclasses.replace(translator.decode, nbest=1)
+        constrain = self.placeables and settings.placeable_constraint  # the texts are masked
+        hyps = translate_lines(
+            translator.model, translator.tokenizer, [one_line(x) for x in todo], settings,
+            progress, constrain,
+        )  # fmt: skip
         self.hyps = {src: h[0][0].strip() for src, h in zip(todo, hyps, strict=True)}
 
     def result(self, text: str, c_format: bool) -> _Filled | None:
