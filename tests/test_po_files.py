@@ -278,15 +278,17 @@ def test_russian_plural_forms_pass_msgfmt(tmp_path: Path, monkeypatch: pytest.Mo
     0 of Russian stands for 1, 21, 31, ...): with an echoing stand-in for the model."""
     import nmt.decode.translate as translate_mod
 
-    def echo(model: Any, tok: Any, lines: list[str], dcfg: Any, progress: Any = None) -> Any:
-        return [[(f"RU {x}", 0.0, True)] for x in lines]
+    def echo(model: Any, tok: Any, lines: list[str], dcfg: Any, *rest: Any) -> Any:
+        return [[(f"RU {x}", 0.0)] for x in lines]
 
-    monkeypatch.setattr(translate_mod, "translate_masked", echo)
+    monkeypatch.setattr(translate_mod, "translate_lines", echo)
     pot = tmp_path / "ru.pot"
     pot.write_text(POT.replace('msgid "%d file was removed"', 'msgid "One file was removed"'))
     po = po_files.read_catalogue(str(pot))
     rule = po_files.plural_rule(po, "ru", str(pot))
-    fake = SimpleNamespace(decode=DecodeConfig(), model=None, tokenizer=None)
+    fake = SimpleNamespace(
+        decode=DecodeConfig(), model=None, tokenizer=SimpleNamespace(unknown=lambda text: [])
+    )
     counts = po_files.fill_catalogue(po, fake, rule, fuzzy=False)
     po_files.set_header(po, "ru", rule, "test")
     out = tmp_path / "ru.po"

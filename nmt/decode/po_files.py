@@ -185,8 +185,12 @@ class _Batch:
     def run(self, translator: Any, progress: Any = None) -> None:
         import dataclasses
 
-        from nmt.decode.translate import one_line, translate_lines
+        from nmt.decode.translate import mask_unknown, one_line, translate_lines
 
+        if self.placeables:  # characters the vocabulary lacks are carried over too
+            tok = translator.tokenizer
+            for text, (lines, ms, raw) in self.texts.items():
+                self.texts[text] = lines, [mask_unknown(m, tok) for m in ms], raw
         masked = (m.text for _, ms, _ in self.texts.values() for m in ms)
         todo = list(dict.fromkeys(x for x in masked if _WORD.search(x)))
         if progress is not None:
