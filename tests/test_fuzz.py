@@ -111,7 +111,7 @@ def test_translations_with_line_breaks_stay_one_line(
     keeps it on one line (and one TSV field)."""
     import nmt.decode.translate as tr
 
-    def fake(model: Any, tok: Any, lines: Any, dcfg: Any, progress: Any = None) -> Any:
+    def fake(model: Any, tok: Any, lines: Any, dcfg: Any, *rest: Any) -> Any:
         return [[(texts[i % len(texts)], -1.0)] * nbest for i in range(len(lines))]
 
     monkeypatch.setattr(tr, "translate_lines", fake)

@@ -78,9 +78,9 @@ def test_overlong_line_is_translated_in_chunks(
     seen: list[int] = []
     real = tr.translate_ids
 
-    def spy(model: Any, ids: Any, dcfg: Any, progress: Any = None) -> Any:
+    def spy(model: Any, ids: Any, dcfg: Any, *rest: Any) -> Any:
         seen.extend(len(x) for x in ids)
-        return real(model, ids, dcfg, progress)
+        return real(model, ids, dcfg, *rest)
 
     monkeypatch.setattr(tr, "translate_ids", spy)
     monkeypatch.setattr(tr, "MAX_SRC_TOKENS", 10)
