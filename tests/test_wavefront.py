@@ -28,6 +28,14 @@ from nmt.train.run import train
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def loss_and_grads(model: Any, fn: Any) -> tuple[float, dict[str, torch.Tensor]]:
+    """(the loss ``fn()`` returns first, every parameter's gradient of it)."""
+    model.zero_grad()
+    loss, _ = fn()
+    loss.backward()
+    return float(loss.detach()), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
 def test_chunk_bounds_cover_the_sequence() -> None:
     assert chunk_bounds(7, 3) == [(0, 3), (3, 5), (5, 7)]
     assert chunk_bounds(2, 8) == [(0, 1), (1, 2)]  # never an empty chunk
@@ -81,10 +89,7 @@ def test_loss_and_every_gradient_equal_the_whole_model(chunks: int) -> None:
     src, src_len, tgt_in, tgt_out = batch(1)
 
     def run(fn: Any) -> tuple[float, dict[str, torch.Tensor]]:
-        model.zero_grad()
-        loss, _ = fn()
-        loss.backward()
-        return float(loss.detach()), {k: p.grad.clone() for k, p in model.named_parameters()}
+        return loss_and_grads(model, fn)
 
     ref_loss, ref = run(lambda: model.loss(src, src_len, tgt_in, tgt_out, 0, 0.1))
     cpu = torch.device("cpu")
@@ -216,10 +221,7 @@ def test_streams_per_layer_give_the_same_loss_and_gradients(device: str) -> None
     src, src_len, tgt_in, tgt_out = (t.to(device) for t in batch(1))
 
     def run(fn: Any) -> tuple[float, dict[str, torch.Tensor]]:
-        model.zero_grad()
-        loss, _ = fn()
-        loss.backward()
-        return float(loss.detach()), {k: p.grad.clone() for k, p in model.named_parameters()}
+        return loss_and_grads(model, fn)
 
     ref_loss, ref = run(lambda: model.loss(src, src_len, tgt_in, tgt_out, 0, 0.1))
     wf = Wavefront(model, 3, streams=True)

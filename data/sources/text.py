@@ -145,25 +145,7 @@ def clean_pairs(
     counts: Counter[str] = Counter() if stats is None else stats
     if placeables == "mask":
         return _filtered(_masked_lines(pairs, counts), max_tokens, min_ratio, max_ratio, counts)
-    return _dropping(pairs, max_tokens, min_ratio, max_ratio)
-
-
-def _dropping(
-    pairs: Iterable[tuple[str, str, str]], max_tokens: int, min_ratio: float, max_ratio: float
-) -> Iterator[tuple[str, str, str]]:
-    """The "drop" rule of :func:`clean_pairs`."""
-    seen: set[tuple[str, str]] = set()
-    for group, en_raw, de_raw in pairs:
-        en, de = normalize_space(en_raw), normalize_space(de_raw)
-        if not en or not de or en == de or (en, de) in seen:
-            continue
-        if has_placeholder(en) or has_placeholder(de):
-            continue
-        ne, nd = len(en.split()), len(de.split())
-        if ne > max_tokens or nd > max_tokens or not min_ratio <= nd / ne <= max_ratio:
-            continue
-        seen.add((en, de))
-        yield group, en, de
+    return _filtered(pairs, max_tokens, min_ratio, max_ratio, counts, drop_placeholders=True)
 
 
 def mask_pair(en: str, de: str, counts: Counter[str]) -> list[tuple[str, str]]:
@@ -201,12 +183,16 @@ def _filtered(
     min_ratio: float,
     max_ratio: float,
     counts: Counter[str],
+    drop_placeholders: bool = False,
 ) -> Iterator[tuple[str, str, str]]:
-    """The filters of :func:`clean_pairs` on masked line pairs (no placeholder test)."""
+    """The filters of :func:`clean_pairs` (on raw pairs with ``drop_placeholders``, else on
+    masked line pairs)."""
     seen: set[tuple[str, str]] = set()
     for group, en_raw, de_raw in pairs:
         en, de = normalize_space(en_raw), normalize_space(de_raw)
         if not en or not de or en == de or (en, de) in seen:
+            continue
+        if drop_placeholders and (has_placeholder(en) or has_placeholder(de)):
             continue
         ne, nd = len(en.split()), len(de.split())
         if ne > max_tokens or nd > max_tokens or not min_ratio <= nd / ne <= max_ratio:
