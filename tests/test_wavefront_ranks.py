@@ -62,9 +62,10 @@ def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 
 @pytest.mark.parametrize(
     "ranks",
-    [("parallel.pp=2",), ("parallel.pp=2", "parallel.balance=[2,3]"),
-     ("parallel.pp=3", "parallel.balance=[1,2,2]"),
-     ("parallel.pp=2", "parallel.generator_share=0.3")],
+    [("parallel.pp=2",),  # the other layouts are slow tests (make test-slow)
+     pytest.param(("parallel.pp=2", "parallel.balance=[2,3]"), marks=pytest.mark.slow),
+     pytest.param(("parallel.pp=3", "parallel.balance=[1,2,2]"), marks=pytest.mark.slow),
+     pytest.param(("parallel.pp=2", "parallel.generator_share=0.3"), marks=pytest.mark.slow)],
     ids=["gen-alone", "encoder-decoder", "three", "generator-share"],
 )  # fmt: skip
 def test_ranks_equal_one_device_with_dropout(
@@ -82,6 +83,7 @@ def test_ranks_equal_one_device_with_dropout(
     assert (out / "timeline.png").is_file()
 
 
+@pytest.mark.slow
 def test_ranks_resume_exactly(tiny_cfg: Any) -> None:
     """Stopped after 3 steps and resumed to 6: the straight run's losses, validations and
     weights."""
