@@ -17,7 +17,6 @@ import gzip
 import hashlib
 import io
 import json
-import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -29,7 +28,7 @@ from data.atomic import atomic_write_bytes, atomic_write_text
 from data.debian import FetchedFile, download_package, extract, update_indexes
 from data.dedup_key import RULE, dedup_key, seen, side_keys
 from data.errors import DataError
-from data.placeables import mask, split_lines
+from data.placeables import SENTINEL, mask, split_lines
 from data.sources import ddtp, gettext_mo, lohelp
 from data.sources.gettext_mo import parse_mo
 from data.sources.text import KEPT_WITH_PLACEABLES, PLACEABLE_MODES, clean_pairs
@@ -109,7 +108,6 @@ LICENCES = {
 }
 
 Triple = tuple[str, str, str]  # (group, en, de)
-_SENTINEL = re.compile(r"\{[0-9]+\}")
 Log = Callable[[str], None]
 
 
@@ -220,7 +218,7 @@ def _harvest_sources(
         for source, kept in sources.items():
             sources[source] = [t for t in kept if dedup_key(t[1]) not in keys]
             stats[source]["dropped_held_out"] = len(kept) - len(sources[source])
-            with_sentinels = sum(_SENTINEL.search(t[1]) is not None for t in sources[source])
+            with_sentinels = sum(SENTINEL.search(t[1]) is not None for t in sources[source])
             stats[source][KEPT_WITH_PLACEABLES] = with_sentinels  # of the pairs left
         origin["held_out_packages"] = {
             f.name: {"version": f.version, "sha256": f.sha256} for f in held
@@ -255,7 +253,7 @@ def build_corpus(name: str, cache_dir: Path, log: Log = print) -> BuiltCorpus:
         per_source = Counter(src for src, _, _ in by_split[split])
         counts[split] = {**dict(sorted(per_source.items())), "total": lines}
         if "placeables" in origin:
-            with_sentinels = sum(_SENTINEL.search(en) is not None for _, en, _ in by_split[split])
+            with_sentinels = sum(SENTINEL.search(en) is not None for _, en, _ in by_split[split])
             origin["placeables"].setdefault("pairs_with_placeables", {})[split] = with_sentinels
     provenance = {
         "corpus": name,

@@ -39,7 +39,7 @@ _SCAN = re.compile("|".join(f"(?P<k{i}>{p})" for i, (_, p) in enumerate(_PATTERN
 _KIND = {f"k{i}": kind for i, (kind, _) in enumerate(_PATTERNS)}
 # an accelerator mark: "_" or "&" right before a letter, not inside a word ("R&D", "snake_case")
 _ACCEL = re.compile(r"(?<![^\W_])[_&](?=[^\W\d_])")
-_SENTINEL = re.compile(r"\{([0-9]+)\}")
+SENTINEL = re.compile(r"\{([0-9]+)\}")  # one of ours: {1}, {2}, ... (group 1: the number)
 
 
 @dataclass(frozen=True)
@@ -126,14 +126,14 @@ def restore(translation: str, masked: Masked) -> tuple[str, bool]:
     """(the translation with the originals in place of its sentinels, whether every
     placeable came back exactly once). Sentinels the source did not have stay as they are."""
     n = len(masked.originals)
-    seen = Counter(int(m.group(1)) for m in _SENTINEL.finditer(translation))
+    seen = Counter(int(m.group(1)) for m in SENTINEL.finditer(translation))
     ok = all(seen[i] == 1 for i in range(1, n + 1)) and not any(k > n or k < 1 for k in seen)
 
     def original(m: re.Match[str]) -> str:
         k = int(m.group(1))
         return masked.originals[k - 1] if 1 <= k <= n else m.group()
 
-    text = _SENTINEL.sub(original, translation)
+    text = SENTINEL.sub(original, translation)
     if masked.accelerator:
         at = _accelerator_position(text, masked.accelerated, masked.nth)
         if at is None:

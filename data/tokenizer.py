@@ -67,6 +67,7 @@ class Tokenizer:
         self._proto = model_proto
         self._special = frozenset((PAD_ID, BOS_ID, EOS_ID))
         self._tags: dict[str, int] | None = None
+        self._lacks: dict[str, bool] = {}  # character -> the vocabulary lacks it
         self.path = path
         self.trained = trained
 
@@ -118,12 +119,11 @@ class Tokenizer:
     def unknown(self, text: str) -> list[tuple[int, int]]:
         """``[start, end)`` of each run of characters of ``text`` that the vocabulary lacks
         (they would come back as the unknown piece)."""
-        unk = int(self._sp.unk_id())
-        chars = set(text) - set(" \t")
-        lacking = {c for c in chars if unk in self._sp.encode(c, out_type=int)}
+        for c in set(text) - self._lacks.keys():
+            self._lacks[c] = c not in " \t" and UNK_ID in self._sp.encode(c, out_type=int)
         runs: list[tuple[int, int]] = []
         for i, ch in enumerate(text):
-            if ch in lacking:
+            if self._lacks[ch]:
                 if runs and runs[-1][1] == i:
                     runs[-1] = (runs[-1][0], i + 1)
                 else:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from data.errors import DataError
-from data.placeables import mask, mask_like, split_lines
+from data.placeables import SENTINEL, mask, mask_like, split_lines
 
 # A sentence ends at . ! ? (optionally followed by a closing quote/bracket) before whitespace
 # and an upper-case letter, digit or opening quote. Abbreviations such as "e.g. foo" or
@@ -23,7 +23,6 @@ from data.placeables import mask, mask_like, split_lines
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[A-ZÄÖÜ0-9\"'(])")
 _PLACEHOLDER = re.compile(r"%[-+ #0-9.]*[a-zA-Z]|\{[0-9a-zA-Z_]*\}|<[a-zA-Z/][^>]*>|\$\{|\\[nt]")
 _SPACES = re.compile(r"\s+")
-_SENTINEL = re.compile(r"\{[0-9]+\}")
 # Abbreviations after which a capitalised word does not start a new sentence.
 _ABBREVIATIONS = frozenset(
     [
@@ -198,6 +197,6 @@ def _filtered(
         if ne > max_tokens or nd > max_tokens or not min_ratio <= nd / ne <= max_ratio:
             continue
         seen.add((en, de))
-        if _SENTINEL.search(en):
+        if SENTINEL.search(en):
             counts[KEPT_WITH_PLACEABLES] += 1
         yield group, en, de

@@ -36,6 +36,7 @@ import polib
 
 from data.placeables import Lines, Masked, mask, restore, same_placeables, split_lines
 from nmt.config import AppConfig
+from nmt.decode import translate
 from nmt.decode.po_formats import PluralRule, format_flags, format_ok, plural_forms, positional
 from nmt.errors import UserError
 
@@ -170,8 +171,8 @@ class _Batch:
     """The texts of a catalogue's entries, each cut into lines and masked once, translated in
     one call."""
 
-    def __init__(self, placeables: bool) -> None:
-        self.placeables = placeables
+    def __init__(self, placeables: bool, tokenizer: Any) -> None:
+        self.placeables, self.tokenizer = placeables, tokenizer
         self.texts: dict[str, tuple[Lines, list[Masked], list[str]]] = {}
         self.hyps: dict[str, str] = {}
 
@@ -179,26 +180,26 @@ class _Batch:
         if text not in self.texts:
             lines = split_lines(text)
             cores = [core for _, core, _ in lines.parts]
-            masks = [mask(c) if self.placeables else Masked(c, ()) for c in cores]
+            masks = [self._mask(c) for c in cores]
             self.texts[text] = lines, masks, re.split(r"\r\n|\n", text)
+
+    def _mask(self, core: str) -> Masked:
+        """A line's placeables masked (characters the vocabulary lacks too), or as it is."""
+        if not self.placeables:
+            return Masked(core, ())
+        return translate.mask_unknown(mask(core), self.tokenizer)
 
     def run(self, translator: Any, progress: Any = None) -> None:
         import dataclasses
 
-        from nmt.decode.translate import mask_unknown, one_line, translate_lines
-
-        if self.placeables:  # characters the vocabulary lacks are carried over too
-            tok = translator.tokenizer
-            for text, (lines, ms, raw) in self.texts.items():
-                self.texts[text] = lines, [mask_unknown(m, tok) for m in ms], raw
         masked = (m.text for _, ms, _ in self.texts.values() for m in ms)
         todo = list(dict.fromkeys(x for x in masked if _WORD.search(x)))
         if progress is not None:
             progress.reset(total=len(todo))
         settings = dataclasses.replace(translator.decode, nbest=1)
         constrain = self.placeables and settings.placeable_constraint  # the texts are masked
-        hyps = translate_lines(
-            translator.model, translator.tokenizer, [one_line(x) for x in todo], settings,
+        hyps = translate.translate_lines(
+            translator.model, translator.tokenizer, [translate.one_line(x) for x in todo], settings,
             progress, constrain,
         )  # fmt: skip
         self.hyps = {src: h[0][0].strip() for src, h in zip(todo, hyps, strict=True)}
@@ -241,7 +242,7 @@ def fill_catalogue(
     todo = [e for e in po if not e.obsolete and e.msgid and (overwrite or untranslated(e))]
     counts.kept = counts.entries - len(todo)
     nplurals = rule.nplurals if rule else 2
-    batch = _Batch(placeables)
+    batch = _Batch(placeables, translator.tokenizer)
     for e in todo:
         if not e.msgid_plural or nplurals > 1:
             batch.add(e.msgid)

@@ -21,14 +21,14 @@ numbers still to write). Masks are cached per state (few distinct states per bat
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from data.placeables import SENTINEL
+
 State = tuple[str | None, frozenset[int]]
-_SENTINEL = re.compile(r"\{([0-9]+)\}")
 _DIGITS = frozenset("0123456789")
 
 
@@ -74,7 +74,7 @@ class SentinelVocab:
         """The start state for a source of piece ``ids``: ``None`` (not constrained) when
         it has no sentinel, a repeated one, or a brace that is not part of a sentinel."""
         text = "".join(self.text[i] for i in ids if 0 <= i < len(self.text))
-        numbers = [int(n) for n in _SENTINEL.findall(text)]
+        numbers = [int(n) for n in SENTINEL.findall(text)]
         braces = text.count("{") + text.count("}")
         if not numbers or braces != 2 * len(numbers) or len(set(numbers)) != len(numbers):
             return None
