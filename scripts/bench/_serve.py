@@ -53,6 +53,11 @@ class ServeProcess:
         """Send ``sig`` (if it still runs) and wait for the exit status."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 120) -> int:
+        """Wait for the exit status without signalling (a second SIGTERM that lands after
+        the server restored the default handlers would kill it: -15); kill after ``timeout``."""
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
