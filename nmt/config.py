@@ -102,8 +102,12 @@ class ParallelConfig:
     # nmt/train/wavefront_ranks.py, balance = layers per rank)
     time_chunks: int = 1
     # wavefront across processes: share of the batch's sentences whose generator (and loss)
-    # runs on the rank of the last decoder layer rather than the generator's rank
+    # runs on a helper rank rather than the generator's: the last decoder layer's rank, or
+    # the rank before when the generator shares its rank with the last decoder layer
     generator_share: float = 0.0
+    # wavefront across processes: every rank runs the encoder on a share of the batch's
+    # sentences (the encoder's forward and backward on all ranks at once)
+    encoder_split: bool = False
     # one-process wavefront on a GPU: a CUDA stream per layer (events for the dependencies)
     wave_streams: bool = False
 

@@ -65,8 +65,16 @@ def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
     [("parallel.pp=2",),  # the other layouts are slow tests (make test-slow)
      pytest.param(("parallel.pp=2", "parallel.balance=[2,3]"), marks=pytest.mark.slow),
      pytest.param(("parallel.pp=3", "parallel.balance=[1,2,2]"), marks=pytest.mark.slow),
-     pytest.param(("parallel.pp=2", "parallel.generator_share=0.3"), marks=pytest.mark.slow)],
-    ids=["gen-alone", "encoder-decoder", "three", "generator-share"],
+     pytest.param(("parallel.pp=2", "parallel.generator_share=0.3"), marks=pytest.mark.slow),
+     ("parallel.pp=2", "parallel.encoder_split=true"),
+     pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[2,2,1]"),
+                  marks=pytest.mark.slow),
+     ("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
+      "parallel.generator_share=0.3"),
+     pytest.param(("parallel.pp=2", "parallel.balance=[2,3]", "parallel.generator_share=0.4"),
+                  marks=pytest.mark.slow)],
+    ids=["gen-alone", "encoder-decoder", "three", "generator-share", "encoder-split",
+         "encoder-split-three", "split-helper", "helper-without-decoder"],
 )  # fmt: skip
 def test_ranks_equal_one_device_with_dropout(
     plain: Path, tiny_corpus: dict[str, Path], tmp_path: Path, ranks: tuple[str, ...]
@@ -119,7 +127,8 @@ def test_owners_default_and_balance() -> None:
 @pytest.mark.parametrize(
     ("extra", "match"),
     [(("parallel.dp=2",), "one pipeline"), (("parallel.microbatches=2",), "cuts batches"),
-     (("parallel.recompute=true",), "recompute"), (("parallel.pp=9",), "more ranks")],
+     (("parallel.recompute=true",), "recompute"), (("parallel.pp=9",), "more ranks"),
+     (("parallel.pp=1", "parallel.encoder_split=true"), "needs the wavefront across")],
 )  # fmt: skip
 def test_refused_in_one_line(tiny_cfg: Any, extra: tuple[str, ...], match: str) -> None:
     cfg = tiny_cfg("parallel=wavefront", "parallel.pp=2", "train.max_steps=1", *extra)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from parallel.errors import PlacementError
@@ -101,6 +103,26 @@ def test_gather_is_a_barrier() -> None:
                    (0, "B", 1, 8.0, 9.0), (0, "B", 0, 9.0, 10.0)]  # fmt: skip
     with pytest.raises(PlacementError, match="without a barrier"):
         simulate_wavefront([layers[0], WaveLayer("x", 1.0, 1.0, 0, 2)], [0, 1], 2, ZERO_LINK)
+
+
+def test_split_layer_runs_on_every_device() -> None:
+    """A split encoder (F 4, B 8 ms; 400 B out) on two devices, then an attention layer on
+    device 0, 100 bytes per ms. Worked by hand: each device encodes half, 0-2; device 1's
+    half (200 B) arrives at 4: attention 4-6, its backward 6-8; device 1's gradient arrives
+    at 10: encoder backward 8-12 on device 0, 10-14 on device 1. Not split: 0-4, 4-6, 6-8,
+    8-16."""
+    enc = WaveLayer("enc", 4.0, 8.0, 400, 4, recurrent=False, whole=True, split=True)
+    att = WaveLayer("att", 2.0, 2.0, 0, 4, gather=True)
+    r = simulate_wavefront([enc, att], [0, 0], 1, SLOW, num_devices=2)
+    got = [(e.device, e.layer, e.kind, e.start_ms, e.end_ms) for e in r.events]
+    assert got == [(0, 0, "F", 0.0, 2.0), (1, 0, "F", 0.0, 2.0), (0, 1, "F", 4.0, 6.0),
+                   (0, 1, "B", 6.0, 8.0), (0, 0, "B", 8.0, 12.0),
+                   (1, 0, "B", 10.0, 14.0)]  # fmt: skip
+    assert r.step_ms == 14.0 and r.busy_ms == (10.0, 6.0)
+    whole = simulate_wavefront([replace(enc, split=False), att], [0, 0], 1, SLOW)
+    assert whole.step_ms == 16.0
+    with pytest.raises(PlacementError, match="must be whole"):
+        simulate_wavefront([WaveLayer("x", 1.0, 1.0, 0, 2, split=True), att], [0, 0], 1, SLOW)
 
 
 def test_gnmt_layers_and_barriers() -> None:

@@ -4,7 +4,9 @@ Why: the wavefront (:mod:`nmt.models.wavefront`, :mod:`nmt.train.wavefront_ranks
 layer over time chunks, possibly in another process than its neighbours. A mask drawn per
 chunk differs from the whole-sequence mask of the plain model, so its losses would differ at
 any dropout > 0. :class:`SeqDropout` therefore always draws the mask of the *whole* sequence
-(at chunk 0, :meth:`SeqDropout.chunk`) and slices it per chunk.
+(at chunk 0, :meth:`SeqDropout.chunk`) and slices it per chunk; a rank that encodes a share
+of the batch's sentences draws the whole batch's mask and applies its columns
+(:func:`sentence_slice`).
 
 Where the random bits come from: with :func:`seed_masks` (what training does, on one device
 and in every wavefront process) each dropout module of the model draws from its own
@@ -22,6 +24,8 @@ CPU, on every device.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +51,8 @@ class SeqDropout(nn.Module):
         self.seed: int | None = None  # None: the global RNG
         self._generator: torch.Generator | None = None
         self._mask: Tensor | None = None
+        # (first sentence, batch size): the input holds these columns of a larger batch
+        self.columns: tuple[int, int] | None = None
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -70,7 +76,11 @@ class SeqDropout(nn.Module):
         """``x[T,...]`` -> ``x * mask`` (``x`` itself in eval mode or at p = 0)."""
         if not self.active():
             return x
-        return x * self.draw(tuple(x.shape), x)
+        if self.columns is None:
+            return x * self.draw(tuple(x.shape), x)
+        lo, batch = self.columns  # the whole batch's mask, this slice of its sentences
+        mask = self.draw((x.size(0), batch, *x.shape[2:]), x)
+        return x * mask[:, lo : lo + x.size(1)]
 
     def chunk(self, x: Tensor, start: int, total: int) -> Tensor:
         """Time chunk ``x[t,...]`` at ``start`` of a ``total``-step sequence -> ``x * mask``
@@ -80,6 +90,20 @@ class SeqDropout(nn.Module):
         if start == 0 or self._mask is None:
             self._mask = self.draw((total, *x.shape[1:]), x)
         return x * self._mask[start : start + x.size(0)]
+
+
+@contextmanager
+def sentence_slice(drops: Sequence[SeqDropout], lo: int, batch: int) -> Iterator[None]:
+    """Within: the dropout modules ``drops`` see sentences ``[lo, lo + b)`` of a ``batch``
+    of sentences, and apply that slice of the whole batch's mask (a rank that encodes a
+    share of the batch: :mod:`nmt.train.wave_encoder`)."""
+    for m in drops:
+        m.columns = (lo, batch)
+    try:
+        yield
+    finally:
+        for m in drops:
+            m.columns = None
 
 
 def seed_masks(model: nn.Module, run_seed: int, step: int, batch: int = 0) -> None:

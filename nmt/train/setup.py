@@ -54,6 +54,11 @@ def setup_run(cfg: AppConfig) -> RunSetup:
     cfg = apply_plan(cfg)  # parallel=auto: the ranks come from the plan
     autocast_dtype(cfg.train.precision, pick_device(cfg.train.device))
     layout = None
+    if cfg.parallel.encoder_split and not (cfg.parallel.pp > 1 and cfg.parallel.time_chunks > 1):
+        raise UserError(
+            "parallel.encoder_split=true needs the wavefront across processes "
+            "(parallel=wavefront parallel.pp >= 2)"
+        )
     if cfg.parallel.pp * cfg.parallel.dp > 1 and cfg.parallel.time_chunks > 1:
         check_wave_ranks(cfg)  # the wavefront across processes: no pipeline layout
     elif cfg.parallel.pp * cfg.parallel.dp > 1:

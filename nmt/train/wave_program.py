@@ -31,8 +31,9 @@ from torch import Tensor
 
 from data.batching import Batch
 from nmt.models.gnmt import GNMT
-from nmt.models.loss import label_smoothed_nll
 from nmt.models.wavefront import chunk_bounds
+from nmt.train.wave_encoder import SplitEncoder
+from nmt.train.wave_generator import LossArgs, WaveGenerator
 from parallel.runtime.timeline import TimelineRecorder
 from parallel.runtime.wave import Carried, Chunk, Pending, State, Wire, leaf, timed
 
@@ -61,24 +62,29 @@ class WaveProgram:
         wire: Wire,
         timeline: TimelineRecorder | None = None,
         generator_share: float = 0.0,
+        encoder_split: bool = False,
     ) -> None:
         self.m, self.owners, self.rank, self.chunks = model, owners, rank, chunks
-        self.wire, self.timeline, self.share = wire, timeline, generator_share
+        self.wire, self.timeline = wire, timeline
         self.E, self.S = model.n_enc, len(model.stages)
+        ranks = max(owners) + 1
+        self.split = (
+            SplitEncoder(model, rank, ranks, owners[self.E], wire, timeline)
+            if encoder_split
+            else None
+        )
         mine = [u for u, r in enumerate(owners) if r == rank]
-        self.enc_units = [u for u in mine if 1 <= u < self.E]
+        self.enc_units = [u for u in mine if 1 <= u < self.E and self.split is None]
         self.dec_units = [u for u in mine if self.E <= u < self.S - 1]
         self.has_gen = owners[-1] == rank
-        # the last decoder layer's rank also runs the generator on a share of the sentences
-        self.splits = not self.has_gen and bool(self.dec_units) and self.dec_units[-1] == self.S - 2
-
-    def kept(self, batch: int) -> int:
-        """Sentences (the first ones of the batch) whose generator runs on the rank of the
-        last decoder layer when the generator is on another rank: ``generator_share`` of
-        ``batch``, at most ``batch - 1``."""
-        if self.owners[-1] == self.owners[-2]:
-            return 0
-        return min(int(round(self.share * batch)), batch - 1)
+        self.gen = WaveGenerator(model, owners, rank, wire, timeline, generator_share)
+        helper = self.gen.helper == rank
+        last_decoder = owners[-2] == rank
+        # the generator's share of the sentences: kept by the last decoder layer's rank
+        # (generator alone elsewhere), or sent to the rank before (generator with Dec_D)
+        self.splits = helper and last_decoder
+        self.helps = helper and not last_decoder
+        self.shares = self.has_gen and last_decoder and self.gen.helper is not None
 
     def run(self, b: Batch, scale: float, pad_id: int, eps: float) -> tuple[float, float]:
         """Forward and backward of batch ``b`` (loss gradient ``scale`` per unit of loss sum);
@@ -89,6 +95,12 @@ class WaveProgram:
             b.src.size(1),
             self.m.hidden,
         )
+        if self.split is not None:  # every rank encodes a share of the sentences
+            enc_leaf = self.split.forward(b)
+            sums = self.decode(b, sh, enc_leaf, scale, pad_id, eps)
+            self.split.backward(enc_leaf)
+            self.wire.flush()
+            return sums
         h_full, h_leaf, enc_seg = self.encode(b, sh)
         enc_leaf = self.top_encoder(sh, enc_seg)
         sums = self.decode(b, sh, enc_leaf, scale, pad_id, eps)
@@ -157,15 +169,26 @@ class WaveProgram:
         self, b: Batch, sh: Shapes, enc_leaf: Tensor | None, scale: float, pad: int, eps: float
     ) -> tuple[float, float]:
         """The decoder wave, forward and backward; the gradient reaches ``enc_leaf``."""
+        loss_args, sums = (scale, pad, eps), [0.0, 0.0]
+        if not self.dec_units and self.has_gen:
+            return self.gen.alone(b, sh.tgt, loss_args)
         if not self.dec_units:
-            return self.generator_only(b, sh, scale, pad, eps) if self.has_gen else (0.0, 0.0)
+            if self.helps:
+                self.gen.help(b, sh.tgt, loss_args, sums)
+            return sums[0], sums[1]
         first = self.dec_units[0]
         context = self.context(b, enc_leaf) if first == self.E else None
         seg = Carried(self.decoder_fn(sh, context), first, self.timeline)
-        sums = [0.0, 0.0]
-        held = self.decode_forward(b, sh, seg, context, (scale, pad, eps), sums)
+        held = self.decode_forward(b, sh, seg, context, loss_args, sums)
+        if self.helps:  # the generator's share, between this rank's forward and backward
+            self.gen.help(b, sh.tgt, loss_args, sums)
         self.decode_backward(sh, seg, context, held)
         return sums[0], sums[1]
+
+    def keep(self, batch: int) -> int:
+        """Sentences (the first ones) whose generator runs on the helper rank, as seen by
+        the rank of the last decoder layer; 0 elsewhere."""
+        return self.gen.kept(batch) if self.splits or self.shares else 0
 
     def decode_forward(
         self,
@@ -173,7 +196,7 @@ class WaveProgram:
         sh: Shapes,
         seg: Carried,
         context: Any,
-        loss_args: tuple[float, int, float],
+        loss_args: LossArgs,
         sums: list[float],
     ) -> dict[int, list[Tensor | None]]:
         """This rank's decoder chunks forward (and the generator's chunks held here, forward
@@ -186,18 +209,20 @@ class WaveProgram:
             else self.post(own[first - 1], FWD, first, sh.tgt, sh.batch, widths)
         )
         held: dict[int, list[Tensor | None]] = {}
-        keep = self.kept(sh.batch) if self.splits else 0
+        keep = self.keep(sh.batch)
         for c, (a, e) in enumerate(sh.tgt):
             x = (context[2][a:e],) if context is not None else tuple(map(leaf, pend[c].wait()))
             y = seg.forward(c, x)
+            if keep:  # the first `keep` sentences: generator here, or on the helper rank
+                kept, y = (y[0][:, :keep], y[1][:, :keep]), (y[0][:, keep:], y[1][:, keep:])
+                if self.splits:
+                    held[c] = self.gen.generate(c, kept, b.tgt_out[a:e, :keep], loss_args, sums)
+                else:
+                    self.wire.send(kept, self.gen.helper or 0, FWD, self.S - 1, c)
             if self.has_gen:
-                held[c] = self.generate(c, y, b.tgt_out[a:e], *loss_args, sums)
-                continue
-            if keep:  # the generator of the first `keep` sentences runs here
-                mine = (y[0][:, :keep], y[1][:, :keep])
-                held[c] = self.generate(c, mine, b.tgt_out[a:e, :keep], *loss_args, sums)
-                y = (y[0][:, keep:], y[1][:, keep:])
-            self.wire.send(y, own[last + 1], FWD, last + 1, c)
+                held[c] = self.gen.generate(c, y, b.tgt_out[a:e, keep:], loss_args, sums)
+            else:
+                self.wire.send(y, own[last + 1], FWD, last + 1, c)
         return held
 
     def decode_backward(
@@ -206,13 +231,20 @@ class WaveProgram:
         """This rank's decoder chunks backward, last chunk first; then, on Dec1's rank, the
         memory and embedding backward."""
         own, first, last = self.owners, self.dec_units[0], self.dec_units[-1]
-        keep = self.kept(sh.batch) if self.splits else 0
-        back = self.post(own[last + 1], BWD, last + 1, sh.tgt, sh.batch - keep, [sh.hidden] * 2)
+        keep, widths = self.keep(sh.batch), [sh.hidden] * 2
+        if self.shares:  # the helper's gradients of the first `keep` sentences
+            back = self.post(self.gen.helper or 0, BWD, self.S - 1, sh.tgt, keep, widths)
+        else:
+            back = self.post(own[last + 1], BWD, last + 1, sh.tgt, sh.batch - keep, widths)
         for c in reversed(range(len(sh.tgt))):
-            g: list[Tensor | None] = held.pop(c) if self.has_gen else list(back[c].wait())
-            if keep:
-                g = [torch.cat((mine_g, theirs), dim=1)  # type: ignore[arg-type]
-                     for mine_g, theirs in zip(held.pop(c), g, strict=True)]  # fmt: skip
+            parts = [held.pop(c)] if c in held else []
+            if back:  # in sentence order: the helper's first, or after the ones kept here
+                parts.insert(0 if self.shares else len(parts), list(back[c].wait()))
+            g: list[Tensor | None] = (
+                parts[0]
+                if len(parts) == 1
+                else [torch.cat(pair, dim=1) for pair in zip(*parts, strict=True)]
+            )
             grads = seg.backward(c, g)
             if context is None:
                 a, e = sh.tgt[c]
@@ -253,46 +285,6 @@ class WaveProgram:
             return (h, ctx), tuple(new)
 
         return run
-
-    def generate(
-        self,
-        c: int,
-        x: Chunk,
-        target: Tensor,
-        scale: float,
-        pad: int,
-        eps: float,
-        sums: list[float],
-    ) -> list[Tensor | None]:
-        """Generator and loss on chunk ``c`` (``x`` = (h, ctx) ``[t,B,H]``), forward and
-        backward; returns the gradients of h and ctx."""
-        h, ctx = leaf(x[0]), leaf(x[1])
-        with timed(self.timeline, "F", self.S - 1, c):
-            keep = target != pad
-            rows = keep.reshape(-1).nonzero().squeeze(1)
-            logits = self.m.generator(h.reshape(-1, h.size(-1)).index_select(0, rows), ctx)
-            loss, nll = label_smoothed_nll(logits, target[keep], pad, eps)
-            torch.autograd.backward([loss], [torch.full_like(loss, scale)])
-        sums[0] += float(loss.detach())
-        sums[1] += float(nll.detach())
-        return [h.grad, ctx.grad]
-
-    def generator_only(
-        self, b: Batch, sh: Shapes, scale: float, pad: int, eps: float
-    ) -> tuple[float, float]:
-        """A rank with the generator alone: chunk 0 first, then the last chunk back to
-        chunk 1 (:func:`generator_order`), so that the decoder's backward can start early."""
-        src, keep = self.owners[self.S - 2], self.kept(sh.batch)
-        pend = self.post(src, FWD, self.S - 1, sh.tgt, sh.batch - keep, [sh.hidden] * 2)
-        sums = [0.0, 0.0]
-        for c in generator_order(len(sh.tgt)):
-            a, e = sh.tgt[c]
-            target = b.tgt_out[a:e, keep:]
-            grads = self.generate(c, tuple(pend[c].wait()), target, scale, pad, eps, sums)
-            zeros = torch.zeros(e - a, sh.batch - keep, sh.hidden)
-            out = [g if g is not None else zeros for g in grads]
-            self.wire.send(out, src, BWD, self.S - 1, c)
-        return sums[0], sums[1]
 
     # ------------------------------------------------------------------ encoder backward
     def encoder_backward(
@@ -346,13 +338,6 @@ class WaveProgram:
             self.wire.post([(e - a, batch, w) for w in widths], src, kind, boundary, c)
             for c, (a, e) in enumerate(spans)
         ]
-
-
-def generator_order(chunks: int) -> list[int]:
-    """The order of a generator-only rank: ``0, C-1, C-2, ..., 1``. Chunk 0 arrives first
-    (nothing else to do meanwhile); the decoder's backward then needs the last chunk first.
-    (Gloo cannot say which posted receive has arrived without waiting on it.)"""
-    return [0, *range(chunks - 1, 0, -1)]
 
 
 def grad_of(t: Tensor) -> Tensor:

@@ -4,9 +4,10 @@ N processes (torch's launcher, or ``torchrun``: :func:`parallel.runtime.engine.l
 pipeline of GNMT's layers cut into N groups of consecutive layers (``parallel.balance``:
 layers per rank; by default the generator alone on the last rank and the other layers
 split evenly over the first N-1; ``parallel.generator_share``: the share of each batch's
-sentences whose generator runs on the rank of the last decoder layer instead). Each batch
-waves through them in time chunks (:mod:`nmt.train.wave_program`, on c10d point-to-point:
-:mod:`parallel.runtime.wave`).
+sentences whose generator runs on a helper rank instead, :mod:`nmt.train.wave_generator`;
+``parallel.encoder_split``: every rank runs the encoder on a share of the sentences,
+:mod:`nmt.train.wave_encoder`). Each batch waves through them in time chunks
+(:mod:`nmt.train.wave_program`, on c10d point-to-point: :mod:`parallel.runtime.wave`).
 
 Every rank builds the whole model with the run's seed and draws the same batches. After
 the backward, the gradients of the parameters that a rank other than 0 uses (the tied
@@ -47,6 +48,7 @@ from nmt.train.setup import RunSetup
 from nmt.train.single import SingleDevice
 from nmt.train.trainer import Computed, Trainer
 from nmt.train.wave_checks import wave_owners
+from nmt.train.wave_encoder import encoder_parameters
 from nmt.train.wave_program import WaveProgram
 from parallel.runtime.engine import DistContext, init_distributed, launch
 from parallel.runtime.timeline import TimelineRecorder, gather_and_write
@@ -72,7 +74,7 @@ class WaveRank(SingleDevice):
         wire = Wire(self.device)
         self.program = WaveProgram(
             self.model, self.owners, ctx.rank, pc.time_chunks, wire, self.timeline,
-            pc.generator_share,
+            pc.generator_share, pc.encoder_split,
         )  # fmt: skip
         self.shared = self.shared_parameters()
         self._first_step: int | None = None
@@ -86,6 +88,8 @@ class WaveRank(SingleDevice):
                 used |= {id(p) for p in self.model.stages[u].parameters()}
                 if u == self.model.n_enc:  # Dec1 embeds the target
                     used.add(id(self.model.embed_stage.embedding.weight))
+        if self.cfg.parallel.encoder_split:  # every rank encodes some sentences
+            used |= {id(p) for p in encoder_parameters(self.model)}
         return [p for p in self.model.parameters() if id(p) in used]
 
     def compute(

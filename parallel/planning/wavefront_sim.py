@@ -80,6 +80,10 @@ class WaveLayer:
     # chunk is its own: the generator of the processes' wavefront runs F and B per chunk, in
     # the order 0, C-1, C-2, ..., 1)
     chunk_loss: bool = False
+    # with ``whole``: the layer runs on every device at once, each on an equal share of the
+    # batch's sentences (one task per device, 1/D of the cost, 1/D of ``out_bytes`` each;
+    # the wavefront's ``parallel.encoder_split``); ``placement`` of it is not used
+    split: bool = False
 
 
 class WaveTask(NamedTuple):
@@ -162,9 +166,13 @@ def _build(
     chunks: int,
     link: Link,
     overhead: ChunkOverhead,
+    devices: int,
 ) -> _Graph:
     n = len(layers)
-    lens = [[ly.steps] if ly.whole else chunk_lengths(ly.steps, chunks) for ly in layers]
+    lens = [
+        [ly.steps] * (devices if ly.split else 1) if ly.whole else chunk_lengths(ly.steps, chunks)
+        for ly in layers
+    ]
     fid: list[list[int]] = []
     bid: list[list[int]] = []
     g = _Graph([], [], [], [], [])
@@ -176,8 +184,9 @@ def _build(
             for c, ln in enumerate(lens[li]):
                 row.append(len(g.key))
                 g.key.append((li, kind, c))
-                g.dur.append(chunk_ms(full, 0.0 if ly.whole else o, ln, ly.steps))
-                g.dev.append(placement[li])
+                share = len(lens[li]) if ly.split else 1
+                g.dur.append(chunk_ms(full, 0.0 if ly.whole else o, ln, ly.steps) / share)
+                g.dev.append(c if ly.split else placement[li])
                 g.deps.append([])
                 if kind == "F":
                     g.prio.append((1, li + c, -li))
@@ -185,11 +194,15 @@ def _build(
                     g.prio.append((0, (n - 1 - li) + (last - c), li))
             ids.append(row)
 
-    def msg(li: int, length: int) -> float:
-        """Delay of ``length`` steps of layer li's output (or gradient) between li and li+1."""
-        if placement[li] == placement[li + 1]:
+    def msg(li: int, length: int, a: int = -1, b: int = -1) -> float:
+        """Delay of ``length`` steps of layer li's output (or gradient) between li and li+1
+        (between tasks ``a`` of li and ``b`` of li+1, where one of them is split)."""
+        src = g.dev[a] if layers[li].split else placement[li]
+        dst = g.dev[b] if layers[li + 1].split else placement[li + 1]
+        if src == dst:
             return 0.0
-        return link.transfer_ms(round(layers[li].out_bytes * length / layers[li].steps))
+        share = len(lens[li]) if layers[li].split else 1
+        return link.transfer_ms(round(layers[li].out_bytes * length / layers[li].steps / share))
 
     for li, ly in enumerate(layers):
         last = len(lens[li]) - 1
@@ -198,7 +211,13 @@ def _build(
             if li > 0:
                 p = li - 1
                 if ly.whole or ly.gather:
-                    f += [(fid[p][j], msg(p, n_p)) for j, n_p in enumerate(lens[p])]
+                    f += [(fid[p][j], msg(p, n_p, fid[p][j], fid[li][c]))
+                          for j, n_p in enumerate(lens[p])]  # fmt: skip
+                elif layers[p].split:
+                    raise PlacementError(
+                        f"wavefront: {ly.name} follows the split layer {layers[p].name} "
+                        "without a barrier (whole or gather)"
+                    )
                 elif layers[p].whole:
                     f.append((fid[p][0], msg(p, lens[p][0])))
                 elif layers[p].steps == ly.steps:
@@ -208,7 +227,7 @@ def _build(
                         f"wavefront: {ly.name} ({ly.steps} steps) follows {layers[p].name} "
                         f"({layers[p].steps} steps) without a barrier (whole or gather)"
                     )
-            if ly.recurrent and c > 0:
+            if ly.recurrent and not ly.whole and c > 0:
                 f.append((fid[li][c - 1], 0.0))
             if ly.chunk_loss and c > 0:  # order 0, C-1, C-2, ..., 1
                 f.append((fid[li][0 if c == last else c + 1], 0.0))
@@ -220,12 +239,13 @@ def _build(
                 q = layers[li + 1]
                 nq = len(lens[li + 1])
                 if q.whole or q.gather:
-                    b += [(bid[li + 1][j], msg(li, ly.steps)) for j in range(nq)]
+                    b += [(bid[li + 1][j], msg(li, ly.steps, bid[li][c], bid[li + 1][j]))
+                          for j in range(nq)]  # fmt: skip
                 elif ly.whole:
                     b += [(bid[li + 1][j], msg(li, ln)) for j, ln in enumerate(lens[li + 1])]
                 else:
                     b.append((bid[li + 1][c], msg(li, lens[li][c])))
-            if ly.recurrent and c < last:
+            if ly.recurrent and not ly.whole and c < last:
                 b.append((bid[li][c + 1], 0.0))
     return g
 
@@ -290,10 +310,12 @@ def simulate_wavefront(
     k = num_devices if num_devices is not None else max(placement) + 1
     if any(not 0 <= d < k for d in placement):
         raise PlacementError(f"placement {list(placement)} outside devices 0..{k - 1}")
+    if any(ly.split and not ly.whole for ly in layers):
+        raise PlacementError("wavefront: a split layer must be whole (one task per device)")
     ov = overhead if overhead is not None else ChunkOverhead()
     if min(ov.fwd_ms, ov.bwd_ms) < 0:
         raise PlacementError(f"chunk overhead must be >= 0, got {ov}")
-    g = _build(layers, placement, chunks, link, ov)
+    g = _build(layers, placement, chunks, link, ov, k)
     start = _run(g, k)
     finish, busy = [0.0] * k, [0.0] * k
     for t, s in enumerate(start):

@@ -143,24 +143,38 @@ def predict(
     hidden: int,
     link: dict[str, float],
     share: float = 0.0,
+    split: dict[str, float] | None = None,
 ) -> WaveResult:
     """The simulator's step for 2 processes, generator on rank 1: layers Enc1 (whole), the
     encoder chunks, the decoder chunks (gather), the generator (loss per chunk); ``tt``,
     ``bt``: mean target length and batch; the decoder sends (h, ctx) in float32. With
     ``share`` (``parallel.generator_share``) rank 0 runs that share of the generator right
-    after each decoder chunk: its cost moves into the decoder's forward."""
+    after each decoder chunk: its cost moves into the decoder's forward. With ``split``
+    (``parallel.encoder_split``; the pieces of the encoder run whole, ``split["ts"]`` the
+    mean source length) the encoder is one layer split over both processes, half the
+    batch's cost on each, rank 1's top output sent to rank 0 in float32."""
     steps = max(round(tt), chunks)
     dec_bytes = int(2 * 4 * tt * bt * hidden * (1.0 - share))
     gen_here = costs["gen"] * share
-    layers = [
-        WaveLayer("Embed+Enc1", costs["enc1_F"], costs["enc1_B"], 0, steps, False, True),
-        WaveLayer("Enc", costs["enc_F"], costs["enc_B"], 0, steps),
+    decoder = [
         WaveLayer("Dec", costs["dec_F"] + gen_here, costs["dec_B"], dec_bytes, steps, gather=True),
         WaveLayer("Generator", costs["gen"] - gen_here, 0.0, 0, steps, False, chunk_loss=True),
     ]
+    if split is None:
+        layers = [
+            WaveLayer("Embed+Enc1", costs["enc1_F"], costs["enc1_B"], 0, steps, False, True),
+            WaveLayer("Enc", costs["enc_F"], costs["enc_B"], 0, steps),
+            *decoder,
+        ]
+    else:
+        ts = max(round(split["ts"]), 1)
+        fwd, bwd = split["enc1_F"] + split["enc_F"], split["enc1_B"] + split["enc_B"]
+        enc_bytes = int(4 * split["ts"] * bt * hidden)
+        layers = [WaveLayer("Encoder", fwd, bwd, enc_bytes, ts, False, True, split=True), *decoder]
     wire = Link("gloo-loopback", link["bytes_per_s"], link["latency_ms"] / 1e3)
     extra = link["allreduce_ms"] + costs["extra"] + costs.get("loop", 0.0)
-    return simulate_wavefront(layers, [0, 0, 0, 1], chunks, wire, step_extra_ms=extra)
+    placement = [0] * (len(layers) - 1) + [1]
+    return simulate_wavefront(layers, placement, chunks, wire, step_extra_ms=extra)
 
 
 def summary(result: WaveResult) -> dict[str, Any]:

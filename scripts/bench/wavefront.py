@@ -6,7 +6,8 @@ The real ``nmt-train`` on the shipped corpus, ``model=gnmt_demo data.batch_token
 demo's batch), ``train.precision`` (``--precision``, bf16 by default: what the demo's auto
 picks on a CPU with AMX), for: 1 process x 1 thread plain, 1 process x 2 threads plain, and
 2 processes x 1 thread ``parallel=wavefront parallel.pp=2 parallel.time_chunks=C
-parallel.generator_share=F`` (``--chunks``, ``--share``). Step
+parallel.generator_share=F parallel.encoder_split=S`` (``--chunks``, ``--share``,
+``--split``). Step
 time: the mean ``ms_per_step`` of steps ``skip+1..steps`` (the same batches in every run).
 
 Prediction (:mod:`scripts.bench._wave_predict`): every piece of the wave (bottom encoder
@@ -34,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nmt.train.wave_encoder import encoder_parameters
 from scripts.bench import _wave_predict as wp
 from scripts.bench.common import (
     child_env,
@@ -91,23 +93,28 @@ def measure(work: Path, a: Any, out_dir: Path) -> dict[str, Any]:
     res: dict[str, Any] = {}
     res["plain_1x1_ms"] = mean_step_ms(train_run(work, "plain1", 1, ["parallel=none"], a), a.skip)
     res["plain_1x2_ms"] = mean_step_ms(train_run(work, "plain2", 2, ["parallel=none"], a), a.skip)
-    for c, f in waves(a):
+    for c, f, sp in waves(a):
         wave = ["parallel=wavefront", "parallel.pp=2", f"parallel.time_chunks={c}",
-                f"parallel.generator_share={f}"]  # fmt: skip
-        run = train_run(work, f"wave{c}_{f}", 1, wave, a)
-        res[key(c, f)] = mean_step_ms(run, a.skip)
+                f"parallel.generator_share={f}", f"parallel.encoder_split={bool(sp)}"]  # fmt: skip
+        run = train_run(work, name(c, f, sp), 1, wave, a)
+        res[key(c, f, sp)] = mean_step_ms(run, a.skip)
         if (run / "timeline.png").is_file():
             out_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy(run / "timeline.png", out_dir / f"timeline_c{c}_share{f}.png")
+            shutil.copy(run / "timeline.png", out_dir / f"timeline_{name(c, f, sp)}.png")
     return res
 
 
-def waves(a: Any) -> list[tuple[int, float]]:
-    return [(c, f) for c in a.chunks for f in a.share]
+def waves(a: Any) -> list[tuple[int, float, int]]:
+    return [(c, f, sp) for sp in a.split for c in a.chunks for f in a.share]
 
 
-def key(c: int, f: float) -> str:
-    return f"wave_2x1_c{c}_share{f}_ms"
+def name(c: int, f: float, sp: int) -> str:
+    """A wavefront run's name: chunks, generator share, ``_split`` with the encoder split."""
+    return f"c{c}_share{f}" + ("_split" if sp else "")
+
+
+def key(c: int, f: float, sp: int) -> str:
+    return f"wave_2x1_{name(c, f, sp)}_ms"
 
 
 def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
@@ -118,12 +125,16 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     model, batches = wp.run_batches(cfg, a.steps)
     mine = batches[a.skip :]
     tt = sum(b.tgt_in.size(0) for b in mine) / len(mine)
+    ts = sum(b.src.size(0) for b in mine) / len(mine)
     bt = sum(b.tgt_in.size(1) for b in mine) / len(mine)
     hidden = model.hidden
     shared = sum(p.numel() for p in model.stages[-1].parameters())
     link = wp.probe_link([int(tt / 8 * bt * hidden), int(tt / 2 * bt * hidden)], shared)
-    out: dict[str, Any] = {"link": link, "mean_tgt_len": tt, "mean_batch": bt, "chunks": {},
-                           "pieces_ms": {}}  # fmt: skip
+    out: dict[str, Any] = {"link": link, "mean_tgt_len": tt, "mean_src_len": ts,
+                           "mean_batch": bt, "chunks": {}, "pieces_ms": {}}  # fmt: skip
+    if any(sp for _, _, sp in waves(a)):  # the split encoder's gradients are shared too
+        encoder = sum(p.numel() for p in encoder_parameters(model))
+        out["link_split"] = wp.probe_link([int(ts * bt * hidden / 2)], shared + encoder)
     import torch
 
     torch.set_num_threads(1)
@@ -132,12 +143,16 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     out["one_process_ms"] = {k: round(v, 2) for k, v in whole.items()} | {"loop": round(loop, 2)}
     for c in a.chunks:
         costs = wp.unit_costs(cfg, model, mine, c) | {"loop": loop}
-        for f in a.share:
-            sim = wp.summary(wp.predict(costs, c, tt, bt, hidden, link, f))
-            got = measured[key(c, f)]
+        for cc, f, sp in waves(a):
+            if cc != c:
+                continue
+            split = whole | {"ts": ts} if sp else None
+            wire = {**link, "allreduce_ms": out["link_split"]["allreduce_ms"]} if sp else link
+            sim = wp.summary(wp.predict(costs, c, tt, bt, hidden, wire, f, split))
+            got = measured[key(c, f, sp)]
             sim["measured_ms"] = round(got, 1)
             sim["error"] = round(sim["step_ms"] / got - 1.0, 4)
-            out["chunks"][f"c{c}_share{f}"] = sim
+            out["chunks"][name(c, f, sp)] = sim
         out["pieces_ms"][f"c{c}"] = {k: round(v, 2) for k, v in costs.items()}
     return out
 
@@ -149,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunks", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--share", type=float, nargs="+", default=[0.0, 0.25],
                     help="parallel.generator_share values")  # fmt: skip
+    ap.add_argument("--split", type=int, nargs="+", default=[0, 1], choices=[0, 1],
+                    help="parallel.encoder_split off (0) and/or on (1)")  # fmt: skip
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--work", type=Path, default=None, help="run folders (default: temporary)")
     ap.add_argument("--out", default=None)
@@ -166,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         load_after = round(os.getloadavg()[0], 2)
         predicted = prediction(a, measured)
     base, two = measured["plain_1x1_ms"], measured["plain_1x2_ms"]
-    speed = {f"c{c}_share{f}": {"vs_1x1": round(base / measured[key(c, f)], 3),
-                                "vs_1x2": round(two / measured[key(c, f)], 3)}
-             for c, f in waves(a)}  # fmt: skip
+    speed = {name(c, f, sp): {"vs_1x1": round(base / measured[key(c, f, sp)], 3),
+                              "vs_1x2": round(two / measured[key(c, f, sp)], 3)}
+             for c, f, sp in waves(a)}  # fmt: skip
     errors = [abs(v["error"]) for v in predicted["chunks"].values()]
     doc = {
         "command": command(__name__, argv),

@@ -1,0 +1,121 @@
+"""The encoder shared out over the wavefront's ranks by sentences (``parallel.encoder_split``).
+
+GNMT's encoder is the wavefront's serial part: its first layer is bidirectional (it needs
+the whole source before any output chunk is final) and the attention needs every source
+position before the decoder starts, so while one rank encodes, the others wait, and again
+in the backward. Its sentences, though, are independent. With the split, every rank runs
+every encoder layer (whole sequence, one call per layer) on its own slice of the batch's
+sentences; the rank of Dec1 gathers the top outputs (one message per rank), and after the
+decoder's backward sends each rank the gradient of its slice, so the encoder's forward and
+backward run on all ranks at once. The encoder's parameter gradients are partial on every
+rank and summed by the engine's all-reduce (:mod:`nmt.train.wavefront_ranks`).
+
+Exact: each dropout module draws the whole batch's mask and applies its rank's columns
+(:func:`nmt.models.dropout.sentence_slice`), so the masks equal one device's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from data.batching import Batch
+from nmt.models.dropout import SeqDropout, sentence_slice
+from nmt.models.gnmt import GNMT
+from parallel.runtime.timeline import TimelineRecorder
+from parallel.runtime.wave import Wire, leaf, timed
+
+FWD, BWD = 0, 1
+
+
+def sentence_spans(batch: int, ranks: int) -> list[tuple[int, int]]:
+    """Each rank's sentences ``[lo, hi)`` of a batch: consecutive, sizes differing by at
+    most one (the first ranks take the extra ones); empty where ``batch < ranks``."""
+    size, extra = divmod(batch, ranks)
+    bounds = [0]
+    for r in range(ranks):
+        bounds.append(bounds[-1] + size + (1 if r < extra else 0))
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+class SplitEncoder:
+    """One rank's part of the split encoder (module docstring); ``gather`` is the rank of
+    Dec1. ``forward`` then ``backward``, once per batch."""
+
+    def __init__(
+        self,
+        model: GNMT,
+        rank: int,
+        ranks: int,
+        gather: int,
+        wire: Wire,
+        timeline: TimelineRecorder | None = None,
+    ) -> None:
+        self.m, self.rank, self.ranks, self.gather = model, rank, ranks, gather
+        self.wire, self.timeline = wire, timeline
+        encoder = [model.embed_stage, *model.enc_stages]
+        self.drops: list[SeqDropout] = [
+            d for stage in encoder for d in stage.modules() if isinstance(d, SeqDropout)
+        ]
+        self._mine: Tensor | None = None  # this rank's top output [Ts,b,H], with its graph
+        self._spans: list[tuple[int, int]] = []
+
+    def forward(self, b: Batch) -> Tensor | None:
+        """Encode this rank's sentences; on the gathering rank the whole top output
+        ``[Ts,B,H]`` as a leaf (None elsewhere)."""
+        batch, steps, hidden = b.src.size(1), b.src.size(0), self.m.hidden
+        self._spans = spans = sentence_spans(batch, self.ranks)
+        lo, hi = spans[self.rank]
+        pend = {}
+        if self.rank == self.gather:  # post first: the others' slices may arrive meanwhile
+            pend = {
+                r: self.wire.post([(steps, e - a, hidden)], r, FWD, self.m.n_enc, 0)
+                for r, (a, e) in enumerate(spans)
+                if r != self.rank and e > a
+            }
+        self._mine = self.encode(b, lo, hi, batch) if hi > lo else None
+        if self.rank != self.gather:
+            if self._mine is not None:
+                self.wire.send([self._mine], self.gather, FWD, self.m.n_enc, 0)
+            return None
+        parts: list[Tensor] = []
+        for r, (a, e) in enumerate(spans):
+            if r == self.rank and self._mine is not None:
+                parts.append(self._mine.detach().float())
+            elif e > a:
+                parts.append(pend[r].wait()[0])
+        return leaf(torch.cat(parts, dim=1))
+
+    def encode(self, b: Batch, lo: int, hi: int, batch: int) -> Tensor:
+        """Every encoder layer over sentences ``[lo, hi)``: ``[Ts,hi-lo,H]``."""
+        with timed(self.timeline, "F", 0, 0), sentence_slice(self.drops, lo, batch):
+            return self.m.encode(b.src[:, lo:hi], b.src_len[lo:hi])
+
+    def backward(self, top: Tensor | None) -> None:
+        """After the decoder's backward: the gathering rank sends every other rank the
+        gradient of its slice of ``top`` (the leaf :meth:`forward` returned); every rank runs
+        its encoder backward."""
+        spans, mine = self._spans, self._mine
+        lo, hi = spans[self.rank]
+        if self.rank == self.gather:
+            assert top is not None
+            grad = top.grad if top.grad is not None else torch.zeros_like(top)
+            for r, (a, e) in enumerate(spans):
+                if r != self.rank and e > a:
+                    self.wire.send([grad[:, a:e]], r, BWD, self.m.n_enc, 0)
+            own: Tensor | None = grad[:, lo:hi]
+        elif mine is not None:
+            own = self.wire.post([tuple(mine.shape)], self.gather, BWD, self.m.n_enc, 0).wait()[0]
+        else:
+            own = None
+        if mine is not None and own is not None:
+            with timed(self.timeline, "B", 0, 0):
+                torch.autograd.backward([mine], [own.to(mine.dtype)])
+        self._mine, self._spans = None, []
+
+
+def encoder_parameters(model: GNMT) -> Sequence[torch.nn.Parameter]:
+    """The parameters the split encoder uses on every rank (source embedding included)."""
+    return [p for stage in (model.embed_stage, *model.enc_stages) for p in stage.parameters()]
