@@ -200,7 +200,9 @@ class WaveProgram:
         sums: list[float],
     ) -> dict[int, list[Tensor | None]]:
         """This rank's decoder chunks forward (and the generator's chunks held here, forward
-        and backward); returns the generator's input gradients per chunk."""
+        and backward); returns the generator's input gradients per chunk. Every chunk's
+        output leaves for the next rank (and the helper) before this rank's generator work:
+        on the generator's rank, every decoder chunk first, then the generator's."""
         own, first, last = self.owners, self.dec_units[0], self.dec_units[-1]
         widths = [sh.hidden] * 2
         pend = (
@@ -210,19 +212,23 @@ class WaveProgram:
         )
         held: dict[int, list[Tensor | None]] = {}
         keep = self.keep(sh.batch)
+        here: list[tuple[int, Chunk, Tensor]] = []  # generator chunks run on this rank
         for c, (a, e) in enumerate(sh.tgt):
             x = (context[2][a:e],) if context is not None else tuple(map(leaf, pend[c].wait()))
             y = seg.forward(c, x)
             if keep:  # the first `keep` sentences: generator here, or on the helper rank
                 kept, y = (y[0][:, :keep], y[1][:, :keep]), (y[0][:, keep:], y[1][:, keep:])
                 if self.splits:
+                    self.wire.send(y, own[last + 1], FWD, last + 1, c)
                     held[c] = self.gen.generate(c, kept, b.tgt_out[a:e, :keep], loss_args, sums)
-                else:
-                    self.wire.send(kept, self.gen.helper or 0, FWD, self.S - 1, c)
+                    continue
+                self.wire.send(kept, self.gen.helper or 0, FWD, self.S - 1, c)
             if self.has_gen:
-                held[c] = self.gen.generate(c, y, b.tgt_out[a:e, keep:], loss_args, sums)
+                here.append((c, y, b.tgt_out[a:e, keep:]))
             else:
                 self.wire.send(y, own[last + 1], FWD, last + 1, c)
+        for c, y, target in here:
+            held[c] = self.gen.generate(c, y, target, loss_args, sums)
         return held
 
     def decode_backward(

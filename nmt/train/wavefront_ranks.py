@@ -121,7 +121,7 @@ class WaveRank(SingleDevice):
         loss, nll and the gradient norm (the same on every rank)."""
         mine = {id(p) for p in self.shared}
         own = [p.grad for p in self.model.parameters() if id(p) not in mine and p.grad is not None]
-        own_sq = sum(float(g.detach().double().pow(2).sum()) for g in own)
+        own_sq = squared_norm(own)
         flat = torch.cat(
             [
                 (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
@@ -132,12 +132,11 @@ class WaveRank(SingleDevice):
         box = torch.tensor([loss, nll, own_sq], dtype=torch.float64)
         dist.all_reduce(flat)
         dist.all_reduce(box)
-        offset, total_sq = 0, float(box[2])
+        offset = 0
         for p in self.shared:
             n = p.numel()
-            grad = flat[offset : offset + n].view_as(p).to(p.dtype)
-            p.grad, offset = grad, offset + n
-            total_sq += float(grad.double().pow(2).sum())
+            p.grad, offset = flat[offset : offset + n].view_as(p).to(p.dtype), offset + n
+        total_sq = float(box[2]) + squared_norm([p.grad for p in self.shared if p.grad is not None])
         norm = math.sqrt(total_sq) if total_sq >= 0 else float("nan")
         coef = min(1.0, self.cfg.train.clip_norm / (norm + 1e-6))
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
@@ -185,6 +184,15 @@ class WaveRank(SingleDevice):
         )
         return {"timeline": {"busy_fraction": summary.busy_fraction,
                              "timeline_step_ms": summary.step_ms}}  # fmt: skip
+
+
+def squared_norm(grads: list[torch.Tensor]) -> float:
+    """Sum of the squared entries of ``grads``: per-tensor norms in one fused call (as
+    ``clip_grad_norm_`` takes them), squared and summed in float64."""
+    if not grads:
+        return 0.0
+    norms = torch._foreach_norm([g.detach() for g in grads])
+    return float(torch.stack(norms).double().pow(2).sum())
 
 
 def _worker(setup: RunSetup) -> dict[str, Any]:
