@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,8 +17,10 @@ from data.tokenizer import PAD_ID
 from nmt.config import AppConfig
 from nmt.models.dropout import seed_masks
 from nmt.models.gnmt import GNMT
+from nmt.models.wavefront import chunk_bounds
 from nmt.prepare.splits import prepare_corpus
 from nmt.train.build import autocast_dtype, build_from_config, output_prior, seed_everything
+from nmt.train.trainer import adam
 from nmt.train.wave_program import WaveProgram
 from parallel.planning.links import Link
 from parallel.planning.wavefront_sim import WaveLayer, WaveResult, simulate_wavefront
@@ -44,15 +47,15 @@ def run_batches(cfg: AppConfig, steps: int) -> tuple[GNMT, list[Batch]]:
 def unit_costs(cfg: AppConfig, model: GNMT, batches: list[Batch], chunks: int) -> dict[str, float]:
     """Mean ms per batch of each piece of the wave, measured on one thread with the wave's
     own code (all layers in this process; after one untimed pass over the batches):
-    ``enc1_F/B`` (whole), ``enc_F/B`` (encoder chunks), ``dec_F/B`` (Dec1..DecD chunks, the
-    memory and embedding backward), ``gen``
+    ``enc1_F/B`` (whole), ``enc_F/B`` (encoder chunks), ``dec1_F/B`` (Dec1+Attention chunks,
+    the memory and embedding backward), ``dec_F/B`` (Dec2..DecD chunks), ``gen``
     (generator forward + backward, all chunks), ``step`` (the whole wave), ``extra``
     (clip + Adam over every parameter)."""
     amp = autocast_dtype(cfg.train.precision, torch.device("cpu"))
     rec = TimelineRecorder(0)
     owners = [0] * len(model.stages)
     program = WaveProgram(model, owners, 0, chunks, Wire(torch.device("cpu")), rec)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-9)
+    opt = adam(list(model.parameters()), 1e-9)
     model.train()
     totals: dict[str, float] = {}
     for b in batches:  # warm-up: oneDNN primitives, allocator
@@ -74,6 +77,38 @@ def unit_costs(cfg: AppConfig, model: GNMT, batches: list[Batch], chunks: int) -
         add(totals, "extra", (time.perf_counter() - t1) * 1e3)
         for e in rec.events:
             add(totals, piece(e.stage, e.kind, model), (e.end_ns - e.start_ns) / 1e6)
+    out = {k: v / len(batches) for k, v in totals.items()}
+    with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+        upper = upper_decoder_costs(model, batches, chunks)
+    for kind in ("F", "B"):  # one process runs Dec1..DecD as one segment: take Dec2..D out
+        out[f"dec_{kind}"] = upper[kind]
+        out[f"dec1_{kind}"] -= upper[kind]
+    return out
+
+
+def upper_decoder_costs(model: GNMT, batches: list[Batch], chunks: int) -> dict[str, float]:
+    """Mean ms per batch of Dec2..DecD over the batch's target chunks, forward and backward
+    (inputs of the batch's shapes; one untimed pass first)."""
+
+    totals = {"F": 0.0, "B": 0.0}
+    for rep in range(2):
+        for b in batches:
+            spans = chunk_bounds(b.tgt_in.size(0), chunks)
+            total, batch = b.tgt_in.size(0), b.tgt_in.size(1)
+            for stage in model.dec_stages:
+                state = None
+                saved = []
+                for a, e in spans:
+                    h = torch.randn(e - a, batch, model.hidden, requires_grad=True)
+                    ctx = torch.randn(e - a, batch, model.hidden, requires_grad=True)
+                    t0 = time.perf_counter()
+                    y, state = stage.chunk(h, ctx, state, (a, total))
+                    totals["F"] += (time.perf_counter() - t0) * 1e3 * rep
+                    saved.append(y)
+                t0 = time.perf_counter()
+                torch.autograd.backward(saved[::-1], [torch.ones_like(y) for y in saved[::-1]])
+                totals["B"] += (time.perf_counter() - t0) * 1e3 * rep
+    model.zero_grad(set_to_none=True)
     return {k: v / len(batches) for k, v in totals.items()}
 
 
@@ -86,6 +121,8 @@ def piece(unit: int, kind: str, model: GNMT) -> str:
         return f"enc1_{kind}"
     if unit < model.n_enc:
         return f"enc_{kind}"
+    if unit == model.n_enc:
+        return f"dec1_{kind}"
     if unit < len(model.stages) - 1:
         return f"dec_{kind}"
     return "gen"
@@ -135,46 +172,75 @@ def pingpong(numel: int, rank: int, repeats: int) -> float:
     return statistics.median(times[2:])
 
 
+@dataclass(frozen=True)
+class WaveSpec:
+    """One wavefront run of the benchmark: ``c4``, ``c4/split``, ``c4/split/b3-2/s0.45``
+    (time chunks, ``parallel.encoder_split``, ``parallel.balance``, ``generator_share``)."""
+
+    chunks: int
+    split: bool = False
+    balance: tuple[int, ...] = ()
+    share: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> WaveSpec:
+        head, *rest = text.split("/")
+        split = "split" in rest
+        balance = tuple(int(x) for r in rest if r.startswith("b") for x in r[1:].split("-"))
+        share = next((float(r[1:]) for r in rest if r.startswith("s") and r != "split"), 0.0)
+        return cls(int(head.removeprefix("c")), split, balance, share)
+
+    @property
+    def name(self) -> str:
+        parts = [f"c{self.chunks}"] + ["split"] * self.split
+        parts += [f"b{'-'.join(map(str, self.balance))}"] if self.balance else []
+        return "_".join(parts + ([f"s{self.share}"] if self.share else []))
+
+    def overrides(self) -> list[str]:
+        balance = ",".join(map(str, self.balance))
+        out = ["parallel=wavefront", "parallel.pp=2", f"parallel.time_chunks={self.chunks}",
+               f"parallel.encoder_split={str(self.split).lower()}",
+               f"parallel.generator_share={self.share}"]  # fmt: skip
+        return out + ([f"parallel.balance=[{balance}]"] if self.balance else [])
+
+
 def predict(
     costs: dict[str, float],
-    chunks: int,
-    tt: float,
-    bt: float,
-    hidden: int,
+    spec: WaveSpec,
+    sizes: dict[str, float],
     link: dict[str, float],
-    share: float = 0.0,
-    split: dict[str, float] | None = None,
+    whole: dict[str, float],
 ) -> WaveResult:
-    """The simulator's step for 2 processes, generator on rank 1: layers Enc1 (whole), the
-    encoder chunks, the decoder chunks (gather), the generator (loss per chunk); ``tt``,
-    ``bt``: mean target length and batch; the decoder sends (h, ctx) in float32. With
-    ``share`` (``parallel.generator_share``) rank 0 runs that share of the generator right
-    after each decoder chunk: its cost moves into the decoder's forward. With ``split``
-    (``parallel.encoder_split``; the pieces of the encoder run whole, ``split["ts"]`` the
-    mean source length) the encoder is one layer split over both processes, half the
-    batch's cost on each, rank 1's top output sent to rank 0 in float32."""
-    steps = max(round(tt), chunks)
-    dec_bytes = int(2 * 4 * tt * bt * hidden * (1.0 - share))
-    gen_here = costs["gen"] * share
-    decoder = [
-        WaveLayer("Dec", costs["dec_F"] + gen_here, costs["dec_B"], dec_bytes, steps, gather=True),
-        WaveLayer("Generator", costs["gen"] - gen_here, 0.0, 0, steps, False, chunk_loss=True),
-    ]
-    if split is None:
-        layers = [
-            WaveLayer("Embed+Enc1", costs["enc1_F"], costs["enc1_B"], 0, steps, False, True),
-            WaveLayer("Enc", costs["enc_F"], costs["enc_B"], 0, steps),
-            *decoder,
-        ]
+    """The simulator's step for 2 processes (the default balance: every layer but the
+    generator on rank 0; ``b3-2``: the last decoder layer with the generator on rank 1):
+    Enc1 (whole) and the encoder chunks on rank 0, or with ``split`` one encoder layer
+    split over both ranks (whole-sequence costs ``whole``, halves); Dec1+Attention (gather);
+    Dec2..D; the generator (loss per chunk), its ``share`` of the sentences split off to
+    rank 0. ``sizes``: mean target and source length, batch, hidden; tensors travel in
+    float32."""
+    tt, ts, bt, hidden = sizes["tt"], sizes["ts"], sizes["bt"], int(sizes["hidden"])
+    steps = max(round(tt), spec.chunks)
+    dec_bytes = int(2 * 4 * tt * bt * hidden)
+    shares = (spec.share, 1.0 - spec.share)
+    layers = [
+        WaveLayer("Dec1", costs["dec1_F"], costs["dec1_B"], dec_bytes, steps, gather=True),
+        WaveLayer("Dec", costs["dec_F"], costs["dec_B"], dec_bytes, steps),
+        WaveLayer("Generator", costs["gen"], 0.0, 0, steps, False, chunk_loss=True,
+                  split=spec.share > 0, shares=shares if spec.share > 0 else ()),
+    ]  # fmt: skip
+    rest = 1 if spec.balance and spec.balance[-1] > 1 else 0
+    placement = [0, rest, 1]
+    if spec.split:
+        fwd, bwd = whole["enc1_F"] + whole["enc_F"], whole["enc1_B"] + whole["enc_B"]
+        encoder = [WaveLayer("Encoder", fwd, bwd, int(4 * ts * bt * hidden), max(round(ts), 1),
+                             False, True, split=True)]  # fmt: skip
     else:
-        ts = max(round(split["ts"]), 1)
-        fwd, bwd = split["enc1_F"] + split["enc_F"], split["enc1_B"] + split["enc_B"]
-        enc_bytes = int(4 * split["ts"] * bt * hidden)
-        layers = [WaveLayer("Encoder", fwd, bwd, enc_bytes, ts, False, True, split=True), *decoder]
+        encoder = [WaveLayer("Embed+Enc1", costs["enc1_F"], costs["enc1_B"], 0, steps, False, True),
+                   WaveLayer("Enc", costs["enc_F"], costs["enc_B"], 0, steps)]  # fmt: skip
     wire = Link("gloo-loopback", link["bytes_per_s"], link["latency_ms"] / 1e3)
     extra = link["allreduce_ms"] + costs["extra"] + costs.get("loop", 0.0)
-    placement = [0] * (len(layers) - 1) + [1]
-    return simulate_wavefront(layers, placement, chunks, wire, step_extra_ms=extra)
+    return simulate_wavefront([*encoder, *layers], [0] * len(encoder) + placement, spec.chunks,
+                              wire, step_extra_ms=extra)  # fmt: skip
 
 
 def summary(result: WaveResult) -> dict[str, Any]:

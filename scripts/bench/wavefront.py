@@ -1,25 +1,27 @@
 """GNMT's wavefront across two processes against one process, measured and predicted.
 
-    python -m scripts.bench wavefront [--steps 40] [--skip 10] [--chunks 4 8]
+    python -m scripts.bench wavefront [--steps 40] [--skip 10] [--waves c4 c4/split ...]
 
 The real ``nmt-train`` on the shipped corpus, ``model=gnmt_demo data.batch_tokens=2048`` (the
 demo's batch), ``train.precision`` (``--precision``, bf16 by default: what the demo's auto
-picks on a CPU with AMX), for: 1 process x 1 thread plain, 1 process x 2 threads plain, and
-2 processes x 1 thread ``parallel=wavefront parallel.pp=2 parallel.time_chunks=C
-parallel.generator_share=F parallel.encoder_split=S`` (``--chunks``, ``--share``,
-``--split``). Step
-time: the mean ``ms_per_step`` of steps ``skip+1..steps`` (the same batches in every run).
+picks on a CPU with AMX), for: 1 process x 1 thread plain, 1 process x 2 threads plain, two
+plain 1-thread runs at once (how much two processes slow each other down), and 2 processes x
+1 thread ``parallel=wavefront parallel.pp=2`` per ``--waves`` entry:
+``c<C>[/split][/b<R0>-<R1>][/s<F>]`` = ``parallel.time_chunks=C``, ``encoder_split=true``,
+``balance=[R0,R1]``, ``generator_share=F``. Step time: the mean ``ms_per_step`` of steps
+``skip+1..steps`` (the same batches in every run).
 
 Prediction (:mod:`scripts.bench._wave_predict`): every piece of the wave (bottom encoder
-layer, encoder chunks, decoder chunks, generator) timed on one thread in this process with
-the wave's own code on the same batches; the one-way message time and the shared-gradient
-all-reduce measured between two processes; the loop's own time per step (the plain 1 x 1
-run's step minus its measured compute); then ``simulate_wavefront`` with the generator on
-the second process. Before timing, waits (60 s polls, up to 15 min) while another nmt-
-command or pytest runs or the load average is above 0.5, and records the load average.
+layer, encoder chunks, Dec1+Attention chunks, the other decoder chunks, generator) timed on
+one thread in this process with the wave's own code on the same batches, times the two
+processes' measured slowdown of each other; the one-way message time and the
+shared-gradient all-reduce measured between two processes; the loop's own time per step
+(the plain 1 x 1 run's step minus its measured compute); then ``simulate_wavefront``. Before
+timing, waits (60 s polls, up to 15 min) while another nmt- command or pytest runs or the
+load average is above 0.5, and records the load average.
 
 Writes ``docs/results/wavefront/<machine>/wavefront.json`` (``--out``) and the wavefront
-runs' timelines (``timeline_c<C>_share<F>.png``, one row per process) beside it.
+runs' timelines (``timeline_<wave>.png``, one row per process) beside it.
 
     python -m scripts.bench wavefront --gpu --out FILE   # a CUDA device: gnmt4 bf16, batch
     # 128: plain vs the one-process wavefront with and without a CUDA stream per layer
@@ -32,6 +34,7 @@ import os
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,9 @@ from scripts.bench.common import (
     work_folder,
 )
 
+# the default balance with and without the split encoder; the split encoder with the last
+# decoder layer on the generator's rank and 45% of the generator's sentences on rank 0
+WAVES = ["c4", "c8", "c4/split", "c4/split/b3-2/s0.45"]
 BASE = ["model=gnmt_demo", "data.batch_tokens=2048", "train.eval_every=0", "train.log_every=1",
         "train.warmup_steps=0", "train.decay=none", "train.save_every=0"]  # fmt: skip
 
@@ -93,28 +99,31 @@ def measure(work: Path, a: Any, out_dir: Path) -> dict[str, Any]:
     res: dict[str, Any] = {}
     res["plain_1x1_ms"] = mean_step_ms(train_run(work, "plain1", 1, ["parallel=none"], a), a.skip)
     res["plain_1x2_ms"] = mean_step_ms(train_run(work, "plain2", 2, ["parallel=none"], a), a.skip)
-    for c, f, sp in waves(a):
-        wave = ["parallel=wavefront", "parallel.pp=2", f"parallel.time_chunks={c}",
-                f"parallel.generator_share={f}", f"parallel.encoder_split={bool(sp)}"]  # fmt: skip
-        run = train_run(work, name(c, f, sp), 1, wave, a)
-        res[key(c, f, sp)] = mean_step_ms(run, a.skip)
+    res["plain_1x1_pair_ms"] = pair_ms(work, a)
+    for spec in specs(a):
+        run = train_run(work, spec.name, 1, spec.overrides(), a)
+        res[key(spec)] = mean_step_ms(run, a.skip)
         if (run / "timeline.png").is_file():
             out_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy(run / "timeline.png", out_dir / f"timeline_{name(c, f, sp)}.png")
+            shutil.copy(run / "timeline.png", out_dir / f"timeline_{spec.name}.png")
     return res
 
 
-def waves(a: Any) -> list[tuple[int, float, int]]:
-    return [(c, f, sp) for sp in a.split for c in a.chunks for f in a.share]
+def pair_ms(work: Path, a: Any) -> float:
+    """Two plain 1-thread runs at once (the two processes' slowdown of each other): the mean
+    of their ms per step."""
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda n: train_run(work, n, 1, ["parallel=none"], a),
+                             ["pairA", "pairB"]))  # fmt: skip
+    return sum(mean_step_ms(r, a.skip) for r in runs) / 2
 
 
-def name(c: int, f: float, sp: int) -> str:
-    """A wavefront run's name: chunks, generator share, ``_split`` with the encoder split."""
-    return f"c{c}_share{f}" + ("_split" if sp else "")
+def specs(a: Any) -> list[wp.WaveSpec]:
+    return [wp.WaveSpec.parse(w) for w in a.waves]
 
 
-def key(c: int, f: float, sp: int) -> str:
-    return f"wave_2x1_{name(c, f, sp)}_ms"
+def key(spec: wp.WaveSpec) -> str:
+    return f"wave_2x1_{spec.name}_ms"
 
 
 def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
@@ -124,36 +133,38 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     cfg = compose_config([*BASE, f"train.precision={a.precision}"])
     model, batches = wp.run_batches(cfg, a.steps)
     mine = batches[a.skip :]
-    tt = sum(b.tgt_in.size(0) for b in mine) / len(mine)
-    ts = sum(b.src.size(0) for b in mine) / len(mine)
-    bt = sum(b.tgt_in.size(1) for b in mine) / len(mine)
-    hidden = model.hidden
+    n = len(mine)
+    sizes = {"tt": sum(b.tgt_in.size(0) for b in mine) / n,
+             "ts": sum(b.src.size(0) for b in mine) / n,
+             "bt": sum(b.tgt_in.size(1) for b in mine) / n, "hidden": model.hidden}  # fmt: skip
+    tt, bt, hidden = sizes["tt"], sizes["bt"], model.hidden
     shared = sum(p.numel() for p in model.stages[-1].parameters())
+    ids = {id(p) for p in model.stages[-1].parameters()}
+    split_shared = shared + sum(p.numel() for p in encoder_parameters(model) if id(p) not in ids)
     link = wp.probe_link([int(tt / 8 * bt * hidden), int(tt / 2 * bt * hidden)], shared)
-    out: dict[str, Any] = {"link": link, "mean_tgt_len": tt, "mean_src_len": ts,
-                           "mean_batch": bt, "chunks": {}, "pieces_ms": {}}  # fmt: skip
-    if any(sp for _, _, sp in waves(a)):  # the split encoder's gradients are shared too
-        encoder = sum(p.numel() for p in encoder_parameters(model))
-        out["link_split"] = wp.probe_link([int(ts * bt * hidden / 2)], shared + encoder)
+    split_link = wp.probe_link([int(tt / 8 * bt * hidden)], split_shared)
+    slowdown = measured["plain_1x1_pair_ms"] / measured["plain_1x1_ms"]
+    out: dict[str, Any] = {"link": link, "allreduce_ms_split": split_link["allreduce_ms"],
+                           "sizes": sizes, "two_process_slowdown": round(slowdown, 3),
+                           "chunks": {}, "pieces_ms": {}}  # fmt: skip
     import torch
 
     torch.set_num_threads(1)
     whole = wp.unit_costs(cfg, model, mine, 1)
     loop = max(measured["plain_1x1_ms"] - whole["step"] - whole["extra"], 0.0)
     out["one_process_ms"] = {k: round(v, 2) for k, v in whole.items()} | {"loop": round(loop, 2)}
-    for c in a.chunks:
-        costs = wp.unit_costs(cfg, model, mine, c) | {"loop": loop}
-        for cc, f, sp in waves(a):
-            if cc != c:
-                continue
-            split = whole | {"ts": ts} if sp else None
-            wire = {**link, "allreduce_ms": out["link_split"]["allreduce_ms"]} if sp else link
-            sim = wp.summary(wp.predict(costs, c, tt, bt, hidden, wire, f, split))
-            got = measured[key(c, f, sp)]
+    slowed = {k: v * slowdown for k, v in whole.items()}
+    for c in sorted({s.chunks for s in specs(a)}):
+        costs = wp.unit_costs(cfg, model, mine, c)
+        out["pieces_ms"][f"c{c}"] = {k: round(v, 2) for k, v in costs.items()}
+        costs = {k: v * slowdown for k, v in costs.items()} | {"loop": loop}
+        for spec in (s for s in specs(a) if s.chunks == c):
+            wire = {**link, "allreduce_ms": split_link["allreduce_ms"]} if spec.split else link
+            sim = wp.summary(wp.predict(costs, spec, sizes, wire, slowed))
+            got = measured[key(spec)]
             sim["measured_ms"] = round(got, 1)
             sim["error"] = round(sim["step_ms"] / got - 1.0, 4)
-            out["chunks"][name(c, f, sp)] = sim
-        out["pieces_ms"][f"c{c}"] = {k: round(v, 2) for k, v in costs.items()}
+            out["chunks"][spec.name] = sim
     return out
 
 
@@ -161,11 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser(__name__, __doc__)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--skip", type=int, default=10, help="steps left out of the mean")
-    ap.add_argument("--chunks", type=int, nargs="+", default=[4, 8])
-    ap.add_argument("--share", type=float, nargs="+", default=[0.0, 0.25],
-                    help="parallel.generator_share values")  # fmt: skip
-    ap.add_argument("--split", type=int, nargs="+", default=[0, 1], choices=[0, 1],
-                    help="parallel.encoder_split off (0) and/or on (1)")  # fmt: skip
+    ap.add_argument("--waves", nargs="+", default=WAVES,
+                    help="wavefront runs: c<C>[/split][/b<R0>-<R1>][/s<share>]")  # fmt: skip
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--work", type=Path, default=None, help="run folders (default: temporary)")
     ap.add_argument("--out", default=None)
@@ -173,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-max", type=float, default=900.0, help="seconds to wait at most")
     gpu = "gnmt4 bf16 batch 128 on CUDA: plain vs wavefront with streams"
     ap.add_argument("--gpu", action="store_true", help=gpu)
+    ap.add_argument("--chunks", type=int, nargs="+", default=[4, 8], help="--gpu: time chunks")
     a = ap.parse_args(argv)
     if a.gpu:
         return gpu_main(a, argv)
@@ -183,9 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         load_after = round(os.getloadavg()[0], 2)
         predicted = prediction(a, measured)
     base, two = measured["plain_1x1_ms"], measured["plain_1x2_ms"]
-    speed = {name(c, f, sp): {"vs_1x1": round(base / measured[key(c, f, sp)], 3),
-                              "vs_1x2": round(two / measured[key(c, f, sp)], 3)}
-             for c, f, sp in waves(a)}  # fmt: skip
+    speed = {s.name: {"vs_1x1": round(base / measured[key(s)], 3),
+                      "vs_1x2": round(two / measured[key(s)], 3)} for s in specs(a)}  # fmt: skip
     errors = [abs(v["error"]) for v in predicted["chunks"].values()]
     doc = {
         "command": command(__name__, argv),

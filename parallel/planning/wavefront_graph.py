@@ -1,0 +1,264 @@
+"""The task graph of one wavefront step and its list scheduling (the model is described in
+:mod:`parallel.planning.wavefront_sim`): the layers (:class:`WaveLayer`), their chunk costs,
+the tasks with their dependencies and message delays, and the start time of every task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from parallel.errors import PlacementError
+from parallel.planning.links import Link
+
+
+@dataclass(frozen=True)
+class ChunkOverhead:
+    """Fixed time of one extra layer call (one chunk), milliseconds, forward and backward."""
+
+    fwd_ms: float = 0.0
+    bwd_ms: float = 0.0
+    source: str = ""  # where the numbers come from (a JSON file, or how they were estimated)
+
+    @property
+    def total_ms(self) -> float:
+        return self.fwd_ms + self.bwd_ms
+
+    def scaled(self, factor: float) -> ChunkOverhead:
+        return ChunkOverhead(self.fwd_ms * factor, self.bwd_ms * factor, self.source)
+
+
+@dataclass(frozen=True)
+class WaveLayer:
+    """One layer (pipeline stage) of the chain, with whole-sequence, whole-batch costs."""
+
+    name: str
+    fwd_ms: float
+    bwd_ms: float
+    out_bytes: int  # what it sends to the next layer for the whole sequence (gradient: same)
+    steps: int  # time steps of its sequence (source length for the encoder, target: decoder)
+    recurrent: bool = True  # carries state: chunk c after chunk c-1 (backward: c after c+1)
+    whole: bool = False  # needs the whole sequence: one task (bidirectional layer)
+    gather: bool = False  # first chunk needs every chunk of the layer below (attention)
+    # the top layer's backward of chunk c needs only its forward of chunk c (the loss of each
+    # chunk is its own: the generator of the processes' wavefront runs F and B per chunk, in
+    # the order 0, C-1, C-2, ..., 1)
+    chunk_loss: bool = False
+    # the layer's sentences shared out over the devices (``shares``): each chunk is one task
+    # per device with that share of the cost and of the messages; a split ``whole`` layer is
+    # the wavefront's ``parallel.encoder_split``, a split generator its ``generator_share``
+    split: bool = False
+    # a split layer's share of the sentences per device (empty: equal shares)
+    shares: tuple[float, ...] = ()
+
+
+def chunk_lengths(steps: int, chunks: int) -> list[int]:
+    """Balanced chunk lengths of ``steps`` time steps: the first ``steps % chunks`` are longer."""
+    if not 1 <= chunks <= steps:
+        raise PlacementError(f"time chunks must be in 1..{steps} (the length), got {chunks}")
+    q, r = divmod(steps, chunks)
+    return [q + (i < r) for i in range(chunks)]
+
+
+def chunk_ms(full_ms: float, overhead_ms: float, length: int, steps: int) -> float:
+    """Time of one chunk of ``length`` of ``steps`` steps (see the module doc)."""
+    o = min(overhead_ms, full_ms)
+    return o + (full_ms - o) * length / steps
+
+
+Parts = list[tuple[int, float]]  # (device, share of the sentences) per task of a chunk
+
+
+class Graph(NamedTuple):
+    """Tasks 0..n-1 with per-task duration, device, dependencies and priority."""
+
+    key: list[tuple[int, str, int]]  # (layer, kind, chunk)
+    dur: list[float]
+    dev: list[int]
+    deps: list[list[tuple[int, float]]]  # (producer task, message delay ms)
+    prio: list[tuple[int, int, int]]
+
+
+def parts_of(layers: Sequence[WaveLayer], placement: Sequence[int], devices: int) -> list[Parts]:
+    """(device, share of the sentences) of each layer's tasks: one part, or one per device
+    with a share for a split layer."""
+    out: list[Parts] = []
+    for li, ly in enumerate(layers):
+        if not ly.split:
+            out.append([(placement[li], 1.0)])
+            continue
+        shares = ly.shares or tuple([1.0 / devices] * devices)
+        if len(shares) != devices or abs(sum(shares) - 1.0) > 1e-9 or min(shares) < 0:
+            raise PlacementError(f"wavefront: {ly.name}: shares {shares} for {devices} devices")
+        out.append([(d, f) for d, f in enumerate(shares) if f > 0])
+    return out
+
+
+def build(
+    layers: Sequence[WaveLayer],
+    placement: Sequence[int],
+    chunks: int,
+    link: Link,
+    overhead: ChunkOverhead,
+    devices: int,
+) -> Graph:
+    n = len(layers)
+    lens = [[ly.steps] if ly.whole else chunk_lengths(ly.steps, chunks) for ly in layers]
+    parts = parts_of(layers, placement, devices)
+    fid: list[list[list[int]]] = []  # [layer][chunk][part] -> task
+    bid: list[list[list[int]]] = []
+    g = Graph([], [], [], [], [])
+    for kind, ids in (("F", fid), ("B", bid)):
+        for li, ly in enumerate(layers):
+            full, o = (ly.fwd_ms, overhead.fwd_ms) if kind == "F" else (ly.bwd_ms, overhead.bwd_ms)
+            row: list[list[int]] = []
+            last = len(lens[li]) - 1
+            for c, ln in enumerate(lens[li]):
+                row.append([])
+                for dev, share in parts[li]:
+                    row[-1].append(len(g.key))
+                    g.key.append((li, kind, c))
+                    g.dur.append(chunk_ms(full, 0.0 if ly.whole else o, ln, ly.steps) * share)
+                    g.dev.append(dev)
+                    g.deps.append([])
+                    if kind == "F":
+                        g.prio.append((1, li + c, -li))
+                    else:
+                        g.prio.append((0, (n - 1 - li) + (last - c), li))
+            ids.append(row)
+
+    def share_of(t: int) -> float:
+        """Task t's share of the sentences (1 unless its layer is split)."""
+        layer = g.key[t][0]
+        return dict(parts[layer])[g.dev[t]] if layers[layer].split else 1.0
+
+    def after(task: int, producers: list[int], li: int, length: int) -> None:
+        """``task`` needs every task of ``producers``: ``length`` steps of layer li's output
+        (or its gradient) between a task of layer li and one of li+1, the split side's share
+        of the sentences."""
+        for q in producers:
+            delay = 0.0
+            if g.dev[q] != g.dev[task]:
+                size = layers[li].out_bytes * length / layers[li].steps
+                delay = link.transfer_ms(round(size * share_of(q) * share_of(task)))
+            g.deps[task].append((q, delay))
+
+    for li in range(n):
+        alone = [all(placement[j] != dev for j in range(n) if j != li and not layers[j].split)
+                 for dev, _ in parts[li]]  # fmt: skip
+        for c in range(len(lens[li])):
+            for k in range(len(parts[li])):
+                f_task, b_task = fid[li][c][k], bid[li][c][k]
+                _forward_deps(g, layers, lens, fid, li, c, k, f_task, after, alone[k])
+                _backward_deps(g, layers, lens, fid, bid, li, c, k, b_task, after)
+                if layers[li].chunk_loss and not alone[k]:  # after the device's other layers
+                    g.prio[f_task] = (1, 2 * n + c, -li)
+    return g
+
+
+def _forward_deps(
+    g: Graph,
+    layers: Sequence[WaveLayer],
+    lens: list[list[int]],
+    fid: list[list[list[int]]],
+    li: int,
+    c: int,
+    k: int,
+    task: int,
+    after: Callable[[int, list[int], int, int], None],
+    alone: bool,
+) -> None:
+    """What the forward of layer li's chunk c (part k) waits for."""
+    ly, last = layers[li], len(lens[li]) - 1
+    if li > 0:
+        p = li - 1
+        if ly.whole or ly.gather:
+            for j, n_p in enumerate(lens[p]):
+                after(task, fid[p][j], p, n_p)
+        elif layers[p].split:
+            raise PlacementError(
+                f"wavefront: {ly.name} follows the split layer {layers[p].name} "
+                "without a barrier (whole or gather)"
+            )
+        elif layers[p].whole:
+            after(task, fid[p][0], p, lens[p][0])
+        elif layers[p].steps == ly.steps:
+            after(task, fid[p][c], p, lens[p][c])
+        else:
+            raise PlacementError(
+                f"wavefront: {ly.name} ({ly.steps} steps) follows {layers[p].name} "
+                f"({layers[p].steps} steps) without a barrier (whole or gather)"
+            )
+    in_order = ly.recurrent or (ly.chunk_loss and not alone)
+    if in_order and not ly.whole and c > 0:
+        g.deps[task].append((fid[li][c - 1][k], 0.0))
+    elif ly.chunk_loss and c > 0:  # a generator alone on its device: 0, C-1, C-2, ..., 1
+        g.deps[task].append((fid[li][0 if c == last else c + 1][k], 0.0))
+
+
+def _backward_deps(
+    g: Graph,
+    layers: Sequence[WaveLayer],
+    lens: list[list[int]],
+    fid: list[list[list[int]]],
+    bid: list[list[list[int]]],
+    li: int,
+    c: int,
+    k: int,
+    task: int,
+    after: Callable[[int, list[int], int, int], None],
+) -> None:
+    """What the backward of layer li's chunk c (part k) waits for."""
+    ly, n, last = layers[li], len(layers), len(lens[li]) - 1
+    if li == n - 1 and ly.chunk_loss:
+        g.deps[task].append((fid[li][c][k], 0.0))
+    elif li == n - 1:
+        g.deps[task] += [(t, 0.0) for row in fid[li] for t in row]
+    else:
+        q = layers[li + 1]
+        if q.whole or q.gather:
+            for j in range(len(lens[li + 1])):
+                after(task, bid[li + 1][j], li, ly.steps)
+        elif ly.whole:
+            for j, ln in enumerate(lens[li + 1]):
+                after(task, bid[li + 1][j], li, ln)
+        else:
+            after(task, bid[li + 1][c], li, lens[li][c])
+    if ly.recurrent and not ly.whole and c < last:
+        g.deps[task].append((bid[li][c + 1][k], 0.0))
+
+
+def run(g: Graph, devices: int) -> list[float]:
+    """List scheduling (module doc): start time of every task."""
+    n = len(g.dur)
+    waiting = [len(d) for d in g.deps]
+    users: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+    for t, deps in enumerate(g.deps):
+        for p, delay in deps:
+            users[p].append((t, delay))
+    ready_at = [0.0] * n
+    ready: list[list[int]] = [[] for _ in range(devices)]
+    for t in range(n):
+        if not waiting[t]:
+            ready[g.dev[t]].append(t)
+    free = [0.0] * devices
+    start = [0.0] * n
+    for _ in range(n):
+        best: tuple[float, tuple[int, int, int], int] | None = None
+        for d in range(devices):
+            for t in ready[d]:
+                cand = (max(free[d], ready_at[t]), g.prio[t], t)
+                if best is None or cand < best:
+                    best = cand
+        if best is None:  # pragma: no cover - the dependency graph is acyclic
+            raise PlacementError("wavefront schedule deadlocked")
+        s, _, t = best
+        d = g.dev[t]
+        ready[d].remove(t)
+        start[t], free[d] = s, s + g.dur[t]
+        for u, delay in users[t]:
+            ready_at[u] = max(ready_at[u], free[d] + delay)
+            waiting[u] -= 1
+            if not waiting[u]:
+                ready[g.dev[u]].append(u)
+    return start
