@@ -179,10 +179,10 @@ class WaveProgram:
         first = self.dec_units[0]
         context = self.context(b, enc_leaf) if first == self.E else None
         seg = Carried(self.decoder_fn(sh, context), first, self.timeline)
-        held = self.decode_forward(b, sh, seg, context, loss_args, sums)
+        held, deferred = self.decode_forward(b, sh, seg, context, loss_args, sums)
         if self.helps:  # the generator's share, between this rank's forward and backward
             self.gen.help(b, sh.tgt, loss_args, sums)
-        self.decode_backward(sh, seg, context, held)
+        self.decode_backward(sh, seg, context, held, (deferred, loss_args, sums))
         return sums[0], sums[1]
 
     def keep(self, batch: int) -> int:
@@ -198,11 +198,12 @@ class WaveProgram:
         context: Any,
         loss_args: LossArgs,
         sums: list[float],
-    ) -> dict[int, list[Tensor | None]]:
-        """This rank's decoder chunks forward (and the generator's chunks held here, forward
-        and backward); returns the generator's input gradients per chunk. Every chunk's
-        output leaves for the next rank (and the helper) before this rank's generator work:
-        on the generator's rank, every decoder chunk first, then the generator's."""
+    ) -> tuple[dict[int, list[Tensor | None]], dict[int, tuple[Chunk, Tensor]]]:
+        """This rank's decoder chunks forward; on the generator's rank, then the generator's
+        chunks (forward and backward). Returns the generator's input gradients per chunk,
+        and on the helper rank that holds the last decoder layer the generator inputs of its
+        share, run in the backward just before each chunk's decoder backward. Every chunk's
+        output leaves for the next rank (and the helper) before any generator work here."""
         own, first, last = self.owners, self.dec_units[0], self.dec_units[-1]
         widths = [sh.hidden] * 2
         pend = (
@@ -211,6 +212,7 @@ class WaveProgram:
             else self.post(own[first - 1], FWD, first, sh.tgt, sh.batch, widths)
         )
         held: dict[int, list[Tensor | None]] = {}
+        deferred: dict[int, tuple[Chunk, Tensor]] = {}
         keep = self.keep(sh.batch)
         here: list[tuple[int, Chunk, Tensor]] = []  # generator chunks run on this rank
         for c, (a, e) in enumerate(sh.tgt):
@@ -220,7 +222,7 @@ class WaveProgram:
                 kept, y = (y[0][:, :keep], y[1][:, :keep]), (y[0][:, keep:], y[1][:, keep:])
                 if self.splits:
                     self.wire.send(y, own[last + 1], FWD, last + 1, c)
-                    held[c] = self.gen.generate(c, kept, b.tgt_out[a:e, :keep], loss_args, sums)
+                    deferred[c] = (kept, b.tgt_out[a:e, :keep])
                     continue
                 self.wire.send(kept, self.gen.helper or 0, FWD, self.S - 1, c)
             if self.has_gen:
@@ -229,13 +231,20 @@ class WaveProgram:
                 self.wire.send(y, own[last + 1], FWD, last + 1, c)
         for c, y, target in here:
             held[c] = self.gen.generate(c, y, target, loss_args, sums)
-        return held
+        return held, deferred
 
     def decode_backward(
-        self, sh: Shapes, seg: Carried, context: Any, held: dict[int, list[Tensor | None]]
+        self,
+        sh: Shapes,
+        seg: Carried,
+        context: Any,
+        held: dict[int, list[Tensor | None]],
+        later: tuple[dict[int, tuple[Chunk, Tensor]], LossArgs, list[float]],
     ) -> None:
-        """This rank's decoder chunks backward, last chunk first; then, on Dec1's rank, the
-        memory and embedding backward."""
+        """This rank's decoder chunks backward, last chunk first (each after the deferred
+        generator chunk of ``later``, if any); then, on Dec1's rank, the memory and
+        embedding backward."""
+        deferred, loss_args, sums = later
         own, first, last = self.owners, self.dec_units[0], self.dec_units[-1]
         keep, widths = self.keep(sh.batch), [sh.hidden] * 2
         if self.shares:  # the helper's gradients of the first `keep` sentences
@@ -243,6 +252,8 @@ class WaveProgram:
         else:
             back = self.post(own[last + 1], BWD, last + 1, sh.tgt, sh.batch - keep, widths)
         for c in reversed(range(len(sh.tgt))):
+            if c in deferred:
+                held[c] = self.gen.generate(c, *deferred.pop(c), loss_args, sums)
             parts = [held.pop(c)] if c in held else []
             if back:  # in sentence order: the helper's first, or after the ones kept here
                 parts.insert(0 if self.shares else len(parts), list(back[c].wait()))

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from data.batching import Batch, Batcher
 from data.tokenizer import PAD_ID
 from nmt.config import AppConfig
+from nmt.machine import hostmem
 from nmt.models.dropout import seed_masks
 from nmt.models.gnmt import GNMT
 from nmt.models.wavefront import chunk_bounds
@@ -110,6 +111,37 @@ def upper_decoder_costs(model: GNMT, batches: list[Batch], chunks: int) -> dict[
                 totals["B"] += (time.perf_counter() - t0) * 1e3 * rep
     model.zero_grad(set_to_none=True)
     return {k: v / len(batches) for k, v in totals.items()}
+
+
+def unit_costs_together(
+    overrides: list[str], steps: int, skip: int, chunks: list[int]
+) -> dict[int, dict[str, float]]:
+    """:func:`unit_costs` for each C, measured in two processes at once (each with its own
+    model and the same batches ``skip..steps``): a wavefront rank's pieces run while the other
+    rank computes, and the two slow each other down (memory bandwidth, caches). Rank 0's."""
+    out = launch(_together_worker, overrides, steps, skip, chunks, nproc=2, timeout_s=900)
+    return dict(out[0])
+
+
+def _together_worker(
+    overrides: list[str], steps: int, skip: int, chunks: list[int]
+) -> dict[int, dict[str, float]]:
+    from nmt.config import compose_config
+
+    hostmem.tune()
+    hostmem.cap_onednn_cache()
+    torch.set_num_threads(1)
+    ctx = init_distributed(1, 2, backend="gloo", device="cpu", timeout_s=900)
+    try:
+        cfg = compose_config(overrides)
+        model, batches = run_batches(cfg, steps)
+        res = {}
+        for c in chunks:
+            dist.barrier()  # both start each C together
+            res[c] = unit_costs(cfg, model, batches[skip:], c)
+    finally:
+        ctx.close()
+    return res
 
 
 def add(d: dict[str, float], key: str, value: float) -> None:

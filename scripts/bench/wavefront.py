@@ -13,8 +13,9 @@ plain 1-thread runs at once (how much two processes slow each other down), and 2
 
 Prediction (:mod:`scripts.bench._wave_predict`): every piece of the wave (bottom encoder
 layer, encoder chunks, Dec1+Attention chunks, the other decoder chunks, generator) timed on
-one thread in this process with the wave's own code on the same batches, times the two
-processes' measured slowdown of each other; the one-way message time and the
+one thread with the wave's own code on the same batches, in this process alone (recorded)
+and in two processes at once (what the simulator takes: a rank's pieces run while the other
+rank computes, and the two slow each other down); the one-way message time and the
 shared-gradient all-reduce measured between two processes; the loop's own time per step
 (the plain 1 x 1 run's step minus its measured compute); then ``simulate_wavefront``. Before
 timing, waits (60 s polls, up to 15 min) while another nmt- command or pytest runs or the
@@ -53,7 +54,7 @@ from scripts.bench.common import (
 
 # the default balance with and without the split encoder; the split encoder with the last
 # decoder layer on the generator's rank and 45% of the generator's sentences on rank 0
-WAVES = ["c4", "c8", "c4/split", "c4/split/b3-2/s0.45"]
+WAVES = ["c4", "c4/split", "c3/split", "c8/split", "c4/split/b3-2/s0.45"]
 BASE = ["model=gnmt_demo", "data.batch_tokens=2048", "train.eval_every=0", "train.log_every=1",
         "train.warmup_steps=0", "train.decay=none", "train.save_every=0"]  # fmt: skip
 
@@ -143,29 +144,37 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     split_shared = shared + sum(p.numel() for p in encoder_parameters(model) if id(p) not in ids)
     link = wp.probe_link([int(tt / 8 * bt * hidden), int(tt / 2 * bt * hidden)], shared)
     split_link = wp.probe_link([int(tt / 8 * bt * hidden)], split_shared)
-    slowdown = measured["plain_1x1_pair_ms"] / measured["plain_1x1_ms"]
     out: dict[str, Any] = {"link": link, "allreduce_ms_split": split_link["allreduce_ms"],
-                           "sizes": sizes, "two_process_slowdown": round(slowdown, 3),
-                           "chunks": {}, "pieces_ms": {}}  # fmt: skip
+                           "sizes": sizes, "chunks": {}, "pieces_ms": {}}  # fmt: skip
     import torch
 
+    from nmt.machine import hostmem
+
+    hostmem.tune()  # as nmt-train runs
     torch.set_num_threads(1)
     whole = wp.unit_costs(cfg, model, mine, 1)
     loop = max(measured["plain_1x1_ms"] - whole["step"] - whole["extra"], 0.0)
     out["one_process_ms"] = {k: round(v, 2) for k, v in whole.items()} | {"loop": round(loop, 2)}
-    slowed = {k: v * slowdown for k, v in whole.items()}
-    for c in sorted({s.chunks for s in specs(a)}):
-        costs = wp.unit_costs(cfg, model, mine, c)
-        out["pieces_ms"][f"c{c}"] = {k: round(v, 2) for k, v in costs.items()}
-        costs = {k: v * slowdown for k, v in costs.items()} | {"loop": loop}
+    chunks = sorted({s.chunks for s in specs(a)})
+    for c in chunks:
+        out["pieces_ms"][f"c{c}"] = rounded(wp.unit_costs(cfg, model, mine, c))
+    overrides = [*BASE, f"train.precision={a.precision}"]
+    together = wp.unit_costs_together(overrides, a.steps, a.skip, [1, *chunks])
+    out["pieces_ms_two_at_once"] = {f"c{c}": rounded(v) for c, v in together.items()}
+    for c in chunks:
+        costs = together[c] | {"loop": loop}
         for spec in (s for s in specs(a) if s.chunks == c):
             wire = {**link, "allreduce_ms": split_link["allreduce_ms"]} if spec.split else link
-            sim = wp.summary(wp.predict(costs, spec, sizes, wire, slowed))
+            sim = wp.summary(wp.predict(costs, spec, sizes, wire, together[1]))
             got = measured[key(spec)]
             sim["measured_ms"] = round(got, 1)
             sim["error"] = round(sim["step_ms"] / got - 1.0, 4)
             out["chunks"][spec.name] = sim
     return out
+
+
+def rounded(costs: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in costs.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
