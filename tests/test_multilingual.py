@@ -125,7 +125,7 @@ def test_batches_mix_directions_in_proportion(cache: Path, tmp_path: Path) -> No
 @pytest.fixture(scope="module")
 def trained(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("multi_run")
-    r = run("train", [*overrides(cache, out), "train.max_steps=1500", "train.eval_every=1500"])
+    r = run("train", [*overrides(cache, out), "train.max_steps=3000", "train.eval_every=3000"])
     assert r.returncode == 0, r.stderr[-2000:]
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     dev = [m for m in metrics if "val_bleu_by_dir" in m]

@@ -92,6 +92,23 @@ def test_ranks_equal_one_device_with_dropout(
 
 
 @pytest.mark.slow
+def test_generator_share_of_one_sentence_batches(
+    tiny_corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    """Batches of one sentence leave the helper rank no share (it rounds to 0): no message
+    is expected either way (a deadlock until the timeout otherwise); losses as one device."""
+    small = ("data.batch_tokens=8", "train.max_steps=3")
+    ref = nmt_train(tiny_corpus, tmp_path, "plain", "parallel=none", *small)
+    out = nmt_train(
+        tiny_corpus, tmp_path, "wave", "parallel=wavefront", "parallel.time_chunks=2",
+        "parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
+        "parallel.generator_share=0.3", "parallel.timeout_s=20", *small,
+    )  # fmt: skip
+    assert losses(out) == pytest.approx(losses(ref), rel=1e-5)
+    assert len(losses(out)) == 3
+
+
+@pytest.mark.slow
 def test_ranks_resume_exactly(tiny_cfg: Any) -> None:
     """Stopped after 3 steps and resumed to 6: the straight run's losses, validations and
     weights."""

@@ -144,6 +144,22 @@ def test_split_generator_shares_its_chunks() -> None:
                            ZERO_LINK, num_devices=2)  # fmt: skip
 
 
+def test_generator_share_runs_in_the_backward_below() -> None:
+    """A decoder layer (F 4, B 4 ms, 2 steps) on device 0, the generator's home device 1,
+    half its sentences on device 0, C = 2, no link cost. Worked by hand: decoder 0-2, 2-4;
+    device 1's half 2-3, 4-5; device 0's half of chunk 1 at 4-5, then the decoder's backward
+    of chunk 1 5-7, the half of chunk 0 7-8, the backward of chunk 0 8-10."""
+    dec = WaveLayer("dec", 4.0, 4.0, 0, 2)
+    gen = WaveLayer("gen", 4.0, 0.0, 0, 2, recurrent=False, chunk_loss=True, split=True)
+    r = simulate_wavefront([dec, gen], [0, 1], 2, ZERO_LINK)
+    got = [(e.device, e.layer, e.kind, e.chunk, e.start_ms, e.end_ms) for e in r.events
+           if e.end_ms > e.start_ms]  # fmt: skip
+    assert got == [(0, 0, "F", 0, 0.0, 2.0), (0, 0, "F", 1, 2.0, 4.0), (1, 1, "F", 0, 2.0, 3.0),
+                   (0, 1, "F", 1, 4.0, 5.0), (1, 1, "F", 1, 4.0, 5.0), (0, 0, "B", 1, 5.0, 7.0),
+                   (0, 1, "F", 0, 7.0, 8.0), (0, 0, "B", 0, 8.0, 10.0)]  # fmt: skip
+    assert r.step_ms == 10.0
+
+
 def test_gnmt_layers_and_barriers() -> None:
     t = analytic_gnmt_costs(4, 64, 500, 6, 7, 8, 8, 1e9, 1e-5)
     layers = gnmt_wave_layers(t)

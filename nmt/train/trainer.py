@@ -185,6 +185,8 @@ class Trainer:
     def load_run_state(self, ck: dict[str, Any]) -> None:
         """Inverse of :meth:`run_state`; a new ``train.lr`` of this run wins."""
         self.optimizer.load_state_dict(ck["optimizer"])
+        for group in self.optimizer.param_groups:  # this machine's kernel, not the writer's
+            group["fused"], group["foreach"] = self.optimizer.defaults["fused"], None
         self.scheduler.load_state_dict(ck["scheduler"])
         self.batcher.load_state_dict(ck["data"])
         self.step, self.train_seconds, self.best = ck["step"], ck["train_seconds"], ck["best"]

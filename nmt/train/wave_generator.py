@@ -115,6 +115,8 @@ class WaveGenerator:
         """The helper rank of a generator that shares its rank with the last decoder layer:
         the first :meth:`kept` sentences' chunks in order, their gradients sent back."""
         keep, gen = self.kept(b.tgt_in.size(1)), self.owners[-1]
+        if keep == 0:  # a batch too small for a share: the generator's rank keeps it all
+            return
         pend = [self.receive(gen, a, e, keep, c) for c, (a, e) in enumerate(spans)]
         for c, (a, e) in enumerate(spans):
             x = tuple(pend[c].wait())

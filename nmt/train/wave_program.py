@@ -9,12 +9,16 @@ the rank of unit u (non-decreasing: each rank holds consecutive units). Dataflow
 2. encoder units wave over the source chunks (:class:`parallel.runtime.wave.Carried`);
 3. the top encoder output goes to the owner of Dec1 chunk by chunk, which concatenates it
    (barrier: the attention needs every source position) and builds the attention memory;
+   with ``encoder_split`` steps 1-3 are instead every rank encoding its share of the
+   sentences and Dec1's rank gathering them (:mod:`nmt.train.wave_encoder`);
 4. Dec1..DecD wave over the target chunks; the generator takes each chunk's (h, ctx) and
-   runs forward and backward at once (it carries no state). A rank that holds only the
-   generator takes chunk 0, then the last chunk back to chunk 1, so that the decoder's
-   backward (last chunk first) can start early;
+   runs forward and backward at once (it carries no state; who runs which sentences:
+   :mod:`nmt.train.wave_generator`). A rank that holds only the generator takes chunk 0,
+   then the last chunk back to chunk 1, so that the decoder's backward (last chunk first)
+   can start early;
 5. the backward runs the decoder units' chunks in reverse, then through the memory and the
-   target embedding (one call each), then the encoder units' chunks in reverse, then unit 0.
+   target embedding (one call each), then the encoder units' chunks in reverse, then unit 0
+   (with ``encoder_split``: every rank's encoder share at once).
 
 Every tensor between two ranks goes through :class:`parallel.runtime.wave.Wire`; the
 gradients of parameters used on several ranks are summed afterwards by the engine
@@ -247,8 +251,9 @@ class WaveProgram:
         deferred, loss_args, sums = later
         own, first, last = self.owners, self.dec_units[0], self.dec_units[-1]
         keep, widths = self.keep(sh.batch), [sh.hidden] * 2
-        if self.shares:  # the helper's gradients of the first `keep` sentences
-            back = self.post(self.gen.helper or 0, BWD, self.S - 1, sh.tgt, keep, widths)
+        if self.shares:  # the helper's gradients of the first `keep` sentences (if any)
+            helper = self.gen.helper or 0
+            back = self.post(helper, BWD, self.S - 1, sh.tgt, keep, widths) if keep else []
         else:
             back = self.post(own[last + 1], BWD, last + 1, sh.tgt, sh.batch - keep, widths)
         for c in reversed(range(len(sh.tgt))):

@@ -11,13 +11,13 @@ sentences whose generator runs on a helper rank instead, :mod:`nmt.train.wave_ge
 
 Every rank builds the whole model with the run's seed and draws the same batches. After
 the backward, the gradients of the parameters that a rank other than 0 uses (the tied
-embedding, the generator, the layers of ranks 1..N-1) are summed over the ranks in one
-all-reduce, together with rank 0's squared norm of its other gradients; every rank then
-clips with the same global norm and takes the Adam step of the parameters it has gradients
-for. Rank 0 therefore holds the whole model and optimizer, current: it validates, writes the
-single-device checkpoints (``last.pt`` ...) and every rank resumes from them, so
-``train.resume=auto`` is exact as on one device. Dropout masks are seeded per (step,
-layer) (:mod:`nmt.models.dropout`): the losses equal one device's.
+embedding, the generator, the layers of ranks 1..N-1, the encoder when it is split) are
+summed over the ranks in one all-reduce, together with rank 0's squared norm of its other
+gradients; every rank then clips with the same global norm and takes the Adam step of the
+parameters it has gradients for. Rank 0 therefore holds the whole model and optimizer,
+current: it validates, writes the single-device checkpoints (``last.pt`` ...) and every rank
+resumes from them, so ``train.resume=auto`` is exact as on one device. Dropout masks are
+seeded per (step, layer) (:mod:`nmt.models.dropout`): the losses equal one device's.
 
 Not supported (refused at start with one line): ``parallel.dp > 1``, ``parallel.recompute``,
 ``parallel.microbatches > 1`` (the wavefront cuts along time, not the batch), fp16.

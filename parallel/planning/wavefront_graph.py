@@ -41,8 +41,10 @@ class WaveLayer:
     whole: bool = False  # needs the whole sequence: one task (bidirectional layer)
     gather: bool = False  # first chunk needs every chunk of the layer below (attention)
     # the top layer's backward of chunk c needs only its forward of chunk c (the loss of each
-    # chunk is its own: the generator of the processes' wavefront runs F and B per chunk, in
-    # the order 0, C-1, C-2, ..., 1)
+    # chunk is its own: the generator of the processes' wavefront runs F and B per chunk;
+    # alone on its device in the order 0, C-1, C-2, ..., 1, else in order after the
+    # device's other layers; a share on the device of the layer below: in that layer's
+    # backward, chunk c just before its backward of chunk c)
     chunk_loss: bool = False
     # the layer's sentences shared out over the devices (``shares``): each chunk is one task
     # per device with that share of the cost and of the messages; a split ``whole`` layer is
@@ -90,6 +92,9 @@ def parts_of(layers: Sequence[WaveLayer], placement: Sequence[int], devices: int
         shares = ly.shares or tuple([1.0 / devices] * devices)
         if len(shares) != devices or abs(sum(shares) - 1.0) > 1e-9 or min(shares) < 0:
             raise PlacementError(f"wavefront: {ly.name}: shares {shares} for {devices} devices")
+        if li > 0 and layers[li - 1].split:
+            raise PlacementError(f"wavefront: split layers {layers[li - 1].name} and {ly.name} "
+                                 "follow each other")  # fmt: skip
         out.append([(d, f) for d, f in enumerate(shares) if f > 0])
     return out
 
@@ -149,11 +154,25 @@ def build(
         for c in range(len(lens[li])):
             for k in range(len(parts[li])):
                 f_task, b_task = fid[li][c][k], bid[li][c][k]
-                _forward_deps(g, layers, lens, fid, li, c, k, f_task, after, alone[k])
+                dev = parts[li][k][0]
+                later = deferred(layers, placement, li, dev)
+                order = "deferred" if later else "alone" if alone[k] else "in order"
+                _forward_deps(g, layers, lens, fid, li, c, k, f_task, after, order)
                 _backward_deps(g, layers, lens, fid, bid, li, c, k, b_task, after)
                 if layers[li].chunk_loss and not alone[k]:  # after the device's other layers
-                    g.prio[f_task] = (1, 2 * n + c, -li)
+                    g.prio[f_task] = (1, n + len(lens[li]) + c, -li)
+                if later and c < len(lens[li]) - 1:
+                    # the helper that holds the layer below runs its share of chunk c just
+                    # before that layer's backward of chunk c (after the one of chunk c+1)
+                    g.deps[f_task].append((bid[li - 1][c + 1][0], 0.0))
     return g
+
+
+def deferred(layers: Sequence[WaveLayer], placement: Sequence[int], li: int, dev: int) -> bool:
+    """Whether layer li's part on device ``dev`` is a generator share run in the backward:
+    a split per-chunk-loss layer's part on the device of the layer below, not its own."""
+    ly = layers[li]
+    return ly.split and ly.chunk_loss and li > 0 and dev == placement[li - 1] != placement[li]
 
 
 def _forward_deps(
@@ -166,7 +185,7 @@ def _forward_deps(
     k: int,
     task: int,
     after: Callable[[int, list[int], int, int], None],
-    alone: bool,
+    order: str,
 ) -> None:
     """What the forward of layer li's chunk c (part k) waits for."""
     ly, last = layers[li], len(lens[li]) - 1
@@ -189,7 +208,9 @@ def _forward_deps(
                 f"wavefront: {ly.name} ({ly.steps} steps) follows {layers[p].name} "
                 f"({layers[p].steps} steps) without a barrier (whole or gather)"
             )
-    in_order = ly.recurrent or (ly.chunk_loss and not alone)
+    in_order = ly.recurrent or (ly.chunk_loss and order == "in order")
+    if order == "deferred":  # ordered by the backward of the layer below (see build)
+        return
     if in_order and not ly.whole and c > 0:
         g.deps[task].append((fid[li][c - 1][k], 0.0))
     elif ly.chunk_loss and c > 0:  # a generator alone on its device: 0, C-1, C-2, ..., 1

@@ -29,6 +29,13 @@ go backward first, then the lower diagonal (deeper layer first).  After its last
 device pair holding the first and the last layer (if different) all-reduces the tied
 parameter's gradient.
 
+A ``split`` layer shares its sentences out over the devices (``WaveLayer.shares``): each of
+its chunks is one task per device, with that share of the cost and of the messages. A split
+whole layer is the processes' ``parallel.encoder_split``; a split generator their
+``generator_share`` (on the device of the layer below, the share of chunk c runs just before
+that layer's backward of chunk c, as the runtime defers it). The task graph and its list
+scheduling live in :mod:`parallel.planning.wavefront_graph`.
+
 The wavefront across processes (``nmt-train parallel=wavefront parallel.pp=N``) is this
 model with per-chunk loss (``WaveLayer.chunk_loss``: the generator's backward of a chunk
 follows its forward at once), links measured between the processes, and the measured time

@@ -140,12 +140,13 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
              "ts": sum(b.src.size(0) for b in mine) / n,
              "bt": sum(b.tgt_in.size(1) for b in mine) / n, "hidden": model.hidden}  # fmt: skip
     tt, bt, hidden = sizes["tt"], sizes["bt"], model.hidden
-    shared = sum(p.numel() for p in model.stages[-1].parameters())
-    ids = {id(p) for p in model.stages[-1].parameters()}
-    split_shared = shared + sum(p.numel() for p in encoder_parameters(model) if id(p) not in ids)
-    link = wp.probe_link([int(tt / 8 * bt * hidden), int(tt / 2 * bt * hidden)], shared)
-    split_link = wp.probe_link([int(tt / 8 * bt * hidden)], split_shared)
-    out: dict[str, Any] = {"link": link, "allreduce_ms_split": split_link["allreduce_ms"],
+    numel = {s.name: shared_numel(model, s) for s in specs(a)}
+    small, large = int(tt / 8 * bt * hidden), int(tt / 2 * bt * hidden)
+    link = wp.probe_link([small, large], min(numel.values()))
+    allreduce = {n: wp.probe_link([small], n)["allreduce_ms"]
+                 for n in sorted(set(numel.values()))}  # fmt: skip
+    per_wave = {k: allreduce[n] for k, n in numel.items()}
+    out: dict[str, Any] = {"link": link, "allreduce_ms": per_wave,
                            "sizes": sizes, "chunks": {}, "pieces_ms": {}}  # fmt: skip
     import torch
 
@@ -165,13 +166,24 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     for c in chunks:
         costs = together[c] | {"loop": loop}
         for spec in (s for s in specs(a) if s.chunks == c):
-            wire = {**link, "allreduce_ms": split_link["allreduce_ms"]} if spec.split else link
+            wire = {**link, "allreduce_ms": allreduce[numel[spec.name]]}
             sim = wp.summary(wp.predict(costs, spec, sizes, wire, together[1]))
             got = measured[key(spec)]
             sim["measured_ms"] = round(got, 1)
             sim["error"] = round(sim["step_ms"] / got - 1.0, 4)
             out["chunks"][spec.name] = sim
     return out
+
+
+def shared_numel(model: Any, spec: wp.WaveSpec) -> int:
+    """Elements of the gradients rank 1 shares with rank 0 in a run of ``spec``: the
+    generator (and the tied embedding), Dec2..D with ``b3-2``, the encoder when split."""
+    params = list(model.stages[-1].parameters())
+    params += (
+        [p for s in model.dec_stages for p in s.parameters()] if spec.balance == (3, 2) else []
+    )
+    params += list(encoder_parameters(model)) if spec.split else []
+    return sum(p.numel() for p in {id(p): p for p in params}.values())
 
 
 def rounded(costs: dict[str, float]) -> dict[str, float]:
