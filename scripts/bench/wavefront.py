@@ -6,10 +6,11 @@ The real ``nmt-train`` on the shipped corpus, ``model=gnmt_demo data.batch_token
 demo's batch), ``train.precision`` (``--precision``, bf16 by default: what the demo's auto
 picks on a CPU with AMX), for: 1 process x 1 thread plain, 1 process x 2 threads plain, two
 plain 1-thread runs at once (how much two processes slow each other down), and 2 processes x
-1 thread ``parallel=wavefront parallel.pp=2`` per ``--waves`` entry:
+1 thread ``parallel=wavefront parallel.pp=2`` per ``--waves`` entry, all of them ``--rounds``
+times in turn:
 ``c<C>[/split][/b<R0>-<R1>][/s<F>]`` = ``parallel.time_chunks=C``, ``encoder_split=true``,
 ``balance=[R0,R1]``, ``generator_share=F``. Step time: the mean ``ms_per_step`` of steps
-``skip+1..steps`` (the same batches in every run).
+``skip+1..steps`` (the same batches in every run), averaged over the rounds.
 
 Prediction (:mod:`scripts.bench._wave_predict`): every piece of the wave (bottom encoder
 layer, encoder chunks, Dec1+Attention chunks, the other decoder chunks, generator) timed on
@@ -56,6 +57,7 @@ from scripts.bench.common import (
 # C = 3, 4, 8; the split encoder with the last decoder layer on the generator's rank and 45%
 # of the generator's sentences on rank 0
 WAVES = ["c4", "c4/split", "c3/split", "c8/split", "c4/split/b3-2/s0.45"]
+PLAIN = ["parallel=none"]
 BASE = ["model=gnmt_demo", "data.batch_tokens=2048", "train.eval_every=0", "train.log_every=1",
         "train.warmup_steps=0", "train.decay=none", "train.save_every=0"]  # fmt: skip
 
@@ -97,18 +99,24 @@ def mean_step_ms(out: Path, skip: int) -> float:
 
 
 def measure(work: Path, a: Any, out_dir: Path) -> dict[str, Any]:
-    """The nmt-train runs: mean ms per step of each configuration."""
-    res: dict[str, Any] = {}
-    res["plain_1x1_ms"] = mean_step_ms(train_run(work, "plain1", 1, ["parallel=none"], a), a.skip)
-    res["plain_1x2_ms"] = mean_step_ms(train_run(work, "plain2", 2, ["parallel=none"], a), a.skip)
-    res["plain_1x1_pair_ms"] = pair_ms(work, a)
-    for spec in specs(a):
-        run = train_run(work, spec.name, 1, spec.overrides(), a)
-        res[key(spec)] = mean_step_ms(run, a.skip)
-        if (run / "timeline.png").is_file():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copy(run / "timeline.png", out_dir / f"timeline_{spec.name}.png")
-    return res
+    """The nmt-train runs, ``--rounds`` times in turn (the machine's speed drifts: every
+    configuration sees each phase of it): mean ms per step of each configuration over the
+    rounds, and each round's (``rounds``)."""
+    rounds: list[dict[str, float]] = []
+    for _ in range(a.rounds):
+        res: dict[str, float] = {}
+        res["plain_1x1_ms"] = mean_step_ms(train_run(work, "plain1", 1, PLAIN, a), a.skip)
+        res["plain_1x2_ms"] = mean_step_ms(train_run(work, "plain2", 2, PLAIN, a), a.skip)
+        res["plain_1x1_pair_ms"] = pair_ms(work, a)
+        for spec in specs(a):
+            run = train_run(work, spec.name, 1, spec.overrides(), a)
+            res[key(spec)] = mean_step_ms(run, a.skip)
+            if (run / "timeline.png").is_file():
+                out_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy(run / "timeline.png", out_dir / f"timeline_{spec.name}.png")
+        rounds.append(res)
+    mean = {k: sum(r[k] for r in rounds) / len(rounds) for k in rounds[0]}
+    return mean | {"rounds": [{k: round(v, 1) for k, v in r.items()} for r in rounds]}
 
 
 def pair_ms(work: Path, a: Any) -> float:
@@ -194,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = parser(__name__, __doc__)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--skip", type=int, default=10, help="steps left out of the mean")
+    ap.add_argument("--rounds", type=int, default=2, help="times every run is repeated, in turn")
     ap.add_argument("--waves", nargs="+", default=WAVES,
                     help="wavefront runs: c<C>[/split][/b<R0>-<R1>][/s<share>]")  # fmt: skip
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
@@ -227,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             "steps": a.steps,
             "skip": a.skip,
         },  # fmt: skip
-        "measured_ms": {k: round(v, 1) for k, v in measured.items()},
+        "measured_ms": {k: round(v, 1) for k, v in measured.items() if k != "rounds"},
+        "measured_rounds_ms": measured["rounds"],
         "plain_2_threads_vs_1": round(base / two, 3),
         "speedup": speed,
         "predicted": predicted,
