@@ -13,6 +13,7 @@ from parallel.planning.plan import single_device_ms
 from parallel.planning.wavefront_sim import (
     ChunkOverhead,
     WaveLayer,
+    WaveResult,
     chunk_lengths,
     chunk_ms,
     gnmt_wave_layers,
@@ -123,6 +124,12 @@ def test_split_layer_runs_on_every_device() -> None:
     assert whole.step_ms == 16.0
 
 
+def busy_events(r: WaveResult) -> list[tuple[int, int, str, int, float, float]]:
+    """(device, layer, kind, chunk, start, end) of the events that take time."""
+    return [(e.device, e.layer, e.kind, e.chunk, e.start_ms, e.end_ms) for e in r.events
+            if e.end_ms > e.start_ms]  # fmt: skip
+
+
 def test_split_generator_shares_its_chunks() -> None:
     """A decoder layer (F 4, B 4 ms, 2 steps) on device 1, its generator split half and half
     over devices 0 and 1, C = 2, no link cost. Worked by hand: decoder 0-2, 2-4 (device 1
@@ -132,8 +139,7 @@ def test_split_generator_shares_its_chunks() -> None:
     dec = WaveLayer("dec", 4.0, 4.0, 0, 2)
     gen = WaveLayer("gen", 4.0, 0.0, 0, 2, recurrent=False, chunk_loss=True)
     r = simulate_wavefront([dec, replace(gen, split=True)], [1, 1], 2, ZERO_LINK, num_devices=2)
-    got = [(e.device, e.layer, e.kind, e.chunk, e.start_ms, e.end_ms) for e in r.events
-           if e.end_ms > e.start_ms]  # fmt: skip
+    got = busy_events(r)
     assert got == [(1, 0, "F", 0, 0.0, 2.0), (1, 0, "F", 1, 2.0, 4.0), (0, 1, "F", 0, 2.0, 3.0),
                    (1, 1, "F", 0, 4.0, 5.0), (0, 1, "F", 1, 4.0, 5.0), (1, 1, "F", 1, 5.0, 6.0),
                    (1, 0, "B", 1, 6.0, 8.0), (1, 0, "B", 0, 8.0, 10.0)]  # fmt: skip
@@ -152,8 +158,7 @@ def test_generator_share_runs_in_the_backward_below() -> None:
     dec = WaveLayer("dec", 4.0, 4.0, 0, 2)
     gen = WaveLayer("gen", 4.0, 0.0, 0, 2, recurrent=False, chunk_loss=True, split=True)
     r = simulate_wavefront([dec, gen], [0, 1], 2, ZERO_LINK)
-    got = [(e.device, e.layer, e.kind, e.chunk, e.start_ms, e.end_ms) for e in r.events
-           if e.end_ms > e.start_ms]  # fmt: skip
+    got = busy_events(r)
     assert got == [(0, 0, "F", 0, 0.0, 2.0), (0, 0, "F", 1, 2.0, 4.0), (1, 1, "F", 0, 2.0, 3.0),
                    (0, 1, "F", 1, 4.0, 5.0), (1, 1, "F", 1, 4.0, 5.0), (0, 0, "B", 1, 5.0, 7.0),
                    (0, 1, "F", 0, 7.0, 8.0), (0, 0, "B", 0, 8.0, 10.0)]  # fmt: skip

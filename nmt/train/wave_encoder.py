@@ -24,20 +24,16 @@ from torch import Tensor
 from data.batching import Batch
 from nmt.models.dropout import SeqDropout, sentence_slice
 from nmt.models.gnmt import GNMT
+from nmt.models.wavefront import chunk_bounds
 from parallel.runtime.timeline import TimelineRecorder
-from parallel.runtime.wave import Wire, leaf, timed
-
-FWD, BWD = 0, 1
+from parallel.runtime.wave import BWD, FWD, Wire, leaf, timed
 
 
 def sentence_spans(batch: int, ranks: int) -> list[tuple[int, int]]:
     """Each rank's sentences ``[lo, hi)`` of a batch: consecutive, sizes differing by at
     most one (the first ranks take the extra ones); empty where ``batch < ranks``."""
-    size, extra = divmod(batch, ranks)
-    bounds = [0]
-    for r in range(ranks):
-        bounds.append(bounds[-1] + size + (1 if r < extra else 0))
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    spans = chunk_bounds(batch, ranks)
+    return spans + [(batch, batch)] * (ranks - len(spans))
 
 
 class SplitEncoder:

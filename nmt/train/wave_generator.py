@@ -22,9 +22,8 @@ from data.batching import Batch
 from nmt.models.gnmt import GNMT
 from nmt.models.loss import label_smoothed_nll
 from parallel.runtime.timeline import TimelineRecorder
-from parallel.runtime.wave import Chunk, Pending, Wire, leaf, timed
+from parallel.runtime.wave import BWD, FWD, Chunk, Pending, Wire, leaf, timed
 
-FWD, BWD = 0, 1
 LossArgs = tuple[float, int, float]  # (gradient scale per unit of loss, pad id, smoothing)
 
 
@@ -58,14 +57,8 @@ class WaveGenerator:
         timeline: TimelineRecorder | None,
         share: float,
     ) -> None:
-        self.m, self.owners, self.rank, self.wire, self.timeline = (
-            model,
-            owners,
-            rank,
-            wire,
-            timeline,
-        )
-        self.share, self.unit = share, len(model.stages) - 1
+        self.m, self.owners, self.rank, self.wire = model, owners, rank, wire
+        self.timeline, self.share, self.unit = timeline, share, len(model.stages) - 1
         self.helper = helper_rank(owners, share)
 
     def kept(self, batch: int) -> int:

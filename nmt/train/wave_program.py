@@ -39,9 +39,7 @@ from nmt.models.wavefront import chunk_bounds
 from nmt.train.wave_encoder import SplitEncoder
 from nmt.train.wave_generator import LossArgs, WaveGenerator
 from parallel.runtime.timeline import TimelineRecorder
-from parallel.runtime.wave import Carried, Chunk, Pending, State, Wire, leaf, timed
-
-FWD, BWD = 0, 1
+from parallel.runtime.wave import BWD, FWD, Carried, Chunk, Pending, State, Wire, leaf, timed
 
 
 @dataclass

@@ -37,10 +37,11 @@ State = tuple[Tensor, ...]
 ChunkFn = Callable[[int, Chunk, State | None], tuple[Chunk, State]]
 
 MAX_CHUNKS = 256
+FWD, BWD = 0, 1  # message kinds: activations forward, gradients backward
 
 
 def tag(kind: int, boundary: int, chunk: int, index: int) -> int:
-    """Message tag: ``kind`` 0 forward / 1 backward, the receiving layer ``boundary``, the
+    """Message tag: ``kind`` FWD / BWD, the receiving layer ``boundary``, the
     chunk, the tensor's index in the message."""
     return ((kind * 128 + boundary) * MAX_CHUNKS + chunk) * 8 + index
 

@@ -28,7 +28,7 @@ from parallel.planning.links import Link
 from parallel.planning.wavefront_sim import WaveLayer, WaveResult, simulate_wavefront
 from parallel.runtime.engine import init_distributed, launch
 from parallel.runtime.timeline import TimelineRecorder
-from parallel.runtime.wave import Wire, leaf
+from parallel.runtime.wave import Carried, Wire
 
 
 def run_batches(cfg: AppConfig, steps: int) -> tuple[GNMT, list[Batch]]:
@@ -89,36 +89,40 @@ def unit_costs(cfg: AppConfig, model: GNMT, batches: list[Batch], chunks: int) -
 
 
 def upper_decoder_costs(model: GNMT, batches: list[Batch], chunks: int) -> dict[str, float]:
-    """Mean ms per batch of Dec2..DecD over the batch's target chunks, forward and backward
-    (inputs of the batch's shapes; one untimed pass first)."""
-
-    totals = {"F": 0.0, "B": 0.0}
+    """Mean ms per batch of Dec2..DecD over the batch's target chunks, forward and backward,
+    run as a wavefront rank runs them (:class:`parallel.runtime.wave.Carried`: one call per
+    chunk, the carried state's gradient handed back); random inputs of the batch's shapes,
+    one untimed pass first."""
+    rec = TimelineRecorder(0)
     for rep in range(2):
+        if rep:
+            rec.enable()
         for b in batches:
             spans = chunk_bounds(b.tgt_in.size(0), chunks)
             total, batch = b.tgt_in.size(0), b.tgt_in.size(1)
-            for stage in model.dec_stages:  # as a wavefront rank runs them: one call per
-                state: tuple[Tensor, ...] | None = None  # chunk, the state a leaf in between
-                saved = []
-                for a, e in spans:
-                    h = torch.randn(e - a, batch, model.hidden, requires_grad=True)
-                    ctx = torch.randn(e - a, batch, model.hidden, requires_grad=True)
-                    entry = None if state is None else tuple(leaf(x) for x in state)
-                    t0 = time.perf_counter()
-                    y, state = stage.chunk(h, ctx, entry, (a, total))  # type: ignore[arg-type]
-                    totals["F"] += (time.perf_counter() - t0) * 1e3 * rep
-                    saved.append((y, state, entry))
-                carry: list[Tensor | None] = []
-                for y, out_state, entry in reversed(saved):
-                    t0 = time.perf_counter()
-                    pairs = [(y, torch.ones_like(y))] + [
-                        (o, g) for o, g in zip(out_state, carry, strict=False) if g is not None
-                    ]
-                    torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
-                    totals["B"] += (time.perf_counter() - t0) * 1e3 * rep
-                    carry = [] if entry is None else [x.grad for x in entry]
+            for stage in model.dec_stages:
+                seg = Carried(upper_chunk(stage, spans, total), 0, rec)
+                for c, (a, e) in enumerate(spans):
+                    shape = (e - a, batch, model.hidden)
+                    seg.forward(c, tuple(torch.randn(shape, requires_grad=True) for _ in "hc"))
+                for c in reversed(range(len(spans))):
+                    a, e = spans[c]
+                    seg.backward(c, [torch.ones(e - a, batch, model.hidden)])
     model.zero_grad(set_to_none=True)
+    totals = {"F": 0.0, "B": 0.0}
+    for ev in rec.events:
+        totals[ev.kind] += (ev.end_ns - ev.start_ns) / 1e6
     return {k: v / len(batches) for k, v in totals.items()}
+
+
+def upper_chunk(stage: Any, spans: list[tuple[int, int]], total: int) -> Any:
+    """A :data:`parallel.runtime.wave.ChunkFn` of one upper decoder layer: (h, ctx) -> (h',)."""
+
+    def run(c: int, x: tuple[Tensor, ...], state: Any) -> tuple[tuple[Tensor, ...], Any]:
+        y, new = stage.chunk(x[0], x[1], state, (spans[c][0], total))
+        return (y,), new
+
+    return run
 
 
 def unit_costs_together(
