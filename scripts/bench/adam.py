@@ -1,5 +1,7 @@
 """Adam's step on gnmt_demo's parameters, per-tensor loop (``foreach``) against one fused
-kernel (what ``nmt-train`` takes on a CPU or a CUDA device: :func:`nmt.train.trainer.adam`).
+kernel (what ``nmt-train`` takes on a CPU or a CUDA device: :func:`nmt.train.trainer.adam`);
+and the gradients' squared norm, a float64 copy per tensor against one ``_foreach_norm``
+call (what the wavefront's ranks take: :func:`nmt.train.wavefront_ranks.squared_norm`).
 
     python -m scripts.bench adam [--threads 1] [--repeats 50] [--out FILE]
 
@@ -10,6 +12,7 @@ of ``--repeats`` timed steps. Writes ``docs/results/train/<machine>/adam.json``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,6 +31,14 @@ def step_ms(opt: torch.optim.Optimizer, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats * 1e3
 
 
+def call_ms(fn: Callable[[], float], repeats: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__name__, __doc__)
     ap.add_argument("--threads", type=int, default=1)
@@ -43,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     optimizers = {"foreach": torch.optim.Adam(params, lr=1e-4, foreach=True),
                   "fused": torch.optim.Adam(params, lr=1e-4, fused=True)}  # fmt: skip
     ms: dict[str, Any] = {k: round(step_ms(o, a.repeats), 2) for k, o in optimizers.items()}
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = {"float64_copy_per_tensor": lambda: sum(float(g.double().pow(2).sum()) for g in grads),
+            "foreach_norm": lambda: float(torch.stack(torch._foreach_norm(grads)).double()
+                                          .pow(2).sum())}  # fmt: skip
     doc = {
         "command": command(__name__, argv),
         "machine": machine(threads=a.threads),
@@ -54,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         },  # fmt: skip
         "step_ms": ms,
         "fused_speedup": round(ms["foreach"] / ms["fused"], 2),
+        "squared_norm_ms": {k: round(call_ms(f, a.repeats), 2) for k, f in norm.items()},
     }
     return finish(doc, a.out or results_for("train", "adam.json"))
 
