@@ -89,6 +89,27 @@ def test_ranks_equal_one_device_with_dropout(
     for k, w in ref.items():  # floor 1: attention.b starts at 0 (Adam magnifies rounding)
         assert float((got[k] - w).norm()) <= 1e-5 * max(float(w.norm()), 1.0), k
     assert (out / "timeline.png").is_file()
+    if "parallel.balance=[3,2]" in ranks:
+        assert_generator_in_the_backward(out, chunks=3)
+
+
+def timeline_order(out: Path, rank: int) -> list[tuple[int, str, int]]:
+    """(unit, F/B, chunk) of the first recorded step's events on ``rank``, in time order."""
+    events = json.loads((out / "timeline.json").read_text())["traceEvents"]
+    mine = [e for e in events if e.get("ph") == "X" and e["pid"] == rank and e["args"]["step"] == 0]
+    mine.sort(key=lambda e: e["ts"])
+    return [(e["args"]["stage"], e["name"][0], e["args"]["mb"]) for e in mine]
+
+
+def assert_generator_in_the_backward(out: Path, chunks: int) -> None:
+    """``balance=[3,2]`` (units 0-2 on rank 0; Dec2 = unit 3 and the generator = unit 4 on
+    rank 1): rank 1 runs each chunk's generator just before that chunk's Dec2 backward, last
+    chunk first; rank 0 runs its share of the generator last chunk first."""
+    last = reversed(range(chunks))
+    on_1 = [x for x in timeline_order(out, 1) if x[:2] in ((4, "F"), (3, "B"))]
+    assert on_1 == [x for c in last for x in ((4, "F", c), (3, "B", c))]
+    on_0 = [c for u, kind, c in timeline_order(out, 0) if u == 4]
+    assert on_0 == list(reversed(range(chunks)))
 
 
 @pytest.mark.slow

@@ -132,17 +132,18 @@ def busy_events(r: WaveResult) -> list[tuple[int, int, str, int, float, float]]:
 
 def test_split_generator_shares_its_chunks() -> None:
     """A decoder layer (F 4, B 4 ms, 2 steps) on device 1, its generator split half and half
-    over devices 0 and 1, C = 2, no link cost. Worked by hand: decoder 0-2, 2-4 (device 1
-    runs its decoder chunks before its generator's); generator halves (1 ms each) on device 0
-    at 2-3 and 4-5, on device 1 at 4-5 and 5-6; decoder backward 6-8, 8-10. Not split:
-    generator 4-6, 6-8, decoder backward 8-12."""
+    over devices 0 and 1, C = 2, no link cost. Worked by hand: decoder 0-2, 2-4; device 0's
+    half (1 ms a chunk) last chunk first, 4-5 and 5-6; device 1's half of a chunk just before
+    the decoder's backward of that chunk: chunk 1 at 4-5, backward 5-7, chunk 0 at 7-8,
+    backward 8-10. Not split: generator of chunk 1 4-6, backward 6-8, generator of chunk 0
+    8-10, backward 10-12."""
     dec = WaveLayer("dec", 4.0, 4.0, 0, 2)
     gen = WaveLayer("gen", 4.0, 0.0, 0, 2, recurrent=False, chunk_loss=True)
     r = simulate_wavefront([dec, replace(gen, split=True)], [1, 1], 2, ZERO_LINK, num_devices=2)
     got = busy_events(r)
-    assert got == [(1, 0, "F", 0, 0.0, 2.0), (1, 0, "F", 1, 2.0, 4.0), (0, 1, "F", 0, 2.0, 3.0),
-                   (1, 1, "F", 0, 4.0, 5.0), (0, 1, "F", 1, 4.0, 5.0), (1, 1, "F", 1, 5.0, 6.0),
-                   (1, 0, "B", 1, 6.0, 8.0), (1, 0, "B", 0, 8.0, 10.0)]  # fmt: skip
+    assert got == [(1, 0, "F", 0, 0.0, 2.0), (1, 0, "F", 1, 2.0, 4.0), (0, 1, "F", 1, 4.0, 5.0),
+                   (1, 1, "F", 1, 4.0, 5.0), (0, 1, "F", 0, 5.0, 6.0), (1, 0, "B", 1, 5.0, 7.0),
+                   (1, 1, "F", 0, 7.0, 8.0), (1, 0, "B", 0, 8.0, 10.0)]  # fmt: skip
     assert r.step_ms == 10.0
     assert simulate_wavefront([dec, gen], [1, 1], 2, ZERO_LINK, num_devices=2).step_ms == 12.0
     with pytest.raises(PlacementError, match="shares"):

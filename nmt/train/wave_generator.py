@@ -9,8 +9,12 @@ run on a helper rank instead (:func:`helper_rank`):
 - the generator alone on its rank: the helper is the rank of the last decoder layer, which
   keeps those sentences' output and sends only the others (:mod:`nmt.train.wave_program`);
 - the generator with the last decoder layer: the helper is the rank before, which receives
-  those sentences' (h, ctx) chunk by chunk after its own decoder forward (:meth:`help`), and
-  sends their gradients back.
+  those sentences' (h, ctx) chunk by chunk after its own decoder forward and runs them last
+  chunk first (:meth:`help`), and sends their gradients back.
+
+A rank that holds the last decoder layer runs its generator chunks in that layer's backward
+(:mod:`nmt.train.wave_program`): the decoder's backward needs the last chunk first, and the
+generator of one chunk then overlaps the decoder backward of the chunk after it elsewhere.
 """
 
 from __future__ import annotations
@@ -106,12 +110,14 @@ class WaveGenerator:
         self, b: Batch, spans: list[tuple[int, int]], loss_args: LossArgs, sums: list[float]
     ) -> None:
         """The helper rank of a generator that shares its rank with the last decoder layer:
-        the first :meth:`kept` sentences' chunks in order, their gradients sent back."""
+        the first :meth:`kept` sentences' chunks, last chunk first (the order of the decoder's
+        backward), their gradients sent back."""
         keep, gen = self.kept(b.tgt_in.size(1)), self.owners[-1]
         if keep == 0:  # a batch too small for a share: the generator's rank keeps it all
             return
         pend = [self.receive(gen, a, e, keep, c) for c, (a, e) in enumerate(spans)]
-        for c, (a, e) in enumerate(spans):
+        for c in reversed(range(len(spans))):
+            a, e = spans[c]
             x = tuple(pend[c].wait())
             self.reply(self.generate(c, x, b.tgt_out[a:e, :keep], loss_args, sums), gen, c, x)
 

@@ -15,7 +15,10 @@ the rank of unit u (non-decreasing: each rank holds consecutive units). Dataflow
    runs forward and backward at once (it carries no state; who runs which sentences:
    :mod:`nmt.train.wave_generator`). A rank that holds only the generator takes chunk 0,
    then the last chunk back to chunk 1, so that the decoder's backward (last chunk first)
-   can start early;
+   can start early; a rank that also holds the last decoder layer runs its generator
+   chunks in that layer's backward, each just before the chunk's decoder backward (the
+   generator of chunk c overlaps the decoder backward of chunk c+1 on the rank before); a
+   helper rank without it takes its share last chunk first;
 5. the backward runs the decoder units' chunks in reverse, then through the memory and the
    target embedding (one call each), then the encoder units' chunks in reverse, then unit 0
    (with ``encoder_split``: every rank's encoder share at once).
@@ -181,10 +184,10 @@ class WaveProgram:
         first = self.dec_units[0]
         context = self.context(b, enc_leaf) if first == self.E else None
         seg = Carried(self.decoder_fn(sh, context), first, self.timeline)
-        held, deferred = self.decode_forward(b, sh, seg, context, loss_args, sums)
+        deferred = self.decode_forward(b, sh, seg, context)
         if self.helps:  # the generator's share, between this rank's forward and backward
             self.gen.help(b, sh.tgt, loss_args, sums)
-        self.decode_backward(sh, seg, context, held, (deferred, loss_args, sums))
+        self.decode_backward(sh, seg, context, deferred, (loss_args, sums))
         return sums[0], sums[1]
 
     def keep(self, batch: int) -> int:
@@ -193,19 +196,13 @@ class WaveProgram:
         return self.gen.kept(batch) if self.splits or self.shares else 0
 
     def decode_forward(
-        self,
-        b: Batch,
-        sh: Shapes,
-        seg: Carried,
-        context: Any,
-        loss_args: LossArgs,
-        sums: list[float],
-    ) -> tuple[dict[int, list[Tensor | None]], dict[int, tuple[Chunk, Tensor]]]:
-        """This rank's decoder chunks forward; on the generator's rank, then the generator's
-        chunks (forward and backward). Returns the generator's input gradients per chunk,
-        and on the helper rank that holds the last decoder layer the generator inputs of its
-        share, run in the backward just before each chunk's decoder backward. Every chunk's
-        output leaves for the next rank (and the helper) before any generator work here."""
+        self, b: Batch, sh: Shapes, seg: Carried, context: Any
+    ) -> dict[int, tuple[Chunk, Tensor]]:
+        """This rank's decoder chunks forward. Returns, on a rank that holds the last decoder
+        layer and runs generator chunks (its own or a helper's share), each chunk's generator
+        input and target: the generator runs in the backward, just before the chunk's decoder
+        backward, last chunk first. Every chunk's output leaves for the next rank (and the
+        helper) as soon as it is computed."""
         own, first, last = self.owners, self.dec_units[0], self.dec_units[-1]
         widths = [sh.hidden] * 2
         pend = (
@@ -213,10 +210,8 @@ class WaveProgram:
             if context is not None
             else self.post(own[first - 1], FWD, first, sh.tgt, sh.batch, widths)
         )
-        held: dict[int, list[Tensor | None]] = {}
         deferred: dict[int, tuple[Chunk, Tensor]] = {}
         keep = self.keep(sh.batch)
-        here: list[tuple[int, Chunk, Tensor]] = []  # generator chunks run on this rank
         for c, (a, e) in enumerate(sh.tgt):
             x = (context[2][a:e],) if context is not None else tuple(map(leaf, pend[c].wait()))
             y = seg.forward(c, x)
@@ -228,25 +223,23 @@ class WaveProgram:
                     continue
                 self.wire.send(kept, self.gen.helper or 0, FWD, self.S - 1, c)
             if self.has_gen:
-                here.append((c, y, b.tgt_out[a:e, keep:]))
+                deferred[c] = (y, b.tgt_out[a:e, keep:])
             else:
                 self.wire.send(y, own[last + 1], FWD, last + 1, c)
-        for c, y, target in here:
-            held[c] = self.gen.generate(c, y, target, loss_args, sums)
-        return held, deferred
+        return deferred
 
     def decode_backward(
         self,
         sh: Shapes,
         seg: Carried,
         context: Any,
-        held: dict[int, list[Tensor | None]],
-        later: tuple[dict[int, tuple[Chunk, Tensor]], LossArgs, list[float]],
+        deferred: dict[int, tuple[Chunk, Tensor]],
+        loss: tuple[LossArgs, list[float]],
     ) -> None:
-        """This rank's decoder chunks backward, last chunk first (each after the deferred
-        generator chunk of ``later``, if any); then, on Dec1's rank, the memory and
-        embedding backward."""
-        deferred, loss_args, sums = later
+        """This rank's decoder chunks backward, last chunk first, each after this rank's
+        generator chunk from ``deferred`` (if any: adds to ``loss``'s sums); then, on Dec1's
+        rank, the memory and embedding backward."""
+        loss_args, sums = loss
         own, first, last = self.owners, self.dec_units[0], self.dec_units[-1]
         keep, widths = self.keep(sh.batch), [sh.hidden] * 2
         if self.shares:  # the helper's gradients of the first `keep` sentences (if any)
@@ -255,9 +248,9 @@ class WaveProgram:
         else:
             back = self.post(own[last + 1], BWD, last + 1, sh.tgt, sh.batch - keep, widths)
         for c in reversed(range(len(sh.tgt))):
+            parts = []
             if c in deferred:
-                held[c] = self.gen.generate(c, *deferred.pop(c), loss_args, sums)
-            parts = [held.pop(c)] if c in held else []
+                parts.append(self.gen.generate(c, *deferred.pop(c), loss_args, sums))
             if back:  # in sentence order: the helper's first, or after the ones kept here
                 parts.insert(0 if self.shares else len(parts), list(back[c].wait()))
             g: list[Tensor | None] = (

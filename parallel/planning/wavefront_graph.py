@@ -42,9 +42,10 @@ class WaveLayer:
     gather: bool = False  # first chunk needs every chunk of the layer below (attention)
     # the top layer's backward of chunk c needs only its forward of chunk c (the loss of each
     # chunk is its own: the generator of the processes' wavefront runs F and B per chunk;
-    # alone on its device in the order 0, C-1, C-2, ..., 1, else in order after the
-    # device's other layers; a share on the device of the layer below: in that layer's
-    # backward, chunk c just before its backward of chunk c)
+    # alone on its device in the order 0, C-1, C-2, ..., 1; on the device of the layer
+    # below (all of it, or a share): in that layer's backward, chunk c just before its
+    # backward of chunk c; a share elsewhere: C-1, C-2, ..., 0 after the device's other
+    # layers)
     chunk_loss: bool = False
     # the layer's sentences shared out over the devices (``shares``): each chunk is one task
     # per device with that share of the cost and of the messages; a split ``whole`` layer is
@@ -149,7 +150,9 @@ def build(
             g.deps[task].append((q, delay))
 
     for li in range(n):
-        alone = [all(placement[j] != dev for j in range(n) if j != li and not layers[j].split)
+        # the layer's own device with no other (unsplit) layer: a generator alone
+        alone = [dev == placement[li] and all(placement[j] != dev for j in range(n)
+                                              if j != li and not layers[j].split)
                  for dev, _ in parts[li]]  # fmt: skip
         for c in range(len(lens[li])):
             for k in range(len(parts[li])):
@@ -162,17 +165,17 @@ def build(
                 if layers[li].chunk_loss and not alone[k]:  # after the device's other layers
                     g.prio[f_task] = (1, n + len(lens[li]) + c, -li)
                 if later and c < len(lens[li]) - 1:
-                    # the helper that holds the layer below runs its share of chunk c just
+                    # the device that holds the layer below runs its part of chunk c just
                     # before that layer's backward of chunk c (after the one of chunk c+1)
                     g.deps[f_task].append((bid[li - 1][c + 1][0], 0.0))
     return g
 
 
 def deferred(layers: Sequence[WaveLayer], placement: Sequence[int], li: int, dev: int) -> bool:
-    """Whether layer li's part on device ``dev`` is a generator share run in the backward:
-    a split per-chunk-loss layer's part on the device of the layer below, not its own."""
+    """Whether layer li's part on device ``dev`` runs in the backward of the layer below: a
+    per-chunk-loss layer's part (all of it, or a split share) on that layer's device."""
     ly = layers[li]
-    return ly.split and ly.chunk_loss and li > 0 and dev == placement[li - 1] != placement[li]
+    return ly.chunk_loss and li > 0 and dev == placement[li - 1]
 
 
 def _forward_deps(
@@ -208,10 +211,12 @@ def _forward_deps(
                 f"wavefront: {ly.name} ({ly.steps} steps) follows {layers[p].name} "
                 f"({layers[p].steps} steps) without a barrier (whole or gather)"
             )
-    in_order = ly.recurrent or (ly.chunk_loss and order == "in order")
     if order == "deferred":  # ordered by the backward of the layer below (see build)
         return
-    if in_order and not ly.whole and c > 0:
+    if ly.chunk_loss and order == "in order":  # a helper's share: C-1, C-2, ..., 0
+        if c < last:
+            g.deps[task].append((fid[li][c + 1][k], 0.0))
+    elif ly.recurrent and not ly.whole and c > 0:
         g.deps[task].append((fid[li][c - 1][k], 0.0))
     elif ly.chunk_loss and c > 0:  # a generator alone on its device: 0, C-1, C-2, ..., 1
         g.deps[task].append((fid[li][0 if c == last else c + 1][k], 0.0))

@@ -32,9 +32,10 @@ parameter's gradient.
 A ``split`` layer shares its sentences out over the devices (``WaveLayer.shares``): each of
 its chunks is one task per device, with that share of the cost and of the messages. A split
 whole layer is the processes' ``parallel.encoder_split``; a split generator their
-``generator_share`` (on the device of the layer below, the share of chunk c runs just before
-that layer's backward of chunk c, as the runtime defers it). The task graph and its list
-scheduling live in :mod:`parallel.planning.wavefront_graph`.
+``generator_share``. Generator chunks on the device of the layer below (all of them, or a
+share) run just before that layer's backward of the same chunk, last chunk first, as the
+runtime defers them; a share on another device runs last chunk first after its forward.
+The task graph and its list scheduling live in :mod:`parallel.planning.wavefront_graph`.
 
 The wavefront across processes (``nmt-train parallel=wavefront parallel.pp=N``) is this
 model with per-chunk loss (``WaveLayer.chunk_loss``: the generator's backward of a chunk

@@ -54,9 +54,9 @@ from scripts.bench.common import (
 )
 
 # the default balance (generator alone on rank 1) without and with the split encoder at
-# C = 3, 4, 8; the split encoder with the last decoder layer on the generator's rank and 45%
-# of the generator's sentences on rank 0
-WAVES = ["c4", "c4/split", "c3/split", "c8/split", "c4/split/b3-2/s0.45"]
+# C = 4 and 8; the split encoder with the last decoder layer on the generator's rank and 35%
+# or 50% of the generator's sentences on rank 0 (the simulator's best shares on amx and avx2)
+WAVES = ["c4", "c4/split", "c8/split", "c4/split/b3-2/s0.35", "c4/split/b3-2/s0.5"]
 PLAIN = ["parallel=none"]
 BASE = ["model=gnmt_demo", "data.batch_tokens=2048", "train.eval_every=0", "train.log_every=1",
         "train.warmup_steps=0", "train.decay=none", "train.save_every=0"]  # fmt: skip
