@@ -198,3 +198,15 @@ def test_chunk_cost_and_errors() -> None:
         simulate_wavefront(equal(2, 4), [0], 2, ZERO_LINK)
     with pytest.raises(PlacementError, match=">= 0"):
         simulate_wavefront(equal(2, 4), [0, 1], 2, ZERO_LINK, ChunkOverhead(-1.0, 0.0))
+
+
+def test_helper_share_runs_before_its_own_backward() -> None:
+    """Dec1 on device 0, Dec2 and the generator on device 1, half the generator's sentences
+    on device 0, C = 3: device 0 runs its whole share (last chunk first) before its own
+    backward, as the runtime does, though Dec1's backward of chunk 2 is ready earlier."""
+    d1, d2 = WaveLayer("d1", 3.0, 3.0, 0, 3), WaveLayer("d2", 3.0, 3.0, 0, 3)
+    gen = WaveLayer("gen", 12.0, 0.0, 0, 3, recurrent=False, chunk_loss=True, split=True)
+    r = simulate_wavefront([d1, d2, gen], [0, 1, 1], 3, ZERO_LINK)
+    on_0 = [(e.layer, e.kind, e.chunk) for e in r.events if e.device == 0 and e.end_ms > e.start_ms]
+    assert on_0 == [(0, "F", 0), (0, "F", 1), (0, "F", 2), (2, "F", 2), (2, "F", 1),
+                    (2, "F", 0), (0, "B", 2), (0, "B", 1), (0, "B", 0)]  # fmt: skip

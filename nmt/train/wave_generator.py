@@ -1,8 +1,8 @@
 """The generator and loss in the wavefront across processes, and which rank runs them for
 which sentences.
 
-The generator carries no state: each target chunk's forward and backward run at once, as
-soon as the chunk's decoder output is there. It runs on the rank of the model's last unit
+The generator carries no state: each target chunk's forward and backward run at once (when:
+see the last paragraph). It runs on the rank of the model's last unit
 (``owners[-1]``); with ``parallel.generator_share=F`` the first F of each batch's sentences
 run on a helper rank instead (:func:`helper_rank`):
 

@@ -159,7 +159,7 @@ def build(
                 f_task, b_task = fid[li][c][k], bid[li][c][k]
                 dev = parts[li][k][0]
                 later = deferred(layers, placement, li, dev)
-                order = "deferred" if later else "alone" if alone[k] else "in order"
+                order = "deferred" if later else "alone" if alone[k] else "share"
                 _forward_deps(g, layers, lens, fid, li, c, k, f_task, after, order)
                 _backward_deps(g, layers, lens, fid, bid, li, c, k, b_task, after)
                 if layers[li].chunk_loss and not alone[k]:  # after the device's other layers
@@ -168,7 +168,28 @@ def build(
                     # the device that holds the layer below runs its part of chunk c just
                     # before that layer's backward of chunk c (after the one of chunk c+1)
                     g.deps[f_task].append((bid[li - 1][c + 1][0], 0.0))
+                if order == "share" and layers[li].chunk_loss and c == 0:
+                    _share_before_backward(g, layers, placement, lens, bid, li, dev, f_task)
     return g
+
+
+def _share_before_backward(
+    g: Graph,
+    layers: Sequence[WaveLayer],
+    placement: Sequence[int],
+    lens: list[list[int]],
+    bid: list[list[list[int]]],
+    li: int,
+    dev: int,
+    last_share: int,
+) -> None:
+    """A helper's share runs whole before its device's own backward: the backward of the
+    device's top unsplit layer below ``li`` (its last chunk, the first it runs) waits for
+    ``last_share`` (the share's chunk 0, the last it runs)."""
+    below = [j for j in range(li) if placement[j] == dev and not layers[j].split]
+    if below:
+        j = below[-1]
+        g.deps[bid[j][len(lens[j]) - 1][0]].append((last_share, 0.0))
 
 
 def deferred(layers: Sequence[WaveLayer], placement: Sequence[int], li: int, dev: int) -> bool:
@@ -213,7 +234,7 @@ def _forward_deps(
             )
     if order == "deferred":  # ordered by the backward of the layer below (see build)
         return
-    if ly.chunk_loss and order == "in order":  # a helper's share: C-1, C-2, ..., 0
+    if ly.chunk_loss and order == "share":  # a helper's share: C-1, C-2, ..., 0
         if c < last:
             g.deps[task].append((fid[li][c + 1][k], 0.0))
     elif ly.recurrent and not ly.whole and c > 0:

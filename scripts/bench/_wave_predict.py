@@ -218,7 +218,7 @@ def pingpong(numel: int, rank: int, repeats: int) -> float:
 
 @dataclass(frozen=True)
 class WaveSpec:
-    """One wavefront run of the benchmark: ``c4``, ``c4/split``, ``c4/split/b3-2/s0.45``
+    """One wavefront run of the benchmark: ``c4``, ``c4/split``, ``c4/split/b3-2/s0.5``
     (time chunks, ``parallel.encoder_split``, ``parallel.balance``, ``generator_share``)."""
 
     chunks: int
