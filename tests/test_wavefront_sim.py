@@ -207,6 +207,6 @@ def test_helper_share_runs_before_its_own_backward() -> None:
     d1, d2 = WaveLayer("d1", 3.0, 3.0, 0, 3), WaveLayer("d2", 3.0, 3.0, 0, 3)
     gen = WaveLayer("gen", 12.0, 0.0, 0, 3, recurrent=False, chunk_loss=True, split=True)
     r = simulate_wavefront([d1, d2, gen], [0, 1, 1], 3, ZERO_LINK)
-    on_0 = [(e.layer, e.kind, e.chunk) for e in r.events if e.device == 0 and e.end_ms > e.start_ms]
+    on_0 = [(layer, kind, c) for dev, layer, kind, c, _, _ in busy_events(r) if dev == 0]
     assert on_0 == [(0, "F", 0), (0, "F", 1), (0, "F", 2), (2, "F", 2), (2, "F", 1),
                     (2, "F", 0), (0, "B", 2), (0, "B", 1), (0, "B", 0)]  # fmt: skip

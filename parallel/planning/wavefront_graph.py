@@ -159,7 +159,8 @@ def build(
                 f_task, b_task = fid[li][c][k], bid[li][c][k]
                 dev = parts[li][k][0]
                 later = deferred(layers, placement, li, dev)
-                order = "deferred" if later else "alone" if alone[k] else "share"
+                order = ("deferred" if later else "alone" if alone[k]
+                         else "share" if layers[li].chunk_loss else "")  # fmt: skip
                 _forward_deps(g, layers, lens, fid, li, c, k, f_task, after, order)
                 _backward_deps(g, layers, lens, fid, bid, li, c, k, b_task, after)
                 if layers[li].chunk_loss and not alone[k]:  # after the device's other layers
@@ -168,7 +169,7 @@ def build(
                     # the device that holds the layer below runs its part of chunk c just
                     # before that layer's backward of chunk c (after the one of chunk c+1)
                     g.deps[f_task].append((bid[li - 1][c + 1][0], 0.0))
-                if order == "share" and layers[li].chunk_loss and c == 0:
+                if order == "share" and c == 0:
                     _share_before_backward(g, layers, placement, lens, bid, li, dev, f_task)
     return g
 
@@ -234,7 +235,7 @@ def _forward_deps(
             )
     if order == "deferred":  # ordered by the backward of the layer below (see build)
         return
-    if ly.chunk_loss and order == "share":  # a helper's share: C-1, C-2, ..., 0
+    if order == "share":  # a helper's share: C-1, C-2, ..., 0
         if c < last:
             g.deps[task].append((fid[li][c + 1][k], 0.0))
     elif ly.recurrent and not ly.whole and c > 0:

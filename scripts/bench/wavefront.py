@@ -123,7 +123,7 @@ def pair_ms(work: Path, a: Any) -> float:
     """Two plain 1-thread runs at once (the two processes' slowdown of each other): the mean
     of their ms per step."""
     with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(lambda n: train_run(work, n, 1, ["parallel=none"], a),
+        runs = list(pool.map(lambda n: train_run(work, n, 1, PLAIN, a),
                              ["pairA", "pairB"]))  # fmt: skip
     return sum(mean_step_ms(r, a.skip) for r in runs) / 2
 
