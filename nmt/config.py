@@ -108,6 +108,9 @@ class ParallelConfig:
     # wavefront across processes: every rank runs the encoder on a share of the batch's
     # sentences (the encoder's forward and backward on all ranks at once)
     encoder_split: bool = False
+    # wavefront across processes, with encoder_split: Dec2's rank runs the attention of the
+    # sentences it encoded (Dec1's rank the others'), so their encoder output never leaves it
+    attention_split: bool = False
     # one-process wavefront on a GPU: a CUDA stream per layer (events for the dependencies)
     wave_streams: bool = False
 

@@ -66,15 +66,20 @@ def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
      pytest.param(("parallel.pp=2", "parallel.balance=[2,3]"), marks=pytest.mark.slow),
      pytest.param(("parallel.pp=3", "parallel.balance=[1,2,2]"), marks=pytest.mark.slow),
      pytest.param(("parallel.pp=2", "parallel.generator_share=0.3"), marks=pytest.mark.slow),
-     ("parallel.pp=2", "parallel.encoder_split=true"),
+     pytest.param(("parallel.pp=2", "parallel.encoder_split=true"), marks=pytest.mark.slow),
      pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[2,2,1]"),
                   marks=pytest.mark.slow),
      ("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
       "parallel.generator_share=0.3"),
      pytest.param(("parallel.pp=2", "parallel.balance=[2,3]", "parallel.generator_share=0.4"),
-                  marks=pytest.mark.slow)],
+                  marks=pytest.mark.slow),
+     ("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
+      "parallel.generator_share=0.3", "parallel.attention_split=true"),
+     pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[2,1,2]",
+                   "parallel.attention_split=true"), marks=pytest.mark.slow)],
     ids=["gen-alone", "encoder-decoder", "three", "generator-share", "encoder-split",
-         "encoder-split-three", "split-helper", "helper-without-decoder"],
+         "encoder-split-three", "split-helper", "helper-without-decoder", "attention-split",
+         "attention-split-three"],
 )  # fmt: skip
 def test_ranks_equal_one_device_with_dropout(
     plain: Path, tiny_corpus: dict[str, Path], tmp_path: Path, ranks: tuple[str, ...]
@@ -116,14 +121,16 @@ def assert_generator_in_the_backward(out: Path, chunks: int) -> None:
 def test_generator_share_of_one_sentence_batches(
     tiny_corpus: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Batches of one sentence leave the helper rank no share (it rounds to 0): no message
-    is expected either way (a deadlock until the timeout otherwise); losses as one device."""
+    """Batches of one sentence leave the helper rank no share (it rounds to 0), and Dec2's
+    rank no sentence to attend for: no message is expected either way (a deadlock until the
+    timeout otherwise); losses as one device."""
     small = ("data.batch_tokens=8", "train.max_steps=3")
     ref = nmt_train(tiny_corpus, tmp_path, "plain", "parallel=none", *small)
     out = nmt_train(
         tiny_corpus, tmp_path, "wave", "parallel=wavefront", "parallel.time_chunks=2",
         "parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
-        "parallel.generator_share=0.3", "parallel.timeout_s=20", *small,
+        "parallel.generator_share=0.3", "parallel.attention_split=true",
+        "parallel.timeout_s=20", *small,
     )  # fmt: skip
     assert losses(out) == pytest.approx(losses(ref), rel=1e-5)
     assert len(losses(out)) == 3
@@ -166,7 +173,9 @@ def test_owners_default_and_balance() -> None:
     ("extra", "match"),
     [(("parallel.dp=2",), "one pipeline"), (("parallel.microbatches=2",), "cuts batches"),
      (("parallel.recompute=true",), "recompute"), (("parallel.pp=9",), "more ranks"),
-     (("parallel.pp=1", "parallel.encoder_split=true"), "needs the wavefront across")],
+     (("parallel.pp=1", "parallel.encoder_split=true"), "needs the wavefront across"),
+     (("parallel.attention_split=true",), "needs parallel.encoder_split"),
+     (("parallel.encoder_split=true", "parallel.attention_split=true"), "Dec2 on another rank")],
 )  # fmt: skip
 def test_refused_in_one_line(tiny_cfg: Any, extra: tuple[str, ...], match: str) -> None:
     cfg = tiny_cfg("parallel=wavefront", "parallel.pp=2", "train.max_steps=1", *extra)

@@ -210,3 +210,25 @@ def test_helper_share_runs_before_its_own_backward() -> None:
     on_0 = [(layer, kind, c) for dev, layer, kind, c, _, _ in busy_events(r) if dev == 0]
     assert on_0 == [(0, "F", 0), (0, "F", 1), (0, "F", 2), (2, "F", 2), (2, "F", 1),
                     (2, "F", 0), (0, "B", 2), (0, "B", 1), (0, "B", 0)]  # fmt: skip
+
+
+def test_attention_split_reads_each_device_part() -> None:
+    """``parallel.attention_split``: a split encoder (F 4, B 8 ms; a quarter of the
+    sentences on device 0), Dec1 (LSTM and device 0's attention) on device 0 reading device
+    0's part, the attention of device 1's part on device 1, C = 2, no link cost. Worked by
+    hand: Dec1 starts when device 0's part is done (1), not device 1's (3); the attention
+    of chunk c after Dec1's chunk c and device 1's part; each encoder part's backward after
+    the backward of its own reader only: device 1's at 7, while Dec1's backward runs to 8."""
+    enc = WaveLayer("enc", 4.0, 8.0, 400, 4, recurrent=False, whole=True, split=True,
+                    shares=(0.25, 0.75))  # fmt: skip
+    dec1 = WaveLayer("dec1", 2.0, 2.0, 0, 2, gather=True, memory_parts=(0,))
+    att = WaveLayer("att", 2.0, 2.0, 0, 2, recurrent=False, gather=True, memory_from=2,
+                    memory_parts=(1,))  # fmt: skip
+    r = simulate_wavefront([enc, dec1, att], [0, 0, 1], 2, ZERO_LINK)
+    got = [(e.device, e.layer, e.kind, e.chunk, e.start_ms, e.end_ms) for e in r.events]
+    assert got == [(0, 0, "F", 0, 0.0, 1.0), (1, 0, "F", 0, 0.0, 3.0), (0, 1, "F", 0, 1.0, 2.0),
+                   (0, 1, "F", 1, 2.0, 3.0), (1, 2, "F", 0, 3.0, 4.0), (1, 2, "F", 1, 4.0, 5.0),
+                   (1, 2, "B", 1, 5.0, 6.0), (0, 1, "B", 1, 6.0, 7.0), (1, 2, "B", 0, 6.0, 7.0),
+                   (1, 0, "B", 0, 7.0, 13.0), (0, 1, "B", 0, 7.0, 8.0),
+                   (0, 0, "B", 0, 8.0, 10.0)]  # fmt: skip
+    assert r.step_ms == 13.0

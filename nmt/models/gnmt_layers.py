@@ -79,6 +79,22 @@ def bilstm_dense(lstm: nn.LSTM, x: Tensor, lengths: Tensor) -> Tensor:
     return torch.cat((fwd, bwd), dim=-1).masked_fill(pad.unsqueeze(-1), 0.0)
 
 
+def without_sentences(x: Tensor, lo: int, hi: int) -> Tensor:
+    """``x[t,B,...]`` without the sentences ``[lo, hi)``: ``[t,B-(hi-lo),...]``."""
+    if hi <= lo:
+        return x
+    if lo == 0 or hi == x.size(1):
+        return x[:, hi:] if lo == 0 else x[:, :lo]
+    return torch.cat((x[:, :lo], x[:, hi:]), dim=1)
+
+
+def attend(attention: BahdanauAttention, x: Tensor, memory: AttentionMemory) -> Tensor:
+    """The context of queries ``x[t,B,H]`` (time-major) over ``memory`` (B sentences):
+    ``ctx[t,B,H]``."""
+    ctx: Tensor = attention(x.transpose(0, 1), memory)[0]
+    return ctx.transpose(0, 1)
+
+
 class EmbedEncoder1(nn.Module):
     """Stage ``Embed+Enc1``: shared embedding + bidirectional LSTM over the real positions.
 
@@ -172,13 +188,15 @@ class AttentionDecoder1(nn.Module):
         state: LSTMState | None,
         memory: AttentionMemory,
         span: tuple[int, int],
+        elsewhere: tuple[int, int] = (0, 0),
     ) -> tuple[Tensor, Tensor, LSTMState]:
         """Time chunk ``emb_tgt[t,B,H]`` at ``span = (start, total)`` from ``state`` ->
-        (``x[t,B,H]``, ``ctx[t,B,H]``, state): the attention of a position needs only its own
-        query (no input feeding)."""
+        (``x[t,B,H]``, ``ctx[t,B',H]``, state): the attention of a position needs only its own
+        query (no input feeding). The sentences ``elsewhere = [lo, hi)`` get no attention
+        here (``memory`` holds the others, B' = B - (hi - lo)): another process runs theirs
+        (:func:`attend`)."""
         x, (hn, cn) = self.lstm(self.dropout.chunk(emb_tgt, *span), state)
-        ctx, _ = self.attention(x.transpose(0, 1), memory)
-        return x, ctx.transpose(0, 1), (hn, cn)
+        return x, attend(self.attention, without_sentences(x, *elsewhere), memory), (hn, cn)
 
     def step(
         self, emb: Tensor, state: LSTMState, memory: AttentionMemory

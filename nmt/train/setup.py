@@ -59,6 +59,8 @@ def setup_run(cfg: AppConfig) -> RunSetup:
             "parallel.encoder_split=true needs the wavefront across processes "
             "(parallel=wavefront parallel.pp >= 2)"
         )
+    if cfg.parallel.attention_split and not cfg.parallel.encoder_split:
+        raise UserError("parallel.attention_split=true needs parallel.encoder_split=true")
     if cfg.parallel.pp * cfg.parallel.dp > 1 and cfg.parallel.time_chunks > 1:
         check_wave_ranks(cfg)  # the wavefront across processes: no pipeline layout
     elif cfg.parallel.pp * cfg.parallel.dp > 1:

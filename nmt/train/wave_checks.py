@@ -26,7 +26,13 @@ def check_wave_ranks(cfg: AppConfig) -> None:
         if bad:
             raise UserError(line)
     units = cfg.model.enc_layers + cfg.model.dec_layers + 1
-    wave_owners(units, pc.pp, pc.balance)
+    owners = wave_owners(units, pc.pp, pc.balance)
+    dec1 = cfg.model.enc_layers
+    if pc.attention_split and (cfg.model.dec_layers < 2 or owners[dec1] == owners[dec1 + 1]):
+        raise UserError(
+            "parallel.attention_split=true needs Dec2 on another rank than Dec1 "
+            f"(parallel.balance: Dec1 last on its rank; ranks of the layers: {owners})"
+        )
 
 
 def wave_owners(units: int, pp: int, balance: list[int] | None) -> list[int]:

@@ -38,7 +38,9 @@ def sentence_spans(batch: int, ranks: int) -> list[tuple[int, int]]:
 
 class SplitEncoder:
     """One rank's part of the split encoder (module docstring); ``gather`` is the rank of
-    Dec1. ``forward`` then ``backward``, once per batch."""
+    Dec1; ``keeper`` (None: none) a rank that keeps its own top output for an attention of
+    its own (``parallel.attention_split``): it is not gathered, and its gradient comes from
+    the keeper's own backward. ``forward`` then ``backward``, once per batch."""
 
     def __init__(
         self,
@@ -48,9 +50,10 @@ class SplitEncoder:
         gather: int,
         wire: Wire,
         timeline: TimelineRecorder | None = None,
+        keeper: int | None = None,
     ) -> None:
         self.m, self.rank, self.ranks, self.gather = model, rank, ranks, gather
-        self.wire, self.timeline = wire, timeline
+        self.wire, self.timeline, self.keeper = wire, timeline, keeper
         encoder = [model.embed_stage, *model.enc_stages]
         self.drops: list[SeqDropout] = [
             d for stage in encoder for d in stage.modules() if isinstance(d, SeqDropout)
@@ -59,30 +62,38 @@ class SplitEncoder:
         self._spans: list[tuple[int, int]] = []
 
     def forward(self, b: Batch) -> Tensor | None:
-        """Encode this rank's sentences; on the gathering rank the whole top output
-        ``[Ts,B,H]`` as a leaf (None elsewhere)."""
+        """Encode this rank's sentences; on the gathering rank the top output of every
+        gathered rank's sentences ``[Ts,B',H]`` as a leaf, in sentence order (B' = B but for
+        the keeper's); on the keeper its own ``[Ts,b,H]`` as a leaf; None elsewhere."""
         batch, steps, hidden = b.src.size(1), b.src.size(0), self.m.hidden
         self._spans = spans = sentence_spans(batch, self.ranks)
         lo, hi = spans[self.rank]
+        gathered = self.gathered()
         pend = {}
         if self.rank == self.gather:  # post first: the others' slices may arrive meanwhile
             pend = {
                 r: self.wire.post([(steps, e - a, hidden)], r, FWD, self.m.n_enc, 0)
-                for r, (a, e) in enumerate(spans)
-                if r != self.rank and e > a
+                for r, (a, e) in gathered
+                if r != self.rank
             }
         self._mine = self.encode(b, lo, hi, batch) if hi > lo else None
+        if self.rank == self.keeper:
+            return None if self._mine is None else leaf(self._mine)
         if self.rank != self.gather:
             if self._mine is not None:
                 self.wire.send([self._mine], self.gather, FWD, self.m.n_enc, 0)
             return None
         parts: list[Tensor] = []
-        for r, (a, e) in enumerate(spans):
+        for r, _ in gathered:
             if r == self.rank and self._mine is not None:
                 parts.append(self._mine.detach().float())
-            elif e > a:
+            else:
                 parts.append(pend[r].wait()[0])
         return leaf(torch.cat(parts, dim=1))
+
+    def gathered(self) -> list[tuple[int, tuple[int, int]]]:
+        """(rank, sentences) of every rank whose top output the gathering rank collects."""
+        return [(r, (a, e)) for r, (a, e) in enumerate(self._spans) if e > a and r != self.keeper]
 
     def encode(self, b: Batch, lo: int, hi: int, batch: int) -> Tensor:
         """Every encoder layer over sentences ``[lo, hi)``: ``[Ts,hi-lo,H]``."""
@@ -90,18 +101,23 @@ class SplitEncoder:
             return self.m.encode(b.src[:, lo:hi], b.src_len[lo:hi])
 
     def backward(self, top: Tensor | None) -> None:
-        """After the decoder's backward: the gathering rank sends every other rank the
-        gradient of its slice of ``top`` (the leaf :meth:`forward` returned); every rank runs
-        its encoder backward."""
-        spans, mine = self._spans, self._mine
-        lo, hi = spans[self.rank]
+        """After the decoder's backward: the gathering rank sends every gathered rank the
+        gradient of its slice of ``top`` (the leaf :meth:`forward` returned; the keeper's
+        gradient is its own leaf's); every rank runs its encoder backward."""
+        mine = self._mine
         if self.rank == self.gather:
             assert top is not None
-            grad = top.grad if top.grad is not None else torch.zeros_like(top)
-            for r, (a, e) in enumerate(spans):
-                if r != self.rank and e > a:
-                    self.wire.send([grad[:, a:e]], r, BWD, self.m.n_enc, 0)
-            own: Tensor | None = grad[:, lo:hi]
+            grad = grad_of(top)
+            own: Tensor | None = None
+            offset = 0
+            for r, (a, e) in self.gathered():
+                part, offset = grad[:, offset : offset + e - a], offset + e - a
+                if r == self.rank:
+                    own = part
+                else:
+                    self.wire.send([part], r, BWD, self.m.n_enc, 0)
+        elif self.rank == self.keeper:
+            own = None if top is None else grad_of(top)
         elif mine is not None:
             own = self.wire.post([tuple(mine.shape)], self.gather, BWD, self.m.n_enc, 0).wait()[0]
         else:
@@ -110,6 +126,11 @@ class SplitEncoder:
             with timed(self.timeline, "B", 0, 0):
                 torch.autograd.backward([mine], [own.to(mine.dtype)])
         self._mine, self._spans = None, []
+
+
+def grad_of(t: Tensor) -> Tensor:
+    """``t.grad``, zeros when nothing reached ``t``."""
+    return t.grad if t.grad is not None else torch.zeros_like(t)
 
 
 def encoder_parameters(model: GNMT) -> Sequence[torch.nn.Parameter]:

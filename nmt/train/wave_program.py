@@ -10,7 +10,10 @@ the rank of unit u (non-decreasing: each rank holds consecutive units). Dataflow
 3. the top encoder output goes to the owner of Dec1 chunk by chunk, which concatenates it
    (barrier: the attention needs every source position) and builds the attention memory;
    with ``encoder_split`` steps 1-3 are instead every rank encoding its share of the
-   sentences and Dec1's rank gathering them (:mod:`nmt.train.wave_encoder`);
+   sentences and Dec1's rank gathering them (:mod:`nmt.train.wave_encoder`); with
+   ``attention_split`` too, the rank of Dec2 keeps its share and runs the attention of its
+   own sentences (it receives Dec1's h and the others' context, and returns h's gradient
+   with its attention's part added), so its encoder output and gradient stay local;
 4. Dec1..DecD wave over the target chunks; the generator takes each chunk's (h, ctx) and
    runs forward and backward at once (it carries no state; who runs which sentences:
    :mod:`nmt.train.wave_generator`). A rank that holds only the generator takes chunk 0,
@@ -38,9 +41,11 @@ from torch import Tensor
 
 from data.batching import Batch
 from nmt.models.gnmt import GNMT
+from nmt.models.gnmt_layers import attend
 from nmt.models.wavefront import chunk_bounds
-from nmt.train.wave_encoder import SplitEncoder
+from nmt.train.wave_encoder import SplitEncoder, grad_of, sentence_spans
 from nmt.train.wave_generator import LossArgs, WaveGenerator
+from nmt.train.wave_memory import Memory, decoder_memory, own_memory
 from parallel.runtime.timeline import TimelineRecorder
 from parallel.runtime.wave import BWD, FWD, Carried, Chunk, Pending, State, Wire, leaf, timed
 
@@ -68,13 +73,16 @@ class WaveProgram:
         timeline: TimelineRecorder | None = None,
         generator_share: float = 0.0,
         encoder_split: bool = False,
+        attention_split: bool = False,
     ) -> None:
         self.m, self.owners, self.rank, self.chunks = model, owners, rank, chunks
         self.wire, self.timeline = wire, timeline
         self.E, self.S = model.n_enc, len(model.stages)
-        ranks = max(owners) + 1
+        self.ranks = ranks = max(owners) + 1
+        # the rank that runs the attention of its own sentences (``attention_split``)
+        self.attends = owners[self.E + 1] if attention_split else None
         self.split = (
-            SplitEncoder(model, rank, ranks, owners[self.E], wire, timeline)
+            SplitEncoder(model, rank, ranks, owners[self.E], wire, timeline, self.attends)
             if encoder_split
             else None
         )
@@ -135,7 +143,7 @@ class WaveProgram:
         first, last = self.enc_units[0], self.enc_units[-1]
         seg = Carried(self.encoder_fn(sh), first, self.timeline)
         width = 2 * sh.hidden if first == 1 else sh.hidden
-        pend = self.post(own[first - 1], FWD, first, sh.src, sh.batch, [width])
+        pend = self.post(own[first - 1], FWD, first, sh.src, [(sh.batch, width)])
         outs: list[Chunk] = []
         for c, (a, e) in enumerate(sh.src):
             x = (h_leaf[a:e],) if h_leaf is not None else (leaf(pend[c].wait()[0]),)
@@ -166,7 +174,7 @@ class WaveProgram:
             return None
         if own[self.E - 1] == me and enc_seg is not None:
             return leaf(torch.cat([y[0] for y in enc_seg[1]]))
-        pend = self.post(own[self.E - 1], FWD, self.E, sh.src, sh.batch, [sh.hidden])
+        pend = self.post(own[self.E - 1], FWD, self.E, sh.src, [(sh.batch, sh.hidden)])
         return leaf(torch.cat([p.wait()[0] for p in pend]))
 
     # ------------------------------------------------------------------ decoder
@@ -181,14 +189,35 @@ class WaveProgram:
             if self.helps:
                 self.gen.help(b, sh.tgt, loss_args, sums)
             return sums[0], sums[1]
-        first = self.dec_units[0]
-        context = self.context(b, enc_leaf) if first == self.E else None
-        seg = Carried(self.decoder_fn(sh, context), first, self.timeline)
+        first, elsewhere = self.dec_units[0], self.elsewhere(b.src.size(1))
+        context = local = None
+        if first == self.E:
+            assert enc_leaf is not None
+            context = decoder_memory(self.m, b, enc_leaf, elsewhere)
+        elif self.rank == self.attends and enc_leaf is not None:
+            local = own_memory(self.m, b, enc_leaf, elsewhere)
+        seg = Carried(self.decoder_fn(sh, context, local), first, self.timeline)
         deferred = self.decode_forward(b, sh, seg, context)
         if self.helps:  # the generator's share, between this rank's forward and backward
             self.gen.help(b, sh.tgt, loss_args, sums)
         self.decode_backward(sh, seg, context, deferred, (loss_args, sums))
+        if local is not None:
+            with timed(self.timeline, "B", self.E, 0):
+                local.backward()
         return sums[0], sums[1]
+
+    def elsewhere(self, batch: int) -> tuple[int, int]:
+        """The sentences ``[lo, hi)`` whose attention runs on the rank of Dec2
+        (``attention_split``; ``(0, 0)`` without)."""
+        if self.attends is None:
+            return (0, 0)
+        return sentence_spans(batch, self.ranks)[self.attends]
+
+    def dec_sizes(self, boundary: int, batch: int) -> list[tuple[int, int]]:
+        """(batch, width) of the (h, ctx) message into unit ``boundary``: Dec2's input
+        lacks the context of the sentences whose attention runs on Dec2's rank."""
+        lo, hi = self.elsewhere(batch) if boundary == self.E + 1 else (0, 0)
+        return [(batch, self.m.hidden), (batch - (hi - lo), self.m.hidden)]
 
     def keep(self, batch: int) -> int:
         """Sentences (the first ones) whose generator runs on the helper rank, as seen by
@@ -196,7 +225,7 @@ class WaveProgram:
         return self.gen.kept(batch) if self.splits or self.shares else 0
 
     def decode_forward(
-        self, b: Batch, sh: Shapes, seg: Carried, context: Any
+        self, b: Batch, sh: Shapes, seg: Carried, context: Memory | None
     ) -> dict[int, tuple[Chunk, Tensor]]:
         """This rank's decoder chunks forward. Returns, on a rank that holds the last decoder
         layer and runs generator chunks (its own or a helper's share), each chunk's generator
@@ -204,16 +233,18 @@ class WaveProgram:
         backward, last chunk first. Every chunk's output leaves for the next rank (and the
         helper) as soon as it is computed."""
         own, first, last = self.owners, self.dec_units[0], self.dec_units[-1]
-        widths = [sh.hidden] * 2
         pend = (
             []
             if context is not None
-            else self.post(own[first - 1], FWD, first, sh.tgt, sh.batch, widths)
+            else self.post(own[first - 1], FWD, first, sh.tgt, self.dec_sizes(first, sh.batch))
         )
         deferred: dict[int, tuple[Chunk, Tensor]] = {}
         keep = self.keep(sh.batch)
         for c, (a, e) in enumerate(sh.tgt):
-            x = (context[2][a:e],) if context is not None else tuple(map(leaf, pend[c].wait()))
+            if context is not None:
+                x: Chunk = (context.embedding[a:e],)
+            else:
+                x = tuple(map(leaf, pend[c].wait()))
             y = seg.forward(c, x)
             if keep:  # the first `keep` sentences: generator here, or on the helper rank
                 kept, y = (y[0][:, :keep], y[1][:, :keep]), (y[0][:, keep:], y[1][:, keep:])
@@ -232,7 +263,7 @@ class WaveProgram:
         self,
         sh: Shapes,
         seg: Carried,
-        context: Any,
+        context: Memory | None,
         deferred: dict[int, tuple[Chunk, Tensor]],
         loss: tuple[LossArgs, list[float]],
     ) -> None:
@@ -241,12 +272,13 @@ class WaveProgram:
         rank, the memory and embedding backward."""
         loss_args, sums = loss
         own, first, last = self.owners, self.dec_units[0], self.dec_units[-1]
-        keep, widths = self.keep(sh.batch), [sh.hidden] * 2
+        keep, sizes = self.keep(sh.batch), self.dec_sizes(first, sh.batch)
         if self.shares:  # the helper's gradients of the first `keep` sentences (if any)
-            helper = self.gen.helper or 0
-            back = self.post(helper, BWD, self.S - 1, sh.tgt, keep, widths) if keep else []
+            helper, kept = self.gen.helper or 0, [(keep, sh.hidden)] * 2
+            back = self.post(helper, BWD, self.S - 1, sh.tgt, kept) if keep else []
         else:
-            back = self.post(own[last + 1], BWD, last + 1, sh.tgt, sh.batch - keep, widths)
+            back_sizes = self.dec_sizes(last + 1, sh.batch - keep)
+            back = self.post(own[last + 1], BWD, last + 1, sh.tgt, back_sizes)
         for c in reversed(range(len(sh.tgt))):
             parts = []
             if c in deferred:
@@ -261,36 +293,32 @@ class WaveProgram:
             grads = seg.backward(c, g)
             if context is None:
                 a, e = sh.tgt[c]
-                zeros = torch.zeros(e - a, sh.batch, sh.hidden)
-                out = [g if g is not None else zeros for g in grads]
+                out = [g if g is not None else torch.zeros(e - a, *size)
+                       for g, size in zip(grads, sizes, strict=True)]  # fmt: skip
                 self.wire.send(out, own[first - 1], BWD, first, c)
         if context is not None:
             with timed(self.timeline, "B", self.E, 0):
-                backward_leaves(context)
+                context.backward()
 
-    def context(self, b: Batch, enc_leaf: Tensor | None) -> tuple[Any, list[Tensor], Tensor]:
-        """On Dec1's rank: (attention memory over leaves, [keys, values, target embedding]
-        before the leaves, the embedding's leaf ``[Tt,B,H]``)."""
-        assert enc_leaf is not None
-        mem = self.m.prepare_memory(enc_leaf, b.src_len)
-        emb = self.m.embed_stage.embedding(b.tgt_in)
-        roots = [mem.keys, mem.values, emb]
-        leaves = [leaf(t) for t in roots]
-        memory = mem._replace(keys=leaves[0], values=leaves[1])
-        return memory, roots, leaves[2]
-
-    def decoder_fn(self, sh: Shapes, context: Any) -> Any:
+    def decoder_fn(self, sh: Shapes, context: Memory | None, local: Memory | None) -> Any:
+        """This rank's decoder units as one chunk function: (h, ctx) -> (h', ctx), or from
+        Dec1 (target embedding) -> (h, ctx); with ``local`` (``attention_split``, Dec2's
+        rank) the context of its own sentences is computed here first and put in place."""
         stages: list[Any] = [self.m.stages[u] for u in self.dec_units]
-        with_attention = self.dec_units[0] == self.E
         total = sh.tgt[-1][1]
+        lo, hi = self.elsewhere(sh.batch)
+        attention = self.m.attn_stage.attention
 
         def run(c: int, x: Chunk, state: State | None) -> tuple[Chunk, State]:
             span, new = (sh.tgt[c][0], total), []
-            h, ctx = (x[0], None) if with_attention else (x[0], x[1])
+            h, ctx = (x[0], None) if context is not None else (x[0], x[1])
+            if local is not None and ctx is not None:
+                mine = attend(attention, h[:, lo:hi], local.memory)
+                ctx = torch.cat((ctx[:, :lo], mine, ctx[:, lo:]), dim=1)
             for i, stage in enumerate(stages):
                 st = None if state is None else (state[2 * i], state[2 * i + 1])
-                if i == 0 and with_attention:
-                    h, ctx, (hn, cn) = stage.chunk(h, st, context[0], span)
+                if i == 0 and context is not None:
+                    h, ctx, (hn, cn) = stage.chunk(h, st, context.memory, span, (lo, hi))
                 else:
                     h, (hn, cn) = stage.chunk(h, ctx, st, span)
                 new += [hn, cn]
@@ -313,7 +341,7 @@ class WaveProgram:
         if enc_seg is None:
             return
         seg, first, last = enc_seg[0], self.enc_units[0], self.enc_units[-1]
-        back = self.post(own[last + 1], BWD, last + 1, sh.src, sh.batch, [sh.hidden])
+        back = self.post(own[last + 1], BWD, last + 1, sh.src, [(sh.batch, sh.hidden)])
         for c in reversed(range(len(sh.src))):
             a, e = sh.src[c]
             if own[last + 1] == me:
@@ -329,7 +357,7 @@ class WaveProgram:
         if self.owners[1] == self.rank:
             grad = grad_of(h_leaf)
         else:
-            back = self.post(self.owners[1], BWD, 1, sh.src, sh.batch, [2 * sh.hidden])
+            back = self.post(self.owners[1], BWD, 1, sh.src, [(sh.batch, 2 * sh.hidden)])
             grad = torch.cat([back[c].wait()[0] for c in range(len(sh.src))])
         with timed(self.timeline, "B", 0, 0):
             torch.autograd.backward([h_full], [grad.to(h_full.dtype)])
@@ -341,28 +369,13 @@ class WaveProgram:
         kind: int,
         boundary: int,
         spans: list[tuple[int, int]],
-        batch: int,
-        widths: list[int],
+        sizes: list[tuple[int, int]],
     ) -> list[Pending]:
-        """Receives of every chunk's message from ``src`` (none when ``src`` is this rank)."""
+        """Receives of every chunk's message from ``src`` (none when ``src`` is this rank):
+        one tensor ``[chunk length, batch, width]`` per (batch, width) of ``sizes``."""
         if src == self.rank:
             return []
         return [
-            self.wire.post([(e - a, batch, w) for w in widths], src, kind, boundary, c)
+            self.wire.post([(e - a, n, w) for n, w in sizes], src, kind, boundary, c)
             for c, (a, e) in enumerate(spans)
         ]
-
-
-def grad_of(t: Tensor) -> Tensor:
-    """``t.grad``, zeros when nothing reached ``t``."""
-    return t.grad if t.grad is not None else torch.zeros_like(t)
-
-
-def backward_leaves(context: tuple[Any, list[Tensor], Tensor]) -> None:
-    """Backward from the context's roots with what their leaves collected."""
-    memory, roots, emb_leaf = context
-    leaves = [memory.keys, memory.values, emb_leaf]
-    pairs = [(r, x.grad) for r, x in zip(roots, leaves, strict=True) if x.grad is not None]
-    pairs = [(r, g) for r, g in pairs if r.requires_grad]
-    if pairs:
-        torch.autograd.backward([r for r, _ in pairs], [g for _, g in pairs])

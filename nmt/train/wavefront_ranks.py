@@ -74,7 +74,7 @@ class WaveRank(SingleDevice):
         wire = Wire(self.device)
         self.program = WaveProgram(
             self.model, self.owners, ctx.rank, pc.time_chunks, wire, self.timeline,
-            pc.generator_share, pc.encoder_split,
+            pc.generator_share, pc.encoder_split, pc.attention_split,
         )  # fmt: skip
         self.shared = self.shared_parameters()
         self._first_step: int | None = None
@@ -90,6 +90,8 @@ class WaveRank(SingleDevice):
                     used.add(id(self.model.embed_stage.embedding.weight))
         if self.cfg.parallel.encoder_split:  # every rank encodes some sentences
             used |= {id(p) for p in encoder_parameters(self.model)}
+        if self.cfg.parallel.attention_split:  # and Dec2's rank attends for its own
+            used |= {id(p) for p in self.model.attn_stage.attention.parameters()}
         return [p for p in self.model.parameters() if id(p) in used]
 
     def compute(

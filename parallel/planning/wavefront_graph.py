@@ -53,6 +53,13 @@ class WaveLayer:
     split: bool = False
     # a split layer's share of the sentences per device (empty: equal shares)
     shares: tuple[float, ...] = ()
+    # a ``gather`` layer's memory: the layer ``memory_from`` below (1: its input, whose every
+    # chunk it needs first; more: a split ``whole`` layer further down, while the layer below
+    # still feeds it chunk by chunk), and the devices of that layer's parts it reads (empty:
+    # all); the processes' ``parallel.attention_split``: Dec1 reads its own device's part,
+    # an attention layer on Dec2's device the part there
+    memory_from: int = 1
+    memory_parts: tuple[int, ...] = ()
 
 
 def chunk_lengths(steps: int, chunks: int) -> list[int]:
@@ -216,10 +223,16 @@ def _forward_deps(
     ly, last = layers[li], len(lens[li]) - 1
     if li > 0:
         p = li - 1
-        if ly.whole or ly.gather:
+        if ly.gather:
+            m = li - ly.memory_from
+            for j, n_m in enumerate(lens[m]):
+                after(task, memory_tasks(layers, g, fid[m][j], li), m, n_m)
+            if m < p:  # and its input chunk by chunk
+                after(task, fid[p][c], p, lens[p][c])
+        elif ly.whole:
             for j, n_p in enumerate(lens[p]):
                 after(task, fid[p][j], p, n_p)
-        elif layers[p].split:
+        elif layers[p].split and layers[p].whole:
             raise PlacementError(
                 f"wavefront: {ly.name} follows the split layer {layers[p].name} "
                 "without a barrier (whole or gather)"
@@ -264,7 +277,14 @@ def _backward_deps(
         g.deps[task] += [(t, 0.0) for row in fid[li] for t in row]
     else:
         q = layers[li + 1]
-        if q.whole or q.gather:
+        readers = [r for r in range(li + 1, n) if layers[r].gather
+                   and r - layers[r].memory_from == li
+                   and g.dev[task] in (layers[r].memory_parts or (g.dev[task],))]  # fmt: skip
+        if readers:  # the memory's gradient: every chunk of its readers
+            for r in readers:
+                for j in range(len(lens[r])):
+                    after(task, bid[r][j], li, ly.steps)
+        elif q.whole:
             for j in range(len(lens[li + 1])):
                 after(task, bid[li + 1][j], li, ly.steps)
         elif ly.whole:
@@ -274,6 +294,13 @@ def _backward_deps(
             after(task, bid[li + 1][c], li, lens[li][c])
     if ly.recurrent and not ly.whole and c < last:
         g.deps[task].append((bid[li][c + 1][k], 0.0))
+
+
+def memory_tasks(layers: Sequence[WaveLayer], g: Graph, tasks: list[int], li: int) -> list[int]:
+    """Of one chunk's ``tasks`` of layer li's memory layer, those it reads (its
+    ``memory_parts``)."""
+    parts = layers[li].memory_parts
+    return [t for t in tasks if not parts or g.dev[t] in parts]
 
 
 def run(g: Graph, devices: int) -> list[float]:

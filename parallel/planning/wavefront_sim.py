@@ -32,7 +32,11 @@ parameter's gradient.
 A ``split`` layer shares its sentences out over the devices (``WaveLayer.shares``): each of
 its chunks is one task per device, with that share of the cost and of the messages. A split
 whole layer is the processes' ``parallel.encoder_split``; a split generator their
-``generator_share``. Generator chunks on the device of the layer below (all of them, or a
+``generator_share``. A gather layer's memory may be a split whole layer further down
+(``WaveLayer.memory_from``), of which it reads the parts on some devices
+(``memory_parts``): with the processes' ``parallel.attention_split`` Dec1 reads device 0's
+part and an attention layer on Dec2's device the part there, and each part's backward waits
+only for its own reader. Generator chunks on the device of the layer below (all of them, or a
 share) run just before that layer's backward of the same chunk, last chunk first, as the
 runtime defers them; a share on another device runs last chunk first after its forward.
 The task graph and its list scheduling live in :mod:`parallel.planning.wavefront_graph`.

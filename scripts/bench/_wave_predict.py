@@ -19,10 +19,12 @@ from nmt.config import AppConfig
 from nmt.machine import hostmem
 from nmt.models.dropout import seed_masks
 from nmt.models.gnmt import GNMT
+from nmt.models.gnmt_layers import attend
 from nmt.models.wavefront import chunk_bounds
 from nmt.prepare.splits import prepare_corpus
 from nmt.train.build import autocast_dtype, build_from_config, output_prior, seed_everything
 from nmt.train.trainer import adam
+from nmt.train.wave_memory import as_leaves
 from nmt.train.wave_program import WaveProgram
 from parallel.planning.links import Link
 from parallel.planning.wavefront_sim import WaveLayer, WaveResult, simulate_wavefront
@@ -82,10 +84,41 @@ def unit_costs(cfg: AppConfig, model: GNMT, batches: list[Batch], chunks: int) -
     out = {k: v / len(batches) for k, v in totals.items()}
     with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
         upper = upper_decoder_costs(model, batches, chunks)
+        attention = attention_costs(model, batches, chunks)
     for kind in ("F", "B"):  # one process runs Dec1..DecD as one segment: take Dec2..D out
         out[f"dec_{kind}"] = upper[kind]
         out[f"dec1_{kind}"] = max(out[f"dec1_{kind}"] - upper[kind], 0.0)
+        out[f"attn_{kind}"] = min(attention[kind], out[f"dec1_{kind}"])  # part of Dec1's
     return out
+
+
+def attention_costs(model: GNMT, batches: list[Batch], chunks: int) -> dict[str, float]:
+    """Mean ms per batch of Dec1's attention alone (a part of ``dec1_F/B``): the memory
+    and every target chunk's attention forward; every chunk's backward (last first) and the
+    memory's; random inputs of the batch's shapes; one untimed pass first. (Half the
+    sentences take half the time, as each rank runs them with ``parallel.attention_split``:
+    within 7% on both classes, measured apart.)"""
+    attention = model.attn_stage.attention
+    totals = {"F": 0.0, "B": 0.0}
+    for rep in range(2):
+        for b in batches:
+            spans = chunk_bounds(b.tgt_in.size(0), chunks)
+            batch, hidden = b.tgt_in.size(1), model.hidden
+            enc = torch.randn(b.src.size(0), batch, hidden, requires_grad=True)
+            queries = [torch.randn(e - a, batch, hidden, requires_grad=True) for a, e in spans]
+            t0 = time.perf_counter()
+            memory = as_leaves(model, enc, b.src_len)
+            outs = [attend(attention, q, memory.memory) for q in queries]
+            t1 = time.perf_counter()
+            for y in reversed(outs):
+                torch.autograd.backward([y], [torch.ones_like(y)])
+            memory.backward()
+            t2 = time.perf_counter()
+            if rep:
+                totals["F"] += (t1 - t0) * 1e3
+                totals["B"] += (t2 - t1) * 1e3
+    model.zero_grad(set_to_none=True)
+    return {k: v / len(batches) for k, v in totals.items()}
 
 
 def upper_decoder_costs(model: GNMT, batches: list[Batch], chunks: int) -> dict[str, float]:
@@ -218,33 +251,37 @@ def pingpong(numel: int, rank: int, repeats: int) -> float:
 
 @dataclass(frozen=True)
 class WaveSpec:
-    """One wavefront run of the benchmark: ``c4``, ``c4/split``, ``c4/split/b3-2/s0.5``
-    (time chunks, ``parallel.encoder_split``, ``parallel.balance``, ``generator_share``)."""
+    """One wavefront run of the benchmark: ``c4``, ``c4/split``, ``c4/split/b3-2/s0.5``,
+    ``c4/split/b3-2/s0.6/attn`` (time chunks, ``parallel.encoder_split``,
+    ``parallel.balance``, ``generator_share``, ``attention_split``)."""
 
     chunks: int
     split: bool = False
     balance: tuple[int, ...] = ()
     share: float = 0.0
+    attention: bool = False
 
     @classmethod
     def parse(cls, text: str) -> WaveSpec:
         head, *rest = text.split("/")
-        split = "split" in rest
+        split, attention = "split" in rest, "attn" in rest
         balance = tuple(int(x) for r in rest if r.startswith("b") for x in r[1:].split("-"))
         share = next((float(r[1:]) for r in rest if r.startswith("s") and r != "split"), 0.0)
-        return cls(int(head.removeprefix("c")), split, balance, share)
+        return cls(int(head.removeprefix("c")), split, balance, share, attention)
 
     @property
     def name(self) -> str:
         parts = [f"c{self.chunks}"] + ["split"] * self.split
         parts += [f"b{'-'.join(map(str, self.balance))}"] if self.balance else []
-        return "_".join(parts + ([f"s{self.share}"] if self.share else []))
+        parts += [f"s{self.share}"] if self.share else []
+        return "_".join(parts + ["attn"] * self.attention)
 
     def overrides(self) -> list[str]:
         balance = ",".join(map(str, self.balance))
         out = ["parallel=wavefront", "parallel.pp=2", f"parallel.time_chunks={self.chunks}",
                f"parallel.encoder_split={str(self.split).lower()}",
-               f"parallel.generator_share={self.share}"]  # fmt: skip
+               f"parallel.generator_share={self.share}",
+               f"parallel.attention_split={str(self.attention).lower()}"]  # fmt: skip
         return out + ([f"parallel.balance=[{balance}]"] if self.balance else [])
 
 
@@ -266,16 +303,23 @@ def predict(
     steps = max(round(tt), spec.chunks)
     dec_bytes = int(2 * 4 * tt * bt * hidden)
     shares = (spec.share, 1.0 - spec.share)
+    if spec.balance not in ((), (4, 1), (3, 2)):
+        raise SystemExit(f"{spec.name}: the prediction models balance 4-1 and 3-2 (gnmt_demo)")
+    if spec.attention and not (spec.split and spec.balance == (3, 2)):
+        raise SystemExit(f"{spec.name}: attn needs split and b3-2")
+    rest = 1 if spec.balance == (3, 2) else 0
+    decoder = [WaveLayer("Dec1", costs["dec1_F"], costs["dec1_B"], dec_bytes, steps, gather=True)]
+    placement = [0]
+    if spec.attention:  # Dec1 with the attention of rank 0's half; rank 1's half on rank 1
+        decoder = attention_layers(costs, dec_bytes, steps)
+        placement = [0, 1]
     layers = [
-        WaveLayer("Dec1", costs["dec1_F"], costs["dec1_B"], dec_bytes, steps, gather=True),
+        *decoder,
         WaveLayer("Dec", costs["dec_F"], costs["dec_B"], dec_bytes, steps),
         WaveLayer("Generator", costs["gen"], 0.0, 0, steps, False, chunk_loss=True,
                   split=spec.share > 0, shares=shares if spec.share > 0 else ()),
     ]  # fmt: skip
-    if spec.balance not in ((), (4, 1), (3, 2)):
-        raise SystemExit(f"{spec.name}: the prediction models balance 4-1 and 3-2 (gnmt_demo)")
-    rest = 1 if spec.balance == (3, 2) else 0
-    placement = [0, rest, 1]
+    placement += [rest, 1]
     if spec.split:
         fwd, bwd = whole["enc1_F"] + whole["enc_F"], whole["enc1_B"] + whole["enc_B"]
         encoder = [WaveLayer("Encoder", fwd, bwd, int(4 * ts * bt * hidden), max(round(ts), 1),
@@ -287,6 +331,21 @@ def predict(
     extra = link["allreduce_ms"] + costs["extra"] + costs.get("loop", 0.0)
     return simulate_wavefront([*encoder, *layers], [0] * len(encoder) + placement, spec.chunks,
                               wire, step_extra_ms=extra)  # fmt: skip
+
+
+def attention_layers(costs: dict[str, float], dec_bytes: int, steps: int) -> list[WaveLayer]:
+    """``attention_split`` over two ranks, each with half the sentences of the split
+    encoder: Dec1 (its LSTM and the attention of rank 0's half, over rank 0's part of the
+    encoder) on rank 0, the attention of rank 1's half (over rank 1's part) on rank 1; Dec1
+    sends h and half the context."""
+    half = {k: costs[f"attn_{k}"] / 2 for k in "FB"}
+    own = {k: costs[f"dec1_{k}"] - half[k] for k in "FB"}
+    return [
+        WaveLayer("Dec1", own["F"], own["B"], dec_bytes * 3 // 4, steps, gather=True,
+                  memory_parts=(0,)),
+        WaveLayer("Attention", half["F"], half["B"], dec_bytes, steps, False, gather=True,
+                  memory_from=2, memory_parts=(1,)),
+    ]  # fmt: skip
 
 
 def summary(result: WaveResult) -> dict[str, Any]:

@@ -8,12 +8,14 @@ picks on a CPU with AMX), for: 1 process x 1 thread plain, 1 process x 2 threads
 plain 1-thread runs at once (how much two processes slow each other down), and 2 processes x
 1 thread ``parallel=wavefront parallel.pp=2`` per ``--waves`` entry, all of them ``--rounds``
 times in turn:
-``c<C>[/split][/b<R0>-<R1>][/s<F>]`` = ``parallel.time_chunks=C``, ``encoder_split=true``,
-``balance=[R0,R1]``, ``generator_share=F``. Step time: the mean ``ms_per_step`` of steps
+``c<C>[/split][/b<R0>-<R1>][/s<F>][/attn]`` = ``parallel.time_chunks=C``,
+``encoder_split=true``, ``balance=[R0,R1]``, ``generator_share=F``,
+``attention_split=true``. Step time: the mean ``ms_per_step`` of steps
 ``skip+1..steps`` (the same batches in every run), averaged over the rounds.
 
 Prediction (:mod:`scripts.bench._wave_predict`): every piece of the wave (bottom encoder
-layer, encoder chunks, Dec1+Attention chunks, the other decoder chunks, generator) timed on
+layer, encoder chunks, Dec1+Attention chunks and the attention's part of them, the other
+decoder chunks, generator) timed on
 one thread with the wave's own code on the same batches, in this process alone (recorded)
 and in two processes at once (what the simulator takes: a rank's pieces run while the other
 rank computes, and the two slow each other down); the one-way message time and the
@@ -53,10 +55,12 @@ from scripts.bench.common import (
     work_folder,
 )
 
-# the default balance (generator alone on rank 1) without and with the split encoder at
-# C = 4 and 8; the split encoder with the last decoder layer on the generator's rank and 35%
-# or 50% of the generator's sentences on rank 0 (the simulator's best shares on amx and avx2)
-WAVES = ["c4", "c4/split", "c8/split", "c4/split/b3-2/s0.35", "c4/split/b3-2/s0.5"]
+# C = 4 (C = 2, 3 and 8 measured slower): the default balance (generator alone on rank 1)
+# without and with the split encoder; the split encoder with the last decoder layer on the
+# generator's rank and half the generator's sentences on rank 0; the same with the attention
+# split too and 55% or 60% of the generator on rank 0 (the attention's half left rank 0)
+WAVES = ["c4", "c4/split", "c4/split/b3-2/s0.5", "c4/split/b3-2/s0.55/attn",
+         "c4/split/b3-2/s0.6/attn"]  # fmt: skip
 PLAIN = ["parallel=none"]
 BASE = ["model=gnmt_demo", "data.batch_tokens=2048", "train.eval_every=0", "train.log_every=1",
         "train.warmup_steps=0", "train.decay=none", "train.save_every=0"]  # fmt: skip
@@ -185,12 +189,14 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
 
 def shared_numel(model: Any, spec: wp.WaveSpec) -> int:
     """Elements of the gradients rank 1 shares with rank 0 in a run of ``spec``: the
-    generator (and the tied embedding), Dec2..D with ``b3-2``, the encoder when split."""
+    generator (and the tied embedding), Dec2..D with ``b3-2``, the encoder when split, the
+    attention when split."""
     params = list(model.stages[-1].parameters())
     params += (
         [p for s in model.dec_stages for p in s.parameters()] if spec.balance == (3, 2) else []
     )
     params += list(encoder_parameters(model)) if spec.split else []
+    params += list(model.attn_stage.attention.parameters()) if spec.attention else []
     return sum(p.numel() for p in {id(p): p for p in params}.values())
 
 
@@ -204,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", type=int, default=10, help="steps left out of the mean")
     ap.add_argument("--rounds", type=int, default=2, help="times every run is repeated, in turn")
     ap.add_argument("--waves", nargs="+", default=WAVES,
-                    help="wavefront runs: c<C>[/split][/b<R0>-<R1>][/s<share>]")  # fmt: skip
+                    help="wavefront runs: c<C>[/split][/b<R0>-<R1>][/s<share>][/attn]")  # fmt: skip
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--work", type=Path, default=None, help="run folders (default: temporary)")
     ap.add_argument("--out", default=None)
