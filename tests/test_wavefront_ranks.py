@@ -76,10 +76,12 @@ def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
      ("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
       "parallel.generator_share=0.3", "parallel.attention_split=true"),
      pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[2,1,2]",
+                   "parallel.attention_split=true"), marks=pytest.mark.slow),
+     pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[3,1,1]",
                    "parallel.attention_split=true"), marks=pytest.mark.slow)],
     ids=["gen-alone", "encoder-decoder", "three", "generator-share", "encoder-split",
          "encoder-split-three", "split-helper", "helper-without-decoder", "attention-split",
-         "attention-split-three"],
+         "attention-split-three", "attention-split-middle"],
 )  # fmt: skip
 def test_ranks_equal_one_device_with_dropout(
     plain: Path, tiny_corpus: dict[str, Path], tmp_path: Path, ranks: tuple[str, ...]

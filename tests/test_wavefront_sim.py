@@ -232,3 +232,5 @@ def test_attention_split_reads_each_device_part() -> None:
                    (1, 0, "B", 0, 7.0, 13.0), (0, 1, "B", 0, 7.0, 8.0),
                    (0, 0, "B", 0, 8.0, 10.0)]  # fmt: skip
     assert r.step_ms == 13.0
+    with pytest.raises(PlacementError, match="memory_from"):
+        simulate_wavefront([dec1, replace(att, memory_from=3)], [0, 1], 2, ZERO_LINK)

@@ -81,6 +81,8 @@ class WaveProgram:
         self.ranks = ranks = max(owners) + 1
         # the rank that runs the attention of its own sentences (``attention_split``)
         self.attends = owners[self.E + 1] if attention_split else None
+        if attention_split and not (encoder_split and owners[self.E + 1] != owners[self.E]):
+            raise ValueError("attention_split needs encoder_split and Dec2 off Dec1's rank")
         self.split = (
             SplitEncoder(model, rank, ranks, owners[self.E], wire, timeline, self.attends)
             if encoder_split

@@ -116,6 +116,14 @@ def build(
     devices: int,
 ) -> Graph:
     n = len(layers)
+    for li, ly in enumerate(layers):
+        m = li - ly.memory_from
+        if ly.memory_from > 1 and not (ly.gather and m >= 0 and layers[m].whole
+                                       and layers[li - 1].steps == ly.steps):  # fmt: skip
+            raise PlacementError(
+                f"wavefront: {ly.name}: memory_from={ly.memory_from} needs a gather layer, "
+                "a whole layer there and its input below"
+            )
     lens = [[ly.steps] if ly.whole else chunk_lengths(ly.steps, chunks) for ly in layers]
     parts = parts_of(layers, placement, devices)
     fid: list[list[list[int]]] = []  # [layer][chunk][part] -> task
@@ -232,7 +240,7 @@ def _forward_deps(
         elif ly.whole:
             for j, n_p in enumerate(lens[p]):
                 after(task, fid[p][j], p, n_p)
-        elif layers[p].split and layers[p].whole:
+        elif layers[p].split:
             raise PlacementError(
                 f"wavefront: {ly.name} follows the split layer {layers[p].name} "
                 "without a barrier (whole or gather)"

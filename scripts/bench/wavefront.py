@@ -55,10 +55,11 @@ from scripts.bench.common import (
     work_folder,
 )
 
-# C = 4 (C = 2, 3 and 8 measured slower): the default balance (generator alone on rank 1)
-# without and with the split encoder; the split encoder with the last decoder layer on the
-# generator's rank and half the generator's sentences on rank 0; the same with the attention
-# split too and 55% or 60% of the generator on rank 0 (the attention's half left rank 0)
+# C = 4 (C = 8 ran slower in an earlier run of this benchmark, C = 2 and 3 in runs not kept):
+# the default balance (generator alone on rank 1) without and with the split encoder; the
+# split encoder with the last decoder layer on the generator's rank and half the generator's
+# sentences on rank 0; the same with the attention split too and 55% or 60% of the generator
+# on rank 0 (the attention's half left rank 0)
 WAVES = ["c4", "c4/split", "c4/split/b3-2/s0.5", "c4/split/b3-2/s0.55/attn",
          "c4/split/b3-2/s0.6/attn"]  # fmt: skip
 PLAIN = ["parallel=none"]
