@@ -61,6 +61,10 @@ class WaveLayer:
     memory_from: int = 1
     memory_parts: tuple[int, ...] = ()
 
+    def reads(self, device: int) -> bool:
+        """Whether this layer reads its memory layer's part on ``device``."""
+        return not self.memory_parts or device in self.memory_parts
+
 
 def chunk_lengths(steps: int, chunks: int) -> list[int]:
     """Balanced chunk lengths of ``steps`` time steps: the first ``steps % chunks`` are longer."""
@@ -234,7 +238,7 @@ def _forward_deps(
         if ly.gather:
             m = li - ly.memory_from
             for j, n_m in enumerate(lens[m]):
-                after(task, memory_tasks(layers, g, fid[m][j], li), m, n_m)
+                after(task, [t for t in fid[m][j] if ly.reads(g.dev[t])], m, n_m)
             if m < p:  # and its input chunk by chunk
                 after(task, fid[p][c], p, lens[p][c])
         elif ly.whole:
@@ -287,7 +291,7 @@ def _backward_deps(
         q = layers[li + 1]
         readers = [r for r in range(li + 1, n) if layers[r].gather
                    and r - layers[r].memory_from == li
-                   and g.dev[task] in (layers[r].memory_parts or (g.dev[task],))]  # fmt: skip
+                   and layers[r].reads(g.dev[task])]  # fmt: skip
         if readers:  # the memory's gradient: every chunk of its readers
             for r in readers:
                 for j in range(len(lens[r])):
@@ -302,13 +306,6 @@ def _backward_deps(
             after(task, bid[li + 1][c], li, lens[li][c])
     if ly.recurrent and not ly.whole and c < last:
         g.deps[task].append((bid[li][c + 1][k], 0.0))
-
-
-def memory_tasks(layers: Sequence[WaveLayer], g: Graph, tasks: list[int], li: int) -> list[int]:
-    """Of one chunk's ``tasks`` of layer li's memory layer, those it reads (its
-    ``memory_parts``)."""
-    parts = layers[li].memory_parts
-    return [t for t in tasks if not parts or g.dev[t] in parts]
 
 
 def run(g: Graph, devices: int) -> list[float]:

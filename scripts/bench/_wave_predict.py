@@ -95,9 +95,8 @@ def unit_costs(cfg: AppConfig, model: GNMT, batches: list[Batch], chunks: int) -
 def attention_costs(model: GNMT, batches: list[Batch], chunks: int) -> dict[str, float]:
     """Mean ms per batch of Dec1's attention alone (a part of ``dec1_F/B``): the memory
     and every target chunk's attention forward; every chunk's backward (last first) and the
-    memory's; random inputs of the batch's shapes; one untimed pass first. (Half the
-    sentences take half the time, as each rank runs them with ``parallel.attention_split``:
-    within 7% on both classes, measured apart.)"""
+    memory's; random inputs of the batch's shapes; one untimed pass first. With
+    ``parallel.attention_split`` each of two ranks is taken to run half of it."""
     attention = model.attn_stage.attention
     totals = {"F": 0.0, "B": 0.0}
     for rep in range(2):
