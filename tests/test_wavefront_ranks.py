@@ -1,7 +1,8 @@
 """The wavefront across processes (``nmt-train parallel=wavefront parallel.pp=N``, gloo on
 CPU): losses and weights after 6 steps with dropout 0.2 equal one device's
 ``parallel=none`` (rel 1e-5; per tensor, relative to its norm or 1, whichever is larger)
-for several cuts of the layers into ranks; a run stopped at step 3 and resumed equals the
+for several cuts of the layers into ranks, with recompute; two replicas (``parallel.dp=2``)
+equal one device with ``train.accumulate=2``; a run stopped at step 3 and resumed equals the
 straight run bitwise; the settings it refuses."""
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
      pytest.param(("parallel.pp=2", "parallel.encoder_split=true"), marks=pytest.mark.slow),
      pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[2,2,1]"),
                   marks=pytest.mark.slow),
-     ("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
-      "parallel.generator_share=0.3"),
+     pytest.param(("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
+                   "parallel.generator_share=0.3"), marks=pytest.mark.slow),
      pytest.param(("parallel.pp=2", "parallel.balance=[2,3]", "parallel.generator_share=0.4"),
                   marks=pytest.mark.slow),
      ("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
@@ -78,10 +79,11 @@ def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
      pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[2,1,2]",
                    "parallel.attention_split=true"), marks=pytest.mark.slow),
      pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[3,1,1]",
-                   "parallel.attention_split=true"), marks=pytest.mark.slow)],
+                   "parallel.attention_split=true"), marks=pytest.mark.slow),
+     ("parallel.pp=3", "parallel.balance=[1,2,2]", "parallel.recompute=true")],
     ids=["gen-alone", "encoder-decoder", "three", "generator-share", "encoder-split",
          "encoder-split-three", "split-helper", "helper-without-decoder", "attention-split",
-         "attention-split-three", "attention-split-middle"],
+         "attention-split-three", "attention-split-middle", "recompute"],
 )  # fmt: skip
 def test_ranks_equal_one_device_with_dropout(
     plain: Path, tiny_corpus: dict[str, Path], tmp_path: Path, ranks: tuple[str, ...]
@@ -117,6 +119,39 @@ def assert_generator_in_the_backward(out: Path, chunks: int) -> None:
     assert on_1 == [x for c in last_first for x in ((4, "F", c), (3, "B", c))]
     on_0 = [c for u, kind, c in timeline_order(out, 0) if u == 4]
     assert on_0 == last_first
+
+
+@pytest.fixture(scope="module")
+def plain_two_batches(
+    tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    tmp = tmp_path_factory.mktemp("plain2")
+    return nmt_train(tiny_corpus, tmp, "plain", "parallel=none", "train.accumulate=2")
+
+
+@pytest.mark.parametrize(
+    "ranks",
+    [("parallel.encoder_split=true", "parallel.balance=[3,2]", "parallel.generator_share=0.3",
+      "parallel.attention_split=true", "parallel.recompute=true"),
+     pytest.param(("parallel.balance=[2,3]",), marks=pytest.mark.slow)],
+    ids=["split-attention-recompute", "encoder-decoder"],
+)  # fmt: skip
+def test_replicas_equal_one_device_with_both_batches(
+    plain_two_batches: Path, tiny_corpus: dict[str, Path], tmp_path: Path, ranks: tuple[str, ...]
+) -> None:
+    """``parallel.dp=2 parallel.pp=2`` (4 processes): replica r trains on the step's batch r;
+    losses and weights after 6 steps as one device with ``train.accumulate=2`` (rel 1e-5),
+    dropout 0.2 (each batch's masks as one device draws them)."""
+    out = nmt_train(
+        tiny_corpus, tmp_path, "wave", "parallel=wavefront", "parallel.time_chunks=3",
+        "parallel.pp=2", "parallel.dp=2", *ranks,
+    )  # fmt: skip
+    assert losses(out) == pytest.approx(losses(plain_two_batches), rel=1e-5)
+    assert len(losses(out)) == 6
+    ref, got = weights(plain_two_batches), weights(out)
+    for k, w in ref.items():
+        assert float((got[k] - w).norm()) <= 1e-5 * max(float(w.norm()), 1.0), k
+    assert timeline_order(out, 1)  # replica 0's ranks are the timeline's rows
 
 
 @pytest.mark.slow
@@ -173,8 +208,8 @@ def test_owners_default_and_balance() -> None:
 
 @pytest.mark.parametrize(
     ("extra", "match"),
-    [(("parallel.dp=2",), "one pipeline"), (("parallel.microbatches=2",), "cuts batches"),
-     (("parallel.recompute=true",), "recompute"), (("parallel.pp=9",), "more ranks"),
+    [(("parallel.pp=1", "parallel.dp=2"), "replicas need parallel.pp >= 2"),
+     (("parallel.microbatches=2",), "cuts batches"), (("parallel.pp=9",), "more ranks"),
      (("parallel.pp=1", "parallel.encoder_split=true"), "needs the wavefront across"),
      (("parallel.attention_split=true",), "needs parallel.encoder_split"),
      (("parallel.encoder_split=true", "parallel.attention_split=true"), "Dec2 on another rank")],

@@ -65,12 +65,20 @@ class SeqDropout(nn.Module):
         return self.training and self.p > 0.0
 
     def draw(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """A scaled keep-mask of ``shape`` with ``like``'s dtype and device."""
+        """A scaled keep-mask of ``shape`` with ``like``'s dtype and device. Seeded, a module
+        draws one mask per seed: a second draw of the same shape (a forward recomputed in
+        the backward, ``parallel.recompute``) gets that mask again."""
+        cached = self._mask
+        if self.seed is not None and cached is not None and tuple(cached.shape) == shape:
+            return cached
         keep = 1.0 - self.p
         if self.seed is not None and self._generator is None:
             self._generator = torch.Generator(device=like.device).manual_seed(self.seed)
         noise = torch.empty(shape, dtype=like.dtype, device=like.device)
-        return noise.bernoulli_(keep, generator=self._generator).div_(keep)
+        mask = noise.bernoulli_(keep, generator=self._generator).div_(keep)
+        if self.seed is not None:
+            self._mask = mask
+        return mask
 
     def forward(self, x: Tensor) -> Tensor:
         """``x[T,...]`` -> ``x * mask`` (``x`` itself in eval mode or at p = 0)."""

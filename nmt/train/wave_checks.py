@@ -12,8 +12,8 @@ def check_wave_ranks(cfg: AppConfig) -> None:
     """What the wavefront across processes refuses (one line each)."""
     pc = cfg.parallel
     refused = [
-        (pc.dp > 1, f"parallel.dp={pc.dp}: the wavefront across processes runs one pipeline"),
-        (pc.recompute, "parallel.recompute=true is not supported by the wavefront"),
+        (pc.pp < 2, f"parallel.dp={pc.dp} with parallel.time_chunks={pc.time_chunks}: the "
+         "wavefront's replicas need parallel.pp >= 2 (the one-process wavefront: dp=1)"),
         (pc.microbatches > 1, f"parallel.microbatches={pc.microbatches}: the wavefront cuts "
          "batches along time (parallel.time_chunks), use microbatches=1"),
         (cfg.train.precision == "fp16", "train.precision=fp16 is not supported across ranks"),

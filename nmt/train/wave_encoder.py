@@ -26,7 +26,7 @@ from nmt.models.dropout import SeqDropout, sentence_slice
 from nmt.models.gnmt import GNMT
 from nmt.models.wavefront import chunk_bounds
 from parallel.runtime.timeline import TimelineRecorder
-from parallel.runtime.wave import BWD, FWD, Wire, leaf, timed
+from parallel.runtime.wave import BWD, FWD, Wire, leaf, saving, timed
 
 
 def sentence_spans(batch: int, ranks: int) -> list[tuple[int, int]]:
@@ -51,9 +51,11 @@ class SplitEncoder:
         wire: Wire,
         timeline: TimelineRecorder | None = None,
         keeper: int | None = None,
+        recompute: bool = False,
     ) -> None:
         self.m, self.rank, self.ranks, self.gather = model, rank, ranks, gather
         self.wire, self.timeline, self.keeper = wire, timeline, keeper
+        self.recompute = recompute  # the encoder's forward runs again in its backward
         encoder = [model.embed_stage, *model.enc_stages]
         self.drops: list[SeqDropout] = [
             d for stage in encoder for d in stage.modules() if isinstance(d, SeqDropout)
@@ -97,8 +99,14 @@ class SplitEncoder:
 
     def encode(self, b: Batch, lo: int, hi: int, batch: int) -> Tensor:
         """Every encoder layer over sentences ``[lo, hi)``: ``[Ts,hi-lo,H]``."""
-        with timed(self.timeline, "F", 0, 0), sentence_slice(self.drops, lo, batch):
-            return self.m.encode(b.src[:, lo:hi], b.src_len[lo:hi])
+
+        def run(src: Tensor, src_len: Tensor) -> Tensor:  # the columns, also when recomputed
+            with sentence_slice(self.drops, lo, batch):
+                return self.m.encode(src, src_len)
+
+        with timed(self.timeline, "F", 0, 0):
+            out: Tensor = saving(self.recompute, run, b.src[:, lo:hi], b.src_len[lo:hi])
+            return out
 
     def backward(self, top: Tensor | None) -> None:
         """After the decoder's backward: the gathering rank sends every gathered rank the

@@ -47,7 +47,18 @@ from nmt.train.wave_encoder import SplitEncoder, grad_of, sentence_spans
 from nmt.train.wave_generator import LossArgs, WaveGenerator
 from nmt.train.wave_memory import Memory, decoder_memory, own_memory
 from parallel.runtime.timeline import TimelineRecorder
-from parallel.runtime.wave import BWD, FWD, Carried, Chunk, Pending, State, Wire, leaf, timed
+from parallel.runtime.wave import (
+    BWD,
+    FWD,
+    Carried,
+    Chunk,
+    Pending,
+    State,
+    Wire,
+    leaf,
+    saving,
+    timed,
+)
 
 
 @dataclass
@@ -74,9 +85,10 @@ class WaveProgram:
         generator_share: float = 0.0,
         encoder_split: bool = False,
         attention_split: bool = False,
+        recompute: bool = False,
     ) -> None:
         self.m, self.owners, self.rank, self.chunks = model, owners, rank, chunks
-        self.wire, self.timeline = wire, timeline
+        self.wire, self.timeline, self.recompute = wire, timeline, recompute
         self.E, self.S = model.n_enc, len(model.stages)
         self.ranks = ranks = max(owners) + 1
         # the rank that runs the attention of its own sentences (``attention_split``)
@@ -84,7 +96,9 @@ class WaveProgram:
         if attention_split and not (encoder_split and owners[self.E + 1] != owners[self.E]):
             raise ValueError("attention_split needs encoder_split and Dec2 off Dec1's rank")
         self.split = (
-            SplitEncoder(model, rank, ranks, owners[self.E], wire, timeline, self.attends)
+            SplitEncoder(
+                model, rank, ranks, owners[self.E], wire, timeline, self.attends, recompute
+            )
             if encoder_split
             else None
         )
@@ -135,7 +149,7 @@ class WaveProgram:
         h_full = h_leaf = None
         if own[0] == me:
             with timed(self.timeline, "F", 0, 0):
-                h_full = self.m.embed_stage.encode(b.src, b.src_len)  # [Ts,B,2H]
+                h_full = saving(self.recompute, self.m.embed_stage.encode, b.src, b.src_len)
             h_leaf = leaf(h_full)
             if own[1] != me:
                 for c, (a, e) in enumerate(sh.src):
@@ -143,7 +157,7 @@ class WaveProgram:
         if not self.enc_units:
             return h_full, h_leaf, None
         first, last = self.enc_units[0], self.enc_units[-1]
-        seg = Carried(self.encoder_fn(sh), first, self.timeline)
+        seg = Carried(self.encoder_fn(sh), first, self.timeline, self.recompute)
         width = 2 * sh.hidden if first == 1 else sh.hidden
         pend = self.post(own[first - 1], FWD, first, sh.src, [(sh.batch, width)])
         outs: list[Chunk] = []
@@ -198,7 +212,7 @@ class WaveProgram:
             context = decoder_memory(self.m, b, enc_leaf, elsewhere)
         elif self.rank == self.attends and enc_leaf is not None:
             local = own_memory(self.m, b, enc_leaf, elsewhere)
-        seg = Carried(self.decoder_fn(sh, context, local), first, self.timeline)
+        seg = Carried(self.decoder_fn(sh, context, local), first, self.timeline, self.recompute)
         deferred = self.decode_forward(b, sh, seg, context)
         if self.helps:  # the generator's share, between this rank's forward and backward
             self.gen.help(b, sh.tgt, loss_args, sums)

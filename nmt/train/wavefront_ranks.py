@@ -1,26 +1,32 @@
 """The wavefront across processes: ``nmt-train parallel=wavefront parallel.pp=N``.
 
-N processes (torch's launcher, or ``torchrun``: :func:`parallel.runtime.engine.launch`), one
-pipeline of GNMT's layers cut into N groups of consecutive layers (``parallel.balance``:
-layers per rank; by default the generator alone on the last rank and the other layers
-split evenly over the first N-1; ``parallel.generator_share``: the share of each batch's
-sentences whose generator runs on a helper rank instead, :mod:`nmt.train.wave_generator`;
-``parallel.encoder_split``: every rank runs the encoder on a share of the sentences,
-:mod:`nmt.train.wave_encoder`). Each batch waves through them in time chunks
-(:mod:`nmt.train.wave_program`, on c10d point-to-point: :mod:`parallel.runtime.wave`).
+N processes per pipeline (torch's launcher, or ``torchrun``:
+:func:`parallel.runtime.engine.launch`), one pipeline of GNMT's layers cut into N groups of
+consecutive layers (``parallel.balance``: layers per rank; by default the generator alone on
+the last rank and the other layers split evenly over the first N-1;
+``parallel.generator_share``: the share of each batch's sentences whose generator runs on a
+helper rank instead, :mod:`nmt.train.wave_generator`; ``parallel.encoder_split``: every rank
+runs the encoder on a share of the sentences, :mod:`nmt.train.wave_encoder`). Each batch
+waves through them in time chunks (:mod:`nmt.train.wave_program`, on c10d point-to-point:
+:mod:`parallel.runtime.wave`). ``parallel.dp=R`` runs R such pipelines (R x N processes),
+each on its own batch of the step; ``parallel.recompute=true`` keeps only each chunk's
+inputs and runs its forward again in the backward.
 
-Every rank builds the whole model with the run's seed and draws the same batches. After
-the backward, the gradients of the parameters that a rank other than 0 uses (the tied
-embedding, the generator, the layers of ranks 1..N-1, the encoder when it is split) are
-summed over the ranks in one all-reduce, together with rank 0's squared norm of its other
-gradients; every rank then clips with the same global norm and takes the Adam step of the
-parameters it has gradients for. Rank 0 therefore holds the whole model and optimizer,
-current: it validates, writes the single-device checkpoints (``last.pt`` ...) and every rank
-resumes from them, so ``train.resume=auto`` is exact as on one device. Dropout masks are
-seeded per (step, layer) (:mod:`nmt.models.dropout`): the losses equal one device's.
+Every rank builds the whole model with the run's seed and draws the same batches (replica r
+trains on batches r, r+R, ...: the batches of one device with ``train.accumulate=R``, with
+their dropout masks). After the backward, the gradients of the parameters only rank 0 of a
+pipeline uses are summed over the replicas' ranks 0; the gradients of the parameters that
+another rank uses (the tied embedding, the generator, the layers of ranks 1..N-1, the
+encoder when it is split) are summed over every process in one all-reduce, together with
+the squared norm of the former; every rank then clips with the same global norm and takes
+the Adam step of the parameters it has gradients for. Rank 0 therefore holds the whole model
+and optimizer, current: it validates, writes the single-device checkpoints (``last.pt`` ...)
+and every rank resumes from them, so ``train.resume=auto`` is exact as on one device.
+Dropout masks are seeded per (step, batch, layer) (:mod:`nmt.models.dropout`): the losses
+equal one device's.
 
-Not supported (refused at start with one line): ``parallel.dp > 1``, ``parallel.recompute``,
-``parallel.microbatches > 1`` (the wavefront cuts along time, not the batch), fp16.
+Not supported (refused at start with one line): ``parallel.microbatches > 1`` (the
+wavefront cuts along time, not the batch), fp16.
 """
 
 from __future__ import annotations
@@ -66,15 +72,16 @@ class WaveRank(SingleDevice):
         super().__init__(cfg, vocab, prior)
         self.wavefront = None  # not the one-process wave
         self.ctx, self.is_main = ctx, ctx.rank == 0
+        self.batches_per_step *= ctx.dp  # every rank draws the batches of every replica
         if not isinstance(self.model, GNMT):
             raise UserError("the wavefront needs model.arch=gnmt")
         pc = cfg.parallel
         self.owners = wave_owners(len(self.model.stages), pc.pp, pc.balance)
         self.timeline = TimelineRecorder(ctx.rank)
-        wire = Wire(self.device)
+        wire = Wire(self.device, ctx.pp_group)  # the ranks of this replica's pipeline
         self.program = WaveProgram(
-            self.model, self.owners, ctx.rank, pc.time_chunks, wire, self.timeline,
-            pc.generator_share, pc.encoder_split, pc.attention_split,
+            self.model, self.owners, ctx.pp_rank, pc.time_chunks, wire, self.timeline,
+            pc.generator_share, pc.encoder_split, pc.attention_split, pc.recompute,
         )  # fmt: skip
         self.shared = self.shared_parameters()
         self._first_step: int | None = None
@@ -103,6 +110,8 @@ class WaveRank(SingleDevice):
         loss_sum = nll_sum = 0.0
         eps = self.cfg.train.label_smoothing
         for i, one in enumerate(drawn):
+            if i % self.ctx.dp != self.ctx.dp_rank:  # another replica's batch
+                continue
             seed_masks(self.model, self.cfg.train.seed, step, i)
             b = one.to(self.device)
             with torch.autocast(
@@ -119,11 +128,14 @@ class WaveRank(SingleDevice):
         return Computed(loss_value, nll_value)
 
     def sum_gradients(self, loss: float, nll: float) -> tuple[float, float, float]:
-        """One all-reduce of the shared gradients, then the global clip; returns the summed
-        loss, nll and the gradient norm (the same on every rank)."""
+        """The replicas' sum of rank 0's own gradients, one all-reduce of the shared ones over
+        every process, then the global clip; returns the summed loss, nll and the gradient
+        norm (the same on every rank)."""
         mine = {id(p) for p in self.shared}
         own = [p.grad for p in self.model.parameters() if id(p) not in mine and p.grad is not None]
-        own_sq = squared_norm(own)
+        if self.ctx.dp > 1 and self.ctx.pp_rank == 0:  # elsewhere every gradient is shared
+            sum_in_place(own, self.ctx.dp_group)
+        own_sq = squared_norm(own) if self.ctx.dp_rank == 0 else 0.0  # counted once
         flat = torch.cat(
             [
                 (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
@@ -175,6 +187,7 @@ class WaveRank(SingleDevice):
         summary = gather_and_write(
             self.timeline, t.out_dir, ranks=pc.pp, microbatches=pc.time_chunks,
             schedule="wavefront", group=self.ctx.phase_group,
+            rank_map={self.ctx.global_rank(r, 0): r for r in range(pc.pp)},  # replica 0
         )  # fmt: skip
         if summary is None or not self.is_main or summary.steps == 0:
             return {}
@@ -186,6 +199,19 @@ class WaveRank(SingleDevice):
         )
         return {"timeline": {"busy_fraction": summary.busy_fraction,
                              "timeline_step_ms": summary.step_ms}}  # fmt: skip
+
+
+def sum_in_place(grads: list[torch.Tensor], group: dist.ProcessGroup | None) -> None:
+    """Each of ``grads`` summed over the processes of ``group``, in place (one all-reduce of
+    their concatenation)."""
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat, group=group)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def squared_norm(grads: list[torch.Tensor]) -> float:
@@ -203,7 +229,7 @@ def _worker(setup: RunSetup) -> dict[str, Any]:
     hostmem.cap_onednn_cache()
     cfg, pc = setup.cfg, setup.cfg.parallel
     ctx = init_distributed(
-        1, pc.pp, backend=pc.backend, device=cfg.train.device,
+        pc.dp, pc.pp, backend=pc.backend, device=cfg.train.device,
         timeout_s=pc.timeout_s, phase_timeout_s=pc.phase_timeout_s,
     )  # fmt: skip
     try:
@@ -225,9 +251,10 @@ def _worker(setup: RunSetup) -> dict[str, Any]:
 
 
 def train_wavefront(setup: RunSetup) -> dict[str, Any]:
-    """Run ``parallel.pp`` wavefront ranks (under torchrun this process is one of them)."""
+    """Run ``parallel.pp x parallel.dp`` wavefront ranks (under torchrun this process is one
+    of them)."""
     if setup.choice is not None:
         announce(setup.choice)
     pc = setup.cfg.parallel
-    results = launch(_worker, setup, nproc=pc.pp, timeout_s=pc.timeout_s)
+    results = launch(_worker, setup, nproc=pc.pp * pc.dp, timeout_s=pc.timeout_s)
     return results[min(results)]

@@ -6,7 +6,8 @@ state from one time chunk to the next. Its forward takes the chunks in increasin
 hands the gradient of the carried state back to the previous chunk. Every chunk has its own
 autograd graph: the state that enters a chunk, and every tensor received from another rank,
 is a detached leaf, so the backward of one chunk stops at the chunk's edges and yields the
-gradients to pass on.
+gradients to pass on. With ``recompute`` a chunk keeps only its inputs and carried state;
+its forward runs again inside its backward (``torch.utils.checkpoint``).
 
 Transport: :class:`Wire`, ``isend`` / ``irecv`` of ``torch.distributed`` (gloo on a CPU,
 NCCL on GPUs) under the process group's timeout. Not ``torch.distributed.pipelining``: its
@@ -23,11 +24,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from parallel.runtime.timeline import TimelineRecorder
 
@@ -36,6 +38,7 @@ State = tuple[Tensor, ...]
 # (chunk index, chunk inputs, carried state or None at chunk 0) -> (outputs, state)
 ChunkFn = Callable[[int, Chunk, State | None], tuple[Chunk, State]]
 
+T = TypeVar("T")
 MAX_CHUNKS = 256
 FWD, BWD = 0, 1  # message kinds: activations forward, gradients backward
 
@@ -67,7 +70,9 @@ class Pending:
 
 @dataclass
 class Wire:
-    """Chunk messages to and from other ranks; sends stay in flight until :meth:`flush`."""
+    """Chunk messages to and from other ranks; sends stay in flight until :meth:`flush`.
+    Ranks are those of ``group`` (the default group: global ranks), e.g. one data-parallel
+    replica's pipeline."""
 
     device: torch.device
     group: dist.ProcessGroup | None = None
@@ -77,7 +82,7 @@ class Wire:
         """Post ``tensors`` (``[t,B,...]`` each) to rank ``dst`` as message (kind, boundary, c)."""
         for i, t in enumerate(tensors):
             buf = t.detach().to(torch.float32).contiguous()
-            work = dist.isend(buf, dst, group=self.group, tag=tag(kind, boundary, c, i))
+            work = dist.isend(buf, group=self.group, group_dst=dst, tag=tag(kind, boundary, c, i))
             self.sent.append((work, buf))
 
     def post(
@@ -86,7 +91,7 @@ class Wire:
         """Post the receives of message (kind, boundary, c) from ``src``."""
         bufs = [torch.empty(s, dtype=torch.float32, device=self.device) for s in shapes]
         works = [
-            dist.irecv(b, src, group=self.group, tag=tag(kind, boundary, c, i))
+            dist.irecv(b, group=self.group, group_src=src, tag=tag(kind, boundary, c, i))
             for i, b in enumerate(bufs)
         ]
         return Pending(bufs, works)
@@ -110,10 +115,17 @@ class Saved:
 
 class Carried:
     """A rank's consecutive stateful layers as one function over the chunks (see the
-    module docstring); ``unit`` names it in the timeline."""
+    module docstring); ``unit`` names it in the timeline; ``recompute``: each chunk's forward
+    runs again in its backward instead of keeping its activations."""
 
-    def __init__(self, fn: ChunkFn, unit: int, timeline: TimelineRecorder | None = None) -> None:
-        self.fn, self.unit, self.timeline = fn, unit, timeline
+    def __init__(
+        self,
+        fn: ChunkFn,
+        unit: int,
+        timeline: TimelineRecorder | None = None,
+        recompute: bool = False,
+    ) -> None:
+        self.fn, self.unit, self.timeline, self.recompute = fn, unit, timeline, recompute
         self.saved: dict[int, Saved] = {}
         self._state: State | None = None  # the last forward chunk's state
         self._carry: list[Tensor | None] | None = None  # the state's gradient, backward
@@ -122,7 +134,7 @@ class Carried:
         """Chunk ``c`` (in order from 0): ``inputs`` -> outputs, the state carried on."""
         state_in = None if self._state is None else tuple(leaf(s) for s in self._state)
         with timed(self.timeline, "F", self.unit, c):
-            outputs, state_out = self.fn(c, inputs, state_in)
+            outputs, state_out = saving(self.recompute, self.fn, c, inputs, state_in)
         self.saved[c] = Saved(inputs, state_in, outputs, state_out)
         self._state = state_out
         return outputs
@@ -149,6 +161,16 @@ class Carried:
         if c == 0:
             self._state = self._carry = None
         return [x.grad if x.is_leaf and x.requires_grad else None for x in s.inputs]
+
+
+def saving(recompute: bool, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``; with ``recompute`` (and autograd on) under ``torch.utils.checkpoint``:
+    only the inputs are kept, and ``fn`` runs again in the backward (``fn`` must then give
+    the same result twice: dropout masks are seeded, :mod:`nmt.models.dropout`)."""
+    if recompute and torch.is_grad_enabled():
+        result: T = checkpoint(fn, *args, use_reentrant=False)
+        return result
+    return fn(*args)
 
 
 def timed(timeline: TimelineRecorder | None, kind: str, unit: int, c: int) -> Any:
