@@ -113,6 +113,9 @@ class ParallelConfig:
     attention_split: bool = False
     # one-process wavefront on a GPU: a CUDA stream per layer (events for the dependencies)
     wave_streams: bool = False
+    # the wavefront's pp ranks as threads of one process on a CPU (chunks through memory,
+    # gradients summed in memory) instead of pp processes
+    wave_threads: bool = False
 
 
 @dataclass

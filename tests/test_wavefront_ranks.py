@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +75,24 @@ def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
                    "parallel.generator_share=0.3"), marks=pytest.mark.slow),
      pytest.param(("parallel.pp=2", "parallel.balance=[2,3]", "parallel.generator_share=0.4"),
                   marks=pytest.mark.slow),
-     ("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
-      "parallel.generator_share=0.3", "parallel.attention_split=true"),
+     pytest.param(("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
+                   "parallel.generator_share=0.3", "parallel.attention_split=true"),
+                  marks=pytest.mark.slow),  # the default suite: as threads, and with dp=2
      pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[2,1,2]",
                    "parallel.attention_split=true"), marks=pytest.mark.slow),
      pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[3,1,1]",
                    "parallel.attention_split=true"), marks=pytest.mark.slow),
-     ("parallel.pp=3", "parallel.balance=[1,2,2]", "parallel.recompute=true")],
+     pytest.param(("parallel.pp=3", "parallel.balance=[1,2,2]", "parallel.recompute=true"),
+                  marks=pytest.mark.slow),
+     ("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
+      "parallel.generator_share=0.3", "parallel.attention_split=true",
+      "parallel.wave_threads=true"),
+     pytest.param(("parallel.pp=3", "parallel.balance=[1,2,2]", "parallel.wave_threads=true"),
+                  marks=pytest.mark.slow)],
     ids=["gen-alone", "encoder-decoder", "three", "generator-share", "encoder-split",
          "encoder-split-three", "split-helper", "helper-without-decoder", "attention-split",
-         "attention-split-three", "attention-split-middle", "recompute"],
+         "attention-split-three", "attention-split-middle", "recompute", "threads",
+         "threads-three"],
 )  # fmt: skip
 def test_ranks_equal_one_device_with_dropout(
     plain: Path, tiny_corpus: dict[str, Path], tmp_path: Path, ranks: tuple[str, ...]
@@ -173,16 +182,22 @@ def test_generator_share_of_one_sentence_batches(
     assert len(losses(out)) == 3
 
 
-@pytest.mark.slow
-def test_ranks_resume_exactly(tiny_cfg: Any) -> None:
+@pytest.mark.parametrize(
+    "how",
+    [pytest.param("parallel.wave_threads=false", marks=pytest.mark.slow),
+     "parallel.wave_threads=true"],
+    ids=["processes", "threads"],
+)  # fmt: skip
+def test_ranks_resume_exactly(tiny_cfg: Any, how: str) -> None:
     """Stopped after 3 steps and resumed to 6: the straight run's losses, validations and
-    weights."""
+    weights (threads: every replica takes the resumed weights)."""
     wave = (
         "parallel=wavefront",
         "parallel.time_chunks=3",
         "parallel.pp=2",
         "train.save_every=3",
         "train.eval_every=3",
+        how,
     )  # validation on rank 0 while rank 1 waits
     straight = tiny_cfg(*COMMON, *wave, out="straight")
     train(straight)
@@ -212,9 +227,34 @@ def test_owners_default_and_balance() -> None:
      (("parallel.microbatches=2",), "cuts batches"), (("parallel.pp=9",), "more ranks"),
      (("parallel.pp=1", "parallel.encoder_split=true"), "needs the wavefront across"),
      (("parallel.attention_split=true",), "needs parallel.encoder_split"),
-     (("parallel.encoder_split=true", "parallel.attention_split=true"), "Dec2 on another rank")],
+     (("parallel.encoder_split=true", "parallel.attention_split=true"), "Dec2 on another rank"),
+     (("parallel.wave_threads=true", "parallel.dp=2"), "one pipeline in one process"),
+     (("parallel.pp=1", "parallel.wave_threads=true"), "needs the wavefront's ranks")],
 )  # fmt: skip
 def test_refused_in_one_line(tiny_cfg: Any, extra: tuple[str, ...], match: str) -> None:
     cfg = tiny_cfg("parallel=wavefront", "parallel.pp=2", "train.max_steps=1", *extra)
     with pytest.raises(user_error_types(), match=match):
         train(cfg)
+
+
+def test_a_failing_thread_rank_ends_the_run_at_once(
+    tiny_cfg: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``parallel.wave_threads``: rank 1 fails in its forward; rank 0, waiting for its
+    message, stops at once with an error naming rank 1's (not after parallel.timeout_s)."""
+    from nmt.train.wave_program import WaveProgram
+
+    run = WaveProgram.run
+
+    def failing(self: WaveProgram, *args: Any) -> tuple[float, float]:
+        if self.rank == 1:
+            raise RuntimeError("boom")
+        return run(self, *args)
+
+    monkeypatch.setattr(WaveProgram, "run", failing)
+    wave = ("parallel=wavefront", "parallel.time_chunks=3", "parallel.pp=2", "train.max_steps=2")
+    cfg = tiny_cfg(*wave, "parallel.wave_threads=true", "parallel.timeout_s=60")
+    start = time.monotonic()
+    with pytest.raises(Exception, match="rank 1 failed: boom"):
+        train(cfg)
+    assert time.monotonic() - start < 30

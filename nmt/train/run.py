@@ -21,6 +21,7 @@ from nmt.train.metrics import MetricsLog
 from nmt.train.pipelined import train_pipelined
 from nmt.train.setup import install_faults, setup_run
 from nmt.train.single import one_device_trainer
+from nmt.train.wave_threads import wave_threads_trainer
 from nmt.train.wavefront_ranks import train_wavefront
 
 log = logging.getLogger("nmt.train.run")
@@ -31,10 +32,13 @@ def train(cfg: AppConfig) -> dict[str, Any]:
     setup = setup_run(cfg)
     if setup.pipelined:
         return train_pipelined(setup)
-    if setup.wave_ranks:
+    if setup.wave_ranks and not setup.cfg.parallel.wave_threads:
         return train_wavefront(setup)
     seed_everything(setup.cfg.train.seed)  # model init independent of data prep and calibration
-    t = one_device_trainer(setup.cfg, setup.corpus, setup.out_dir)
+    if setup.wave_ranks:  # the wavefront's ranks as threads of this process
+        t = wave_threads_trainer(setup.cfg, setup.corpus, setup.out_dir)
+    else:
+        t = one_device_trainer(setup.cfg, setup.corpus, setup.out_dir)
     install_faults(t.engine.parameters(), lambda: t.step, 0)
     if ckpt_io.remove_stale_temp(t.ckpt_dir):  # left by a run killed while saving
         log.info("removed unfinished checkpoint temp files in %s", t.ckpt_dir)

@@ -59,6 +59,11 @@ def setup_run(cfg: AppConfig) -> RunSetup:
             "parallel.encoder_split=true needs the wavefront across processes "
             "(parallel=wavefront parallel.pp >= 2)"
         )
+    if cfg.parallel.wave_threads and not (cfg.parallel.pp > 1 and cfg.parallel.time_chunks > 1):
+        raise UserError(
+            "parallel.wave_threads=true needs the wavefront's ranks "
+            "(parallel=wavefront parallel.pp >= 2)"
+        )
     if cfg.parallel.attention_split and not cfg.parallel.encoder_split:
         raise UserError("parallel.attention_split=true needs parallel.encoder_split=true")
     if cfg.parallel.pp * cfg.parallel.dp > 1 and cfg.parallel.time_chunks > 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from nmt.config import AppConfig
 from nmt.errors import UserError
+from nmt.train.build import pick_device
 from parallel.runtime.wave import MAX_CHUNKS
 
 
@@ -21,6 +22,10 @@ def check_wave_ranks(cfg: AppConfig) -> None:
          f"carries LSTM state from chunk to chunk; it needs model.arch=gnmt"),
         (pc.time_chunks > MAX_CHUNKS, f"parallel.time_chunks must be <= {MAX_CHUNKS}"),
         (not 0.0 <= pc.generator_share < 1.0, "parallel.generator_share must be in [0, 1)"),
+        (pc.wave_threads and pc.dp > 1, f"parallel.wave_threads=true runs one pipeline in one "
+         f"process: parallel.dp={pc.dp} needs processes (parallel.wave_threads=false)"),
+        (pc.wave_threads and pick_device(cfg.train.device).type != "cpu", "parallel.wave_threads"
+         "=true runs on a CPU (train.device=cpu); on a GPU each rank is a process"),
     ]  # fmt: skip
     for bad, line in refused:
         if bad:

@@ -233,6 +233,36 @@ def _link_worker(sizes: list[int], shared_numel: int, repeats: int) -> dict[str,
             **{f"one_way_ms_{n}": t for n, t in zip(sizes, one_way, strict=True)}}  # fmt: skip
 
 
+def probe_memory(
+    sizes: list[int], shared_numel: int, numel: int, repeats: int = 20
+) -> dict[str, float]:
+    """Between the threads of one process (``parallel.wave_threads``): ms of a float32 copy of
+    ``sizes`` elements (what :class:`parallel.runtime.wave_local.LocalWire` does per
+    tensor), fitted as :func:`probe_link`; ``allreduce_ms``: the gradients summed in memory
+    (``shared_numel`` elements) and the weights copied to the other replica (``numel``)."""
+    torch.set_num_threads(1)
+
+    def ms(fn: Any) -> float:
+        fn()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - t) / repeats * 1e3
+
+    def copy_of(n: int) -> float:
+        x = torch.zeros(n)
+        return ms(lambda: x.to(torch.float32, copy=True))
+
+    copies = [copy_of(n) for n in sizes]
+    a, b = torch.zeros(shared_numel), torch.ones(shared_numel)
+    w, v = torch.zeros(numel), torch.ones(numel)
+    summed = ms(lambda: a.add_(b)) + ms(lambda: w.copy_(v))
+    (s0, t0), (s1, t1) = (sizes[0] * 4, copies[0]), (sizes[-1] * 4, copies[-1])
+    per_byte = max((t1 - t0) / max(s1 - s0, 1), 1e-12)
+    return {"latency_ms": max(t0 - s0 * per_byte, 0.0), "bytes_per_s": 1e3 / per_byte,
+            "allreduce_ms": summed}  # fmt: skip
+
+
 def pingpong(numel: int, rank: int, repeats: int) -> float:
     x = torch.zeros(numel)
     times = []
@@ -251,36 +281,39 @@ def pingpong(numel: int, rank: int, repeats: int) -> float:
 @dataclass(frozen=True)
 class WaveSpec:
     """One wavefront run of the benchmark: ``c4``, ``c4/split``, ``c4/split/b3-2/s0.5``,
-    ``c4/split/b3-2/s0.6/attn`` (time chunks, ``parallel.encoder_split``,
-    ``parallel.balance``, ``generator_share``, ``attention_split``)."""
+    ``c4/split/b3-2/s0.6/attn``, ``c4/split/b3-2/s0.6/attn/thr`` (time chunks,
+    ``parallel.encoder_split``, ``parallel.balance``, ``generator_share``,
+    ``attention_split``, ``wave_threads``: the ranks as threads of one process)."""
 
     chunks: int
     split: bool = False
     balance: tuple[int, ...] = ()
     share: float = 0.0
     attention: bool = False
+    threads: bool = False
 
     @classmethod
     def parse(cls, text: str) -> WaveSpec:
         head, *rest = text.split("/")
-        split, attention = "split" in rest, "attn" in rest
+        split, attention, threads = "split" in rest, "attn" in rest, "thr" in rest
         balance = tuple(int(x) for r in rest if r.startswith("b") for x in r[1:].split("-"))
         share = next((float(r[1:]) for r in rest if r.startswith("s") and r != "split"), 0.0)
-        return cls(int(head.removeprefix("c")), split, balance, share, attention)
+        return cls(int(head.removeprefix("c")), split, balance, share, attention, threads)
 
     @property
     def name(self) -> str:
         parts = [f"c{self.chunks}"] + ["split"] * self.split
         parts += [f"b{'-'.join(map(str, self.balance))}"] if self.balance else []
         parts += [f"s{self.share}"] if self.share else []
-        return "_".join(parts + ["attn"] * self.attention)
+        return "_".join(parts + ["attn"] * self.attention + ["thr"] * self.threads)
 
     def overrides(self) -> list[str]:
         balance = ",".join(map(str, self.balance))
         out = ["parallel=wavefront", "parallel.pp=2", f"parallel.time_chunks={self.chunks}",
                f"parallel.encoder_split={str(self.split).lower()}",
                f"parallel.generator_share={self.share}",
-               f"parallel.attention_split={str(self.attention).lower()}"]  # fmt: skip
+               f"parallel.attention_split={str(self.attention).lower()}",
+               f"parallel.wave_threads={str(self.threads).lower()}"]  # fmt: skip
         return out + ([f"parallel.balance=[{balance}]"] if self.balance else [])
 
 
@@ -297,7 +330,7 @@ def predict(
     split over both ranks (whole-sequence costs ``whole``, halves); Dec1+Attention (gather);
     Dec2..D; the generator (loss per chunk), its ``share`` of the sentences split off to
     rank 0. ``sizes``: mean target and source length, batch, hidden; tensors travel in
-    float32."""
+    float32 (``link``: between processes, or copies in memory between threads)."""
     tt, ts, bt, hidden = sizes["tt"], sizes["ts"], sizes["bt"], int(sizes["hidden"])
     steps = max(round(tt), spec.chunks)
     dec_bytes = int(2 * 4 * tt * bt * hidden)
@@ -326,7 +359,8 @@ def predict(
     else:
         encoder = [WaveLayer("Embed+Enc1", costs["enc1_F"], costs["enc1_B"], 0, steps, False, True),
                    WaveLayer("Enc", costs["enc_F"], costs["enc_B"], 0, steps)]  # fmt: skip
-    wire = Link("gloo-loopback", link["bytes_per_s"], link["latency_ms"] / 1e3)
+    name = "memory" if spec.threads else "gloo-loopback"
+    wire = Link(name, link["bytes_per_s"], link["latency_ms"] / 1e3)
     extra = link["allreduce_ms"] + costs["extra"] + costs.get("loop", 0.0)
     return simulate_wavefront([*encoder, *layers], [0] * len(encoder) + placement, spec.chunks,
                               wire, step_extra_ms=extra)  # fmt: skip

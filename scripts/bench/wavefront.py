@@ -1,4 +1,5 @@
-"""GNMT's wavefront across two processes against one process, measured and predicted.
+"""GNMT's wavefront across two processes (or two threads) against one process, measured and
+predicted.
 
     python -m scripts.bench wavefront [--steps 40] [--skip 10] [--waves c4 c4/split ...]
 
@@ -8,9 +9,10 @@ picks on a CPU with AMX), for: 1 process x 1 thread plain, 1 process x 2 threads
 plain 1-thread runs at once (how much two processes slow each other down), and 2 processes x
 1 thread ``parallel=wavefront parallel.pp=2`` per ``--waves`` entry, all of them ``--rounds``
 times in turn:
-``c<C>[/split][/b<R0>-<R1>][/s<F>][/attn]`` = ``parallel.time_chunks=C``,
+``c<C>[/split][/b<R0>-<R1>][/s<F>][/attn][/thr]`` = ``parallel.time_chunks=C``,
 ``encoder_split=true``, ``balance=[R0,R1]``, ``generator_share=F``,
-``attention_split=true``. Step time: the mean ``ms_per_step`` of steps
+``attention_split=true``, ``wave_threads=true`` (the two ranks as threads of one process,
+one core each). Step time: the mean ``ms_per_step`` of steps
 ``skip+1..steps`` (the same batches in every run), averaged over the rounds.
 
 Prediction (:mod:`scripts.bench._wave_predict`): every piece of the wave (bottom encoder
@@ -19,7 +21,8 @@ decoder chunks, generator) timed on
 one thread with the wave's own code on the same batches, in this process alone (recorded)
 and in two processes at once (what the simulator takes: a rank's pieces run while the other
 rank computes, and the two slow each other down); the one-way message time and the
-shared-gradient all-reduce measured between two processes; the loop's own time per step
+shared-gradient all-reduce measured between two processes (threads: a float32 copy, and the
+gradients summed and the weights copied in memory); the loop's own time per step
 (the plain 1 x 1 run's step minus its measured compute); then ``simulate_wavefront``. Before
 timing, waits (60 s polls, up to 15 min) while another nmt- command or pytest runs or the
 load average is above 0.5, and records the load average.
@@ -56,12 +59,12 @@ from scripts.bench.common import (
 )
 
 # C = 4 (C = 8 ran slower in an earlier run of this benchmark, C = 2 and 3 in runs not kept):
-# the default balance (generator alone on rank 1) without and with the split encoder; the
-# split encoder with the last decoder layer on the generator's rank and half the generator's
-# sentences on rank 0; the same with the attention split too and 55% or 60% of the generator
-# on rank 0 (the attention's half left rank 0)
-WAVES = ["c4", "c4/split", "c4/split/b3-2/s0.5", "c4/split/b3-2/s0.55/attn",
-         "c4/split/b3-2/s0.6/attn"]  # fmt: skip
+# the default balance (generator alone on rank 1); the split encoder with the last decoder
+# layer on the generator's rank and half the generator's sentences on rank 0; the same with
+# the attention split too and 60% of the generator on rank 0 (the attention's half left rank
+# 0); that as threads of one process (``thr``) at 55% and 60%
+WAVES = ["c4", "c4/split/b3-2/s0.5", "c4/split/b3-2/s0.6/attn", "c4/split/b3-2/s0.55/attn/thr",
+         "c4/split/b3-2/s0.6/attn/thr"]  # fmt: skip
 PLAIN = ["parallel=none"]
 BASE = ["model=gnmt_demo", "data.batch_tokens=2048", "train.eval_every=0", "train.log_every=1",
         "train.warmup_steps=0", "train.decay=none", "train.save_every=0"]  # fmt: skip
@@ -158,9 +161,13 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     link = wp.probe_link([small, large], min(numel.values()))
     allreduce = {n: wp.probe_link([small], n)["allreduce_ms"]
                  for n in sorted(set(numel.values()))}  # fmt: skip
-    per_wave = {k: allreduce[n] for k, n in numel.items()}
-    out: dict[str, Any] = {"link": link, "allreduce_ms": per_wave,
-                           "sizes": sizes, "chunks": {}, "pieces_ms": {}}  # fmt: skip
+    total = sum(p.numel() for p in model.parameters())
+    memory = {n: wp.probe_memory([small, large], n, total) for n in sorted(set(numel.values()))}
+    per_wave = {s.name: (memory if s.threads else allreduce)[numel[s.name]] for s in specs(a)}
+    per_wave = {k: v["allreduce_ms"] if isinstance(v, dict) else v for k, v in per_wave.items()}
+    out: dict[str, Any] = {"link": link, "memory_link": memory[min(memory)],
+                           "allreduce_ms": per_wave, "sizes": sizes, "chunks": {},
+                           "pieces_ms": {}}  # fmt: skip
     import torch
 
     from nmt.machine import hostmem
@@ -179,7 +186,8 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     for c in chunks:
         costs = together[c] | {"loop": loop}
         for spec in (s for s in specs(a) if s.chunks == c):
-            wire = {**link, "allreduce_ms": allreduce[numel[spec.name]]}
+            wire = {**(memory[numel[spec.name]] if spec.threads else link),
+                    "allreduce_ms": per_wave[spec.name]}  # fmt: skip
             sim = wp.summary(wp.predict(costs, spec, sizes, wire, together[1]))
             got = measured[key(spec)]
             sim["measured_ms"] = round(got, 1)
