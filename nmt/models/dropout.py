@@ -50,7 +50,8 @@ class SeqDropout(nn.Module):
         self.p = p
         self.seed: int | None = None  # None: the global RNG
         self._generator: torch.Generator | None = None
-        self._mask: Tensor | None = None
+        self._mask: Tensor | None = None  # the sequence's mask that chunks slice
+        self._drawn: dict[tuple[object, ...], Tensor] = {}  # seeded: this seed's masks
         # (first sentence, batch size): the input holds these columns of a larger batch
         self.columns: tuple[int, int] | None = None
 
@@ -60,24 +61,25 @@ class SeqDropout(nn.Module):
     def reseed(self, seed: int | None) -> None:
         """Draw the next masks from a generator seeded with ``seed`` (None: global RNG)."""
         self.seed, self._generator, self._mask = seed, None, None
+        self._drawn = {}
 
     def active(self) -> bool:
         return self.training and self.p > 0.0
 
     def draw(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A scaled keep-mask of ``shape`` with ``like``'s dtype and device. Seeded, a module
-        draws one mask per seed: a second draw of the same shape (a forward recomputed in
-        the backward, ``parallel.recompute``) gets that mask again."""
-        cached = self._mask
-        if self.seed is not None and cached is not None and tuple(cached.shape) == shape:
-            return cached
+        draws each mask once per seed: a second draw of the same shape, dtype and device (a
+        forward recomputed in the backward, ``parallel.recompute``) gets that mask again."""
+        key = (shape, like.dtype, like.device)
+        if self.seed is not None and key in self._drawn:
+            return self._drawn[key]
         keep = 1.0 - self.p
         if self.seed is not None and self._generator is None:
             self._generator = torch.Generator(device=like.device).manual_seed(self.seed)
         noise = torch.empty(shape, dtype=like.dtype, device=like.device)
         mask = noise.bernoulli_(keep, generator=self._generator).div_(keep)
         if self.seed is not None:
-            self._mask = mask
+            self._drawn[key] = mask
         return mask
 
     def forward(self, x: Tensor) -> Tensor:

@@ -43,7 +43,8 @@ class RunSetup:
 
     @property
     def wave_ranks(self) -> bool:
-        """The wavefront across ``parallel.pp`` processes."""
+        """The wavefront across ``parallel.pp`` ranks (processes, or threads with
+        ``parallel.wave_threads``)."""
         return self.cfg.parallel.pp > 1 and self.cfg.parallel.time_chunks > 1
 
 
@@ -56,13 +57,13 @@ def setup_run(cfg: AppConfig) -> RunSetup:
     layout = None
     if cfg.parallel.encoder_split and not (cfg.parallel.pp > 1 and cfg.parallel.time_chunks > 1):
         raise UserError(
-            "parallel.encoder_split=true needs the wavefront across processes "
-            "(parallel=wavefront parallel.pp >= 2)"
+            "parallel.encoder_split=true needs the wavefront across ranks "
+            "(parallel=wavefront: parallel.pp >= 2 and parallel.time_chunks > 1)"
         )
     if cfg.parallel.wave_threads and not (cfg.parallel.pp > 1 and cfg.parallel.time_chunks > 1):
         raise UserError(
             "parallel.wave_threads=true needs the wavefront's ranks "
-            "(parallel=wavefront parallel.pp >= 2)"
+            "(parallel=wavefront: parallel.pp >= 2 and parallel.time_chunks > 1)"
         )
     if cfg.parallel.attention_split and not cfg.parallel.encoder_split:
         raise UserError("parallel.attention_split=true needs parallel.encoder_split=true")

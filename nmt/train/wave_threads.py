@@ -6,7 +6,7 @@ The same ranks as :mod:`nmt.train.wavefront_ranks` (``parallel.pp``, ``balance``
 process on a CPU, with its own replica of the model, and the chunks pass through memory
 (:class:`parallel.runtime.wave_local.LocalWire`). torch releases Python's lock while an
 operator computes, so the ranks' layers compute at the same time, each thread with
-``train.threads`` intra-op threads (1: one core per rank).
+``train.threads`` intra-op threads (1: one core per rank; by default the cores shared out).
 
 What the threads spare the processes: no chunk crosses a socket, and the step's gradients
 are summed in memory into replica 0 (the run's model: ``p.grad += p_r.grad`` over the ranks,
@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from nmt.train.trainer import Computed, Trainer
 from nmt.train.wave_checks import wave_owners
 from nmt.train.wave_program import WaveProgram
 from parallel.runtime.timeline import TimelineRecorder, summarize, write_timeline
-from parallel.runtime.wave_local import LocalWire, Mailbox
+from parallel.runtime.wave_local import LocalWire, Mailbox, MailboxError
 
 TIMELINE_STEPS = (3, 6)  # record steps (start+3, start+6] for the timeline
 
@@ -81,6 +82,8 @@ class WaveThreads(SingleDevice):
             for r, replica in enumerate(self.replicas)
         ]
         self.pool = ThreadPoolExecutor(max_workers=pc.pp, thread_name_prefix="wave-rank")
+        if not cfg.train.threads:  # torch's default would give every rank every core
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // pc.pp))
         self._first_step: int | None = None
 
     # ------------------------------------------------------------------ one step
@@ -96,8 +99,7 @@ class WaveThreads(SingleDevice):
                 replica.train()
                 seed_masks(replica, self.cfg.train.seed, step, i)
             self.mailbox.clear()
-            runs = [self.pool.submit(self.run_rank, r, b, ntokens) for r in ranks]
-            for loss, nll in (run.result() for run in runs):
+            for loss, nll in self.run_ranks(b, ntokens, ranks):
                 loss_sum, nll_sum = loss_sum + loss, nll_sum + nll
         self.sum_gradients()
         loss_value, nll_value = loss_sum / ntokens, nll_sum / ntokens
@@ -107,6 +109,20 @@ class WaveThreads(SingleDevice):
         if not math.isfinite(float(norm)):
             return Computed(loss_value, nll_value, "gradient norm")
         return Computed(loss_value, nll_value)
+
+    def run_ranks(self, b: Batch, ntokens: int, ranks: range) -> list[tuple[float, float]]:
+        """Every rank's forward and backward of ``b``, each in its thread; when one fails,
+        the others are woken and waited for, and the first failure (not a woken rank's
+        error) is raised. A message nobody received is an error too."""
+        runs = [self.pool.submit(self.run_rank, r, b, ntokens) for r in ranks]
+        wait(runs)
+        errors = [e for e in (run.exception() for run in runs) if e is not None]
+        if errors:
+            raise next((e for e in errors if not isinstance(e, MailboxError)), errors[0])
+        left = self.mailbox.unreceived()
+        if left:
+            raise RuntimeError(f"wavefront threads: messages sent but never received: {left}")
+        return [run.result() for run in runs]
 
     def run_rank(self, rank: int, b: Batch, ntokens: int) -> tuple[float, float]:
         """Rank ``rank``'s forward and backward of ``b`` (in its thread)."""

@@ -9,19 +9,20 @@ helper rank instead, :mod:`nmt.train.wave_generator`; ``parallel.encoder_split``
 runs the encoder on a share of the sentences, :mod:`nmt.train.wave_encoder`). Each batch
 waves through them in time chunks (:mod:`nmt.train.wave_program`, on c10d point-to-point:
 :mod:`parallel.runtime.wave`). ``parallel.dp=R`` runs R such pipelines (R x N processes),
-each on its own batch of the step; ``parallel.recompute=true`` keeps only each chunk's
-inputs and runs its forward again in the backward.
+each on its own batch of the step; ``parallel.recompute=true`` keeps no activation inside
+a chunk and runs its forward again in the backward.
 
 Every rank builds the whole model with the run's seed and draws the same batches (replica r
 trains on batches r, r+R, ...: the batches of one device with ``train.accumulate=R``, with
 their dropout masks). After the backward, the gradients of the parameters only rank 0 of a
 pipeline uses are summed over the replicas' ranks 0; the gradients of the parameters that
 another rank uses (the tied embedding, the generator, the layers of ranks 1..N-1, the
-encoder when it is split) are summed over every process in one all-reduce, together with
-the squared norm of the former; every rank then clips with the same global norm and takes
-the Adam step of the parameters it has gradients for. Rank 0 therefore holds the whole model
-and optimizer, current: it validates, writes the single-device checkpoints (``last.pt`` ...)
-and every rank resumes from them, so ``train.resume=auto`` is exact as on one device.
+encoder when it is split) are summed over every process in one all-reduce, and the losses
+with the squared norm of the former in another; every rank then clips with the same global
+norm and takes the Adam step of the parameters it has gradients for. Rank 0 therefore holds
+the whole model and optimizer, current: it validates, writes the single-device checkpoints
+(``last.pt`` ...) and every rank resumes from them, so ``train.resume=auto`` is exact as on
+one device.
 Dropout masks are seeded per (step, batch, layer) (:mod:`nmt.models.dropout`): the losses
 equal one device's.
 
@@ -128,28 +129,18 @@ class WaveRank(SingleDevice):
         return Computed(loss_value, nll_value)
 
     def sum_gradients(self, loss: float, nll: float) -> tuple[float, float, float]:
-        """The replicas' sum of rank 0's own gradients, one all-reduce of the shared ones over
-        every process, then the global clip; returns the summed loss, nll and the gradient
-        norm (the same on every rank)."""
+        """The replicas' sum of rank 0's own gradients, then the shared ones and the loss
+        summed over every process, then the global clip; returns the summed loss, nll and the
+        gradient norm (the same on every rank)."""
         mine = {id(p) for p in self.shared}
-        own = [p.grad for p in self.model.parameters() if id(p) not in mine and p.grad is not None]
+        own = [p for p in self.model.parameters() if id(p) not in mine]
         if self.ctx.dp > 1 and self.ctx.pp_rank == 0:  # elsewhere every gradient is shared
-            sum_in_place(own, self.ctx.dp_group)
-        own_sq = squared_norm(own) if self.ctx.dp_rank == 0 else 0.0  # counted once
-        flat = torch.cat(
-            [
-                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
-                for p in self.shared
-            ]
-            + [torch.zeros(0)]
-        )
-        box = torch.tensor([loss, nll, own_sq], dtype=torch.float64)
-        dist.all_reduce(flat)
+            sum_over(own, self.ctx.dp_group)
+        own_grads = [p.grad for p in own if p.grad is not None]
+        own_sq = squared_norm(own_grads) if self.ctx.dp_rank == 0 else 0.0  # counted once
+        sum_over(self.shared, None)
+        box = torch.tensor([loss, nll, own_sq], dtype=torch.float64, device=self.device)
         dist.all_reduce(box)
-        offset = 0
-        for p in self.shared:
-            n = p.numel()
-            p.grad, offset = flat[offset : offset + n].view_as(p).to(p.dtype), offset + n
         total_sq = float(box[2]) + squared_norm([p.grad for p in self.shared if p.grad is not None])
         norm = math.sqrt(total_sq) if total_sq >= 0 else float("nan")
         coef = min(1.0, self.cfg.train.clip_norm / (norm + 1e-6))
@@ -201,17 +192,21 @@ class WaveRank(SingleDevice):
                              "timeline_step_ms": summary.step_ms}}  # fmt: skip
 
 
-def sum_in_place(grads: list[torch.Tensor], group: dist.ProcessGroup | None) -> None:
-    """Each of ``grads`` summed over the processes of ``group``, in place (one all-reduce of
-    their concatenation)."""
-    if not grads:
+def sum_over(params: list[torch.nn.Parameter], group: dist.ProcessGroup | None) -> None:
+    """Each of ``params``' gradients summed over the processes of ``group`` in one
+    all-reduce (a missing one counts as zeros; one that no process has stays None)."""
+    if not params:
         return
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    has = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+    flat = torch.cat([*(g.float() for g in parts), has])
     dist.all_reduce(flat, group=group)
+    present = flat[-len(params) :].tolist()
     offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for p, n in zip(params, present, strict=True):
+        size = p.numel()
+        p.grad = flat[offset : offset + size].view_as(p).to(p.dtype) if n > 0 else None
+        offset += size
 
 
 def squared_norm(grads: list[torch.Tensor]) -> float:

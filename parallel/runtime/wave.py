@@ -6,8 +6,9 @@ state from one time chunk to the next. Its forward takes the chunks in increasin
 hands the gradient of the carried state back to the previous chunk. Every chunk has its own
 autograd graph: the state that enters a chunk, and every tensor received from another rank,
 is a detached leaf, so the backward of one chunk stops at the chunk's edges and yields the
-gradients to pass on. With ``recompute`` a chunk keeps only its inputs and carried state;
-its forward runs again inside its backward (``torch.utils.checkpoint``).
+gradients to pass on. With ``recompute`` a chunk keeps no activation inside it (only its
+inputs, outputs and carried state); its forward runs again inside its backward
+(``torch.utils.checkpoint``).
 
 Transport: :class:`Wire`, ``isend`` / ``irecv`` of ``torch.distributed`` (gloo on a CPU,
 NCCL on GPUs) under the process group's timeout. Not ``torch.distributed.pipelining``: its
@@ -168,7 +169,9 @@ def saving(recompute: bool, fn: Callable[..., T], *args: Any) -> T:
     only the inputs are kept, and ``fn`` runs again in the backward (``fn`` must then give
     the same result twice: dropout masks are seeded, :mod:`nmt.models.dropout`)."""
     if recompute and torch.is_grad_enabled():
-        result: T = checkpoint(fn, *args, use_reentrant=False)
+        # the masks come from their own generators: no global RNG state to keep (and none
+        # to race for between the threads of parallel.wave_threads)
+        result: T = checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
         return result
     return fn(*args)
 

@@ -65,6 +65,11 @@ class Mailbox:
             self._failed = self._failed or why
             self._cond.notify_all()
 
+    def unreceived(self) -> list[Key]:
+        """Keys of the messages sent but not received."""
+        with self._cond:
+            return [k for k, q in self._letters.items() if q]
+
     def clear(self) -> None:
         """Forget the messages and the failure (between steps)."""
         with self._cond:
@@ -79,9 +84,10 @@ class Letter(Pending):
     mailbox: Mailbox | None = None
     key: Key = (0, 0, 0, 0, 0)
     shapes: Sequence[tuple[int, ...]] = ()
+    received: bool = False
 
     def wait(self) -> list[Tensor]:
-        if not self.buffers:
+        if not self.received:
             assert self.mailbox is not None
             got = self.mailbox.take(self.key)
             if [tuple(t.shape) for t in got] != [tuple(s) for s in self.shapes]:
@@ -89,7 +95,7 @@ class Letter(Pending):
                     f"message {self.key}: shapes {[tuple(t.shape) for t in got]}, expected "
                     f"{[tuple(s) for s in self.shapes]}"
                 )
-            self.buffers = got
+            self.buffers, self.received = got, True
         return self.buffers
 
 
