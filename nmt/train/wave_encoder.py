@@ -105,8 +105,7 @@ class SplitEncoder:
                 return self.m.encode(src, src_len)
 
         with timed(self.timeline, "F", 0, 0):
-            out: Tensor = saving(self.recompute, run, b.src[:, lo:hi], b.src_len[lo:hi])
-            return out
+            return saving(self.recompute, run, b.src[:, lo:hi], b.src_len[lo:hi])
 
     def backward(self, top: Tensor | None) -> None:
         """After the decoder's backward: the gathering rank sends every gathered rank the

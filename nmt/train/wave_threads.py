@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,9 @@ from nmt.train.single import SingleDevice
 from nmt.train.trainer import Computed, Trainer
 from nmt.train.wave_checks import wave_owners
 from nmt.train.wave_program import WaveProgram
+from nmt.train.wavefront_ranks import TimelineWindow, report_timeline
 from parallel.runtime.timeline import TimelineRecorder, summarize, write_timeline
 from parallel.runtime.wave_local import LocalWire, Mailbox, MailboxError
-
-TIMELINE_STEPS = (3, 6)  # record steps (start+3, start+6] for the timeline
 
 
 def wave_threads_trainer(cfg: AppConfig, corpus: Corpus, out_dir: Path) -> Trainer:
@@ -84,19 +82,20 @@ class WaveThreads(SingleDevice):
         self.pool = ThreadPoolExecutor(max_workers=pc.pp, thread_name_prefix="wave-rank")
         if not cfg.train.threads:  # torch's default would give every rank every core
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // pc.pp))
-        self._first_step: int | None = None
+        self.window = TimelineWindow(self.timelines)
 
     # ------------------------------------------------------------------ one step
     def compute(
         self, drawn: list[Batch], ntokens: int, optimizer: torch.optim.Optimizer, step: int
     ) -> Computed:
-        self.follow_timeline(step)
+        self.window.step(step)
+        for replica in self.replicas:
+            replica.train()
         loss_sum = nll_sum = 0.0
         ranks = range(len(self.programs))
         for i, one in enumerate(drawn):
             b = one.to(self.device)
             for replica in self.replicas:
-                replica.train()
                 seed_masks(replica, self.cfg.train.seed, step, i)
             self.mailbox.clear()
             for loss, nll in self.run_ranks(b, ntokens, ranks):
@@ -161,31 +160,11 @@ class WaveThreads(SingleDevice):
         super().resume(t, path)
         self.copy_weights()
 
-    def follow_timeline(self, step: int) -> None:
-        """Record steps 4-6 of this run (counted from its first) on every rank."""
-        if self._first_step is None:
-            self._first_step = step
-        since = step - self._first_step
-        for rec in self.timelines:
-            if since == TIMELINE_STEPS[0]:
-                rec.enable()
-            if since == TIMELINE_STEPS[1]:
-                rec.disable()
-            rec.begin_step()
-
     def finish(self, t: Trainer) -> dict[str, Any]:
         self.pool.shutdown()
         pc = self.cfg.parallel
         events = [e for rec in self.timelines for e in rec.resolve()]
         summary = summarize(events, pc.pp, pc.time_chunks, 1, "wavefront")
-        if summary.steps == 0:
-            return {}
-        write_timeline(events, t.out_dir, summary)
-        print(
-            "wavefront (threads): busy "
-            + ", ".join(f"rank{r} {f:.0%}" for r, f in enumerate(summary.busy_fraction))
-            + f" | {summary.step_ms:.0f} ms per step | {t.out_dir / 'timeline.png'}",
-            file=sys.stderr,
-        )
-        return {"timeline": {"busy_fraction": summary.busy_fraction,
-                             "timeline_step_ms": summary.step_ms}}  # fmt: skip
+        if summary.steps:
+            write_timeline(events, t.out_dir, summary)
+        return report_timeline(summary, t.out_dir, "wavefront (threads)")

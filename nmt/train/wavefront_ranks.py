@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,7 +51,7 @@ from nmt.models.gnmt import GNMT
 from nmt.train.build import output_prior, seed_everything
 from nmt.train.loop import resume_path, run_loop
 from nmt.train.metrics import MetricsLog
-from nmt.train.pipelined import _NullMetrics
+from nmt.train.pipelined import TIMELINE_STEPS, _NullMetrics
 from nmt.train.setup import RunSetup
 from nmt.train.single import SingleDevice
 from nmt.train.trainer import Computed, Trainer
@@ -58,10 +59,8 @@ from nmt.train.wave_checks import wave_owners
 from nmt.train.wave_encoder import encoder_parameters
 from nmt.train.wave_program import WaveProgram
 from parallel.runtime.engine import DistContext, init_distributed, launch
-from parallel.runtime.timeline import TimelineRecorder, gather_and_write
+from parallel.runtime.timeline import TimelineRecorder, TimelineSummary, gather_and_write
 from parallel.runtime.wave import Wire
-
-TIMELINE_STEPS = (3, 6)  # record steps (start+3, start+6] for the timeline
 
 
 class WaveRank(SingleDevice):
@@ -79,13 +78,13 @@ class WaveRank(SingleDevice):
         pc = cfg.parallel
         self.owners = wave_owners(len(self.model.stages), pc.pp, pc.balance)
         self.timeline = TimelineRecorder(ctx.rank)
+        self.window = TimelineWindow([self.timeline])
         wire = Wire(self.device, ctx.pp_group)  # the ranks of this replica's pipeline
         self.program = WaveProgram(
             self.model, self.owners, ctx.pp_rank, pc.time_chunks, wire, self.timeline,
             pc.generator_share, pc.encoder_split, pc.attention_split, pc.recompute,
         )  # fmt: skip
         self.shared = self.shared_parameters()
-        self._first_step: int | None = None
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters some rank other than 0 uses, in model order."""
@@ -105,8 +104,7 @@ class WaveRank(SingleDevice):
     def compute(
         self, drawn: list[Batch], ntokens: int, optimizer: torch.optim.Optimizer, step: int
     ) -> Computed:
-        self.record_timeline(step)
-        self.timeline.begin_step()
+        self.window.step(step)
         self.model.train()
         loss_sum = nll_sum = 0.0
         eps = self.cfg.train.label_smoothing
@@ -148,15 +146,6 @@ class WaveRank(SingleDevice):
         torch._foreach_mul_(grads, coef)
         return float(box[0]), float(box[1]), norm
 
-    def record_timeline(self, step: int) -> None:
-        if self._first_step is None:
-            self._first_step = step
-        since = step - self._first_step
-        if since == TIMELINE_STEPS[0]:
-            self.timeline.enable()
-        if since == TIMELINE_STEPS[1]:
-            self.timeline.disable()
-
     # ------------------------------------------------------------------ the rest of a run
     def validate(self, t: Trainer) -> dict[str, Any]:
         box: list[Any] = [super().validate(t) if self.is_main else None]
@@ -180,16 +169,44 @@ class WaveRank(SingleDevice):
             schedule="wavefront", group=self.ctx.phase_group,
             rank_map={self.ctx.global_rank(r, 0): r for r in range(pc.pp)},  # replica 0
         )  # fmt: skip
-        if summary is None or not self.is_main or summary.steps == 0:
+        if summary is None or not self.is_main:
             return {}
-        print(
-            "wavefront: busy "
-            + ", ".join(f"rank{r} {f:.0%}" for r, f in enumerate(summary.busy_fraction))
-            + f" | {summary.step_ms:.0f} ms per step | {t.out_dir / 'timeline.png'}",
-            file=sys.stderr,
-        )
-        return {"timeline": {"busy_fraction": summary.busy_fraction,
-                             "timeline_step_ms": summary.step_ms}}  # fmt: skip
+        return report_timeline(summary, t.out_dir, "wavefront")
+
+
+class TimelineWindow:
+    """Records steps (first+3, first+6] of a run (``TIMELINE_STEPS``) on ``recorders``."""
+
+    def __init__(self, recorders: list[TimelineRecorder]) -> None:
+        self.recorders = recorders
+        self.first: int | None = None
+
+    def step(self, step: int) -> None:
+        """Call at the start of every step."""
+        if self.first is None:
+            self.first = step
+        since = step - self.first
+        for rec in self.recorders:
+            if since == TIMELINE_STEPS[0]:
+                rec.enable()
+            if since == TIMELINE_STEPS[1]:
+                rec.disable()
+            rec.begin_step()
+
+
+def report_timeline(summary: TimelineSummary, out_dir: Path, what: str) -> dict[str, Any]:
+    """One line on stderr (busy fraction per rank, step time, the picture) and the run
+    result's ``timeline`` entry; nothing when no step was recorded."""
+    if summary.steps == 0:
+        return {}
+    print(
+        f"{what}: busy "
+        + ", ".join(f"rank{r} {f:.0%}" for r, f in enumerate(summary.busy_fraction))
+        + f" | {summary.step_ms:.0f} ms per step | {out_dir / 'timeline.png'}",
+        file=sys.stderr,
+    )
+    return {"timeline": {"busy_fraction": summary.busy_fraction,
+                         "timeline_step_ms": summary.step_ms}}  # fmt: skip
 
 
 def sum_over(params: list[torch.nn.Parameter], group: dist.ProcessGroup | None) -> None:

@@ -162,10 +162,11 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     allreduce = {n: wp.probe_link([small], n)["allreduce_ms"]
                  for n in sorted(set(numel.values()))}  # fmt: skip
     total = sum(p.numel() for p in model.parameters())
-    memory = {n: wp.probe_memory([small, large], n, total) for n in sorted(set(numel.values()))}
-    per_wave = {s.name: (memory if s.threads else allreduce)[numel[s.name]] for s in specs(a)}
-    per_wave = {k: v["allreduce_ms"] if isinstance(v, dict) else v for k, v in per_wave.items()}
-    out: dict[str, Any] = {"link": link, "memory_link": memory[min(memory)],
+    memory = {n: wp.probe_memory([small, large], n, total)
+              for n in sorted({numel[s.name] for s in specs(a) if s.threads})}  # fmt: skip
+    per_wave = {s.name: memory[numel[s.name]]["allreduce_ms"] if s.threads
+                else allreduce[numel[s.name]] for s in specs(a)}  # fmt: skip
+    out: dict[str, Any] = {"link": link, "memory_link": memory[min(memory)] if memory else None,
                            "allreduce_ms": per_wave, "sizes": sizes, "chunks": {},
                            "pieces_ms": {}}  # fmt: skip
     import torch
