@@ -4,7 +4,6 @@ processes, and :func:`parallel.planning.wavefront_sim.simulate_wavefront` on the
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from nmt.models.wavefront import chunk_bounds
 from nmt.prepare.splits import prepare_corpus
 from nmt.train.build import autocast_dtype, build_from_config, output_prior, seed_everything
 from nmt.train.trainer import adam
+from nmt.train.wave_generator import WaveGenerator
 from nmt.train.wave_memory import as_leaves
 from nmt.train.wave_program import WaveProgram
 from parallel.planning.links import Link
@@ -158,18 +158,54 @@ def upper_chunk(stage: Any, spans: list[tuple[int, int]], total: int) -> Any:
     return run
 
 
+def generator_costs(
+    model: GNMT, batches: list[Batch], chunks: int, shares: list[float], eps: float
+) -> dict[str, float]:
+    """Mean ms per batch of the generator and loss (forward and backward, every chunk)
+    through :meth:`nmt.train.wave_generator.WaveGenerator.generate` (the chunk's non-pad
+    rows): on all the sentences (``gen_s<F>_whole``), and as the two ranks of a
+    ``parallel.generator_share=F`` run each run it, the first F of the sentences
+    (``gen_s<F>_0``) and the others (``gen_s<F>_1``); each chunk's three in turn (the
+    machine's drift hits them alike), random inputs of the batch's shapes, one untimed pass
+    first. A part has its own shapes, and so its own kernels to build, and fewer rows per
+    matmul: it takes more than its share of the whole."""
+    gen = WaveGenerator(model, [0, 1], 0, Wire(torch.device("cpu")), None, 0.0)
+    out: dict[str, float] = {}
+    for share in shares:
+        totals = [0.0, 0.0, 0.0]  # whole, part 0, part 1
+        for rep in range(2):
+            for b in batches:
+                steps, batch = b.tgt_in.shape
+                keep = min(int(round(share * batch)), batch - 1)
+                args = (1.0 / max(b.ntokens, 1), PAD_ID, eps)
+                for c, (a, e) in enumerate(chunk_bounds(steps, chunks)):
+                    for part, (lo, hi) in enumerate(((0, batch), (0, keep), (keep, batch))):
+                        if hi == lo:
+                            continue
+                        x = tuple(torch.randn(e - a, hi - lo, model.hidden) for _ in "hc")
+                        t0 = time.perf_counter()
+                        gen.generate(c, x, b.tgt_out[a:e, lo:hi], args, [0.0, 0.0])
+                        totals[part] += (time.perf_counter() - t0) * 1e3 * rep
+        model.zero_grad(set_to_none=True)
+        out[f"gen_s{share}_whole"] = totals[0] / len(batches)
+        for part in (0, 1):
+            out[f"gen_s{share}_{part}"] = totals[part + 1] / len(batches)
+    return out
+
+
 def unit_costs_together(
-    overrides: list[str], steps: int, skip: int, chunks: list[int]
+    overrides: list[str], steps: int, skip: int, chunks: list[int], shares: list[float]
 ) -> dict[int, dict[str, float]]:
     """:func:`unit_costs` for each C, measured in two processes at once (each with its own
     model and the same batches ``skip..steps``): a wavefront rank's pieces run while the other
-    rank computes, and the two slow each other down (memory bandwidth, caches). Rank 0's."""
-    out = launch(_together_worker, overrides, steps, skip, chunks, nproc=2, timeout_s=900)
+    rank computes, and the two slow each other down (memory bandwidth, caches), with
+    :func:`generator_costs` for each of ``shares``. Rank 0's."""
+    out = launch(_together_worker, overrides, steps, skip, chunks, shares, nproc=2, timeout_s=900)
     return dict(out[0])
 
 
 def _together_worker(
-    overrides: list[str], steps: int, skip: int, chunks: list[int]
+    overrides: list[str], steps: int, skip: int, chunks: list[int], shares: list[float]
 ) -> dict[int, dict[str, float]]:
     from nmt.config import compose_config
 
@@ -184,6 +220,10 @@ def _together_worker(
         for c in chunks:
             dist.barrier()  # both start each C together
             res[c] = unit_costs(cfg, model, batches[skip:], c)
+            amp = autocast_dtype(cfg.train.precision, torch.device("cpu"))
+            with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+                eps = cfg.train.label_smoothing
+                res[c] |= generator_costs(model, batches[skip:], c, shares, eps)
     finally:
         ctx.close()
     return res
@@ -203,80 +243,6 @@ def piece(unit: int, kind: str, model: GNMT) -> str:
     if unit < len(model.stages) - 1:
         return f"dec_{kind}"
     return "gen"
-
-
-def probe_link(sizes: list[int], shared_numel: int, repeats: int = 20) -> dict[str, float]:
-    """Between two processes (gloo): one-way ms of float32 messages of ``sizes`` elements
-    (ping-pong / 2), fitted to latency + bytes / bandwidth, and the all-reduce ms of
-    ``shared_numel`` float32 (the wavefront's shared gradients)."""
-    out = launch(_link_worker, sizes, shared_numel, repeats, nproc=2, timeout_s=60)
-    return dict(out[0])
-
-
-def _link_worker(sizes: list[int], shared_numel: int, repeats: int) -> dict[str, float]:
-    torch.set_num_threads(1)
-    ctx = init_distributed(1, 2, backend="gloo", device="cpu", timeout_s=60)
-    try:
-        one_way = [pingpong(n, ctx.rank, repeats) for n in sizes]
-        flat = torch.zeros(shared_numel)
-        for _ in range(2):
-            dist.all_reduce(flat)
-        t = time.perf_counter()
-        for _ in range(repeats // 2):
-            dist.all_reduce(flat)
-        allreduce = (time.perf_counter() - t) / (repeats // 2) * 1e3
-    finally:
-        ctx.close()
-    (s0, t0), (s1, t1) = (sizes[0] * 4, one_way[0]), (sizes[-1] * 4, one_way[-1])
-    per_byte = max((t1 - t0) / max(s1 - s0, 1), 1e-12)  # ms per byte
-    latency = max(t0 - s0 * per_byte, 0.0)
-    return {"latency_ms": latency, "bytes_per_s": 1e3 / per_byte, "allreduce_ms": allreduce,
-            **{f"one_way_ms_{n}": t for n, t in zip(sizes, one_way, strict=True)}}  # fmt: skip
-
-
-def probe_memory(
-    sizes: list[int], shared_numel: int, numel: int, repeats: int = 20
-) -> dict[str, float]:
-    """Between the threads of one process (``parallel.wave_threads``): ms of a float32 copy of
-    ``sizes`` elements (what :class:`parallel.runtime.wave_local.LocalWire` does per
-    tensor), fitted as :func:`probe_link`; ``allreduce_ms``: the gradients summed in memory
-    (``shared_numel`` elements) and the weights copied to the other replica (``numel``)."""
-    torch.set_num_threads(1)
-
-    def ms(fn: Any) -> float:
-        fn()
-        t = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        return (time.perf_counter() - t) / repeats * 1e3
-
-    def copy_of(n: int) -> float:
-        x = torch.zeros(n)
-        return ms(lambda: x.to(torch.float32, copy=True))
-
-    copies = [copy_of(n) for n in sizes]
-    a, b = torch.zeros(shared_numel), torch.ones(shared_numel)
-    w, v = torch.zeros(numel), torch.ones(numel)
-    summed = ms(lambda: a.add_(b)) + ms(lambda: w.copy_(v))
-    (s0, t0), (s1, t1) = (sizes[0] * 4, copies[0]), (sizes[-1] * 4, copies[-1])
-    per_byte = max((t1 - t0) / max(s1 - s0, 1), 1e-12)
-    return {"latency_ms": max(t0 - s0 * per_byte, 0.0), "bytes_per_s": 1e3 / per_byte,
-            "allreduce_ms": summed}  # fmt: skip
-
-
-def pingpong(numel: int, rank: int, repeats: int) -> float:
-    x = torch.zeros(numel)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        if rank == 0:
-            dist.send(x, 1)
-            dist.recv(x, 1)
-        else:
-            dist.recv(x, 0)
-            dist.send(x, 0)
-        times.append((time.perf_counter() - t) * 1e3 / 2)
-    return statistics.median(times[2:])
 
 
 @dataclass(frozen=True)
@@ -330,12 +296,18 @@ def predict(
     Enc1 (whole) and the encoder chunks on rank 0, or with ``split`` one encoder layer
     split over both ranks (whole-sequence costs ``whole``, halves); Dec1+Attention (gather);
     Dec2..D; the generator (loss per chunk), its ``share`` of the sentences split off to
-    rank 0. ``sizes``: mean target and source length, batch, hidden; tensors travel in
-    float32 (``link``: between processes, or copies in memory between threads)."""
+    rank 0 (with :func:`generator_costs` in ``costs``: the generator's time scaled by the
+    parts' sum over the whole, the shares the parts' fractions of it). ``sizes``: mean
+    target and source length, batch, hidden; tensors travel in float32 (``link``: between
+    processes, or copies in memory between threads)."""
     tt, ts, bt, hidden = sizes["tt"], sizes["ts"], sizes["bt"], int(sizes["hidden"])
     steps = max(round(tt), spec.chunks)
     dec_bytes = int(2 * 4 * tt * bt * hidden)
-    shares = (spec.share, 1.0 - spec.share)
+    shares, gen_ms = (spec.share, 1.0 - spec.share), costs["gen"]
+    parts = [costs.get(f"gen_s{spec.share}_{r}", 0.0) for r in (0, 1)]
+    if spec.share > 0 and min(parts) > 0:  # the ranks' parts, timed at their own shapes
+        gen_ms *= sum(parts) / costs[f"gen_s{spec.share}_whole"]
+        shares = (parts[0] / sum(parts), parts[1] / sum(parts))
     if spec.balance not in ((), (4, 1), (3, 2)):
         raise SystemExit(f"{spec.name}: the prediction models balance 4-1 and 3-2 (gnmt_demo)")
     if spec.attention and not (spec.split and spec.balance == (3, 2)):
@@ -349,7 +321,7 @@ def predict(
     layers = [
         *decoder,
         WaveLayer("Dec", costs["dec_F"], costs["dec_B"], dec_bytes, steps),
-        WaveLayer("Generator", costs["gen"], 0.0, 0, steps, False, chunk_loss=True,
+        WaveLayer("Generator", gen_ms, 0.0, 0, steps, False, chunk_loss=True,
                   split=spec.share > 0, shares=shares if spec.share > 0 else ()),
     ]  # fmt: skip
     placement += [rest, 1]
@@ -362,9 +334,13 @@ def predict(
                    WaveLayer("Enc", costs["enc_F"], costs["enc_B"], 0, steps)]  # fmt: skip
     name = "memory" if spec.threads else "gloo-loopback"
     wire = Link(name, link["bytes_per_s"], link["latency_ms"] / 1e3)
-    extra = link["allreduce_ms"] + costs["extra"] + costs.get("loop", 0.0)
     return simulate_wavefront([*encoder, *layers], [0] * len(encoder) + placement, spec.chunks,
-                              wire, step_extra_ms=extra)  # fmt: skip
+                              wire, step_extra_ms=extra_ms(costs, link))  # fmt: skip
+
+
+def extra_ms(costs: dict[str, float], link: dict[str, float]) -> float:
+    """The simulator's time after the wave: the gradient sum, clip and Adam, the loop."""
+    return link["allreduce_ms"] + costs["extra"] + costs.get("loop", 0.0)
 
 
 def attention_layers(costs: dict[str, float], dec_bytes: int, steps: int) -> list[WaveLayer]:
