@@ -199,7 +199,7 @@ def unit_costs_together(
     """:func:`unit_costs` for each C, measured in two processes at once (each with its own
     model and the same batches ``skip..steps``): a wavefront rank's pieces run while the other
     rank computes, and the two slow each other down (memory bandwidth, caches), with
-    :func:`generator_costs` for each of ``shares``. Rank 0's."""
+    :func:`generator_costs` for each of ``shares`` (C > 1). Rank 0's."""
     out = launch(_together_worker, overrides, steps, skip, chunks, shares, nproc=2, timeout_s=900)
     return dict(out[0])
 
@@ -216,14 +216,15 @@ def _together_worker(
     try:
         cfg = compose_config(overrides)
         model, batches = run_batches(cfg, steps)
+        amp = autocast_dtype(cfg.train.precision, torch.device("cpu"))
         res = {}
         for c in chunks:
             dist.barrier()  # both start each C together
             res[c] = unit_costs(cfg, model, batches[skip:], c)
-            amp = autocast_dtype(cfg.train.precision, torch.device("cpu"))
-            with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-                eps = cfg.train.label_smoothing
-                res[c] |= generator_costs(model, batches[skip:], c, shares, eps)
+            if c > 1:  # the wave's chunks (C = 1: the split encoder's whole-sequence costs)
+                with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+                    eps = cfg.train.label_smoothing
+                    res[c] |= generator_costs(model, batches[skip:], c, shares, eps)
     finally:
         ctx.close()
     return res

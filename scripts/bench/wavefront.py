@@ -94,22 +94,29 @@ def quiet_machine(limit_s: float = 900.0) -> dict[str, Any]:
         waited += 60
 
 
-def train_run(work: Path, name: str, threads: int, extra: list[str], a: Any) -> Path:
+def train_run(work: Path, name: str, threads: int, extra: list[str], a: Any, **env: str) -> Path:
+    """One ``nmt-train`` run in ``work/name`` (``env``: more environment); its output, stdout
+    and stderr in one stream, in ``output.log`` there."""
     out = work / name
     shutil.rmtree(out, ignore_errors=True)
     args = [*BASE, f"train.max_steps={a.steps}", f"train.precision={a.precision}",
             f"train.threads={threads}", f"hydra.run.dir={out}", *extra]  # fmt: skip
-    r = subprocess.run(
-        nmt_command("train") + args, env=child_env(threads), capture_output=True, text=True
-    )
+    r = subprocess.run(nmt_command("train") + args, env=child_env(threads, **env),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     if r.returncode != 0:
-        raise SystemExit(f"{name} failed: {r.stderr[-2000:]}")
+        raise SystemExit(f"{name} failed: {r.stdout[-2000:]}")
+    (out / "output.log").write_text(r.stdout)
     return out
 
 
-def mean_step_ms(out: Path, skip: int) -> float:
+def step_ms(out: Path) -> dict[int, float]:
+    """``ms_per_step`` of each step a run logged (``metrics.jsonl``)."""
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    ms = [float(r["ms_per_step"]) for r in recs if "ms_per_step" in r and r["step"] > skip]
+    return {int(r["step"]): float(r["ms_per_step"]) for r in recs if "ms_per_step" in r}
+
+
+def mean_step_ms(out: Path, skip: int) -> float:
+    ms = [v for s, v in step_ms(out).items() if s > skip]
     return sum(ms) / len(ms)
 
 
@@ -138,17 +145,12 @@ def measure(work: Path, a: Any, out_dir: Path) -> dict[str, Any]:
 def rest_of_step_ms(out: Path) -> float:
     """The mean ms of a wave run's steps outside the wave itself (gradient sums, clip, Adam,
     the loop), over the steps its timeline recorded (``TIMELINE_STEPS``): ``ms_per_step``
-    minus the span from the first piece's start to the last piece's end on any rank."""
-    trace = json.loads((out / "timeline.json").read_text())["traceEvents"]
-    spans: dict[int, tuple[float, float]] = {}
-    for e in (e for e in trace if e["ph"] == "X"):
-        lo, hi = spans.get(e["args"]["step"], (float("inf"), 0.0))
-        spans[e["args"]["step"]] = (min(lo, e["ts"]), max(hi, e["ts"] + e["dur"]))
-    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    ms = {int(r["step"]): float(r["ms_per_step"]) for r in recs if "ms_per_step" in r}
-    first = TIMELINE_STEPS[0] + 1  # the run's step of the timeline's step 0 (steps from 1)
-    rest = [ms[first + s] - (hi - lo) / 1e3 for s, (lo, hi) in spans.items()]
-    return sum(rest) / len(rest)
+    less the timeline's mean step (first piece's start to last piece's end on any rank)."""
+    summary = json.loads((out / "timeline.json").read_text())["otherData"]
+    ms = step_ms(out)
+    first = TIMELINE_STEPS[0] + 1  # the run's step of the timeline's first (steps from 1)
+    logged = [ms[first + i] for i in range(summary["steps"])]
+    return sum(logged) / len(logged) - float(summary["step_ms"])
 
 
 def pair_ms(work: Path, a: Any) -> float:
