@@ -108,9 +108,15 @@ class ParallelConfig:
     # wavefront across processes: every rank runs the encoder on a share of the batch's
     # sentences (the encoder's forward and backward on all ranks at once)
     encoder_split: bool = False
+    # with encoder_split: each rank's weight in that share-out (one per rank of the pipeline,
+    # e.g. [0.45, 0.55]); None = equal shares
+    encoder_shares: list[float] | None = None
     # wavefront across processes, with encoder_split: Dec2's rank runs the attention of the
     # sentences it encoded (Dec1's rank the others'), so their encoder output never leaves it
     attention_split: bool = False
+    # wavefront across processes: sum the shared gradients that are final (all but the
+    # encoder's) while the encoder's backward runs, not after it (nmt/train/wave_gradients.py)
+    overlap_gradients: bool = True
     # one-process wavefront on a GPU: a CUDA stream per layer (events for the dependencies)
     wave_streams: bool = False
     # the wavefront's pp ranks as threads of one process on a CPU (chunks through memory,

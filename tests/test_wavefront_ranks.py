@@ -1,7 +1,8 @@
 """The wavefront across processes (``nmt-train parallel=wavefront parallel.pp=N``, gloo on
 CPU): losses and weights after 6 steps with dropout 0.2 equal one device's
 ``parallel=none`` (rel 1e-5; per tensor, relative to its norm or 1, whichever is larger)
-for several cuts of the layers into ranks, with recompute; two replicas (``parallel.dp=2``)
+for several cuts of the layers into ranks (the split encoder's sentences shared equally or by
+weights), with recompute; two replicas (``parallel.dp=2``)
 equal one device with ``train.accumulate=2``; a run stopped at step 3 and resumed equals the
 straight run bitwise; the settings it refuses."""
 
@@ -72,7 +73,8 @@ def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
      pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[2,2,1]"),
                   marks=pytest.mark.slow),
      pytest.param(("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
-                   "parallel.generator_share=0.3"), marks=pytest.mark.slow),
+                   "parallel.generator_share=0.3", "parallel.overlap_gradients=false"),
+                  marks=pytest.mark.slow),
      pytest.param(("parallel.pp=2", "parallel.balance=[2,3]", "parallel.generator_share=0.4"),
                   marks=pytest.mark.slow),
      pytest.param(("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
@@ -87,12 +89,15 @@ def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
      ("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
       "parallel.generator_share=0.3", "parallel.attention_split=true",
       "parallel.wave_threads=true"),
+     ("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
+      "parallel.generator_share=0.3", "parallel.attention_split=true",
+      "parallel.encoder_shares=[0.3,0.7]"),
      pytest.param(("parallel.pp=3", "parallel.balance=[1,2,2]", "parallel.wave_threads=true"),
                   marks=pytest.mark.slow)],
     ids=["gen-alone", "encoder-decoder", "three", "generator-share", "encoder-split",
          "encoder-split-three", "split-helper", "helper-without-decoder", "attention-split",
          "attention-split-three", "attention-split-middle", "recompute", "threads",
-         "threads-three"],
+         "encoder-shares", "threads-three"],
 )  # fmt: skip
 def test_ranks_equal_one_device_with_dropout(
     plain: Path, tiny_corpus: dict[str, Path], tmp_path: Path, ranks: tuple[str, ...]
@@ -229,7 +234,10 @@ def test_owners_default_and_balance() -> None:
      (("parallel.attention_split=true",), "needs parallel.encoder_split"),
      (("parallel.encoder_split=true", "parallel.attention_split=true"), "Dec2 on another rank"),
      (("parallel.wave_threads=true", "parallel.dp=2"), "one pipeline in one process"),
-     (("parallel.pp=1", "parallel.wave_threads=true"), "needs the wavefront's ranks")],
+     (("parallel.pp=1", "parallel.wave_threads=true"), "needs the wavefront's ranks"),
+     (("parallel.encoder_shares=[1,1]",), "encoder_shares needs parallel.encoder_split"),
+     (("parallel.encoder_split=true", "parallel.encoder_shares=[1,1,1]"), "needs 2 weights"),
+     (("parallel.encoder_split=true", "parallel.encoder_shares=[0,0]"), "not all 0")],
 )  # fmt: skip
 def test_refused_in_one_line(tiny_cfg: Any, extra: tuple[str, ...], match: str) -> None:
     cfg = tiny_cfg("parallel=wavefront", "parallel.pp=2", "train.max_steps=1", *extra)

@@ -67,6 +67,8 @@ def setup_run(cfg: AppConfig) -> RunSetup:
         )
     if cfg.parallel.attention_split and not cfg.parallel.encoder_split:
         raise UserError("parallel.attention_split=true needs parallel.encoder_split=true")
+    if cfg.parallel.encoder_shares is not None and not cfg.parallel.encoder_split:
+        raise UserError("parallel.encoder_shares needs parallel.encoder_split=true")
     if cfg.parallel.pp * cfg.parallel.dp > 1 and cfg.parallel.time_chunks > 1:
         check_wave_ranks(cfg)  # the wavefront across processes: no pipeline layout
     elif cfg.parallel.pp * cfg.parallel.dp > 1:

@@ -22,6 +22,10 @@ def check_wave_ranks(cfg: AppConfig) -> None:
          f"carries LSTM state from chunk to chunk; it needs model.arch=gnmt"),
         (pc.time_chunks > MAX_CHUNKS, f"parallel.time_chunks must be <= {MAX_CHUNKS}"),
         (not 0.0 <= pc.generator_share < 1.0, "parallel.generator_share must be in [0, 1)"),
+        (pc.encoder_shares is not None and (len(pc.encoder_shares) != pc.pp
+         or min(pc.encoder_shares) < 0 or sum(pc.encoder_shares) <= 0),
+         f"parallel.encoder_shares={pc.encoder_shares}: needs {pc.pp} weights >= 0 (one per "
+         "rank of the pipeline), not all 0"),
         (pc.wave_threads and pc.dp > 1, f"parallel.wave_threads=true runs one pipeline in one "
          f"process: parallel.dp={pc.dp} needs processes (parallel.wave_threads=false)"),
         (pc.wave_threads and pick_device(cfg.train.device).type != "cpu", "parallel.wave_threads"

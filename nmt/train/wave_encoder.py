@@ -29,11 +29,26 @@ from parallel.runtime.timeline import TimelineRecorder
 from parallel.runtime.wave import BWD, FWD, Wire, leaf, saving, timed
 
 
-def sentence_spans(batch: int, ranks: int) -> list[tuple[int, int]]:
-    """Each rank's sentences ``[lo, hi)`` of a batch: consecutive, sizes differing by at
-    most one (the first ranks take the extra ones); empty where ``batch < ranks``."""
-    spans = chunk_bounds(batch, ranks)
-    return spans + [(batch, batch)] * (ranks - len(spans))
+def sentence_spans(
+    batch: int, ranks: int, shares: Sequence[float] | None = None
+) -> list[tuple[int, int]]:
+    """Each rank's sentences ``[lo, hi)`` of a batch, consecutive. Without ``shares`` the
+    sizes differ by at most one (the first ranks take the extra ones; empty where ``batch <
+    ranks``); with them (one weight per rank, ``parallel.encoder_shares``) rank r's span
+    ends at ``batch`` times the weights up to r over their sum, rounded half up. Either way
+    rank 0 has a sentence when the batch has one (it never keeps its own attention, so Dec1
+    always has a sentence to attend for)."""
+    if shares is None:
+        spans = chunk_bounds(batch, ranks)
+        return spans + [(batch, batch)] * (ranks - len(spans))
+    total, running = sum(shares), 0.0
+    ends: list[int] = []
+    for w in shares:
+        running += w
+        floor = ends[-1] if ends else min(1, batch)
+        ends.append(max(floor, min(batch, int(batch * running / total + 0.5))))
+    ends[-1] = batch
+    return [(0 if r == 0 else ends[r - 1], e) for r, e in enumerate(ends)]
 
 
 class SplitEncoder:
@@ -52,8 +67,10 @@ class SplitEncoder:
         timeline: TimelineRecorder | None = None,
         keeper: int | None = None,
         recompute: bool = False,
+        shares: Sequence[float] | None = None,
     ) -> None:
         self.m, self.rank, self.ranks, self.gather = model, rank, ranks, gather
+        self.shares = shares  # the ranks' weights in the share-out (None: equal)
         self.wire, self.timeline, self.keeper = wire, timeline, keeper
         self.recompute = recompute  # the encoder's forward runs again in its backward
         encoder = [model.embed_stage, *model.enc_stages]
@@ -68,7 +85,7 @@ class SplitEncoder:
         gathered rank's sentences ``[Ts,B',H]`` as a leaf, in sentence order (B' = B but for
         the keeper's); on the keeper its own ``[Ts,b,H]`` as a leaf; None elsewhere."""
         batch, steps, hidden = b.src.size(1), b.src.size(0), self.m.hidden
-        self._spans = spans = sentence_spans(batch, self.ranks)
+        self._spans = spans = sentence_spans(batch, self.ranks, self.shares)
         lo, hi = spans[self.rank]
         gathered = self.gathered()
         pend = {}

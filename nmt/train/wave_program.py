@@ -27,12 +27,13 @@ the rank of unit u (non-decreasing: each rank holds consecutive units). Dataflow
    (with ``encoder_split``: every rank's encoder share at once).
 
 Every tensor between two ranks goes through :class:`parallel.runtime.wave.Wire`; the
-gradients of parameters used on several ranks are summed afterwards by the engine
-(:mod:`nmt.train.wavefront_ranks`).
+gradients of parameters used on several ranks are summed by the engine, those that the
+encoder's backward leaves alone while it runs (``on_decoded``: :mod:`nmt.train.wave_gradients`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,7 @@ class WaveProgram:
         encoder_split: bool = False,
         attention_split: bool = False,
         recompute: bool = False,
+        encoder_shares: Sequence[float] | None = None,
     ) -> None:
         self.m, self.owners, self.rank, self.chunks = model, owners, rank, chunks
         self.wire, self.timeline, self.recompute = wire, timeline, recompute
@@ -95,13 +97,8 @@ class WaveProgram:
         self.attends = owners[self.E + 1] if attention_split else None
         if attention_split and not (encoder_split and owners[self.E + 1] != owners[self.E]):
             raise ValueError("attention_split needs encoder_split and Dec2 off Dec1's rank")
-        self.split = (
-            SplitEncoder(
-                model, rank, ranks, owners[self.E], wire, timeline, self.attends, recompute
-            )
-            if encoder_split
-            else None
-        )
+        split_args = (owners[self.E], wire, timeline, self.attends, recompute, encoder_shares)
+        self.split = SplitEncoder(model, rank, ranks, *split_args) if encoder_split else None
         mine = [u for u, r in enumerate(owners) if r == rank]
         self.enc_units = [u for u in mine if 1 <= u < self.E and self.split is None]
         self.dec_units = [u for u in mine if self.E <= u < self.S - 1]
@@ -114,6 +111,8 @@ class WaveProgram:
         self.splits = helper and last_decoder
         self.helps = helper and not last_decoder
         self.shares = self.has_gen and last_decoder and self.gen.helper is not None
+        # called between the decoder's backward and the encoder's (the engine's gradient sums)
+        self.on_decoded: Callable[[], None] = lambda: None
 
     def run(self, b: Batch, scale: float, pad_id: int, eps: float) -> tuple[float, float]:
         """Forward and backward of batch ``b`` (loss gradient ``scale`` per unit of loss sum);
@@ -127,12 +126,14 @@ class WaveProgram:
         if self.split is not None:  # every rank encodes a share of the sentences
             enc_leaf = self.split.forward(b)
             sums = self.decode(b, sh, enc_leaf, scale, pad_id, eps)
+            self.on_decoded()
             self.split.backward(enc_leaf)
             self.wire.flush()
             return sums
         h_full, h_leaf, enc_seg = self.encode(b, sh)
         enc_leaf = self.top_encoder(sh, enc_seg)
         sums = self.decode(b, sh, enc_leaf, scale, pad_id, eps)
+        self.on_decoded()
         self.encoder_backward(sh, enc_leaf, enc_seg)
         if h_full is not None and h_leaf is not None:
             self.bottom_backward(sh, h_full, h_leaf)
@@ -227,7 +228,8 @@ class WaveProgram:
         (``attention_split``; ``(0, 0)`` without)."""
         if self.attends is None:
             return (0, 0)
-        return sentence_spans(batch, self.ranks)[self.attends]
+        assert self.split is not None  # attention_split needs encoder_split
+        return sentence_spans(batch, self.ranks, self.split.shares)[self.attends]
 
     def dec_sizes(self, boundary: int, batch: int) -> list[tuple[int, int]]:
         """(batch, width) of the (h, ctx) message into unit ``boundary``: Dec2's input

@@ -76,6 +76,7 @@ class WaveThreads(SingleDevice):
                 pc.encoder_split,
                 pc.attention_split,
                 pc.recompute,
+                pc.encoder_shares,
             )  # fmt: skip
             for r, replica in enumerate(self.replicas)
         ]

@@ -6,7 +6,8 @@ consecutive layers (``parallel.balance``: layers per rank; by default the genera
 the last rank and the other layers split evenly over the first N-1;
 ``parallel.generator_share``: the share of each batch's sentences whose generator runs on a
 helper rank instead, :mod:`nmt.train.wave_generator`; ``parallel.encoder_split``: every rank
-runs the encoder on a share of the sentences, :mod:`nmt.train.wave_encoder`). Each batch
+runs the encoder on a share of the sentences, ``parallel.encoder_shares`` their weights,
+:mod:`nmt.train.wave_encoder`). Each batch
 waves through them in time chunks (:mod:`nmt.train.wave_program`, on c10d point-to-point:
 :mod:`parallel.runtime.wave`). ``parallel.dp=R`` runs R such pipelines (R x N processes),
 each on its own batch of the step; ``parallel.recompute=true`` keeps no activation inside
@@ -14,11 +15,12 @@ a chunk and runs its forward again in the backward.
 
 Every rank builds the whole model with the run's seed and draws the same batches (replica r
 trains on batches r, r+R, ...: the batches of one device with ``train.accumulate=R``, with
-their dropout masks). After the backward, the gradients of the parameters only rank 0 of a
-pipeline uses are summed over the replicas' ranks 0; the gradients of the parameters that
-another rank uses (the tied embedding, the generator, the layers of ranks 1..N-1, the
-encoder when it is split) are summed over every process in one all-reduce, and the losses
-with the squared norm of the former in another; every rank then clips with the same global
+their dropout masks). The gradients of the parameters that another rank than 0 uses (the
+tied embedding, the generator, the layers of ranks 1..N-1, the encoder when it is split)
+are summed over every process, all but the encoder's while the encoder's backward runs
+(:mod:`nmt.train.wave_gradients`); after the backward, the gradients of the parameters only
+rank 0 of a pipeline uses are summed over the replicas' ranks 0, and the losses with the
+squared norm of the latter over every process; every rank then clips with the same global
 norm and takes the Adam step of the parameters it has gradients for. Rank 0 therefore holds
 the whole model and optimizer, current: it validates, writes the single-device checkpoints
 (``last.pt`` ...) and every rank resumes from them, so ``train.resume=auto`` is exact as on
@@ -34,11 +36,13 @@ from __future__ import annotations
 
 import math
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from data.batching import Batch
 from data.tokenizer import PAD_ID
@@ -57,6 +61,7 @@ from nmt.train.single import SingleDevice
 from nmt.train.trainer import Computed, Trainer
 from nmt.train.wave_checks import wave_owners
 from nmt.train.wave_encoder import encoder_parameters
+from nmt.train.wave_gradients import SharedGradients, squared_norm, sum_over
 from nmt.train.wave_program import WaveProgram
 from parallel.runtime.engine import DistContext, init_distributed, launch
 from parallel.runtime.timeline import TimelineRecorder, TimelineSummary, gather_and_write
@@ -83,8 +88,16 @@ class WaveRank(SingleDevice):
         self.program = WaveProgram(
             self.model, self.owners, ctx.pp_rank, pc.time_chunks, wire, self.timeline,
             pc.generator_share, pc.encoder_split, pc.attention_split, pc.recompute,
+            pc.encoder_shares,
         )  # fmt: skip
         self.shared = self.shared_parameters()
+        late = {id(p) for p in encoder_parameters(self.model)}  # the encoder's backward
+        self.grads = SharedGradients(
+            self.shared,
+            [p for p in self.shared if id(p) in late],
+            self.model.embed_stage.embedding.weight,
+            dist.new_group(timeout=timedelta(seconds=pc.timeout_s)),  # apart from the wire's
+        )
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters some rank other than 0 uses, in model order."""
@@ -108,17 +121,21 @@ class WaveRank(SingleDevice):
         self.model.train()
         loss_sum = nll_sum = 0.0
         eps = self.cfg.train.label_smoothing
-        for i, one in enumerate(drawn):
-            if i % self.ctx.dp != self.ctx.dp_rank:  # another replica's batch
-                continue
+        mine = [i for i in range(len(drawn)) if i % self.ctx.dp == self.ctx.dp_rank]
+        for i in mine:  # the other batches are the other replicas'
+            one = drawn[i]
             seed_masks(self.model, self.cfg.train.seed, step, i)
+            # after the last batch's decoder backward, the final gradients start summing
+            early = i == mine[-1] and self.cfg.parallel.overlap_gradients
+            self.program.on_decoded = self.grads.early if early else lambda: None
             b = one.to(self.device)
             with torch.autocast(
                 self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
             ):
                 loss, nll = self.program.run(b, 1.0 / ntokens, PAD_ID, eps)
             loss_sum, nll_sum = loss_sum + loss, nll_sum + nll
-        loss_sum, nll_sum, norm = self.sum_gradients(loss_sum, nll_sum)
+        rows = torch.unique(torch.cat([b.src.reshape(-1) for b in drawn])).to(self.device)
+        loss_sum, nll_sum, norm = self.sum_gradients(loss_sum, nll_sum, rows)
         loss_value, nll_value = loss_sum / ntokens, nll_sum / ntokens
         if not math.isfinite(loss_value):
             return Computed(loss_value, nll_value, "loss")
@@ -126,9 +143,10 @@ class WaveRank(SingleDevice):
             return Computed(loss_value, nll_value, "gradient norm")
         return Computed(loss_value, nll_value)
 
-    def sum_gradients(self, loss: float, nll: float) -> tuple[float, float, float]:
-        """The replicas' sum of rank 0's own gradients, then the shared ones and the loss
-        summed over every process, then the global clip; returns the summed loss, nll and the
+    def sum_gradients(self, loss: float, nll: float, rows: Tensor) -> tuple[float, float, float]:
+        """The replicas' sum of rank 0's own gradients, then the shared ones (the rest of
+        :class:`SharedGradients`; ``rows``: the step's source tokens) and the loss summed
+        over every process, then the global clip; returns the summed loss, nll and the
         gradient norm (the same on every rank)."""
         mine = {id(p) for p in self.shared}
         own = [p for p in self.model.parameters() if id(p) not in mine]
@@ -136,7 +154,7 @@ class WaveRank(SingleDevice):
             sum_over(own, self.ctx.dp_group)
         own_grads = [p.grad for p in own if p.grad is not None]
         own_sq = squared_norm(own_grads) if self.ctx.dp_rank == 0 else 0.0  # counted once
-        sum_over(self.shared, None)
+        self.grads.finish(rows)
         box = torch.tensor([loss, nll, own_sq], dtype=torch.float64, device=self.device)
         dist.all_reduce(box)
         total_sq = float(box[2]) + squared_norm([p.grad for p in self.shared if p.grad is not None])
@@ -207,32 +225,6 @@ def report_timeline(summary: TimelineSummary, out_dir: Path, what: str) -> dict[
     )
     return {"timeline": {"busy_fraction": summary.busy_fraction,
                          "timeline_step_ms": summary.step_ms}}  # fmt: skip
-
-
-def sum_over(params: list[torch.nn.Parameter], group: dist.ProcessGroup | None) -> None:
-    """Each of ``params``' gradients summed over the processes of ``group`` in one
-    all-reduce (a missing one counts as zeros; one that no process has stays None)."""
-    if not params:
-        return
-    has = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
-    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
-    flat = torch.cat([*(g.float() for g in parts), has])
-    dist.all_reduce(flat, group=group)
-    present = flat[-len(params) :].tolist()
-    offset = 0
-    for p, n in zip(params, present, strict=True):
-        size = p.numel()
-        p.grad = flat[offset : offset + size].view_as(p).to(p.dtype) if n > 0 else None
-        offset += size
-
-
-def squared_norm(grads: list[torch.Tensor]) -> float:
-    """Sum of the squared entries of ``grads``: per-tensor norms in one fused call (as
-    ``clip_grad_norm_`` takes them), squared and summed in float64."""
-    if not grads:
-        return 0.0
-    norms = torch._foreach_norm([g.detach() for g in grads])
-    return float(torch.stack(norms).double().pow(2).sum())
 
 
 def _worker(setup: RunSetup) -> dict[str, Any]:

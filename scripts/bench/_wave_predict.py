@@ -249,9 +249,11 @@ def piece(unit: int, kind: str, model: GNMT) -> str:
 @dataclass(frozen=True)
 class WaveSpec:
     """One wavefront run of the benchmark: ``c4``, ``c4/split``, ``c4/split/b3-2/s0.5``,
-    ``c4/split/b3-2/s0.6/attn``, ``c4/split/b3-2/s0.6/attn/thr`` (time chunks,
-    ``parallel.encoder_split``, ``parallel.balance``, ``generator_share``,
-    ``attention_split``, ``wave_threads``: the ranks as threads of one process)."""
+    ``c4/split/b3-2/s0.6/attn``, ``c4/split/b3-2/s0.6/e0.45/attn/thr`` (time chunks,
+    ``parallel.encoder_split``, ``parallel.balance``, ``generator_share``, rank 0's share
+    of the split encoder's sentences (``encoder_shares=[E,1-E]``; 0: equal),
+    ``attention_split``, ``wave_threads``: the ranks as threads of one process; ``sync``:
+    ``overlap_gradients=false``)."""
 
     chunks: int
     split: bool = False
@@ -259,6 +261,8 @@ class WaveSpec:
     share: float = 0.0
     attention: bool = False
     threads: bool = False
+    encoder: float = 0.0
+    sync: bool = False
 
     @classmethod
     def parse(cls, text: str) -> WaveSpec:
@@ -266,14 +270,24 @@ class WaveSpec:
         split, attention, threads = "split" in rest, "attn" in rest, "thr" in rest
         balance = tuple(int(x) for r in rest if r.startswith("b") for x in r[1:].split("-"))
         share = next((float(r[1:]) for r in rest if r.startswith("s") and r != "split"), 0.0)
-        return cls(int(head.removeprefix("c")), split, balance, share, attention, threads)
+        encoder = next((float(r[1:]) for r in rest if r.startswith("e")), 0.0)
+        chunks, sync = int(head.removeprefix("c")), "sync" in rest
+        return cls(chunks, split, balance, share, attention, threads, encoder, sync)
 
     @property
     def name(self) -> str:
         parts = [f"c{self.chunks}"] + ["split"] * self.split
         parts += [f"b{'-'.join(map(str, self.balance))}"] if self.balance else []
         parts += [f"s{self.share}"] if self.share else []
-        return "_".join(parts + ["attn"] * self.attention + ["thr"] * self.threads)
+        parts += [f"e{self.encoder}"] if self.encoder else []
+        parts += ["attn"] * self.attention + ["thr"] * self.threads
+        return "_".join(parts + ["sync"] * self.sync)
+
+    @property
+    def encoder_shares(self) -> tuple[float, float]:
+        """Ranks 0 and 1's shares of the split encoder's sentences."""
+        e = self.encoder or 0.5
+        return (e, round(1.0 - e, 6))
 
     def overrides(self) -> list[str]:
         balance = ",".join(map(str, self.balance))
@@ -281,8 +295,11 @@ class WaveSpec:
                f"parallel.encoder_split={str(self.split).lower()}",
                f"parallel.generator_share={self.share}",
                f"parallel.attention_split={str(self.attention).lower()}",
-               f"parallel.wave_threads={str(self.threads).lower()}"]  # fmt: skip
-        return out + ([f"parallel.balance=[{balance}]"] if self.balance else [])
+               f"parallel.wave_threads={str(self.threads).lower()}",
+               f"parallel.overlap_gradients={str(not self.sync).lower()}"]  # fmt: skip
+        out += [f"parallel.balance=[{balance}]"] if self.balance else []
+        shares = ",".join(map(str, self.encoder_shares))
+        return out + ([f"parallel.encoder_shares=[{shares}]"] if self.encoder else [])
 
 
 def predict(
@@ -316,8 +333,8 @@ def predict(
     rest = 1 if spec.balance == (3, 2) else 0
     decoder = [WaveLayer("Dec1", costs["dec1_F"], costs["dec1_B"], dec_bytes, steps, gather=True)]
     placement = [0]
-    if spec.attention:  # Dec1 with the attention of rank 0's half; rank 1's half on rank 1
-        decoder = attention_layers(costs, dec_bytes, steps)
+    if spec.attention:  # Dec1 with the attention of rank 0's share; rank 1's on rank 1
+        decoder = attention_layers(costs, dec_bytes, steps, spec.encoder_shares)
         placement = [0, 1]
     layers = [
         *decoder,
@@ -329,7 +346,7 @@ def predict(
     if spec.split:
         fwd, bwd = whole["enc1_F"] + whole["enc_F"], whole["enc1_B"] + whole["enc_B"]
         encoder = [WaveLayer("Encoder", fwd, bwd, int(4 * ts * bt * hidden), max(round(ts), 1),
-                             False, True, split=True)]  # fmt: skip
+                             False, True, split=True, shares=spec.encoder_shares)]  # fmt: skip
     else:
         encoder = [WaveLayer("Embed+Enc1", costs["enc1_F"], costs["enc1_B"], 0, steps, False, True),
                    WaveLayer("Enc", costs["enc_F"], costs["enc_B"], 0, steps)]  # fmt: skip
@@ -344,17 +361,19 @@ def extra_ms(costs: dict[str, float], link: dict[str, float]) -> float:
     return link["allreduce_ms"] + costs["extra"] + costs.get("loop", 0.0)
 
 
-def attention_layers(costs: dict[str, float], dec_bytes: int, steps: int) -> list[WaveLayer]:
-    """``attention_split`` over two ranks, each with half the sentences of the split
-    encoder: Dec1 (its LSTM and the attention of rank 0's half, over rank 0's part of the
-    encoder) on rank 0, the attention of rank 1's half (over rank 1's part) on rank 1; Dec1
-    sends h and half the context."""
-    half = {k: costs[f"attn_{k}"] / 2 for k in "FB"}
-    own = {k: costs[f"dec1_{k}"] - half[k] for k in "FB"}
+def attention_layers(
+    costs: dict[str, float], dec_bytes: int, steps: int, shares: tuple[float, float]
+) -> list[WaveLayer]:
+    """``attention_split`` over two ranks, each with its ``shares`` of the sentences of the
+    split encoder: Dec1 (its LSTM and the attention of rank 0's sentences, over rank 0's
+    part of the encoder) on rank 0, the attention of rank 1's (over rank 1's part) on rank
+    1; Dec1 sends h and rank 0's part of the context."""
+    theirs = {k: costs[f"attn_{k}"] * shares[1] for k in "FB"}
+    own = {k: costs[f"dec1_{k}"] - theirs[k] for k in "FB"}
+    sent = int(dec_bytes * (0.5 + shares[0] / 2))  # h for every sentence, ctx for rank 0's
     return [
-        WaveLayer("Dec1", own["F"], own["B"], dec_bytes * 3 // 4, steps, gather=True,
-                  memory_parts=(0,)),
-        WaveLayer("Attention", half["F"], half["B"], dec_bytes, steps, False, gather=True,
+        WaveLayer("Dec1", own["F"], own["B"], sent, steps, gather=True, memory_parts=(0,)),
+        WaveLayer("Attention", theirs["F"], theirs["B"], dec_bytes, steps, False, gather=True,
                   memory_from=2, memory_parts=(1,)),
     ]  # fmt: skip
 

@@ -1,7 +1,7 @@
 """Adam's step on gnmt_demo's parameters, per-tensor loop (``foreach``) against one fused
 kernel (what ``nmt-train`` takes on a CPU or a CUDA device: :func:`nmt.train.trainer.adam`);
 and the gradients' squared norm, a float64 copy per tensor against one ``_foreach_norm``
-call (what the wavefront's ranks take: :func:`nmt.train.wavefront_ranks.squared_norm`).
+call (what the wavefront's ranks take: :func:`nmt.train.wave_gradients.squared_norm`).
 
     python -m scripts.bench adam [--threads 1] [--repeats 50] [--out FILE]
 

@@ -9,11 +9,13 @@ picks on a CPU with AMX), for: 1 process x 1 thread plain, 1 process x 2 threads
 plain 1-thread runs at once (how much two processes slow each other down), and 2 processes x
 1 thread ``parallel=wavefront parallel.pp=2`` per ``--waves`` entry, all of them ``--rounds``
 times in turn:
-``c<C>[/split][/b<R0>-<R1>][/s<F>][/attn][/thr]`` = ``parallel.time_chunks=C``,
+``c<C>[/split][/b<R0>-<R1>][/s<F>][/e<E>][/attn][/thr][/sync]`` = ``parallel.time_chunks=C``,
 ``encoder_split=true``, ``balance=[R0,R1]``, ``generator_share=F``,
-``attention_split=true``, ``wave_threads=true`` (the two ranks as threads of one process,
-one core each). Step time: the mean ``ms_per_step`` of steps
-``skip+1..steps`` (the same batches in every run), averaged over the rounds. A wave's step
+``encoder_shares=[E,1-E]``, ``attention_split=true``, ``wave_threads=true`` (the two ranks
+as threads of one process, one core each), ``overlap_gradients=false`` (the shared
+gradients summed after the backward, not while the encoder's runs). Step time: the mean
+``ms_per_step`` of steps ``skip+1..steps`` (the same batches in every run), averaged over
+the rounds. A wave's step
 splits into the wave itself and the rest (gradient sums, clip, Adam, the loop:
 ``..._rest_ms``, from the steps its timeline recorded), so that the simulator's error can be
 told apart for each (``wave_error``: the wave alone).
@@ -66,12 +68,13 @@ from scripts.bench.common import (
 )
 
 # C = 4 (C = 8 ran slower in an earlier run of this benchmark, C = 2 and 3 in runs not kept):
-# the default balance (generator alone on rank 1); the split encoder with the last decoder
-# layer on the generator's rank and half the generator's sentences on rank 0; the same with
-# the attention split too and 60% of the generator on rank 0 (the attention's half left rank
-# 0); that as threads of one process (``thr``) at 55% and 60%
-WAVES = ["c4", "c4/split/b3-2/s0.5", "c4/split/b3-2/s0.6/attn", "c4/split/b3-2/s0.55/attn/thr",
-         "c4/split/b3-2/s0.6/attn/thr"]  # fmt: skip
+# the default balance (generator alone on rank 1); the split encoder and attention with the
+# last decoder layer on the generator's rank and 60% of the generator's sentences on rank 0,
+# the shared gradients summed after the backward (``sync``) and while the encoder's runs;
+# that with 45% of the encoder's sentences on rank 0; the last two as threads of one process
+WAVES = ["c4", "c4/split/b3-2/s0.6/attn/sync", "c4/split/b3-2/s0.6/attn",
+         "c4/split/b3-2/s0.6/e0.45/attn", "c4/split/b3-2/s0.6/attn/thr",
+         "c4/split/b3-2/s0.6/e0.45/attn/thr"]  # fmt: skip
 PLAIN = ["parallel=none"]
 BASE = ["model=gnmt_demo", "data.batch_tokens=2048", "train.eval_every=0", "train.log_every=1",
         "train.warmup_steps=0", "train.decay=none", "train.save_every=0"]  # fmt: skip
@@ -172,6 +175,8 @@ def key(spec: wp.WaveSpec, part: str = "") -> str:
 
 def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     """Measured pieces, the link, and the simulator's steps (see the module doc)."""
+    import torch
+
     from nmt.config import compose_config
 
     cfg = compose_config([*BASE, f"train.precision={a.precision}"])
@@ -182,7 +187,12 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
              "ts": sum(b.src.size(0) for b in mine) / n,
              "bt": sum(b.tgt_in.size(1) for b in mine) / n, "hidden": model.hidden}  # fmt: skip
     tt, bt, hidden = sizes["tt"], sizes["bt"], model.hidden
+    rows = sum(int(torch.unique(b.src).numel()) for b in mine) / n  # distinct source tokens
     numel = {s.name: shared_numel(model, s) for s in specs(a)}
+    # processes with overlap_gradients: what is left to sum after the wave (recorded only:
+    # the simulator counts the whole all-reduce after the wave, as its copies take the two
+    # vCPUs from the encoder's backward wherever it runs)
+    after = {s.name: late_numel(model, s, rows) for s in specs(a) if not (s.threads or s.sync)}
     small, large = int(tt / 8 * bt * hidden), int(tt / 2 * bt * hidden)
     link = wl.probe_link([small, large], min(numel.values()))
     allreduce = {n: wl.probe_link([small], n)["allreduce_ms"]
@@ -193,10 +203,10 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     per_wave = {s.name: memory[numel[s.name]]["allreduce_ms"] if s.threads
                 else allreduce[numel[s.name]] for s in specs(a)}  # fmt: skip
     out: dict[str, Any] = {"link": link, "memory_link": memory[min(memory)] if memory else None,
-                           "allreduce_ms": per_wave, "sizes": sizes, "chunks": {},
+                           "allreduce_ms": per_wave,
+                           "allreduce_numel": {"shared": numel, "after_wave": after},
+                           "sizes": sizes | {"source_tokens": rows}, "chunks": {},
                            "pieces_ms": {}}  # fmt: skip
-    import torch
-
     from nmt.machine import hostmem
 
     hostmem.tune()  # as nmt-train runs: its allocator, and oneDNN's cache capped (a larger
@@ -242,6 +252,16 @@ def shared_numel(model: Any, spec: wp.WaveSpec) -> int:
     return sum(p.numel() for p in {id(p): p for p in params}.values())
 
 
+def late_numel(model: Any, spec: wp.WaveSpec, rows: float) -> int:
+    """Elements of the shared gradients the processes sum after the wave: the encoder's
+    (when split) but the embedding, and the embedding's ``rows`` source-token rows (the
+    generator and the tied embedding's gradient, the decoder's and the attention's are
+    summed while the encoder's backward runs)."""
+    emb = model.embed_stage.embedding.weight
+    enc = [p for p in encoder_parameters(model) if p is not emb] if spec.split else []
+    return sum(p.numel() for p in enc) + int(rows * emb.size(1))
+
+
 def rounded(costs: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 2) for k, v in costs.items()}
 
@@ -252,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip", type=int, default=10, help="steps left out of the mean")
     ap.add_argument("--rounds", type=int, default=2, help="times every run is repeated, in turn")
     ap.add_argument("--waves", nargs="+", default=WAVES,
-                    help="wavefront runs: c<C>[/split][/b<R0>-<R1>][/s<share>][/attn]")  # fmt: skip
+                    help="wavefront runs: c<C>[/split][/b<R0>-<R1>][/s<F>][/e<E>][/attn][/thr]"
+                         "[/sync]")  # fmt: skip
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--work", type=Path, default=None, help="run folders (default: temporary)")
     ap.add_argument("--out", default=None)
