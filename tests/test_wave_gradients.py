@@ -44,8 +44,8 @@ def summing_entry(two_parts: bool) -> float:
 
     torch.set_num_threads(1)
     ctx = init_distributed(1, 2, backend="gloo", device="cpu", timeout_s=60)
-    names = ("emb", "early", "late", "none")
-    p = {n: torch.nn.Parameter(torch.zeros(s)) for n, s in zip(names, [(10, 3), 5, (4, 2), 3])}
+    shapes = {"emb": (10, 3), "early": (5,), "late": (4, 2), "none": (3,)}
+    p = {n: torch.nn.Parameter(torch.zeros(s)) for n, s in shapes.items()}
     sums = SharedGradients(list(p.values()), [p["emb"], p["late"]], p["emb"], dist.new_group())
     for n, g in grads_of(ctx.rank, 0).items():
         add(p[n], g)
