@@ -114,8 +114,8 @@ class ParallelConfig:
     # wavefront across processes, with encoder_split: Dec2's rank runs the attention of the
     # sentences it encoded (Dec1's rank the others'), so their encoder output never leaves it
     attention_split: bool = False
-    # wavefront across processes: sum the shared gradients that are final (all but the
-    # encoder's) while the encoder's backward runs, not after it (nmt/train/wave_gradients.py)
+    # wavefront across processes over gloo: sum the shared gradients that are final (all but
+    # the encoder's) while the encoder's backward runs, not after it (wave_gradients.py)
     overlap_gradients: bool = True
     # one-process wavefront on a GPU: a CUDA stream per layer (events for the dependencies)
     wave_streams: bool = False

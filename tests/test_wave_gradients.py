@@ -34,9 +34,10 @@ def add(p: torch.nn.Parameter, g: torch.Tensor | None) -> None:
         p.grad = g.clone() if p.grad is None else p.grad + g
 
 
-def summing_entry(two_parts: bool) -> float:
+def summing_entry(two_parts: bool, late: bool = True) -> float:
     """One rank: the gradients of both phases, summed by :class:`SharedGradients`; the
-    largest difference from the plain sum over both ranks."""
+    largest difference from the plain sum over both ranks. ``late=False``: the embedding
+    and the encoder share nothing (the encoder on one rank, untied), nothing is left late."""
     import torch.distributed as dist
 
     from nmt.train.wave_gradients import SharedGradients
@@ -46,7 +47,9 @@ def summing_entry(two_parts: bool) -> float:
     ctx = init_distributed(1, 2, backend="gloo", device="cpu", timeout_s=60)
     shapes = {"emb": (10, 3), "early": (5,), "late": (4, 2), "none": (3,)}
     p = {n: torch.nn.Parameter(torch.zeros(s)) for n, s in shapes.items()}
-    sums = SharedGradients(list(p.values()), [p["emb"], p["late"]], p["emb"], dist.new_group())
+    shared = list(p.values()) if late else [p["early"], p["none"]]
+    ends = [p["emb"], p["late"]] if late else []
+    sums = SharedGradients(shared, ends, p["emb"], dist.new_group())
     for n, g in grads_of(ctx.rank, 0).items():
         add(p[n], g)
     if two_parts:
@@ -55,7 +58,7 @@ def summing_entry(two_parts: bool) -> float:
         add(p[n], g)
     sums.finish(torch.unique(torch.tensor(ROWS[0] + ROWS[1])))
     worst = 0.0 if p["none"].grad is None else float("inf")
-    for n in ("emb", "early", "late"):
+    for n in ("emb", "early", "late") if late else ("early",):
         parts = [g for r in (0, 1) for ph in (0, 1) if (g := grads_of(r, ph).get(n)) is not None]
         ref, got = torch.stack(parts).sum(0), p[n].grad
         worst = max(worst, float("inf") if got is None else float((got - ref).abs().max()))
@@ -63,9 +66,13 @@ def summing_entry(two_parts: bool) -> float:
     return worst
 
 
-@pytest.mark.parametrize("two_parts", [True, False], ids=["early-and-late", "late-only"])
-def test_two_part_sum_equals_the_plain_sum(two_parts: bool) -> None:
-    worst = launch(summing_entry, two_parts, nproc=2, timeout_s=120)
+@pytest.mark.parametrize(
+    ("two_parts", "late"),
+    [(True, True), (False, True), (True, False)],
+    ids=["early-and-late", "late-only", "nothing-late"],
+)
+def test_two_part_sum_equals_the_plain_sum(two_parts: bool, late: bool) -> None:
+    worst = launch(summing_entry, two_parts, late, nproc=2, timeout_s=120)
     assert worst == {0: pytest.approx(0.0, abs=1e-6), 1: pytest.approx(0.0, abs=1e-6)}
 
 

@@ -236,8 +236,9 @@ def test_owners_default_and_balance() -> None:
      (("parallel.wave_threads=true", "parallel.dp=2"), "one pipeline in one process"),
      (("parallel.pp=1", "parallel.wave_threads=true"), "needs the wavefront's ranks"),
      (("parallel.encoder_shares=[1,1]",), "encoder_shares needs parallel.encoder_split"),
-     (("parallel.encoder_split=true", "parallel.encoder_shares=[1,1,1]"), "needs 2 weights"),
-     (("parallel.encoder_split=true", "parallel.encoder_shares=[0,0]"), "not all 0")],
+     (("parallel.encoder_split=true", "parallel.encoder_shares=[1,1,1]"), "needs 2 finite weights"),
+     (("parallel.encoder_split=true", "parallel.encoder_shares=[0,0]"), "not all 0"),
+     (("parallel.encoder_split=true", "parallel.encoder_shares=[inf,1]"), "finite weights")],
 )  # fmt: skip
 def test_refused_in_one_line(tiny_cfg: Any, extra: tuple[str, ...], match: str) -> None:
     cfg = tiny_cfg("parallel=wavefront", "parallel.pp=2", "train.max_steps=1", *extra)

@@ -3,6 +3,8 @@ refuses, and which rank runs which layer."""
 
 from __future__ import annotations
 
+import math
+
 from nmt.config import AppConfig
 from nmt.errors import UserError
 from nmt.train.build import pick_device
@@ -23,9 +25,10 @@ def check_wave_ranks(cfg: AppConfig) -> None:
         (pc.time_chunks > MAX_CHUNKS, f"parallel.time_chunks must be <= {MAX_CHUNKS}"),
         (not 0.0 <= pc.generator_share < 1.0, "parallel.generator_share must be in [0, 1)"),
         (pc.encoder_shares is not None and (len(pc.encoder_shares) != pc.pp
-         or min(pc.encoder_shares) < 0 or sum(pc.encoder_shares) <= 0),
-         f"parallel.encoder_shares={pc.encoder_shares}: needs {pc.pp} weights >= 0 (one per "
-         "rank of the pipeline), not all 0"),
+         or not all(0 <= w < math.inf for w in pc.encoder_shares)
+         or sum(pc.encoder_shares) <= 0),
+         f"parallel.encoder_shares={pc.encoder_shares}: needs {pc.pp} finite weights >= 0 "
+         "(one per rank of the pipeline), not all 0"),
         (pc.wave_threads and pc.dp > 1, f"parallel.wave_threads=true runs one pipeline in one "
          f"process: parallel.dp={pc.dp} needs processes (parallel.wave_threads=false)"),
         (pc.wave_threads and pick_device(cfg.train.device).type != "cpu", "parallel.wave_threads"

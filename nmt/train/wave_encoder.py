@@ -8,7 +8,7 @@ every encoder layer (whole sequence, one call per layer) on its own slice of the
 sentences; the rank of Dec1 gathers the top outputs (one message per rank), and after the
 decoder's backward sends each rank the gradient of its slice, so the encoder's forward and
 backward run on all ranks at once. The encoder's parameter gradients are partial on every
-rank and summed by the engine's all-reduce (:mod:`nmt.train.wavefront_ranks`).
+rank and summed over them after the encoder's backward (:mod:`nmt.train.wave_gradients`).
 
 Exact: each dropout module draws the whole batch's mask and applies its rank's columns
 (:func:`nmt.models.dropout.sentence_slice`), so the masks equal one device's.

@@ -50,6 +50,8 @@ class SharedGradients:
 
     def early(self) -> None:
         """Start summing every gradient that is final (see the module docstring)."""
+        if not self.early_params and self.embedding is None:
+            return  # nothing to start (the same on every process)
         flat = flatten(self.early_params + self.embedding_list())
         work = dist.all_reduce(flat, group=self.group, async_op=True)
         assert work is not None
@@ -70,7 +72,8 @@ class SharedGradients:
             late = flatten(params)
         else:
             late = flatten(params, rows_of(emb, rows), emb.grad is not None)
-        dist.all_reduce(late, group=self.group)
+        if late.numel():  # nothing late where the encoder has no shared gradient
+            dist.all_reduce(late, group=self.group)
         work.wait()
         unflatten(self.early_params + self.embedding_list(), early)
         flags = late[size + (0 if emb is None else rows.numel() * emb.size(1)) :]
@@ -97,7 +100,7 @@ def flatten(
 ) -> Tensor:
     """One flat float32 tensor: the gradients of ``params`` (zeros where missing), then
     ``extra``, then one presence flag per parameter (and ``extra_has``'s with ``extra``)."""
-    device = params[0].device if params else torch.device("cpu")
+    device = params[0].device if params else extra.device if extra is not None else None
     flags = [float(p.grad is not None) for p in params] + ([float(extra_has)] * (extra is not None))
     parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
     more = [] if extra is None else [extra.reshape(-1)]

@@ -18,10 +18,11 @@ trains on batches r, r+R, ...: the batches of one device with ``train.accumulate
 their dropout masks). The gradients of the parameters that another rank than 0 uses (the
 tied embedding, the generator, the layers of ranks 1..N-1, the encoder when it is split)
 are summed over every process, all but the encoder's while the encoder's backward runs
-(:mod:`nmt.train.wave_gradients`); after the backward, the gradients of the parameters only
-rank 0 of a pipeline uses are summed over the replicas' ranks 0, and the losses with the
-squared norm of the latter over every process; every rank then clips with the same global
-norm and takes the Adam step of the parameters it has gradients for. Rank 0 therefore holds
+(:mod:`nmt.train.wave_gradients`; ``parallel.overlap_gradients``, gloo only); after the
+backward, the gradients of the parameters only rank 0 of a pipeline uses are summed over
+the replicas' ranks 0, and the losses with the squared norm of the latter over every
+process; every rank then clips with the same global norm and takes the Adam step of the
+parameters it has gradients for. Rank 0 therefore holds
 the whole model and optimizer, current: it validates, writes the single-device checkpoints
 (``last.pt`` ...) and every rank resumes from them, so ``train.resume=auto`` is exact as on
 one device.
@@ -91,6 +92,9 @@ class WaveRank(SingleDevice):
             pc.encoder_shares,
         )  # fmt: skip
         self.shared = self.shared_parameters()
+        # the early sum on gloo only: NCCL wants the collectives of several communicators in
+        # the same order on every rank, which the wire's traffic around it does not give
+        self.overlap = pc.overlap_gradients and ctx.backend == "gloo"
         late = {id(p) for p in encoder_parameters(self.model)}  # the encoder's backward
         self.grads = SharedGradients(
             self.shared,
@@ -126,22 +130,31 @@ class WaveRank(SingleDevice):
             one = drawn[i]
             seed_masks(self.model, self.cfg.train.seed, step, i)
             # after the last batch's decoder backward, the final gradients start summing
-            early = i == mine[-1] and self.cfg.parallel.overlap_gradients
-            self.program.on_decoded = self.grads.early if early else lambda: None
+            self.program.on_decoded = self.grads.early if i == mine[-1] and self.overlap else none
             b = one.to(self.device)
             with torch.autocast(
                 self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
             ):
                 loss, nll = self.program.run(b, 1.0 / ntokens, PAD_ID, eps)
             loss_sum, nll_sum = loss_sum + loss, nll_sum + nll
-        rows = torch.unique(torch.cat([b.src.reshape(-1) for b in drawn])).to(self.device)
-        loss_sum, nll_sum, norm = self.sum_gradients(loss_sum, nll_sum, rows)
+        loss_sum, nll_sum, norm = self.sum_gradients(loss_sum, nll_sum, self.source_rows(drawn))
         loss_value, nll_value = loss_sum / ntokens, nll_sum / ntokens
         if not math.isfinite(loss_value):
             return Computed(loss_value, nll_value, "loss")
         if not math.isfinite(norm):
             return Computed(loss_value, nll_value, "gradient norm")
         return Computed(loss_value, nll_value)
+
+    def source_rows(self, drawn: list[Batch]) -> Tensor:
+        """The distinct source tokens of every replica's last batch of the step (the same
+        on every process): the embedding rows its encoder's backward reaches after
+        :meth:`SharedGradients.early`; none without the early sum."""
+        if not self.overlap or self.grads.embedding is None:
+            return torch.zeros(0, dtype=torch.long, device=self.device)
+        last = {i % self.ctx.dp: i for i in range(len(drawn))}.values()
+        tokens = torch.cat([drawn[i].src.reshape(-1) for i in last])
+        rows: Tensor = torch.unique(tokens)
+        return rows.to(self.device)
 
     def sum_gradients(self, loss: float, nll: float, rows: Tensor) -> tuple[float, float, float]:
         """The replicas' sum of rank 0's own gradients, then the shared ones (the rest of
@@ -262,3 +275,7 @@ def train_wavefront(setup: RunSetup) -> dict[str, Any]:
     pc = setup.cfg.parallel
     results = launch(_worker, setup, nproc=pc.pp * pc.dp, timeout_s=pc.timeout_s)
     return results[min(results)]
+
+
+def none() -> None:
+    """What a rank does after a decoder backward that is not its step's last."""

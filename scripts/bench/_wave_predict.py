@@ -269,8 +269,8 @@ class WaveSpec:
         head, *rest = text.split("/")
         split, attention, threads = "split" in rest, "attn" in rest, "thr" in rest
         balance = tuple(int(x) for r in rest if r.startswith("b") for x in r[1:].split("-"))
-        share = next((float(r[1:]) for r in rest if r.startswith("s") and r != "split"), 0.0)
-        encoder = next((float(r[1:]) for r in rest if r.startswith("e")), 0.0)
+        share = next((float(r[1:]) for r in rest if r[:1] == "s" and r[1:2].isdigit()), 0.0)
+        encoder = next((float(r[1:]) for r in rest if r[:1] == "e" and r[1:2].isdigit()), 0.0)
         chunks, sync = int(head.removeprefix("c")), "sync" in rest
         return cls(chunks, split, balance, share, attention, threads, encoder, sync)
 
@@ -287,7 +287,7 @@ class WaveSpec:
     def encoder_shares(self) -> tuple[float, float]:
         """Ranks 0 and 1's shares of the split encoder's sentences."""
         e = self.encoder or 0.5
-        return (e, round(1.0 - e, 6))
+        return (e, 1.0 - e)
 
     def overrides(self) -> list[str]:
         balance = ",".join(map(str, self.balance))
@@ -298,7 +298,7 @@ class WaveSpec:
                f"parallel.wave_threads={str(self.threads).lower()}",
                f"parallel.overlap_gradients={str(not self.sync).lower()}"]  # fmt: skip
         out += [f"parallel.balance=[{balance}]"] if self.balance else []
-        shares = ",".join(map(str, self.encoder_shares))
+        shares = ",".join(str(round(x, 6)) for x in self.encoder_shares)
         return out + ([f"parallel.encoder_shares=[{shares}]"] if self.encoder else [])
 
 
