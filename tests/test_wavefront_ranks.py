@@ -80,6 +80,7 @@ def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
      pytest.param(("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
                    "parallel.generator_share=0.3", "parallel.attention_split=true"),
                   marks=pytest.mark.slow),  # the default suite: as threads, and with dp=2
+     # (there with weighted encoder shares)
      pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[2,1,2]",
                    "parallel.attention_split=true"), marks=pytest.mark.slow),
      pytest.param(("parallel.pp=3", "parallel.encoder_split=true", "parallel.balance=[3,1,1]",
@@ -89,9 +90,9 @@ def plain(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
      ("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
       "parallel.generator_share=0.3", "parallel.attention_split=true",
       "parallel.wave_threads=true"),
-     ("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
-      "parallel.generator_share=0.3", "parallel.attention_split=true",
-      "parallel.encoder_shares=[0.3,0.7]"),
+     pytest.param(("parallel.pp=2", "parallel.encoder_split=true", "parallel.balance=[3,2]",
+                   "parallel.generator_share=0.3", "parallel.attention_split=true",
+                   "parallel.encoder_shares=[0.3,0.7]"), marks=pytest.mark.slow),
      pytest.param(("parallel.pp=3", "parallel.balance=[1,2,2]", "parallel.wave_threads=true"),
                   marks=pytest.mark.slow)],
     ids=["gen-alone", "encoder-decoder", "three", "generator-share", "encoder-split",
@@ -146,7 +147,8 @@ def plain_two_batches(
 @pytest.mark.parametrize(
     "ranks",
     [("parallel.encoder_split=true", "parallel.balance=[3,2]", "parallel.generator_share=0.3",
-      "parallel.attention_split=true", "parallel.recompute=true"),
+      "parallel.attention_split=true", "parallel.recompute=true",
+      "parallel.encoder_shares=[0.3,0.7]"),
      pytest.param(("parallel.balance=[2,3]",), marks=pytest.mark.slow)],
     ids=["split-attention-recompute", "encoder-decoder"],
 )  # fmt: skip
