@@ -48,8 +48,7 @@ def summing_entry(two_parts: bool, late: bool = True) -> float:
     shapes = {"emb": (10, 3), "early": (5,), "late": (4, 2), "none": (3,)}
     p = {n: torch.nn.Parameter(torch.zeros(s)) for n, s in shapes.items()}
     shared = list(p.values()) if late else [p["early"], p["none"]]
-    ends = [p["emb"], p["late"]] if late else []
-    sums = SharedGradients(shared, ends, p["emb"], dist.new_group())
+    sums = SharedGradients(shared, [p["emb"], p["late"]], p["emb"], dist.new_group())
     for n, g in grads_of(ctx.rank, 0).items():
         add(p[n], g)
     if two_parts:

@@ -30,19 +30,21 @@ from torch import Tensor
 
 
 class SharedGradients:
-    """``shared`` summed over the processes of ``group`` (module docstring); ``late``: the
-    shared parameters that the encoder's backward may still change; ``embedding``: the
-    source embedding's weight (taken apart only where it is one of ``late``)."""
+    """``shared`` summed over the processes of ``group`` (module docstring); ``encoder``: the
+    parameters that the encoder's backward may still change (those of them in ``shared`` are
+    summed late); ``embedding``: the source embedding's weight (taken apart only where it
+    is summed late)."""
 
     def __init__(
         self,
         shared: Sequence[Tensor],
-        late: Sequence[Tensor],
+        encoder: Sequence[Tensor],
         embedding: Tensor,
         group: dist.ProcessGroup | None,
     ) -> None:
-        ids = {id(p) for p in late}
-        self.embedding = embedding if id(embedding) in ids else None
+        ids = {id(p) for p in encoder}
+        late = [p for p in shared if id(p) in ids]
+        self.embedding = embedding if any(p is embedding for p in late) else None
         self.early_params = [p for p in shared if id(p) not in ids]
         self.late_params = [p for p in late if p is not self.embedding]
         self.group = group
@@ -61,7 +63,8 @@ class SharedGradients:
 
     def finish(self, rows: Tensor) -> None:
         """Sum what is left and put every summed gradient in place; ``rows``: the distinct
-        source tokens of every batch of the step (the same on every process)."""
+        source tokens that reached the embedding after :meth:`early` (the same on every
+        process)."""
         if self._pending is None:  # no early part: one all-reduce of everything
             sum_over(self.early_params + self.late_params + self.embedding_list(), self.group)
             return
@@ -76,12 +79,12 @@ class SharedGradients:
             dist.all_reduce(late, group=self.group)
         work.wait()
         unflatten(self.early_params + self.embedding_list(), early)
-        flags = late[size + (0 if emb is None else rows.numel() * emb.size(1)) :]
-        unflatten(params, late[:size], flags[: len(params)])
-        if emb is not None and float(flags[-1]) > 0:
+        end = size + (0 if emb is None else rows.numel() * emb.size(1))  # then the flags
+        unflatten(params, late[:size], late[end : end + len(params)])
+        if emb is not None and float(late[-1]) > 0:
             if emb.grad is None:
                 emb.grad = torch.zeros_like(emb)
-            part = late[size : size + rows.numel() * emb.size(1)].view(rows.numel(), -1)
+            part = late[size:end].view(rows.numel(), -1)
             emb.grad.index_add_(0, rows, part.to(emb.dtype))
 
     def embedding_list(self) -> list[Tensor]:

@@ -28,7 +28,7 @@ the rank of unit u (non-decreasing: each rank holds consecutive units). Dataflow
 
 Every tensor between two ranks goes through :class:`parallel.runtime.wave.Wire`; the
 gradients of parameters used on several ranks are summed by the engine, those that the
-encoder's backward leaves alone while it runs (``on_decoded``: :mod:`nmt.train.wave_gradients`).
+encoder's backward leaves alone while it runs (:mod:`nmt.train.wave_gradients`).
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ class WaveProgram:
         self.splits = helper and last_decoder
         self.helps = helper and not last_decoder
         self.shares = self.has_gen and last_decoder and self.gen.helper is not None
-        # called between the decoder's backward and the encoder's (the engine's gradient sums)
-        self.on_decoded: Callable[[], None] = lambda: None
+        # called between the decoder's and the encoder's backward (the engine's gradient sums)
+        self.on_decoded: Callable[[], None] | None = None
 
     def run(self, b: Batch, scale: float, pad_id: int, eps: float) -> tuple[float, float]:
         """Forward and backward of batch ``b`` (loss gradient ``scale`` per unit of loss sum);
@@ -126,14 +126,16 @@ class WaveProgram:
         if self.split is not None:  # every rank encodes a share of the sentences
             enc_leaf = self.split.forward(b)
             sums = self.decode(b, sh, enc_leaf, scale, pad_id, eps)
-            self.on_decoded()
+            if self.on_decoded is not None:
+                self.on_decoded()
             self.split.backward(enc_leaf)
             self.wire.flush()
             return sums
         h_full, h_leaf, enc_seg = self.encode(b, sh)
         enc_leaf = self.top_encoder(sh, enc_seg)
         sums = self.decode(b, sh, enc_leaf, scale, pad_id, eps)
-        self.on_decoded()
+        if self.on_decoded is not None:
+            self.on_decoded()
         self.encoder_backward(sh, enc_leaf, enc_seg)
         if h_full is not None and h_leaf is not None:
             self.bottom_backward(sh, h_full, h_leaf)

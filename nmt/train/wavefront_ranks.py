@@ -95,10 +95,9 @@ class WaveRank(SingleDevice):
         # the early sum on gloo only: NCCL wants the collectives of several communicators in
         # the same order on every rank, which the wire's traffic around it does not give
         self.overlap = pc.overlap_gradients and ctx.backend == "gloo"
-        late = {id(p) for p in encoder_parameters(self.model)}  # the encoder's backward
         self.grads = SharedGradients(
             self.shared,
-            [p for p in self.shared if id(p) in late],
+            encoder_parameters(self.model),  # what the encoder's backward may still change
             self.model.embed_stage.embedding.weight,
             dist.new_group(timeout=timedelta(seconds=pc.timeout_s)),  # apart from the wire's
         )
@@ -130,7 +129,7 @@ class WaveRank(SingleDevice):
             one = drawn[i]
             seed_masks(self.model, self.cfg.train.seed, step, i)
             # after the last batch's decoder backward, the final gradients start summing
-            self.program.on_decoded = self.grads.early if i == mine[-1] and self.overlap else none
+            self.program.on_decoded = self.grads.early if i == mine[-1] and self.overlap else None
             b = one.to(self.device)
             with torch.autocast(
                 self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None
@@ -158,7 +157,7 @@ class WaveRank(SingleDevice):
 
     def sum_gradients(self, loss: float, nll: float, rows: Tensor) -> tuple[float, float, float]:
         """The replicas' sum of rank 0's own gradients, then the shared ones (the rest of
-        :class:`SharedGradients`; ``rows``: the step's source tokens) and the loss summed
+        :class:`SharedGradients`; ``rows``: :meth:`source_rows`) and the loss summed
         over every process, then the global clip; returns the summed loss, nll and the
         gradient norm (the same on every rank)."""
         mine = {id(p) for p in self.shared}
@@ -275,7 +274,3 @@ def train_wavefront(setup: RunSetup) -> dict[str, Any]:
     pc = setup.cfg.parallel
     results = launch(_worker, setup, nproc=pc.pp * pc.dp, timeout_s=pc.timeout_s)
     return results[min(results)]
-
-
-def none() -> None:
-    """What a rank does after a decoder backward that is not its step's last."""

@@ -43,7 +43,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import nn
 
@@ -56,6 +55,7 @@ from parallel.planning.simulate import simulate
 from parallel.runtime.launch import launch
 from parallel.runtime.pipeline import PipelineRunner
 from scripts.bench import common
+from scripts.bench._wave_link import pingpong
 from scripts.bench.common import Inputs
 
 GOAL_PCT = 15.0
@@ -136,20 +136,8 @@ def measure_link(rank: int, sizes: tuple[int, int] = (1024, 1 << 20), reps: int 
     """Latency and bandwidth of one gloo message, fitted to ping-pong medians at two sizes."""
     one_way = []
     for nbytes in sizes:
-        buf = torch.zeros(nbytes // 4)
-        samples = []
         dist.barrier()
-        for it in range(reps + 3):
-            t0 = time.perf_counter()
-            if rank == 0:
-                dist.send(buf, 1)
-                dist.recv(buf, 1)
-            else:
-                dist.recv(buf, 0)
-                dist.send(buf, 0)
-            if it >= 3:
-                samples.append((time.perf_counter() - t0) / 2)
-        one_way.append(statistics.median(samples))
+        one_way.append(pingpong(nbytes // 4, rank, reps + 3, warmup=3) / 1e3)
     slope = max((one_way[1] - one_way[0]) / (sizes[1] - sizes[0]), 1e-12)
     lat = max(one_way[0] - slope * sizes[0], 0.0)
     return parse_link(f"custom:{1 / slope / 1e9:.6g}:{lat * 1e6:.6g}")
