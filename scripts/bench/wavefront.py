@@ -6,17 +6,21 @@ predicted.
 The real ``nmt-train`` on the shipped corpus, ``model=gnmt_demo data.batch_tokens=2048`` (the
 demo's batch), ``train.precision`` (``--precision``, bf16 by default: what the demo's auto
 picks on a CPU with AMX), for: 1 process x 1 thread plain, 1 process x 2 threads plain, two
-plain 1-thread runs at once (how much two processes slow each other down), and 2 processes x
-1 thread ``parallel=wavefront parallel.pp=2`` per ``--waves`` entry, all of them ``--rounds``
-times in turn:
+plain 1-thread runs at once (how much two processes slow each other down), 2 processes x 1
+thread data-parallel (``parallel.dp=2``, two batches a step: its ms per batch, on the same
+batches as the others; even ``--steps`` and ``--skip``), and 2 processes x 1 thread
+``parallel=wavefront parallel.pp=2`` per ``--waves`` entry, all of them ``--rounds`` times
+in turn:
 ``c<C>[/split][/b<R0>-<R1>][/s<F>][/e<E>][/attn][/thr][/sync]`` = ``parallel.time_chunks=C``,
 ``encoder_split=true``, ``balance=[R0,R1]``, ``generator_share=F``,
 ``encoder_shares=[E,1-E]``, ``attention_split=true``, ``wave_threads=true`` (the two ranks
 as threads of one process, one core each), ``overlap_gradients=false`` (the shared
 gradients summed after the backward, not while the encoder's runs). Step time: the mean
 ``ms_per_step`` of steps ``skip+1..steps`` (the same batches in every run), averaged over
-the rounds. A wave's step
-splits into the wave itself and the rest (gradient sums, clip, Adam, the loop:
+the rounds. The CPU each run takes per step, user and system time of all its processes
+(``cpu_ms_per_step``: the whole run's less that of the same run stopped at step ``skip``),
+tells the work apart from the waiting, and a socket's copies (system time) from both. A
+wave's step splits into the wave itself and the rest (gradient sums, clip, Adam, the loop:
 ``..._rest_ms``, from the steps its timeline recorded), so that the simulator's error can be
 told apart for each (``wave_error``: the wave alone).
 
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -76,6 +81,7 @@ WAVES = ["c4", "c4/split/b3-2/s0.6/attn/sync", "c4/split/b3-2/s0.6/attn",
          "c4/split/b3-2/s0.6/e0.45/attn", "c4/split/b3-2/s0.6/attn/thr",
          "c4/split/b3-2/s0.6/e0.45/attn/thr"]  # fmt: skip
 PLAIN = ["parallel=none"]
+DP = ["parallel.dp=2", "parallel.pp=1"]  # two processes, each a whole model on its own batch
 BASE = ["model=gnmt_demo", "data.batch_tokens=2048", "train.eval_every=0", "train.log_every=1",
         "train.warmup_steps=0", "train.decay=none", "train.save_every=0"]  # fmt: skip
 
@@ -97,19 +103,35 @@ def quiet_machine(limit_s: float = 900.0) -> dict[str, Any]:
         waited += 60
 
 
-def train_run(work: Path, name: str, threads: int, extra: list[str], a: Any, **env: str) -> Path:
-    """One ``nmt-train`` run in ``work/name`` (``env``: more environment); its output, stdout
-    and stderr in one stream, in ``output.log`` there."""
+def train_run(
+    work: Path, name: str, threads: int, extra: list[str], a: Any, steps: int = 0, **env: str
+) -> Path:
+    """One ``nmt-train`` run of ``steps`` steps (0: ``--steps``) in ``work/name`` (``env``:
+    more environment); its output, stdout and stderr in one stream, in ``output.log`` there."""
     out = work / name
     shutil.rmtree(out, ignore_errors=True)
-    args = [*BASE, f"train.max_steps={a.steps}", f"train.precision={a.precision}",
+    args = [*BASE, f"train.max_steps={steps or a.steps}", f"train.precision={a.precision}",
             f"train.threads={threads}", f"hydra.run.dir={out}", *extra]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(nmt_command("train") + args, env=child_env(threads, **env),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the ranks' processes included
     if r.returncode != 0:
         raise SystemExit(f"{name} failed: {r.stdout[-2000:]}")
     (out / "output.log").write_text(r.stdout)
+    cpu = {"user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime}
+    (out / "cpu.json").write_text(json.dumps(cpu))
     return out
+
+
+def cpu_ms(work: Path, full: Path, threads: int, extra: list[str], a: Any) -> dict[str, float]:
+    """CPU ms per step (user and system, every process of the run) of steps ``skip+1..steps``
+    of the run in ``full``: its CPU time less that of the same run stopped at step ``skip``
+    (start-up included in both), over the steps between. Not for runs at the same time."""
+    short = train_run(work, f"{full.name}_to_skip", threads, extra, a, steps=a.skip)
+    cpu = [json.loads((run / "cpu.json").read_text()) for run in (full, short)]
+    n = a.steps - a.skip
+    return {kind: (cpu[0][f"{kind}_s"] - cpu[1][f"{kind}_s"]) * 1e3 / n for kind in ("user", "sys")}
 
 
 def step_ms(out: Path) -> dict[int, float]:
@@ -130,13 +152,19 @@ def measure(work: Path, a: Any, out_dir: Path) -> dict[str, Any]:
     rounds: list[dict[str, float]] = []
     for _ in range(a.rounds):
         res: dict[str, float] = {}
-        res["plain_1x1_ms"] = mean_step_ms(train_run(work, "plain1", 1, PLAIN, a), a.skip)
-        res["plain_1x2_ms"] = mean_step_ms(train_run(work, "plain2", 2, PLAIN, a), a.skip)
+        for name, threads in (("plain_1x1", 1), ("plain_1x2", 2)):
+            run = train_run(work, name, threads, PLAIN, a)
+            res[f"{name}_ms"] = mean_step_ms(run, a.skip)
+            for kind, ms in cpu_ms(work, run, threads, PLAIN, a).items():
+                res[f"{name}_cpu_{kind}_ms"] = ms
         res["plain_1x1_pair_ms"] = pair_ms(work, a)
+        res["dp_2x1_ms"] = dp_batch_ms(work, a)
         for spec in specs(a):
             run = train_run(work, spec.name, 1, spec.overrides(), a)
             res[key(spec)] = mean_step_ms(run, a.skip)
             res[key(spec, "rest")] = rest_of_step_ms(run)
+            for kind, ms in cpu_ms(work, run, 1, spec.overrides(), a).items():
+                res[key(spec, f"cpu_{kind}")] = ms
             if (run / "timeline.png").is_file():
                 out_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copy(run / "timeline.png", out_dir / f"timeline_{spec.name}.png")
@@ -154,6 +182,15 @@ def rest_of_step_ms(out: Path) -> float:
     first = TIMELINE_STEPS[0] + 1  # the run's step of the timeline's first (steps from 1)
     logged = [ms[first + i] for i in range(summary["steps"])]
     return sum(logged) / len(logged) - float(summary["step_ms"])
+
+
+def dp_batch_ms(work: Path, a: Any) -> float:
+    """2 processes x 1 thread data-parallel (``parallel.dp=2``: each step takes two batches,
+    one per process, and sums the gradients): ms per batch, half the mean step of steps
+    ``skip/2+1..steps/2``, whose batches are those of the other runs' steps
+    ``skip+1..steps``."""
+    run = train_run(work, "dp2", 1, DP, a, steps=a.steps // 2)
+    return mean_step_ms(run, a.skip // 2) / 2
 
 
 def pair_ms(work: Path, a: Any) -> float:
@@ -283,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true", help=gpu)
     ap.add_argument("--chunks", type=int, nargs="+", default=[4, 8], help="--gpu: time chunks")
     a = ap.parse_args(argv)
+    if a.steps % 2 or a.skip % 2:  # the data-parallel run takes two batches a step
+        raise SystemExit("--steps and --skip must be even")
     if a.gpu:
         return gpu_main(a, argv)
     out = Path(a.out) if a.out else results_for("wavefront", "wavefront.json")
@@ -292,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         load_after = round(os.getloadavg()[0], 2)
         predicted = prediction(a, measured)
     base, two = measured["plain_1x1_ms"], measured["plain_1x2_ms"]
-    speed = {s.name: {"vs_1x1": round(base / measured[key(s)], 3),
-                      "vs_1x2": round(two / measured[key(s)], 3)} for s in specs(a)}  # fmt: skip
+    runs = {s.name: measured[key(s)] for s in specs(a)} | {"dp_2x1": measured["dp_2x1_ms"]}
+    speed = {name: {"vs_1x1": round(base / ms, 3), "vs_1x2": round(two / ms, 3)}
+             for name, ms in runs.items()}  # fmt: skip
     errors = [abs(v["error"]) for v in predicted["chunks"].values()]
     doc = {
         "command": command(__name__, argv),
@@ -308,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "measured_ms": {k: round(v, 1) for k, v in measured.items() if k != "rounds"},
         "measured_rounds_ms": measured["rounds"],
         "plain_2_threads_vs_1": round(base / two, 3),
+        "cpu_ms_per_step": cpu_table(measured),
         "speedup": speed,
         "predicted": predicted,
         "goals": {
@@ -317,6 +358,20 @@ def main(argv: list[str] | None = None) -> int:
         },  # fmt: skip
     }
     return finish(doc, out)
+
+
+def cpu_table(measured: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per run (but the runs at the same time): CPU ms per step, user, system and both, and
+    the cores that kept busy (both over the step's wall time)."""
+    out = {}
+    for k in measured:
+        if k.endswith("_cpu_user_ms"):
+            run = k.removesuffix("_cpu_user_ms")
+            user, system = measured[k], measured[f"{run}_cpu_sys_ms"]
+            out[run] = {"user": round(user, 1), "sys": round(system, 1),
+                        "total": round(user + system, 1),
+                        "cores": round((user + system) / measured[f"{run}_ms"], 2)}  # fmt: skip
+    return out
 
 
 def best(speed: dict[str, dict[str, float]], a: Any, threads: bool) -> float:
