@@ -11,29 +11,36 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nmt.machine import hostmem
+from nmt.train.wave_gradients import sum_over
 from parallel.runtime.engine import init_distributed, launch
 
 
-def probe_link(sizes: list[int], shared_numel: int, repeats: int = 20) -> dict[str, float]:
+def probe_link(sizes: list[int], shared: list[list[int]], repeats: int = 20) -> dict[str, float]:
     """Between two processes (gloo): one-way ms of float32 messages of ``sizes`` elements
-    (ping-pong / 2), fitted to latency + bytes / bandwidth, and the all-reduce ms of
-    ``shared_numel`` float32 (the wavefront's shared gradients)."""
-    out = launch(_link_worker, sizes, shared_numel, repeats, nproc=2, timeout_s=60)
+    (ping-pong / 2), fitted to latency + bytes / bandwidth, and the ms of summing gradients
+    of the ``shared`` shapes (the wavefront's shared parameters) as a step sums them
+    (:func:`nmt.train.wave_gradients.sum_over`: new gradients flattened into one float32
+    tensor, all-reduced, put back)."""
+    out = launch(_link_worker, sizes, shared, repeats, nproc=2, timeout_s=60)
     return dict(out[0])
 
 
-def _link_worker(sizes: list[int], shared_numel: int, repeats: int) -> dict[str, float]:
+def _link_worker(sizes: list[int], shared: list[list[int]], repeats: int) -> dict[str, float]:
+    hostmem.tune()  # the allocator as in training: the flat tensor is new every step
     torch.set_num_threads(1)
     ctx = init_distributed(1, 2, backend="gloo", device="cpu", timeout_s=60)
     try:
         one_way = [pingpong(n, ctx.rank, repeats) for n in sizes]
-        flat = torch.zeros(shared_numel)
-        for _ in range(2):
-            dist.all_reduce(flat)
-        t = time.perf_counter()
-        for _ in range(repeats // 2):
-            dist.all_reduce(flat)
-        allreduce = (time.perf_counter() - t) / (repeats // 2) * 1e3
+        params = [torch.nn.Parameter(torch.zeros(s)) for s in shared]
+        times = []
+        for _ in range(2 + repeats // 2):  # the first two untimed
+            for p in params:  # new gradients, as a backward leaves them
+                p.grad = torch.ones_like(p)
+            t = time.perf_counter()
+            sum_over(params, None)
+            times.append((time.perf_counter() - t) * 1e3)
+        allreduce = statistics.fmean(times[2:])
     finally:
         ctx.close()
     (s0, t0), (s1, t1) = (sizes[0] * 4, one_way[0]), (sizes[-1] * 4, one_way[-1])

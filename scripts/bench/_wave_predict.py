@@ -23,7 +23,6 @@ from nmt.models.wavefront import chunk_bounds
 from nmt.prepare.splits import prepare_corpus
 from nmt.train.build import autocast_dtype, build_from_config, output_prior, seed_everything
 from nmt.train.trainer import adam
-from nmt.train.wave_generator import WaveGenerator
 from nmt.train.wave_memory import as_leaves
 from nmt.train.wave_program import WaveProgram
 from parallel.planning.links import Link
@@ -31,6 +30,7 @@ from parallel.planning.wavefront_sim import WaveLayer, WaveResult, simulate_wave
 from parallel.runtime.engine import init_distributed, launch
 from parallel.runtime.timeline import TimelineRecorder
 from parallel.runtime.wave import Carried, Wire
+from scripts.bench._wave_parts import encoder_costs, generator_costs
 
 
 def run_batches(cfg: AppConfig, steps: int) -> tuple[GNMT, list[Batch]]:
@@ -158,54 +158,32 @@ def upper_chunk(stage: Any, spans: list[tuple[int, int]], total: int) -> Any:
     return run
 
 
-def generator_costs(
-    model: GNMT, batches: list[Batch], chunks: int, shares: list[float], eps: float
-) -> dict[str, float]:
-    """Mean ms per batch of the generator and loss (forward and backward, every chunk)
-    through :meth:`nmt.train.wave_generator.WaveGenerator.generate` (the chunk's non-pad
-    rows): on all the sentences (``gen_s<F>_whole``), and as the two ranks of a
-    ``parallel.generator_share=F`` run each run it, the first F of the sentences
-    (``gen_s<F>_0``) and the others (``gen_s<F>_1``); each chunk's three in turn (the
-    machine's drift hits them alike), random inputs of the batch's shapes, one untimed pass
-    first. A part has its own shapes, and so its own kernels to build, and fewer rows per
-    matmul: it takes more than its share of the whole."""
-    gen = WaveGenerator(model, [0, 1], 0, Wire(torch.device("cpu")), None, 0.0)
-    out: dict[str, float] = {}
-    for share in shares:
-        totals = [0.0, 0.0, 0.0]  # whole, part 0, part 1
-        for rep in range(2):
-            for b in batches:
-                steps, batch = b.tgt_in.shape
-                keep = min(int(round(share * batch)), batch - 1)
-                args = (1.0 / max(b.ntokens, 1), PAD_ID, eps)
-                for c, (a, e) in enumerate(chunk_bounds(steps, chunks)):
-                    for part, (lo, hi) in enumerate(((0, batch), (0, keep), (keep, batch))):
-                        if hi == lo:
-                            continue
-                        x = tuple(torch.randn(e - a, hi - lo, model.hidden) for _ in "hc")
-                        t0 = time.perf_counter()
-                        gen.generate(c, x, b.tgt_out[a:e, lo:hi], args, [0.0, 0.0])
-                        totals[part] += (time.perf_counter() - t0) * 1e3 * rep
-        model.zero_grad(set_to_none=True)
-        out[f"gen_s{share}_whole"] = totals[0] / len(batches)
-        for part in (0, 1):
-            out[f"gen_s{share}_{part}"] = totals[part + 1] / len(batches)
-    return out
-
-
 def unit_costs_together(
-    overrides: list[str], steps: int, skip: int, chunks: list[int], shares: list[float]
+    overrides: list[str],
+    steps: int,
+    skip: int,
+    chunks: list[int],
+    shares: list[float],
+    encoder_shares: list[tuple[float, float]],
 ) -> dict[int, dict[str, float]]:
     """:func:`unit_costs` for each C, measured in two processes at once (each with its own
     model and the same batches ``skip..steps``): a wavefront rank's pieces run while the other
     rank computes, and the two slow each other down (memory bandwidth, caches), with
-    :func:`generator_costs` for each of ``shares`` (C > 1). Rank 0's."""
-    out = launch(_together_worker, overrides, steps, skip, chunks, shares, nproc=2, timeout_s=900)
+    :func:`~scripts.bench._wave_parts.generator_costs` for each of ``shares`` (C > 1) and
+    :func:`~scripts.bench._wave_parts.encoder_costs` for each of ``encoder_shares`` (C = 1).
+    Rank 0's."""
+    args = (overrides, steps, skip, chunks, shares, encoder_shares)
+    out = launch(_together_worker, *args, nproc=2, timeout_s=900)
     return dict(out[0])
 
 
 def _together_worker(
-    overrides: list[str], steps: int, skip: int, chunks: list[int], shares: list[float]
+    overrides: list[str],
+    steps: int,
+    skip: int,
+    chunks: list[int],
+    shares: list[float],
+    encoder_shares: list[tuple[float, float]],
 ) -> dict[int, dict[str, float]]:
     from nmt.config import compose_config
 
@@ -221,10 +199,12 @@ def _together_worker(
         for c in chunks:
             dist.barrier()  # both start each C together
             res[c] = unit_costs(cfg, model, batches[skip:], c)
-            if c > 1:  # the wave's chunks (C = 1: the split encoder's whole-sequence costs)
-                with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+                if c > 1:  # the wave's chunks (C = 1: the split encoder's whole-sequence costs)
                     eps = cfg.train.label_smoothing
                     res[c] |= generator_costs(model, batches[skip:], c, shares, eps)
+                else:
+                    res[c] |= encoder_costs(model, batches[skip:], encoder_shares)
     finally:
         ctx.close()
     return res
@@ -312,10 +292,13 @@ def predict(
     """The simulator's step for 2 processes (the default balance: every layer but the
     generator on rank 0; ``b3-2``: the last decoder layer with the generator on rank 1):
     Enc1 (whole) and the encoder chunks on rank 0, or with ``split`` one encoder layer
-    split over both ranks (whole-sequence costs ``whole``, halves); Dec1+Attention (gather);
+    split over both ranks (whole-sequence costs ``whole``; with
+    :func:`~scripts.bench._wave_parts.encoder_costs` in ``whole``: scaled by the parts' sum
+    over the whole, the shares the parts' fractions of it); Dec1+Attention (gather);
     Dec2..D; the generator (loss per chunk), its ``share`` of the sentences split off to
-    rank 0 (with :func:`generator_costs` in ``costs``: the generator's time scaled by the
-    parts' sum over the whole, the shares the parts' fractions of it). ``sizes``: mean
+    rank 0 (with :func:`~scripts.bench._wave_parts.generator_costs` in ``costs``: the
+    generator's time scaled by the parts' sum over the whole, the shares the parts' fractions
+    of it). ``sizes``: mean
     target and source length, batch, hidden; tensors travel in float32 (``link``: between
     processes, or copies in memory between threads)."""
     tt, ts, bt, hidden = sizes["tt"], sizes["ts"], sizes["bt"], int(sizes["hidden"])
@@ -345,8 +328,15 @@ def predict(
     placement += [rest, 1]
     if spec.split:
         fwd, bwd = whole["enc1_F"] + whole["enc_F"], whole["enc1_B"] + whole["enc_B"]
+        enc_shares = spec.encoder_shares
+        key = f"enc_e{enc_shares[0]}"
+        parts = [whole.get(f"{key}_{r}", 0.0) for r in (0, 1)]
+        if min(parts) > 0:  # the ranks' parts, timed at their own shapes
+            scale = sum(parts) / whole[f"{key}_whole"]
+            fwd, bwd = fwd * scale, bwd * scale
+            enc_shares = (parts[0] / sum(parts), parts[1] / sum(parts))
         encoder = [WaveLayer("Encoder", fwd, bwd, int(4 * ts * bt * hidden), max(round(ts), 1),
-                             False, True, split=True, shares=spec.encoder_shares)]  # fmt: skip
+                             False, True, split=True, shares=enc_shares)]  # fmt: skip
     else:
         encoder = [WaveLayer("Embed+Enc1", costs["enc1_F"], costs["enc1_B"], 0, steps, False, True),
                    WaveLayer("Enc", costs["enc_F"], costs["enc_B"], 0, steps)]  # fmt: skip

@@ -30,11 +30,12 @@ decoder chunks, generator) timed on
 one thread with the wave's own code on the same batches, with oneDNN's kernel cache capped as
 in training, in this process alone (recorded) and in two processes at once (what the
 simulator takes: a rank's pieces run while the other rank computes, and the two slow each
-other down); the generator also as each rank runs its share of the sentences (its own
-shapes, its own kernels to build); the one-way message time and the
-shared-gradient all-reduce measured between two processes (threads: a float32 copy, and the
-gradients summed and the weights copied in memory); the loop's own time per step
-(the plain 1 x 1 run's step minus its measured compute); then ``simulate_wavefront``. Before
+other down); the generator and the split encoder also as each rank runs its share of the
+sentences (its own shapes, its own kernels to build); the one-way message time and the
+shared gradients' sum (flattened, all-reduced, put back, as a step sums them) measured
+between two processes (threads: a float32 copy, and the gradients summed and the weights
+copied in memory); the loop's own time per step (the plain 1 x 1 run's step minus its
+measured compute); then ``simulate_wavefront``. Before
 timing, waits (60 s polls, up to 15 min) while another nmt- command or pytest runs or the
 load average is above 0.5, and records the load average.
 
@@ -225,15 +226,16 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
              "bt": sum(b.tgt_in.size(1) for b in mine) / n, "hidden": model.hidden}  # fmt: skip
     tt, bt, hidden = sizes["tt"], sizes["bt"], model.hidden
     rows = sum(int(torch.unique(b.src).numel()) for b in mine) / n  # distinct source tokens
-    numel = {s.name: shared_numel(model, s) for s in specs(a)}
+    params = {s.name: shared_params(model, s) for s in specs(a)}
+    numel = {name: sum(p.numel() for p in ps) for name, ps in params.items()}
+    shapes = {numel[name]: [list(p.shape) for p in ps] for name, ps in params.items()}
     # processes with overlap_gradients: what is left to sum after the wave (recorded only:
     # the simulator counts the whole all-reduce after the wave, as its copies take the two
     # vCPUs from the encoder's backward wherever it runs)
     after = {s.name: late_numel(model, s, rows) for s in specs(a) if not (s.threads or s.sync)}
     small, large = int(tt / 8 * bt * hidden), int(tt / 2 * bt * hidden)
-    link = wl.probe_link([small, large], min(numel.values()))
-    allreduce = {n: wl.probe_link([small], n)["allreduce_ms"]
-                 for n in sorted(set(numel.values()))}  # fmt: skip
+    link = wl.probe_link([small, large], shapes[min(shapes)])
+    allreduce = {n: wl.probe_link([small], shapes[n])["allreduce_ms"] for n in sorted(shapes)}
     total = sum(p.numel() for p in model.parameters())
     memory = {n: wl.probe_memory([small, large], n, total)
               for n in sorted({numel[s.name] for s in specs(a) if s.threads})}  # fmt: skip
@@ -257,7 +259,8 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
         out["pieces_ms"][f"c{c}"] = rounded(wp.unit_costs(cfg, model, mine, c))
     overrides = [*BASE, f"train.precision={a.precision}"]
     shares = sorted({s.share for s in specs(a) if s.share > 0})
-    together = wp.unit_costs_together(overrides, a.steps, a.skip, [1, *chunks], shares)
+    encoders = sorted({s.encoder_shares for s in specs(a) if s.split})
+    together = wp.unit_costs_together(overrides, a.steps, a.skip, [1, *chunks], shares, encoders)
     out["pieces_ms_two_at_once"] = {f"c{c}": rounded(v) for c, v in together.items()}
     for c in chunks:
         costs = together[c] | {"loop": loop}
@@ -276,8 +279,8 @@ def prediction(a: Any, measured: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def shared_numel(model: Any, spec: wp.WaveSpec) -> int:
-    """Elements of the gradients rank 1 shares with rank 0 in a run of ``spec``: the
+def shared_params(model: Any, spec: wp.WaveSpec) -> list[Any]:
+    """The parameters whose gradients rank 1 shares with rank 0 in a run of ``spec``: the
     generator (and the tied embedding), Dec2..D with ``b3-2``, the encoder when split, the
     attention when split."""
     params = list(model.stages[-1].parameters())
@@ -286,7 +289,7 @@ def shared_numel(model: Any, spec: wp.WaveSpec) -> int:
     )
     params += list(encoder_parameters(model)) if spec.split else []
     params += list(model.attn_stage.attention.parameters()) if spec.attention else []
-    return sum(p.numel() for p in {id(p): p for p in params}.values())
+    return list({id(p): p for p in params}.values())
 
 
 def late_numel(model: Any, spec: wp.WaveSpec, rows: float) -> int:
