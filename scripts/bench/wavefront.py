@@ -323,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpu", action="store_true", help=gpu)
     ap.add_argument("--chunks", type=int, nargs="+", default=[4, 8], help="--gpu: time chunks")
     a = ap.parse_args(argv)
-    if a.steps % 2 or a.skip % 2:  # the data-parallel run takes two batches a step
-        raise SystemExit("--steps and --skip must be even")
+    if a.steps % 2 or a.skip % 2 or a.skip < 2:  # dp: two batches a step; CPU: a short run
+        raise SystemExit("--steps and --skip must be even, --skip at least 2")
     if a.gpu:
         return gpu_main(a, argv)
     out = Path(a.out) if a.out else results_for("wavefront", "wavefront.json")
