@@ -48,9 +48,7 @@ def generator_costs(
                         gen.generate(c, x, b.tgt_out[a:e, lo:hi], args, [0.0, 0.0])
                         totals[part] += (time.perf_counter() - t0) * 1e3 * rep
         model.zero_grad(set_to_none=True)
-        out[f"gen_s{share}_whole"] = totals[0] / len(batches)
-        for part in (0, 1):
-            out[f"gen_s{share}_{part}"] = totals[part + 1] / len(batches)
+        out |= per_batch(f"gen_s{share}", totals, len(batches))
     return out
 
 
@@ -76,7 +74,12 @@ def encoder_costs(
                     torch.autograd.backward([top], [torch.ones_like(top)])
                     totals[part] += (time.perf_counter() - t0) * 1e3 * rep
         model.zero_grad(set_to_none=True)
-        out[f"enc_e{share[0]}_whole"] = totals[0] / len(batches)
-        for part in (0, 1):
-            out[f"enc_e{share[0]}_{part}"] = totals[part + 1] / len(batches)
+        out |= per_batch(f"enc_e{share[0]}", totals, len(batches))
     return out
+
+
+def per_batch(prefix: str, totals: list[float], batches: int) -> dict[str, float]:
+    """``totals`` (ms of the whole, part 0, part 1 over ``batches``) per batch, keyed
+    ``<prefix>_whole``, ``<prefix>_0``, ``<prefix>_1``."""
+    names = ("whole", "0", "1")
+    return {f"{prefix}_{n}": t / batches for n, t in zip(names, totals, strict=True)}
