@@ -26,7 +26,8 @@ def test_writes_speed_and_tokens_of_each_model(tmp_path: Path) -> None:
         assert len(r["seconds_each"]) == 2
         # every sentence's best hypothesis: 0..max_len tokens plus eos
         assert 3 <= r["tgt_tokens"] <= 3 * (r["max_len"] + 1) == 3 * 17
-        assert r["sent_per_s"] == pytest.approx(3 / r["seconds"], rel=0.01)
+        # sent_per_s is rounded to 0.1: at a few sentences a second that is more than 1%
+        assert r["sent_per_s"] == pytest.approx(3 / r["seconds"], rel=0.01, abs=0.051)
     assert doc["machine"]["device"] == "cpu" and doc["beam"] == 5
 
 
